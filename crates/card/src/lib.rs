@@ -1,0 +1,1 @@
+//! tessera card (work in progress).

@@ -1,0 +1,1 @@
+//! tessera crypto (work in progress).

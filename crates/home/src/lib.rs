@@ -1,0 +1,1 @@
+//! tessera home (work in progress).

@@ -1,0 +1,1 @@
+//! tessera proto (work in progress).
