@@ -1,0 +1,187 @@
+//! The card facade: power, reset, ATR and APDU exchange over an image.
+
+use std::fs;
+use std::path::Path;
+
+use tessera_apdu::{Command, Response, StatusWord};
+
+use crate::error::CardError;
+use crate::image::{Header, Image};
+use crate::options::{CardOptions, OpenOptions};
+use crate::storage::{FileStorage, MemoryStorage, Storage};
+
+/// The answer to reset: T=1, historical bytes in compact-TLV (ISO/IEC 7816-4 8.1.1).
+///
+/// `3B 8D 80 01`: TS direct convention, T0 (TD1 present, 13 historical bytes), TD1 (TD2
+/// present, T=0), TD2 (T=1). Historical bytes: category `80`, issuer data `57 "tessera"`
+/// (tag 5, 7 bytes), card capabilities `73 C0 01 C0` (selection by full and partial DF name;
+/// data unit 1 byte; command chaining and extended Lc/Le, one logical channel). Last byte TCK.
+pub const ATR: [u8; 18] = atr();
+
+const fn atr() -> [u8; 18] {
+    let body: [u8; 17] = [
+        0x3B, 0x8D, 0x80, 0x01, 0x80, 0x57, b't', b'e', b's', b's', b'e', b'r', b'a', 0x73, 0xC0,
+        0x01, 0xC0,
+    ];
+    let mut out = [0u8; 18];
+    let mut tck = 0u8;
+    let mut i = 0;
+    while i < 17 {
+        out[i] = body[i];
+        if i > 0 {
+            tck ^= body[i];
+        }
+        i += 1;
+    }
+    out[17] = tck;
+    out
+}
+
+/// A software smart card over a card image.
+pub struct Card {
+    image: Image,
+    powered: bool,
+}
+
+impl std::fmt::Debug for Card {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Card").field("image", &self.image).field("powered", &self.powered).finish()
+    }
+}
+
+#[cfg(unix)]
+fn check_permissions(path: &Path, file: &fs::File) -> Result<(), CardError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata().map_err(|e| CardError::io(path, e))?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CardError::Permissions { path: path.to_owned(), mode });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_permissions(_path: &Path, _file: &fs::File) -> Result<(), CardError> {
+    Ok(())
+}
+
+fn lock(path: &Path, file: &fs::File) -> Result<(), CardError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => Err(CardError::Locked { path: path.to_owned() }),
+        Err(fs::TryLockError::Error(e)) => Err(CardError::io(path, e)),
+    }
+}
+
+impl Card {
+    /// Makes a blank card image at `path` and opens it. Fails if the file exists.
+    ///
+    /// The file is created with mode 0600 and locked exclusively while the card lives.
+    pub fn create(path: &Path, options: CardOptions) -> Result<Card, CardError> {
+        let mut open = fs::OpenOptions::new();
+        open.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            open.mode(0o600);
+        }
+        let file = open.open(path).map_err(|e| CardError::io(path, e))?;
+        lock(path, &file)?;
+        let storage = FileStorage::new(file, path.to_owned());
+        Card::create_on(Box::new(storage), options)
+    }
+
+    /// Opens the card image at `path`, locking it exclusively.
+    ///
+    /// Refuses an image that group or others may read or write (the image holds the card's
+    /// keys; `chmod 600` fixes it).
+    pub fn open(path: &Path, options: OpenOptions) -> Result<Card, CardError> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| CardError::io(path, e))?;
+        lock(path, &file)?;
+        check_permissions(path, &file)?;
+        Card::open_on(Box::new(FileStorage::new(file, path.to_owned())), options)
+    }
+
+    /// A blank card whose image lives in memory (tests, benchmarks, the demo).
+    pub fn in_memory(options: CardOptions) -> Card {
+        match Card::create_on(Box::new(MemoryStorage::new()), options) {
+            Ok(card) => card,
+            // Memory storage cannot fail to write; an error here is a bug in this crate.
+            Err(e) => unreachable!("memory image creation failed: {e}"),
+        }
+    }
+
+    /// Makes a blank card image on empty `storage`.
+    pub fn create_on(storage: Box<dyn Storage>, options: CardOptions) -> Result<Card, CardError> {
+        let _ = options;
+        let header = Header { flags: 0, kdf_params: Vec::new() };
+        let image = Image::create(storage, header, &[])?;
+        Ok(Card { image, powered: false })
+    }
+
+    /// Opens the card image held by `storage`.
+    pub fn open_on(storage: Box<dyn Storage>, options: OpenOptions) -> Result<Card, CardError> {
+        let _ = options;
+        let (image, _record) = Image::open(storage)?;
+        Ok(Card { image, powered: false })
+    }
+
+    /// Powers the card on (cold reset) and returns the ATR. Volatile state starts empty.
+    pub fn power_on(&mut self) -> Vec<u8> {
+        self.powered = true;
+        ATR.to_vec()
+    }
+
+    /// Warm reset: returns the ATR; volatile state is cleared.
+    pub fn reset(&mut self) -> Vec<u8> {
+        self.power_on()
+    }
+
+    /// Powers the card off; volatile state is cleared.
+    pub fn power_off(&mut self) {
+        self.powered = false;
+    }
+
+    /// The answer to reset.
+    pub fn atr(&self) -> &[u8] {
+        &ATR
+    }
+
+    /// Processes one command APDU and returns the response data followed by SW1 SW2.
+    ///
+    /// Never panics: malformed input gets an ISO status word. A card that is not powered is
+    /// powered on implicitly (a reader would have done so).
+    pub fn transmit(&mut self, command: &[u8]) -> Vec<u8> {
+        if !self.powered {
+            self.power_on();
+        }
+        let response = match Command::parse(command) {
+            Err(e) => Response::status(e.status()),
+            Ok(_) => Response::status(StatusWord::INS_NOT_SUPPORTED),
+        };
+        response.to_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atr_checksum_makes_xor_of_t0_to_tck_zero() {
+        // ISO/IEC 7816-3 8.2.5: the XOR of all bytes from T0 to TCK inclusive is zero.
+        assert_eq!(ATR[1..].iter().fold(0, |a, b| a ^ b), 0);
+        assert_eq!(ATR[1] & 0x0F, 13, "T0 announces the 13 historical bytes");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut card = Card::in_memory(CardOptions::default());
+        assert_eq!(card.power_on(), ATR);
+        assert_eq!(card.transmit(&[]), [0x67, 0x00]);
+        assert_eq!(card.transmit(&[0xFF, 0, 0, 0]), [0x6E, 0x00]);
+    }
+}
