@@ -1,0 +1,1 @@
+//! GlobalPlatform SCP03 (work in progress).
