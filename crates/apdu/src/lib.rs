@@ -2,14 +2,26 @@
 //!
 //! This crate knows the byte layout of command and response APDUs (cases 1 to 4, short and
 //! extended length), status words, command and response chaining and BER-TLV. It does no I/O:
-//! the card runtime parses with it at its edge, the host encodes with it before a transmit.
+//! the card runtime parses with it at its edge ([`CardApduLayer`]), the host exchanges commands
+//! through a transmit function it supplies ([`Exchange`]).
 
 #![forbid(unsafe_code)]
 
+mod card;
+mod chain;
 mod command;
+mod exchange;
+mod get_response;
 mod response;
 mod status;
 
-pub use command::{ApduError, Command};
+pub use card::CardApduLayer;
+pub use chain::{ChainAssembler, ChainError, Chained, DEFAULT_MAX_CHAIN_DATA};
+pub use command::{
+    ApduError, CLA_CHAINING, Command, EXTENDED_MAX_NC, EXTENDED_MAX_NE, INS_GET_RESPONSE,
+    SHORT_MAX_NC, SHORT_MAX_NE,
+};
+pub use exchange::{DEFAULT_MAX_RESPONSE_LEN, DEFAULT_MAX_ROUND_TRIPS, Exchange, ExchangeError};
+pub use get_response::ResponseBuffer;
 pub use response::Response;
 pub use status::StatusWord;
