@@ -11,9 +11,11 @@ mod card;
 mod chain;
 mod command;
 mod exchange;
+pub mod fuzzing;
 mod get_response;
 mod response;
 mod status;
+pub mod tlv;
 
 pub use card::CardApduLayer;
 pub use chain::{ChainAssembler, ChainError, Chained, DEFAULT_MAX_CHAIN_DATA};
@@ -25,3 +27,4 @@ pub use exchange::{DEFAULT_MAX_RESPONSE_LEN, DEFAULT_MAX_ROUND_TRIPS, Exchange, 
 pub use get_response::ResponseBuffer;
 pub use response::Response;
 pub use status::StatusWord;
+pub use tlv::{Tag, TagClass, Tlv, TlvError};
