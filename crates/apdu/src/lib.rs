@@ -4,6 +4,23 @@
 //! extended length), status words, command and response chaining and BER-TLV. It does no I/O:
 //! the card runtime parses with it at its edge ([`CardApduLayer`]), the host exchanges commands
 //! through a transmit function it supplies ([`Exchange`]).
+//!
+//! A host on a short-only link and a card, wired together in process:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tessera_apdu::{CardApduLayer, Command, Exchange, Response};
+//!
+//! let mut card = CardApduLayer::default();
+//! // An applet answering its command data twice.
+//! let applet = |cmd: &Command| Response::ok(cmd.data.repeat(2));
+//! let cmd = Command::new(0x00, 0xCA, 0x00, 0x66).with_data(vec![0xAB; 600]).with_le(65536);
+//! // 3 chained parts go out, 1200 bytes come back through 61xx / GET RESPONSE.
+//! let response = Exchange::short_only()
+//!     .run(&cmd, |apdu| Ok::<_, Infallible>(card.process(apdu, applet).to_bytes()))
+//!     .unwrap();
+//! assert_eq!(response, Response::ok(vec![0xAB; 1200]));
+//! ```
 
 #![forbid(unsafe_code)]
 
