@@ -149,3 +149,27 @@ proptest! {
         prop_assert_eq!(Response::parse(&bytes).unwrap(), r);
     }
 }
+
+#[test]
+fn ambiguous_looking_bodies_decode_by_the_iso_rules() {
+    // L = 2, B1 = 01: case 3S carrying one zero byte (not an Le).
+    let c = parse(&[0x00, 0xA4, 0x04, 0x00, 0x01, 0x00]).unwrap();
+    assert_eq!((c.data, c.le), (vec![0x00], None));
+    // L = 3, B1 = 00: case 2E (Le = 1), never case 3S with Lc = 0.
+    let c = parse(&[0x00, 0xA4, 0x04, 0x00, 0x00, 0x00, 0x01]).unwrap();
+    assert_eq!((c.data, c.le), (vec![], Some(1)));
+    // L = 3, B1 = 01: case 4S with data 00 and Le 00 = 256.
+    let c = parse(&[0x00, 0xA4, 0x04, 0x00, 0x01, 0x00, 0x00]).unwrap();
+    assert_eq!((c.data, c.le), (vec![0x00], Some(256)));
+    // L = 3, B1 = 02: case 3S with two data bytes that look like an extended Le.
+    let c = parse(&[0x00, 0xA4, 0x04, 0x00, 0x02, 0x00, 0x00]).unwrap();
+    assert_eq!((c.data, c.le), (vec![0x00, 0x00], None));
+    // B1 = 00, L = 4: extended Lc = 0001 with one data byte (3E), not 2E plus a byte.
+    let c = parse(&[0x00, 0xA4, 0x04, 0x00, 0x00, 0x00, 0x01, 0xAA]).unwrap();
+    assert_eq!((c.data, c.le), (vec![0xAA], None));
+    // B1 = 00, L = 5: extended Lc = 0000 is not 2E with two extra bytes: rejected.
+    assert_eq!(
+        parse(&[0x00, 0xA4, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]),
+        Err(ApduError::WrongLength)
+    );
+}
