@@ -1,5 +1,6 @@
 //! The one error type of the crypto profile.
 
+use tessera_apdu::StatusWord;
 use thiserror::Error;
 
 /// Everything that can go wrong in `tessera-crypto`.
@@ -47,12 +48,35 @@ pub enum CryptoError {
     /// acceptable.
     #[error("secure channel parameter: {0}")]
     ChannelParameter(&'static str),
+    /// No key set with this key version number.
+    #[error("unknown key version {0:#04x}")]
+    UnknownKeyVersion(u8),
     /// The caller-given limit of failed EXTERNAL AUTHENTICATE attempts is reached.
     #[error("authentication attempts exhausted")]
     AttemptsExhausted,
     /// An X.509 certificate or CRL could not be made, parsed or verified.
     #[error("certificate: {0}")]
     Certificate(String),
+}
+
+impl CryptoError {
+    /// The ISO/IEC 7816-4 status word a card answers when a command fails with this error.
+    pub fn status_word(&self) -> StatusWord {
+        match self {
+            CryptoError::InvalidLength(_) => StatusWord::WRONG_LENGTH,
+            CryptoError::Malformed(_) | CryptoError::UnsupportedVersion { .. } => {
+                StatusWord::INCORRECT_DATA
+            }
+            CryptoError::AuthenticationFailed | CryptoError::BadSignature => {
+                StatusWord::SECURITY_STATUS_NOT_SATISFIED
+            }
+            CryptoError::ChannelState(_) => StatusWord::CONDITIONS_NOT_SATISFIED,
+            CryptoError::ChannelParameter(_) => StatusWord::INCORRECT_P1P2,
+            CryptoError::UnknownKeyVersion(_) => StatusWord::REFERENCED_DATA_NOT_FOUND,
+            CryptoError::AttemptsExhausted => StatusWord::AUTH_METHOD_BLOCKED,
+            _ => StatusWord::UNKNOWN,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.
