@@ -114,12 +114,13 @@ struct Handshake {
     host_challenge: [u8; CHALLENGE_LEN],
     card_challenge: [u8; CHALLENGE_LEN],
     options: ScpOptions,
+    channel: u8,
 }
 
 enum State {
     Idle,
     AwaitingExternalAuthenticate(Box<Handshake>),
-    Open(Box<SecureMessaging>),
+    Open { sm: Box<SecureMessaging>, channel: u8 },
 }
 
 /// The card's SCP03 state: idle, waiting for EXTERNAL AUTHENTICATE, or an open session.
@@ -142,7 +143,7 @@ impl core::fmt::Debug for Scp03Card {
         let s = match &self.state {
             State::Idle => "Idle".to_string(),
             State::AwaitingExternalAuthenticate(_) => "AwaitingExternalAuthenticate".to_string(),
-            State::Open(sm) => format!("Open({:?})", sm.level()),
+            State::Open { sm, .. } => format!("Open({:?})", sm.level()),
         };
         write!(f, "Scp03Card({s})")
     }
@@ -162,7 +163,7 @@ impl Scp03Card {
     /// The level of the open session, or `None` when no session is open.
     pub fn security_level(&self) -> Option<SecurityLevel> {
         match &self.state {
-            State::Open(sm) => Some(sm.level()),
+            State::Open { sm, .. } => Some(sm.level()),
             _ => None,
         }
     }
@@ -226,6 +227,7 @@ impl Scp03Card {
             host_challenge: iu.host_challenge,
             card_challenge,
             options,
+            channel: iu.channel,
         }));
         Ok(InitializeUpdateOutcome {
             response: Response::ok(data),
@@ -259,6 +261,9 @@ impl Scp03Card {
         if !has_secure_messaging(cmd) || cmd.ins != INS_EXTERNAL_AUTHENTICATE {
             return Err(CryptoError::ChannelParameter("EXTERNAL AUTHENTICATE must be C-MACed"));
         }
+        if cmd.cla & 0x03 != hs.channel {
+            return Err(CryptoError::ChannelParameter("EXTERNAL AUTHENTICATE on another channel"));
+        }
         let level = SecurityLevel::from_byte(cmd.p1)?;
         if cmd.p2 != 0 {
             return Err(CryptoError::ChannelParameter("EXTERNAL AUTHENTICATE P2 must be 00"));
@@ -281,8 +286,8 @@ impl Scp03Card {
                 failed_attempts: failed_attempts.saturating_add(1),
             });
         }
-        let Handshake { keys, .. } = *hs;
-        self.state = State::Open(Box::new(SecureMessaging::new(keys, level, mac)));
+        let Handshake { keys, channel, .. } = *hs;
+        self.state = State::Open { sm: Box::new(SecureMessaging::new(keys, level, mac)), channel };
         Ok(ExternalAuthOutcome::Authenticated(level))
     }
 
@@ -290,10 +295,14 @@ impl Scp03Card {
     /// (missing SM bit, bad C-MAC, bad padding) the session ends; answer with
     /// [`CryptoError::status_word`] (`6982` for a MAC failure).
     pub fn unwrap_command(&mut self, cmd: &Command) -> Result<Command> {
-        let State::Open(sm) = &mut self.state else {
+        let State::Open { sm, channel } = &mut self.state else {
             return Err(CryptoError::ChannelState("no secure channel session"));
         };
-        let result = sm.unwrap_command(cmd);
+        let result = if cmd.cla & 0x40 == 0 && cmd.cla & 0x03 == *channel {
+            sm.unwrap_command(cmd)
+        } else {
+            Err(CryptoError::ChannelParameter("command on another logical channel"))
+        };
         if result.is_err() {
             self.close();
         }
@@ -303,7 +312,7 @@ impl Scp03Card {
     /// Protects the response to the last unwrapped command (R-ENCRYPTION and R-MAC as the
     /// level says). Error statuses (other than `9000`, `62xx`, `63xx`) go out bare.
     pub fn wrap_response(&mut self, resp: &Response) -> Result<Response> {
-        let State::Open(sm) = &self.state else {
+        let State::Open { sm, .. } = &self.state else {
             return Err(CryptoError::ChannelState("no secure channel session"));
         };
         sm.wrap_response(resp)

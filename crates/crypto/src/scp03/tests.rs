@@ -319,3 +319,394 @@ fn pseudo_random_challenge_layout() {
     let expected = crate::mac::cmac(&keys.enc, &[&input]);
     assert_eq!(pseudo_random_challenge(&keys.enc, 0x2A, &aid)[..], expected[..8]);
 }
+
+const AID: &[u8] = &[0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+
+/// Runs a full handshake between a fresh host and `card`; returns the open host session.
+fn handshake(
+    card: &mut Scp03Card,
+    keys: &StaticKeys,
+    level: SecurityLevel,
+    challenge: CardChallengeSource<'_>,
+    channel: u8,
+    seed: u64,
+) -> Scp03Host {
+    let mut rng = crate::rng::SeededRng::from_u64(seed);
+    let (hs, iu) = Scp03Host::initialize_update(0, channel, &mut rng).unwrap();
+    let config =
+        CardConfig { keys, diversification_data: [7; 10], r_mac: true, r_enc: true, challenge };
+    let out = card.initialize_update(&iu, &config, &mut rng).unwrap();
+    let hello = hs.card_hello(&out.response).unwrap();
+    assert_eq!(hello.diversification_data, [7; 10]);
+    let aid = match challenge {
+        CardChallengeSource::PseudoRandom { aid, .. } => Some(aid),
+        CardChallengeSource::Random => None,
+    };
+    let (pending, ea) = hello.external_authenticate(keys, level, aid).unwrap();
+    let outcome = card.external_authenticate(&ea, 0, 5).unwrap();
+    assert_eq!(outcome, ExternalAuthOutcome::Authenticated(level));
+    pending.finish(&outcome.response()).unwrap()
+}
+
+fn sample_commands(channel: u8) -> Vec<Command> {
+    let mut v = Vec::new();
+    for cla in [0x80 | channel, channel] {
+        v.push(Command::new(cla, 0xF2, 0x20, 0x02)); // case 1
+        v.push(Command::new(cla, 0xCA, 0x00, 0x66).with_le(256)); // case 2
+        v.push(Command::new(cla, 0xCA, 0x00, 0x66).with_le(7)); // case 2, small Le
+        for n in [1usize, 15, 16, 17, 31, 32, 100, 230] {
+            let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            v.push(Command::new(cla, 0xE2, 0x90, 0x00).with_data(data.clone())); // case 3
+            v.push(Command::new(cla, 0xE2, 0x91, 0x00).with_data(data).with_le(256)); // case 4
+        }
+    }
+    v
+}
+
+#[test]
+fn round_trip_every_level_every_case() {
+    for key_len in [16, 24, 32] {
+        let keys = keyset(key_len, 0x30);
+        for level in SecurityLevel::ALL {
+            for (i, challenge) in [
+                CardChallengeSource::Random,
+                CardChallengeSource::PseudoRandom { sequence_counter: 41, aid: AID },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let channel = (i as u8) * 2; // channels 0 and 2
+                let mut card = Scp03Card::new();
+                let mut host = handshake(&mut card, &keys, level, challenge, channel, 9);
+                for c in sample_commands(channel) {
+                    let w = host.wrap_command(&c).unwrap();
+                    assert!(has_secure_messaging(&w));
+                    assert_eq!(w.cla & 0x03, channel);
+                    if level.c_decryption() && !c.data.is_empty() {
+                        assert!(!w.data.windows(c.data.len()).any(|x| x == c.data), "plaintext");
+                    }
+                    // Every wrapped command survives encoding to bytes and back.
+                    let w = Command::parse(&w.to_bytes().unwrap()).unwrap();
+                    let u = card.unwrap_command(&w).unwrap();
+                    assert_eq!((u.cla, u.ins, u.p1, u.p2), (c.cla, c.ins, c.p1, c.p2));
+                    assert_eq!(u.data, c.data);
+                    assert_eq!(u.le, c.le.map(|_| 256));
+                    for (n, sw) in [(0usize, 0x9000u16), (1, 0x9000), (16, 0x6283), (200, 0x9000)] {
+                        let data: Vec<u8> = (0..n).map(|i| (i * 3) as u8).collect();
+                        let r = Response { data: data.clone(), sw: StatusWord(sw) };
+                        let wr = card.wrap_response(&r).unwrap();
+                        if level.r_encryption() && n > 4 {
+                            assert!(!wr.data.windows(n).any(|x| x == data), "plaintext response");
+                        }
+                        assert_eq!(host.unwrap_response(&wr).unwrap(), r, "{level:?} {n} {sw:04X}");
+                    }
+                    // An error status goes out bare, data and MAC dropped.
+                    let err = Response { data: vec![1, 2, 3], sw: StatusWord::NOT_FOUND };
+                    let wr = card.wrap_response(&err).unwrap();
+                    assert_eq!(wr, Response::status(StatusWord::NOT_FOUND));
+                    assert_eq!(host.unwrap_response(&wr).unwrap(), wr);
+                }
+                assert_eq!(card.security_level(), Some(level));
+                assert_eq!(host.security_level(), Some(level));
+            }
+        }
+    }
+}
+
+#[test]
+fn level_bytes_and_satisfies() {
+    for l in SecurityLevel::ALL {
+        assert_eq!(SecurityLevel::from_byte(l.to_byte()).unwrap(), l);
+        assert!(l.satisfies(SecurityLevel::CMac));
+        assert!(l.satisfies(l));
+    }
+    for b in [0x00, 0x02, 0x10, 0x21, 0x23, 0x31, 0xFF] {
+        assert!(SecurityLevel::from_byte(b).is_err(), "{b:02X}");
+    }
+    assert!(SecurityLevel::Full.satisfies(SecurityLevel::CMacCDec));
+    assert!(!SecurityLevel::CMacRMac.satisfies(SecurityLevel::CMacCDec));
+    assert!(!SecurityLevel::CMacCDec.satisfies(SecurityLevel::CMacRMac));
+    assert!(ScpOptions::from_byte(0x40).is_err());
+    assert!(ScpOptions::from_byte(0x01).is_err());
+    assert_eq!(ScpOptions::from_byte(0x70).unwrap().to_byte(), 0x70);
+}
+
+#[test]
+fn tampered_command_ends_card_session() {
+    let keys = keyset(16, 0x30);
+    let c = Command::new(0x80, 0xE2, 0x90, 0x00).with_data(vec![1, 2, 3, 4]);
+    for level in SecurityLevel::ALL {
+        let mut card = Scp03Card::new();
+        let mut host = handshake(&mut card, &keys, level, CardChallengeSource::Random, 0, 1);
+        let w = host.wrap_command(&c).unwrap();
+        let bytes = w.to_bytes().unwrap();
+        for pos in [0usize, 1, 2, 3, 5, bytes.len() - 1] {
+            let mut card2 = Scp03Card::new();
+            let mut host2 = handshake(&mut card2, &keys, level, CardChallengeSource::Random, 0, 1);
+            let w2 = host2.wrap_command(&c).unwrap().to_bytes().unwrap();
+            assert_eq!(w2, bytes, "same seed, same session");
+            let mut t = w2.clone();
+            t[pos] ^= if pos == 0 { 0x01 } else { 0x20 };
+            let Ok(tc) = Command::parse(&t) else { continue };
+            let e = card2.unwrap_command(&tc).unwrap_err();
+            assert!(
+                matches!(e, CryptoError::AuthenticationFailed | CryptoError::ChannelParameter(_)),
+                "{e:?}"
+            );
+            assert_eq!(card2.security_level(), None, "session must end");
+            // Even the genuine command is refused now.
+            assert_eq!(
+                card2.unwrap_command(&w).unwrap_err(),
+                CryptoError::ChannelState("no secure channel session")
+            );
+        }
+        assert_eq!(card.unwrap_command(&w).unwrap(), c);
+        // A replayed command fails: the MAC chain has moved on.
+        assert_eq!(card.unwrap_command(&w).unwrap_err(), CryptoError::AuthenticationFailed);
+        assert_eq!(CryptoError::AuthenticationFailed.status_word(), StatusWord(0x6982));
+    }
+}
+
+#[test]
+fn tampered_response_ends_host_session() {
+    let keys = keyset(16, 0x30);
+    let mut card = Scp03Card::new();
+    let mut host =
+        handshake(&mut card, &keys, SecurityLevel::Full, CardChallengeSource::Random, 0, 2);
+    let w = host.wrap_command(&Command::new(0x80, 0xCA, 0, 0x66).with_le(256)).unwrap();
+    card.unwrap_command(&w).unwrap();
+    let mut r = card.wrap_response(&Response::ok(vec![9; 20])).unwrap();
+    r.data[3] ^= 1;
+    assert_eq!(host.unwrap_response(&r).unwrap_err(), CryptoError::AuthenticationFailed);
+    assert_eq!(host.security_level(), None);
+    assert!(host.wrap_command(&Command::new(0x80, 0xCA, 0, 0x66)).is_err());
+    // Data with an error status, or a response shorter than its R-MAC, is refused too.
+    let mut card = Scp03Card::new();
+    let mut host =
+        handshake(&mut card, &keys, SecurityLevel::CMacRMac, CardChallengeSource::Random, 0, 3);
+    host.wrap_command(&Command::new(0x80, 0xCA, 0, 0x66)).unwrap();
+    assert!(host.unwrap_response(&Response::ok(vec![1, 2, 3])).is_err());
+    assert_eq!(host.security_level(), None);
+}
+
+#[test]
+fn external_authenticate_failures_are_counted() {
+    let keys = keyset(16, 0x30);
+    let mut wrong = keyset(16, 0x30);
+    wrong.mac = AesKey::Aes128([0x55; 16]);
+    let config = CardConfig {
+        keys: &keys,
+        diversification_data: [0; 10],
+        r_mac: false,
+        r_enc: false,
+        challenge: CardChallengeSource::Random,
+    };
+    let mut rng = crate::rng::SeededRng::from_u64(4);
+    let mut card = Scp03Card::new();
+
+    // A host with the wrong MAC key rejects the card cryptogram itself.
+    let (hs, iu) = Scp03Host::initialize_update(0x30, 0, &mut rng).unwrap();
+    let out = card.initialize_update(&iu, &config, &mut rng).unwrap();
+    let hello = hs.card_hello(&out.response).unwrap();
+    assert_eq!(
+        hello.clone().external_authenticate(&wrong, SecurityLevel::CMac, None).unwrap_err(),
+        CryptoError::AuthenticationFailed
+    );
+    // The card offers no R-MAC: the host will not ask for it.
+    assert!(hello.clone().external_authenticate(&keys, SecurityLevel::CMacRMac, None).is_err());
+
+    // A forged EXTERNAL AUTHENTICATE (right format, wrong cryptogram) counts as a failure.
+    let (_, mut ea) = hello.external_authenticate(&keys, SecurityLevel::CMac, None).unwrap();
+    ea.data[0] ^= 1;
+    assert_eq!(
+        card.external_authenticate(&ea, 2, 3).unwrap(),
+        ExternalAuthOutcome::Failed { failed_attempts: 3 }
+    );
+    assert_eq!(
+        ExternalAuthOutcome::Failed { failed_attempts: 3 }.response().sw,
+        StatusWord(0x6300)
+    );
+    assert_eq!(card.security_level(), None);
+    // The handshake is over: a second EXTERNAL AUTHENTICATE is out of sequence.
+    assert!(matches!(card.external_authenticate(&ea, 3, 3), Err(CryptoError::ChannelState(_))));
+
+    // At the limit nothing is checked, even a correct host is refused.
+    let (hs, iu) = Scp03Host::initialize_update(0x30, 0, &mut rng).unwrap();
+    let out = card.initialize_update(&iu, &config, &mut rng).unwrap();
+    let (_, ea) = hs
+        .card_hello(&out.response)
+        .unwrap()
+        .external_authenticate(&keys, SecurityLevel::CMac, None)
+        .unwrap();
+    let blocked = card.external_authenticate(&ea, 3, 3).unwrap();
+    assert_eq!(blocked, ExternalAuthOutcome::Blocked);
+    assert_eq!(blocked.response().sw, StatusWord::AUTH_METHOD_BLOCKED);
+    assert_eq!(card.security_level(), None);
+}
+
+#[test]
+fn initialize_update_checks() {
+    let keys = keyset(16, 0x30);
+    let mut rng = crate::rng::SeededRng::from_u64(5);
+    let mut config = CardConfig {
+        keys: &keys,
+        diversification_data: [0; 10],
+        r_mac: true,
+        r_enc: true,
+        challenge: CardChallengeSource::PseudoRandom { sequence_counter: 0x2A, aid: AID },
+    };
+    let mut card = Scp03Card::new();
+    let iu = |p1: u8, data: &[u8]| Command::new(0x80, 0x50, p1, 0).with_data(data.to_vec());
+    let e = card.initialize_update(&iu(0x31, &[0; 8]), &config, &mut rng).unwrap_err();
+    assert_eq!(e, CryptoError::UnknownKeyVersion(0x31));
+    assert_eq!(e.status_word(), StatusWord::REFERENCED_DATA_NOT_FOUND);
+    let e = card.initialize_update(&iu(0x30, &[0; 7]), &config, &mut rng).unwrap_err();
+    assert_eq!(e.status_word(), StatusWord::WRONG_LENGTH);
+    let mut bad_p2 = iu(0x30, &[0; 8]);
+    bad_p2.p2 = 1;
+    assert_eq!(
+        card.initialize_update(&bad_p2, &config, &mut rng).unwrap_err().status_word(),
+        StatusWord::INCORRECT_P1P2
+    );
+
+    // Pseudo-random challenge: counter in the response, next value reported, host can check.
+    let out = card.initialize_update(&iu(0x00, &[1; 8]), &config, &mut rng).unwrap();
+    assert_eq!(out.next_sequence_counter, Some(0x2B));
+    assert_eq!(out.response.data.len(), 32);
+    assert_eq!(&out.response.data[10..13], &[0x30, 0x03, 0x70]);
+    assert_eq!(&out.response.data[29..], &[0x00, 0x00, 0x2A]);
+    assert_eq!(&out.response.data[13..21], &pseudo_random_challenge(&keys.enc, 0x2A, AID));
+    let (hs, _) = HostHandshake::with_challenge(0, 0, [1; 8]).unwrap();
+    let hello = hs.card_hello(&out.response).unwrap();
+    assert_eq!(hello.sequence_counter, Some(0x2A));
+    let other_aid = [0xA0, 0, 0, 0, 0x03];
+    assert_eq!(
+        hello
+            .clone()
+            .external_authenticate(&keys, SecurityLevel::Full, Some(&other_aid))
+            .unwrap_err(),
+        CryptoError::AuthenticationFailed
+    );
+    assert!(hello.external_authenticate(&keys, SecurityLevel::Full, Some(AID)).is_ok());
+
+    config.challenge =
+        CardChallengeSource::PseudoRandom { sequence_counter: MAX_SEQUENCE_COUNTER, aid: AID };
+    assert!(matches!(
+        card.initialize_update(&iu(0x30, &[0; 8]), &config, &mut rng),
+        Err(CryptoError::ChannelState(_))
+    ));
+    // A new INITIALIZE UPDATE ends an open session.
+    config.challenge = CardChallengeSource::Random;
+    let _host = handshake(&mut card, &keys, SecurityLevel::CMac, CardChallengeSource::Random, 0, 6);
+    assert!(card.security_level().is_some());
+    card.initialize_update(&iu(0x30, &[0; 8]), &config, &mut rng).unwrap();
+    assert_eq!(card.security_level(), None);
+    assert!(card.awaiting_external_authenticate());
+}
+
+#[test]
+fn host_refuses_malformed_card_hello() {
+    let (hs, _) = HostHandshake::with_challenge(0x30, 0, [0; 8]).unwrap();
+    let mut good = vec![0u8; 29];
+    good[10] = 0x30;
+    good[11] = 0x03;
+    good[12] = 0x60;
+    for (i, mutate) in [
+        |d: &mut Vec<u8>| d.truncate(28),
+        |d: &mut Vec<u8>| d[11] = 0x02,
+        |d: &mut Vec<u8>| d[10] = 0x31,
+        |d: &mut Vec<u8>| d[12] = 0x70, // says pseudo-random but no counter
+        |d: &mut Vec<u8>| d[12] = 0x41,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut d = good.clone();
+        mutate(&mut d);
+        let (hs2, _) = HostHandshake::with_challenge(0x30, 0, [0; 8]).unwrap();
+        assert!(hs2.card_hello(&Response::ok(d)).is_err(), "mutation {i}");
+    }
+    assert!(hs.card_hello(&Response::status(StatusWord(0x6A88))).is_err());
+}
+
+#[test]
+fn dek_key_components_round_trip() {
+    let dek = AesKey::Aes128(core::array::from_fn(|i| 0x20 + i as u8));
+    for n in [16usize, 24, 32, 5] {
+        let comp: Vec<u8> = (0..n as u8).collect();
+        let block = encrypt_key_component(&dek, &comp).unwrap();
+        if n % 16 == 0 {
+            assert_eq!(block.len(), n);
+        } else {
+            assert_eq!(block[0] as usize, n);
+            assert_eq!((block.len() - 1) % 16, 0);
+        }
+        assert_ne!(&block[block.len() - n..], &comp[..]);
+        assert_eq!(&decrypt_key_component(&dek, &block).unwrap()[..], &comp[..]);
+    }
+    assert!(decrypt_key_component(&dek, &[]).is_err());
+    assert!(decrypt_key_component(&dek, &[40; 17]).is_err());
+    // Table 11-71 with the SP 800-38A F.2.1 CBC vector: zero IV makes it AES-ECB of block 1.
+    let k = AesKey::from_slice(&h("2b7e151628aed2a6abf7158809cf4f3c")).unwrap();
+    let mut iv_xor_pt = h("6bc1bee22e409f96e93d7e117393172a");
+    for (b, iv) in iv_xor_pt.iter_mut().zip(h("000102030405060708090a0b0c0d0e0f")) {
+        *b ^= iv;
+    }
+    assert_eq!(
+        hex::encode(encrypt_key_component(&k, &iv_xor_pt).unwrap()),
+        "7649abac8119b246cee98e9b12e9197d"
+    );
+    assert_eq!(key_check_value(&k).len(), 3);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn arbitrary_commands_round_trip(
+            level in proptest::sample::select(SecurityLevel::ALL.to_vec()),
+            cla in proptest::sample::select(vec![0x00u8, 0x80, 0x90]),
+            ins: u8, p1: u8, p2: u8,
+            data in proptest::collection::vec(any::<u8>(), 0..=200),
+            le in proptest::option::of(1usize..=256),
+            resp in proptest::collection::vec(any::<u8>(), 0..=220),
+        ) {
+            let keys = keyset(16, 0x30);
+            let mut card = Scp03Card::new();
+            let mut host = handshake(&mut card, &keys, level, CardChallengeSource::Random, 0, 11);
+            let c = Command { cla, ins, p1, p2, data, le };
+            let u = card.unwrap_command(&host.wrap_command(&c).unwrap()).unwrap();
+            prop_assert_eq!(&u.data, &c.data);
+            let r = Response::ok(resp);
+            prop_assert_eq!(host.unwrap_response(&card.wrap_response(&r).unwrap()).unwrap(), r);
+        }
+
+        #[test]
+        fn garbage_never_panics_and_never_opens(bytes in proptest::collection::vec(any::<u8>(), 4..=64)) {
+            let keys = keyset(16, 0x30);
+            let Ok(c) = Command::parse(&bytes) else { return Ok(()) };
+            let mut rng = crate::rng::SeededRng::from_u64(1);
+            let config = CardConfig {
+                keys: &keys,
+                diversification_data: [0; 10],
+                r_mac: true,
+                r_enc: true,
+                challenge: CardChallengeSource::Random,
+            };
+            let mut card = Scp03Card::new();
+            let _ = card.initialize_update(&c, &config, &mut rng);
+            let _ = card.external_authenticate(&c, 0, 3);
+            prop_assert_eq!(card.security_level(), None);
+            let _ = card.unwrap_command(&c);
+            let mut card = Scp03Card::new();
+            let mut host = handshake(&mut card, &keys, SecurityLevel::Full, CardChallengeSource::Random, 0, 3);
+            prop_assert!(card.unwrap_command(&c).is_err());
+            prop_assert_eq!(card.security_level(), None);
+            let _ = host.unwrap_response(&Response { data: bytes.clone(), sw: StatusWord::SUCCESS });
+        }
+    }
+}
