@@ -1,1 +1,23 @@
-//! tessera host (work in progress).
+//! Terminal side of tessera: how software reaches a card.
+//!
+//! - [`CardChannel`]: the transport-only view of a card that every terminal flow speaks to;
+//!   `61xx`/`6Cxx` handling and APDU tracing ([`trace`]) are built in.
+//! - [`InProcessChannel`]: a card simulated in this process (any [`VirtualCard`]).
+//! - [`PcscChannel`]: a card in a PC/SC reader (pcscd), real or virtual.
+//! - [`vpcd`]: the bridge that puts a [`VirtualCard`] into pcscd's virtual reader (vsmartcard
+//!   vpcd), so every PC/SC program sees it as a card in a reader.
+
+#![forbid(unsafe_code)]
+
+mod channel;
+mod in_process;
+pub mod pcscd;
+mod reader;
+pub mod trace;
+mod virtual_card;
+pub mod vpcd;
+
+pub use channel::{CardChannel, ChannelError};
+pub use in_process::InProcessChannel;
+pub use reader::{PcscChannel, ReaderInfo, list_readers};
+pub use virtual_card::{ECHO_ATR, EchoCard, VirtualCard};

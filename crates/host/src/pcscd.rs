@@ -1,0 +1,214 @@
+//! A private pcscd with vsmartcard's vpcd driver, for tests and benchmarks.
+//!
+//! [`Pcscd::start`] runs `pcscd --foreground` as a child process with a reader configuration
+//! directory of its own, waits until the virtual readers are listed, and stops the daemon when
+//! dropped. pcsc-lite has one daemon per machine (its socket is `/run/pcscd/pcscd.comm`), so
+//! the caller must make sure no other pcscd runs and must not start two at once.
+//!
+//! The configuration is Debian's `/etc/reader.conf.d/vpcd` (one vpcd reader, `CHANNELID 0x8C7B`
+//! = port 35963, which vpcd exposes as two slots: "Virtual PCD 00 00" on 35963 and
+//! "Virtual PCD 00 01" on 35964). More readers are more entries of the same form, each with its
+//! own `FRIENDLYNAME` and `CHANNELID` (see [`vpcd_reader_entry`]).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Debian's reader configuration for vpcd.
+pub const DEBIAN_VPCD_CONF: &str = "/etc/reader.conf.d/vpcd";
+/// Where Debian installs the vpcd driver.
+pub const DEBIAN_VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
+/// pcsc-lite's daemon socket.
+pub const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
+/// Name prefix of vpcd's readers.
+pub const VPCD_READER_PREFIX: &str = "Virtual PCD";
+
+/// Why a private pcscd could not be started.
+#[derive(Debug, Error)]
+pub enum PcscdError {
+    /// A program or file the daemon needs is not installed.
+    #[error("{0} not found: install the Debian packages pcscd and vsmartcard-vpcd")]
+    Missing(String),
+    /// Another pcscd is serving the machine.
+    #[error(
+        "a pcscd is already running ({PCSCD_SOCKET} answers): stop it first \
+         (`sudo systemctl stop pcscd.socket pcscd`)"
+    )]
+    AlreadyRunning,
+    /// The daemon exited or did not list the virtual readers in time.
+    #[error("pcscd did not come up: {0}")]
+    NotReady(String),
+    /// Setting up the configuration or spawning failed.
+    #[error("starting pcscd: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One `reader.conf` entry for a vpcd reader listening on `port`.
+pub fn vpcd_reader_entry(friendly_name: &str, port: u16, driver: &Path) -> String {
+    format!(
+        "FRIENDLYNAME \"{friendly_name}\"\nDEVICENAME   /dev/null:0x{port:04X}\n\
+         LIBPATH      {}\nCHANNELID    0x{port:04X}\n",
+        driver.display()
+    )
+}
+
+/// Finds `program` on `PATH` or in the sbin directories (where Debian puts pcscd).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Checks that pcscd and the vpcd driver are installed; the error names what is missing.
+pub fn check_installed() -> Result<PathBuf, PcscdError> {
+    let pcscd = find_program("pcscd").ok_or_else(|| PcscdError::Missing("pcscd".into()))?;
+    for file in [DEBIAN_VPCD_CONF, DEBIAN_VPCD_DRIVER] {
+        if !Path::new(file).exists() {
+            return Err(PcscdError::Missing(file.into()));
+        }
+    }
+    Ok(pcscd)
+}
+
+/// True when a pcscd answers on the machine's socket.
+pub fn is_running() -> bool {
+    Path::new(PCSCD_SOCKET).exists() && pcsc::Context::establish(pcsc::Scope::User).is_ok()
+}
+
+/// A pcscd child process; stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Pcscd {
+    child: Option<Child>,
+    dir: PathBuf,
+    program: PathBuf,
+    extra_entries: String,
+}
+
+impl Pcscd {
+    /// Starts pcscd with Debian's vpcd configuration, plus `extra_entries` (reader.conf text,
+    /// see [`vpcd_reader_entry`]), and waits until it lists the vpcd readers.
+    pub fn start(extra_entries: &str) -> Result<Self, PcscdError> {
+        let program = check_installed()?;
+        let dir = std::env::temp_dir().join(format!("tessera-pcscd-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        let mut conf = fs::read_to_string(DEBIAN_VPCD_CONF)?;
+        conf.push('\n');
+        conf.push_str(extra_entries);
+        let conf_dir = dir.join("reader.conf.d");
+        fs::create_dir_all(&conf_dir)?;
+        fs::write(conf_dir.join("vpcd"), conf)?;
+        let mut pcscd = Self { child: None, dir, program, extra_entries: extra_entries.to_owned() };
+        pcscd.spawn()?;
+        Ok(pcscd)
+    }
+
+    fn spawn(&mut self) -> Result<(), PcscdError> {
+        if is_running() {
+            return Err(PcscdError::AlreadyRunning);
+        }
+        let log = fs::File::create(self.log_path())?;
+        let child = Command::new(&self.program)
+            .arg("--foreground")
+            .arg("--config")
+            .arg(self.dir.join("reader.conf.d"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(15))
+    }
+
+    /// The daemon's log file (its stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("pcscd.log")
+    }
+
+    /// The reader.conf entries added to Debian's.
+    pub fn extra_entries(&self) -> &str {
+        &self.extra_entries
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), PcscdError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+                return Err(PcscdError::NotReady(format!("exited with {status}: {log}")));
+            }
+            if let Ok(ctx) = pcsc::Context::establish(pcsc::Scope::User)
+                && let Ok(names) = ctx.list_readers_owned()
+                && names.iter().any(|n| n.to_string_lossy().starts_with(VPCD_READER_PREFIX))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(PcscdError::NotReady(format!(
+                    "no vpcd reader listed after {timeout:?}; log in {}",
+                    self.log_path().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the daemon and waits for it to exit.
+    pub fn stop(&mut self) -> Result<(), PcscdError> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        // SIGTERM lets pcscd remove its socket and pid file; std only sends SIGKILL.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon and starts it again with the same configuration (as after an upgrade
+    /// or a crash): every PC/SC handle and every vpcd connection is lost.
+    pub fn restart(&mut self) -> Result<(), PcscdError> {
+        self.stop()?;
+        self.spawn()
+    }
+}
+
+impl Drop for Pcscd {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_entries_follow_debians_format() {
+        let entry = vpcd_reader_entry("Virtual PCD 2", 35965, Path::new(DEBIAN_VPCD_DRIVER));
+        assert_eq!(
+            entry,
+            "FRIENDLYNAME \"Virtual PCD 2\"\nDEVICENAME   /dev/null:0x8C7D\n\
+             LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x8C7D\n"
+        );
+    }
+}
