@@ -3,12 +3,15 @@
 use std::fs;
 use std::path::Path;
 
-use tessera_apdu::{Command, Response, StatusWord};
+use tessera_crypto::passphrase::{KdfParams, PassphraseKey};
+use tessera_crypto::rng::OsRng;
 
+use crate::applets;
 use crate::error::CardError;
-use crate::image::{Header, Image};
 use crate::options::{CardOptions, OpenOptions};
+use crate::runtime::{Runtime, initial_state};
 use crate::storage::{FileStorage, MemoryStorage, Storage};
+use crate::store::{Store, encode_record};
 
 /// The answer to reset: T=1, historical bytes in compact-TLV (ISO/IEC 7816-4 8.1.1).
 ///
@@ -39,13 +42,17 @@ const fn atr() -> [u8; 18] {
 
 /// A software smart card over a card image.
 pub struct Card {
-    image: Image,
+    runtime: Runtime,
     powered: bool,
 }
 
 impl std::fmt::Debug for Card {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Card").field("image", &self.image).field("powered", &self.powered).finish()
+        f.debug_struct("Card")
+            .field("image", &self.runtime.core.store.path())
+            .field("generation", &self.runtime.core.store.generation())
+            .field("powered", &self.powered)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,8 +112,10 @@ impl Card {
         Card::open_on(Box::new(FileStorage::new(file, path.to_owned())), options)
     }
 
-    /// A blank card whose image lives in memory (tests, benchmarks, the demo).
-    pub fn in_memory(options: CardOptions) -> Card {
+    /// A blank card whose image lives in memory (tests, benchmarks, the demo). A passphrase in
+    /// `options` is ignored: nothing of a memory image is ever at rest.
+    pub fn in_memory(mut options: CardOptions) -> Card {
+        options.passphrase = None;
         match Card::create_on(Box::new(MemoryStorage::new()), options) {
             Ok(card) => card,
             // Memory storage cannot fail to write; an error here is a bug in this crate.
@@ -116,21 +125,44 @@ impl Card {
 
     /// Makes a blank card image on empty `storage`.
     pub fn create_on(storage: Box<dyn Storage>, options: CardOptions) -> Result<Card, CardError> {
-        let _ = options;
-        let header = Header { flags: 0, kdf_params: Vec::new() };
-        let image = Image::create(storage, header, &[])?;
-        Ok(Card { image, powered: false })
+        let path = storage.path().to_owned();
+        let applets = applets::registry(&options.provisioning);
+        let key = match &options.passphrase {
+            None => None,
+            Some(passphrase) => {
+                let derived = KdfParams::generate(options.kdf_cost, &mut OsRng)
+                    .and_then(|params| PassphraseKey::derive(passphrase.as_bytes(), &params));
+                Some(
+                    derived
+                        .map_err(|e| CardError::corrupt(&path, format!("passphrase key: {e}")))?,
+                )
+            }
+        };
+        let store = Store::create(storage, key, initial_state(&applets))?;
+        Ok(Card { runtime: Runtime::new(store, applets, options.rng)?, powered: false })
     }
 
     /// Opens the card image held by `storage`.
     pub fn open_on(storage: Box<dyn Storage>, options: OpenOptions) -> Result<Card, CardError> {
-        let _ = options;
-        let (image, _record) = Image::open(storage)?;
-        Ok(Card { image, powered: false })
+        let store = Store::open(storage, options.passphrase.as_deref().map(String::as_str))?;
+        let applets = applets::registry(&applets::Provisioning::default());
+        Ok(Card { runtime: Runtime::new(store, applets, options.rng)?, powered: false })
+    }
+
+    /// The committed persistent state in its canonical encoding (the plaintext of the live
+    /// state record): equal bytes mean equal card state. Used by the tearing test.
+    pub fn persistent_state(&self) -> Vec<u8> {
+        encode_record(self.runtime.core.store.committed())
+    }
+
+    /// The image's live generation: 1 when made, +1 per commit.
+    pub fn generation(&self) -> u64 {
+        self.runtime.core.store.generation()
     }
 
     /// Powers the card on (cold reset) and returns the ATR. Volatile state starts empty.
     pub fn power_on(&mut self) -> Vec<u8> {
+        self.runtime.clear_volatile();
         self.powered = true;
         ATR.to_vec()
     }
@@ -142,6 +174,7 @@ impl Card {
 
     /// Powers the card off; volatile state is cleared.
     pub fn power_off(&mut self) {
+        self.runtime.clear_volatile();
         self.powered = false;
     }
 
@@ -158,11 +191,7 @@ impl Card {
         if !self.powered {
             self.power_on();
         }
-        let response = match Command::parse(command) {
-            Err(e) => Response::status(e.status()),
-            Ok(_) => Response::status(StatusWord::INS_NOT_SUPPORTED),
-        };
-        response.to_bytes()
+        self.runtime.transmit(command).to_bytes()
     }
 }
 

@@ -10,12 +10,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod applet;
+pub mod applets;
 mod card;
 mod error;
 pub mod image;
+pub mod lifecycle;
 mod options;
+pub mod pin;
+mod runtime;
+pub mod script;
 pub mod storage;
+mod store;
 
+pub use applet::{Applet, Context, PowerCut, TearDriver, TearError, TearScenario};
 pub use card::{ATR, Card};
 pub use error::CardError;
+pub use lifecycle::LifeCycle;
 pub use options::{CardOptions, OpenOptions};

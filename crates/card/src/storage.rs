@@ -174,6 +174,8 @@ struct Disk {
     mode: TearMode,
     /// Power has been cut: every operation fails from now on.
     dead: bool,
+    /// The platter after every completed flush, oldest first.
+    snapshots: Vec<Vec<u8>>,
 }
 
 /// The shared disk behind a [`TearingStorage`]; keep a clone to inspect the platter after the
@@ -195,6 +197,7 @@ impl TearingDisk {
             cut_at,
             mode,
             dead: false,
+            snapshots: Vec::new(),
         };
         Self { disk: Arc::new(Mutex::new(disk)) }
     }
@@ -207,6 +210,21 @@ impl TearingDisk {
     /// A storage handle on this disk for a card to use.
     pub fn storage(&self) -> TearingStorage {
         TearingStorage { disk: self.clone() }
+    }
+
+    /// Restarts the operation count at zero and sets the operation during which power will be
+    /// cut (`None`: never). Lets a test run a setup script uncut, then arm the cut.
+    pub fn arm(&self, cut_at: Option<u64>) {
+        let mut d = self.lock();
+        d.ops = 0;
+        d.cut_at = cut_at;
+        d.snapshots.clear();
+    }
+
+    /// The platter after each flush completed since the disk was made or last armed: every
+    /// state a power cut at some point could have left (besides the state at arming).
+    pub fn snapshots(&self) -> Vec<Vec<u8>> {
+        self.lock().snapshots.clone()
     }
 
     /// True once the power has been cut.
@@ -351,6 +369,8 @@ impl Storage for TearingStorage {
         }
         d.durable = d.cache.clone();
         d.pending.clear();
+        let platter = d.durable.clone();
+        d.snapshots.push(platter);
         Ok(())
     }
 }

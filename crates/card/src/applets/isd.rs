@@ -1,0 +1,956 @@
+//! The card-management applet in the role of a GlobalPlatform issuer security domain (ISD).
+//!
+//! AID `A0 00 00 01 51 00 00 00` (GlobalPlatform's ISD AID). It holds the card's SCP03 key
+//! set, the card life cycle (card-wide), the card id, and the card holder's global PIN and PUK.
+//!
+//! | command | APDU | rule |
+//! |---|---|---|
+//! | GET DATA | `00\|80 CA P1 P2 [Le]` | tags `0045` card id, `9F70` life cycle, `0066` card recognition data, `00E0` key information, `00C1` failed-authentication count; no session needed; any life cycle |
+//! | INITIALIZE UPDATE | `80 50 KVN 00 08 host-challenge 00` | starts SCP03; not when TERMINATED; `6983` after [`AUTH_FAILURE_LIMIT`] failed EXTERNAL AUTHENTICATEs |
+//! | EXTERNAL AUTHENTICATE | `84 82 SL 00 10 cryptogram C-MAC` | failure counter incremented and committed **before** the check, reset on success |
+//! | PUT KEY | `84 D8 P1 81 Lc KVN' (88 11 10 key[16] 03 kcv[3])×3` | replaces the key set (ENC, MAC, DEK) with version KVN'; keys encrypted under the current static DEK; answer `KVN' kcv×3` |
+//! | STORE DATA | `84 E2 P1 P2 Lc DGIs` | DGI format; `0101` card id, `8101` PIN, `8102` PUK (the "SET PIN/PUK"); after INSTALL [for personalization] the DGIs go to that applet |
+//! | INSTALL [for personalization] | `84 E6 20 00 Lc 00 L AID 00 00 00` | routes the following STORE DATA to applet AID |
+//! | SET STATUS | `84 F0 80 LC` | card life cycle to LC: OP_READY→`0F`; `0F`→`7F`; `7F`→`0F`; any→`FF` |
+//! | VERIFY / CHANGE REFERENCE DATA / RESET RETRY COUNTER | `00 20\|24\|2C ...` | the global PIN ([`crate::pin`] rules); PERSONALIZED only |
+//!
+//! PUT KEY, STORE DATA, INSTALL and SET STATUS need an SCP03 session of at least C-MAC +
+//! C-DECRYPTION (`6982` otherwise). Life cycle: OP_READY accepts everything; PERSONALIZED
+//! refuses the ISD's own STORE DATA groups (card id, PIN, PUK: `6985`); LOCKED accepts only
+//! GET DATA, the SCP03 handshake and SET STATUS; TERMINATED only GET DATA. Going to
+//! PERSONALIZED needs a card id, a PIN, a PUK and a key set other than the initial one.
+
+use serde::{Deserialize, Serialize};
+use tessera_apdu::{Command, Response, StatusWord};
+use tessera_crypto::keys::AesKey;
+use tessera_crypto::scp03::{
+    CardChallengeSource, CardConfig, ExternalAuthOutcome, INS_EXTERNAL_AUTHENTICATE,
+    INS_INITIALIZE_UPDATE, Scp03Card, SecurityLevel, StaticKeys, decrypt_key_component,
+    has_secure_messaging, key_check_value,
+};
+use zeroize::Zeroize;
+
+use crate::applet::{Applet, Context, StateError, TearScenario, decode_state, encode_state};
+use crate::applets::Provisioning;
+use crate::lifecycle::LifeCycle;
+use crate::pin::{Pin, PinBlock, PinCommand, PinRef};
+
+/// The ISD's AID (GlobalPlatform).
+pub const AID: &[u8] = &[0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+/// Key version of the initial (test) key set of a blank card.
+pub const INITIAL_KVN: u8 = 0x30;
+/// Failed EXTERNAL AUTHENTICATE attempts after which the key set is locked for good.
+pub const AUTH_FAILURE_LIMIT: u32 = 10;
+/// Lowest SCP03 level for personalisation commands.
+pub const PERSO_LEVEL: SecurityLevel = SecurityLevel::CMacCDec;
+/// Longest card id.
+pub const MAX_CARD_ID: usize = 32;
+/// Default retry limit written by STORE DATA when a PIN data group gives `00`.
+pub const DEFAULT_PIN_TRIES: u8 = 3;
+
+/// DGI of the card id.
+pub const DGI_CARD_ID: u16 = 0x0101;
+/// DGI of the global PIN: retry limit (1 byte) || PIN block (8 bytes).
+pub const DGI_PIN: u16 = 0x8101;
+/// DGI of the PUK: retry limit (1 byte) || PUK block (8 bytes).
+pub const DGI_PUK: u16 = 0x8102;
+
+/// GET DATA tags.
+pub mod tags {
+    /// Card Image Number: the card id.
+    pub const CARD_ID: u16 = 0x0045;
+    /// Life Cycle State (GlobalPlatform GET STATUS tag).
+    pub const LIFE_CYCLE: u16 = 0x9F70;
+    /// Card Data (card recognition data).
+    pub const CARD_DATA: u16 = 0x0066;
+    /// Key Information Template.
+    pub const KEY_INFO: u16 = 0x00E0;
+    /// Failed EXTERNAL AUTHENTICATE attempts (proprietary use of GP's counter tag).
+    pub const AUTH_FAILURES: u16 = 0x00C1;
+}
+
+const INS_GET_DATA: u8 = 0xCA;
+const INS_PUT_KEY: u8 = 0xD8;
+const INS_STORE_DATA: u8 = 0xE2;
+const INS_INSTALL: u8 = 0xE6;
+const INS_SET_STATUS: u8 = 0xF0;
+const KEY_TYPE_AES: u8 = 0x88;
+
+/// The ISD's persistent state.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IsdState {
+    kvn: u8,
+    enc: Vec<u8>,
+    mac: Vec<u8>,
+    dek: Vec<u8>,
+    /// Still the key set the image was made with.
+    initial_keys: bool,
+    /// Failed EXTERNAL AUTHENTICATE attempts since the last success.
+    auth_failures: u32,
+    pin: Option<Pin>,
+    puk: Option<Pin>,
+}
+
+impl Drop for IsdState {
+    fn drop(&mut self) {
+        self.enc.zeroize();
+        self.mac.zeroize();
+        self.dek.zeroize();
+    }
+}
+
+impl IsdState {
+    fn static_keys(&self) -> Result<StaticKeys, StatusWord> {
+        let key = |b: &[u8]| AesKey::from_slice(b).map_err(|_| StatusWord::UNKNOWN);
+        StaticKeys::new(key(&self.enc)?, key(&self.mac)?, key(&self.dek)?, self.kvn)
+            .map_err(|_| StatusWord::UNKNOWN)
+    }
+}
+
+/// The ISD's volatile state.
+#[derive(Default)]
+struct IsdVolatile {
+    scp: Scp03Card,
+    /// Next expected STORE DATA block number, within one personalisation sequence.
+    next_block: u8,
+    /// The applet receiving STORE DATA after INSTALL [for personalization].
+    perso_target: Option<Vec<u8>>,
+}
+
+/// The card-management applet.
+pub struct Isd {
+    state: IsdState,
+    volatile: IsdVolatile,
+}
+
+/// A command to the ISD, parsed once from the (unwrapped) APDU.
+#[derive(Debug)]
+enum IsdCommand {
+    GetData(u16),
+    InitializeUpdate,
+    ExternalAuthenticate,
+    PutKey { replace_kvn: u8, new_kvn: u8, keys: Vec<Vec<u8>>, kcvs: Vec<[u8; 3]> },
+    StoreData { block: u8, last: bool, groups: Vec<(u16, Vec<u8>)> },
+    InstallForPersonalization { aid: Vec<u8> },
+    SetStatus(LifeCycle),
+    Pin(PinCommand),
+}
+
+fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], StatusWord> {
+    let (head, tail) = data.split_at_checked(n).ok_or(StatusWord::INCORRECT_DATA)?;
+    *data = tail;
+    Ok(head)
+}
+
+/// Parses DGI-format data: `tag (2) || length (1, or FF + 2) || value`, repeated.
+fn parse_dgis(mut data: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, StatusWord> {
+    let mut groups = Vec::new();
+    while !data.is_empty() {
+        let tag = take(&mut data, 2)?;
+        let tag = u16::from_be_bytes([tag[0], tag[1]]);
+        let len = match take(&mut data, 1)?[0] {
+            0xFF => {
+                let l = take(&mut data, 2)?;
+                u16::from_be_bytes([l[0], l[1]]) as usize
+            }
+            l => l as usize,
+        };
+        groups.push((tag, take(&mut data, len)?.to_vec()));
+    }
+    Ok(groups)
+}
+
+impl IsdCommand {
+    fn parse(cmd: &Command) -> Result<IsdCommand, StatusWord> {
+        let gp = cmd.cla & 0x80 != 0;
+        let require_gp = || if gp { Ok(()) } else { Err(StatusWord::CLA_NOT_SUPPORTED) };
+        match cmd.ins {
+            INS_GET_DATA => {
+                if !cmd.data.is_empty() {
+                    return Err(StatusWord::WRONG_LENGTH);
+                }
+                Ok(IsdCommand::GetData(u16::from_be_bytes([cmd.p1, cmd.p2])))
+            }
+            INS_INITIALIZE_UPDATE => require_gp().map(|()| IsdCommand::InitializeUpdate),
+            INS_EXTERNAL_AUTHENTICATE => require_gp().map(|()| IsdCommand::ExternalAuthenticate),
+            INS_PUT_KEY => {
+                require_gp()?;
+                if cmd.p2 != 0x81 {
+                    return Err(StatusWord::INCORRECT_P1P2);
+                }
+                let mut data = cmd.data.as_slice();
+                let new_kvn = take(&mut data, 1)?[0];
+                if new_kvn == 0 || new_kvn > 0x7F {
+                    return Err(StatusWord::INCORRECT_DATA);
+                }
+                let mut keys = Vec::new();
+                let mut kcvs = Vec::new();
+                for _ in 0..3 {
+                    let head = take(&mut data, 2)?;
+                    if head[0] != KEY_TYPE_AES {
+                        return Err(StatusWord::INCORRECT_DATA);
+                    }
+                    let block = take(&mut data, head[1] as usize)?;
+                    let kcv_len = take(&mut data, 1)?[0];
+                    if kcv_len != 3 {
+                        return Err(StatusWord::INCORRECT_DATA);
+                    }
+                    let kcv = take(&mut data, 3)?;
+                    keys.push(block.to_vec());
+                    kcvs.push([kcv[0], kcv[1], kcv[2]]);
+                }
+                if !data.is_empty() {
+                    return Err(StatusWord::INCORRECT_DATA);
+                }
+                Ok(IsdCommand::PutKey { replace_kvn: cmd.p1, new_kvn, keys, kcvs })
+            }
+            INS_STORE_DATA => {
+                require_gp()?;
+                // P1: b8 last block, b5-b4 data structure (01 = DGI); encryption bits ignored
+                // (the whole command is already encrypted by the session).
+                if cmd.p1 & 0x18 != 0x08 || cmd.p1 & 0x07 != 0 {
+                    return Err(StatusWord::INCORRECT_P1P2);
+                }
+                Ok(IsdCommand::StoreData {
+                    block: cmd.p2,
+                    last: cmd.p1 & 0x80 != 0,
+                    groups: parse_dgis(&cmd.data)?,
+                })
+            }
+            INS_INSTALL => {
+                require_gp()?;
+                if cmd.p1 != 0x20 || cmd.p2 != 0 {
+                    return Err(StatusWord::INCORRECT_P1P2);
+                }
+                let mut data = cmd.data.as_slice();
+                let load_file = take(&mut data, 1)?[0] as usize;
+                take(&mut data, load_file)?;
+                let aid_len = take(&mut data, 1)?[0] as usize;
+                if !(5..=16).contains(&aid_len) {
+                    return Err(StatusWord::INCORRECT_DATA);
+                }
+                let aid = take(&mut data, aid_len)?.to_vec();
+                if data != [0, 0, 0] {
+                    return Err(StatusWord::INCORRECT_DATA);
+                }
+                Ok(IsdCommand::InstallForPersonalization { aid })
+            }
+            INS_SET_STATUS => {
+                require_gp()?;
+                if cmd.p1 != 0x80 {
+                    return Err(StatusWord::INCORRECT_P1P2);
+                }
+                if !cmd.data.is_empty() {
+                    return Err(StatusWord::WRONG_LENGTH);
+                }
+                LifeCycle::from_gp_code(cmd.p2)
+                    .map(IsdCommand::SetStatus)
+                    .ok_or(StatusWord::INCORRECT_P1P2)
+            }
+            _ => match PinCommand::parse(cmd) {
+                Some(parsed) => {
+                    if gp {
+                        return Err(StatusWord::CLA_NOT_SUPPORTED);
+                    }
+                    parsed.map(IsdCommand::Pin)
+                }
+                None => Err(StatusWord::INS_NOT_SUPPORTED),
+            },
+        }
+    }
+
+    /// Needs an SCP03 session of at least [`PERSO_LEVEL`].
+    fn needs_session(&self) -> bool {
+        matches!(
+            self,
+            IsdCommand::PutKey { .. }
+                | IsdCommand::StoreData { .. }
+                | IsdCommand::InstallForPersonalization { .. }
+                | IsdCommand::SetStatus(_)
+        )
+    }
+
+    /// Allowed in this life cycle (own STORE DATA groups are checked separately).
+    fn allowed_in(&self, lc: LifeCycle) -> bool {
+        match lc {
+            LifeCycle::OpReady => !matches!(self, IsdCommand::Pin(_)),
+            LifeCycle::Personalized => true,
+            LifeCycle::Locked => matches!(
+                self,
+                IsdCommand::GetData(_)
+                    | IsdCommand::InitializeUpdate
+                    | IsdCommand::ExternalAuthenticate
+                    | IsdCommand::SetStatus(_)
+            ),
+            LifeCycle::Terminated => matches!(self, IsdCommand::GetData(_)),
+        }
+    }
+}
+
+fn tlv(tag: u16, value: &[u8], out: &mut Vec<u8>) {
+    if tag > 0xFF {
+        out.extend_from_slice(&tag.to_be_bytes());
+    } else {
+        out.push(tag as u8);
+    }
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+}
+
+impl Isd {
+    /// A fresh ISD holding the provisioned initial key set.
+    pub fn new(provisioning: &Provisioning) -> Isd {
+        let keys = &provisioning.isd_keys;
+        Isd {
+            state: IsdState {
+                kvn: keys.kvn,
+                enc: keys.enc.expose_secret().to_vec(),
+                mac: keys.mac.expose_secret().to_vec(),
+                dek: keys.dek.expose_secret().to_vec(),
+                initial_keys: true,
+                auth_failures: 0,
+                pin: None,
+                puk: None,
+            },
+            volatile: IsdVolatile::default(),
+        }
+    }
+
+    fn get_data(&self, ctx: &Context<'_>, tag: u16) -> Result<Vec<u8>, StatusWord> {
+        let mut out = Vec::new();
+        match tag {
+            tags::CARD_ID => {
+                if ctx.card().card_id.is_empty() {
+                    return Err(StatusWord::REFERENCED_DATA_NOT_FOUND);
+                }
+                tlv(0x45, &ctx.card().card_id, &mut out);
+            }
+            tags::LIFE_CYCLE => tlv(0x9F70, &[ctx.card().life_cycle.gp_code()], &mut out),
+            tags::CARD_DATA => {
+                // Card recognition data (GP 2.3 H.2): GP RID OID, SCP03 with i = 70.
+                let mut inner = Vec::new();
+                tlv(0x06, &[0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B, 0x01], &mut inner);
+                let mut scp = Vec::new();
+                tlv(0x06, &[0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B, 0x04, 0x03, 0x70], &mut scp);
+                tlv(0x64, &scp, &mut inner);
+                let mut rec = Vec::new();
+                tlv(0x73, &inner, &mut rec);
+                tlv(0x66, &rec, &mut out);
+            }
+            tags::KEY_INFO => {
+                let len = self.state.enc.len() as u8;
+                let mut inner = Vec::new();
+                for id in 1..=3u8 {
+                    tlv(0xC0, &[id, self.state.kvn, KEY_TYPE_AES, len], &mut inner);
+                }
+                tlv(0xE0, &inner, &mut out);
+            }
+            tags::AUTH_FAILURES => tlv(0xC1, &self.state.auth_failures.to_be_bytes(), &mut out),
+            _ => return Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
+        }
+        Ok(out)
+    }
+
+    fn initialize_update(
+        &mut self,
+        ctx: &mut Context<'_>,
+        cmd: &Command,
+    ) -> Result<Response, StatusWord> {
+        self.volatile.scp.close();
+        if self.state.auth_failures >= AUTH_FAILURE_LIMIT {
+            return Err(StatusWord::AUTH_METHOD_BLOCKED);
+        }
+        let keys = self.state.static_keys()?;
+        let mut diversification_data = [0u8; 10];
+        let id = &ctx.card().card_id;
+        let n = id.len().min(10);
+        diversification_data[..n].copy_from_slice(&id[..n]);
+        let config = CardConfig {
+            keys: &keys,
+            diversification_data,
+            r_mac: true,
+            r_enc: true,
+            challenge: CardChallengeSource::Random,
+        };
+        let outcome = self
+            .volatile
+            .scp
+            .initialize_update(cmd, &config, ctx.rng())
+            .map_err(|e| e.status_word())?;
+        Ok(outcome.response)
+    }
+
+    fn external_authenticate(
+        &mut self,
+        ctx: &mut Context<'_>,
+        cmd: &Command,
+    ) -> Result<Response, StatusWord> {
+        if !self.volatile.scp.awaiting_external_authenticate() {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        if self.state.auth_failures >= AUTH_FAILURE_LIMIT {
+            self.volatile.scp.close();
+            return Err(StatusWord::AUTH_METHOD_BLOCKED);
+        }
+        // Shape checks first: a malformed command ends the handshake without counting.
+        let shape_ok = has_secure_messaging(cmd)
+            && cmd.p2 == 0
+            && cmd.data.len() == 16
+            && SecurityLevel::from_byte(cmd.p1).is_ok();
+        if !shape_ok {
+            self.volatile.scp.close();
+            return Err(if cmd.data.len() != 16 {
+                StatusWord::WRONG_LENGTH
+            } else {
+                StatusWord::INCORRECT_P1P2
+            });
+        }
+        // Count the attempt durably before checking it: a power cut cannot save a try.
+        let before = self.state.auth_failures;
+        self.state.auth_failures = before + 1;
+        ctx.commit(&self.save())?;
+        let outcome = self
+            .volatile
+            .scp
+            .external_authenticate(cmd, before, AUTH_FAILURE_LIMIT)
+            .map_err(|e| e.status_word())?;
+        if let ExternalAuthOutcome::Authenticated(_) = outcome {
+            self.state.auth_failures = 0;
+        }
+        Ok(outcome.response())
+    }
+
+    fn put_key(
+        &mut self,
+        replace_kvn: u8,
+        new_kvn: u8,
+        blocks: &[Vec<u8>],
+        kcvs: &[[u8; 3]],
+    ) -> Result<Vec<u8>, StatusWord> {
+        if replace_kvn != 0 && replace_kvn != self.state.kvn {
+            return Err(StatusWord::REFERENCED_DATA_NOT_FOUND);
+        }
+        if replace_kvn == 0 && new_kvn == self.state.kvn {
+            return Err(StatusWord::INCORRECT_DATA);
+        }
+        let dek = AesKey::from_slice(&self.state.dek).map_err(|_| StatusWord::UNKNOWN)?;
+        let mut keys = Vec::with_capacity(3);
+        for (block, kcv) in blocks.iter().zip(kcvs) {
+            let plain =
+                decrypt_key_component(&dek, block).map_err(|_| StatusWord::INCORRECT_DATA)?;
+            let key = AesKey::from_slice(&plain).map_err(|_| StatusWord::INCORRECT_DATA)?;
+            if key_check_value(&key) != *kcv {
+                return Err(StatusWord::INCORRECT_DATA);
+            }
+            keys.push(key);
+        }
+        if keys.iter().any(|k| k.len() != keys[0].len()) {
+            return Err(StatusWord::INCORRECT_DATA);
+        }
+        self.state.kvn = new_kvn;
+        self.state.enc = keys[0].expose_secret().to_vec();
+        self.state.mac = keys[1].expose_secret().to_vec();
+        self.state.dek = keys[2].expose_secret().to_vec();
+        self.state.initial_keys = false;
+        let mut out = vec![new_kvn];
+        for kcv in kcvs {
+            out.extend_from_slice(kcv);
+        }
+        Ok(out)
+    }
+
+    fn store_own(
+        &mut self,
+        ctx: &mut Context<'_>,
+        dgi: u16,
+        value: &[u8],
+    ) -> Result<(), StatusWord> {
+        if ctx.card().life_cycle != LifeCycle::OpReady {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        match dgi {
+            DGI_CARD_ID => {
+                if value.is_empty() || value.len() > MAX_CARD_ID {
+                    return Err(StatusWord::INCORRECT_DATA);
+                }
+                ctx.card_mut().card_id = value.to_vec();
+            }
+            DGI_PIN | DGI_PUK => {
+                let (&tries, block) = value.split_first().ok_or(StatusWord::INCORRECT_DATA)?;
+                let tries = if tries == 0 { DEFAULT_PIN_TRIES } else { tries };
+                let block = PinBlock::parse(block).map_err(|_| StatusWord::INCORRECT_DATA)?;
+                let pin = Pin::new(block, tries)?;
+                if dgi == DGI_PIN {
+                    self.state.pin = Some(pin);
+                } else {
+                    self.state.puk = Some(pin);
+                }
+            }
+            _ => return Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
+        }
+        Ok(())
+    }
+
+    fn store_data(
+        &mut self,
+        ctx: &mut Context<'_>,
+        block: u8,
+        last: bool,
+        groups: &[(u16, Vec<u8>)],
+    ) -> Result<(), StatusWord> {
+        if block != self.volatile.next_block {
+            return Err(StatusWord::INCORRECT_P1P2);
+        }
+        for (dgi, value) in groups {
+            match &self.volatile.perso_target {
+                Some(aid) => {
+                    let aid = aid.clone();
+                    ctx.personalize_peer(&aid, *dgi, value)?;
+                }
+                None => self.store_own(ctx, *dgi, value)?,
+            }
+        }
+        // Volatile bookkeeping moves on only when the block was accepted (the runtime restores
+        // persistent state on failure; this is set after every group succeeded).
+        if last {
+            self.volatile.next_block = 0;
+            self.volatile.perso_target = None;
+        } else {
+            self.volatile.next_block = block.wrapping_add(1);
+        }
+        Ok(())
+    }
+
+    fn set_status(&mut self, ctx: &mut Context<'_>, target: LifeCycle) -> Result<(), StatusWord> {
+        let current = ctx.card().life_cycle;
+        if !current.may_become(target) {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        if current == LifeCycle::OpReady && target == LifeCycle::Personalized {
+            let ready = !ctx.card().card_id.is_empty()
+                && self.state.pin.is_some()
+                && self.state.puk.is_some()
+                && !self.state.initial_keys;
+            if !ready {
+                return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+            }
+        }
+        ctx.card_mut().life_cycle = target;
+        if target != LifeCycle::Personalized {
+            ctx.security_mut().global_pin_verified = false;
+        }
+        Ok(())
+    }
+
+    fn pin_command(
+        &mut self,
+        ctx: &mut Context<'_>,
+        command: PinCommand,
+    ) -> Result<(), StatusWord> {
+        match command {
+            PinCommand::Status(r) => {
+                let pin = self.pin_ref(r)?;
+                if r == PinRef::Pin && ctx.security().global_pin_verified {
+                    return Ok(());
+                }
+                Err(pin.status())
+            }
+            PinCommand::Reset(r) => {
+                self.pin_ref(r)?;
+                if r == PinRef::Pin {
+                    ctx.security_mut().global_pin_verified = false;
+                }
+                Ok(())
+            }
+            PinCommand::Verify(r, candidate) => {
+                if r == PinRef::Pin {
+                    ctx.security_mut().global_pin_verified = false;
+                }
+                self.check(ctx, r, &candidate)?;
+                if r == PinRef::Pin {
+                    ctx.security_mut().global_pin_verified = true;
+                }
+                Ok(())
+            }
+            PinCommand::Change(r, old, new) => {
+                self.check(ctx, r, &old)?;
+                self.pin_mut(r)?.set(new);
+                Ok(())
+            }
+            PinCommand::Unblock(puk, new) => {
+                self.pin_ref(PinRef::Pin)?;
+                self.check(ctx, PinRef::Puk, &puk)?;
+                self.pin_mut(PinRef::Pin)?.set(new);
+                ctx.security_mut().global_pin_verified = false;
+                Ok(())
+            }
+        }
+    }
+
+    fn pin_ref(&self, r: PinRef) -> Result<&Pin, StatusWord> {
+        match r {
+            PinRef::Pin => self.state.pin.as_ref(),
+            PinRef::Puk => self.state.puk.as_ref(),
+        }
+        .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)
+    }
+
+    fn pin_mut(&mut self, r: PinRef) -> Result<&mut Pin, StatusWord> {
+        match r {
+            PinRef::Pin => self.state.pin.as_mut(),
+            PinRef::Puk => self.state.puk.as_mut(),
+        }
+        .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)
+    }
+
+    /// Checks a PIN or PUK: counter decremented and committed, then compared.
+    fn check(
+        &mut self,
+        ctx: &mut Context<'_>,
+        r: PinRef,
+        candidate: &PinBlock,
+    ) -> Result<(), StatusWord> {
+        let attempt = self.pin_mut(r)?.begin()?;
+        ctx.commit(&self.save())?;
+        self.pin_mut(r)?.finish(attempt, candidate)
+    }
+
+    fn dispatch(
+        &mut self,
+        ctx: &mut Context<'_>,
+        raw: &Command,
+        cmd: &Command,
+    ) -> Result<Response, StatusWord> {
+        let parsed = IsdCommand::parse(cmd)?;
+        let lc = ctx.card().life_cycle;
+        if !parsed.allowed_in(lc) {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        if parsed.needs_session() {
+            let level = self.volatile.scp.security_level();
+            if !level.is_some_and(|l| l.satisfies(PERSO_LEVEL)) || !has_secure_messaging(raw) {
+                return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
+            }
+        }
+        match parsed {
+            IsdCommand::GetData(tag) => self.get_data(ctx, tag).map(Response::ok),
+            IsdCommand::InitializeUpdate => self.initialize_update(ctx, raw),
+            IsdCommand::ExternalAuthenticate => self.external_authenticate(ctx, raw),
+            IsdCommand::PutKey { replace_kvn, new_kvn, keys, kcvs } => {
+                self.put_key(replace_kvn, new_kvn, &keys, &kcvs).map(Response::ok)
+            }
+            IsdCommand::StoreData { block, last, groups } => {
+                self.store_data(ctx, block, last, &groups).map(|()| Response::ok(Vec::new()))
+            }
+            IsdCommand::InstallForPersonalization { aid } => {
+                if !ctx.has_peer(&aid) {
+                    return Err(StatusWord::REFERENCED_DATA_NOT_FOUND);
+                }
+                self.volatile.perso_target = Some(aid);
+                self.volatile.next_block = 0;
+                Ok(Response::ok(vec![0x00]))
+            }
+            IsdCommand::SetStatus(target) => {
+                self.set_status(ctx, target).map(|()| Response::ok(Vec::new()))
+            }
+            IsdCommand::Pin(command) => {
+                self.pin_command(ctx, command).map(|()| Response::ok(Vec::new()))
+            }
+        }
+    }
+}
+
+impl Applet for Isd {
+    fn aid(&self) -> &'static [u8] {
+        AID
+    }
+
+    fn name(&self) -> &'static str {
+        "isd"
+    }
+
+    fn save(&self) -> Vec<u8> {
+        encode_state(&self.state)
+    }
+
+    fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.state = decode_state(state)?;
+        Ok(())
+    }
+
+    fn clear_volatile(&mut self) {
+        self.volatile = IsdVolatile::default();
+    }
+
+    fn select(&mut self, _ctx: &mut Context<'_>) -> Result<Vec<u8>, StatusWord> {
+        // FCI: 6F { 84 AID, A5 { 9F6E?, 9F65 max command data } } (GP 2.3 11.9.3.1).
+        let mut prop = Vec::new();
+        tlv(0x9F65, &[0xFF], &mut prop);
+        let mut inner = Vec::new();
+        tlv(0x84, AID, &mut inner);
+        tlv(0xA5, &prop, &mut inner);
+        let mut fci = Vec::new();
+        tlv(0x6F, &inner, &mut fci);
+        Ok(fci)
+    }
+
+    fn call(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Response, StatusWord> {
+        let ext_auth = cmd.ins == INS_EXTERNAL_AUTHENTICATE && cmd.cla & 0x80 != 0;
+        if has_secure_messaging(cmd) && !ext_auth {
+            // A secured command: unwrap (a MAC failure ends the session), run, wrap.
+            let plain = self.volatile.scp.unwrap_command(cmd).map_err(|e| e.status_word())?;
+            let response = match self.dispatch(ctx, cmd, &plain) {
+                Ok(r) => r,
+                Err(sw) => Response::status(sw),
+            };
+            return self.volatile.scp.wrap_response(&response).map_err(|e| e.status_word());
+        }
+        self.dispatch(ctx, cmd, cmd)
+    }
+
+    fn tear_scenarios(&self) -> Vec<TearScenario> {
+        scenarios::all()
+    }
+}
+
+/// Issuance helpers and the ISD's tear scenarios (every state-changing command).
+pub mod scenarios {
+    use tessera_apdu::{Command, StatusWord};
+    use tessera_crypto::keys::AesKey;
+    use tessera_crypto::scp03::{SecurityLevel, StaticKeys};
+
+    use super::{AID, DGI_CARD_ID, DGI_PIN, DGI_PUK, INITIAL_KVN};
+    use crate::applet::{TearDriver, TearError, TearScenario};
+    use crate::pin::PinBlock;
+    use crate::script::{Script, put_key_data};
+
+    /// The card id the scenarios personalise.
+    pub const CARD_ID: &[u8] = b"TESSERA-TEST-0001";
+    /// The PIN the scenarios set.
+    pub const PIN: &[u8] = b"1234";
+    /// The PUK the scenarios set.
+    pub const PUK: &[u8] = b"12345678";
+
+    /// The key set the scenarios issue cards with (ENC `11..`, MAC `22..`, DEK `33..`, KVN 31).
+    pub fn issued_keys() -> StaticKeys {
+        StaticKeys {
+            enc: AesKey::Aes128([0x11; 16]),
+            mac: AesKey::Aes128([0x22; 16]),
+            dek: AesKey::Aes128([0x33; 16]),
+            kvn: 0x31,
+        }
+    }
+
+    /// The initial (GlobalPlatform test) key set.
+    pub fn initial_keys() -> StaticKeys {
+        StaticKeys::gp_test_keys(INITIAL_KVN)
+    }
+
+    fn block(v: &[u8]) -> Result<Vec<u8>, TearError> {
+        PinBlock::from_value(v)
+            .map(|b| b.as_bytes().to_vec())
+            .map_err(|sw| TearError::Unexpected(format!("pin block: {sw}")))
+    }
+
+    /// STORE DATA in DGI format (`84 E2 P1 block`), through the open session.
+    pub fn store(
+        s: &mut Script<'_>,
+        block: u8,
+        last: bool,
+        groups: &[(u16, &[u8])],
+    ) -> Result<(), TearError> {
+        let mut data = Vec::new();
+        for (dgi, value) in groups {
+            data.extend_from_slice(&dgi.to_be_bytes());
+            data.push(value.len() as u8);
+            data.extend_from_slice(value);
+        }
+        let p1 = if last { 0x88 } else { 0x08 };
+        s.secure(&Command::new(0x80, 0xE2, p1, block).with_data(data), StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn pin_dgi(tries: u8, value: &[u8]) -> Result<Vec<u8>, TearError> {
+        let mut v = vec![tries];
+        v.extend_from_slice(&block(value)?);
+        Ok(v)
+    }
+
+    /// SELECT the ISD and open a session with the initial keys at C-MAC + C-DECRYPTION.
+    pub fn open_initial(s: &mut Script<'_>) -> Result<(), TearError> {
+        s.select(AID)?;
+        s.open_session(&initial_keys(), SecurityLevel::CMacCDec)
+    }
+
+    /// Issues a blank card: new keys, card id, PIN, PUK, SET STATUS PERSONALIZED.
+    pub fn personalize(s: &mut Script<'_>) -> Result<(), TearError> {
+        open_initial(s)?;
+        s.secure(
+            &Command::new(0x80, 0xD8, 0x00, 0x81)
+                .with_data(put_key_data(&initial_keys(), &issued_keys())?)
+                .with_le(256),
+            StatusWord::SUCCESS,
+        )?;
+        store(s, 0, false, &[(DGI_CARD_ID, CARD_ID)])?;
+        store(s, 1, true, &[(DGI_PIN, &pin_dgi(3, PIN)?), (DGI_PUK, &pin_dgi(5, PUK)?)])?;
+        s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn verify(value: &[u8]) -> Result<Command, TearError> {
+        Ok(Command::new(0x00, 0x20, 0x00, 0x81).with_data(block(value)?))
+    }
+
+    fn put_key(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        open_initial(&mut s)?;
+        s.arm();
+        let data = put_key_data(&initial_keys(), &issued_keys())?;
+        s.secure(
+            &Command::new(0x80, 0xD8, 0x00, 0x81).with_data(data).with_le(256),
+            StatusWord::SUCCESS,
+        )?;
+        Ok(())
+    }
+
+    fn store_card_id(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        open_initial(&mut s)?;
+        s.arm();
+        store(&mut s, 0, true, &[(DGI_CARD_ID, CARD_ID)])
+    }
+
+    fn set_pin(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        open_initial(&mut s)?;
+        s.arm();
+        store(&mut s, 0, true, &[(DGI_PIN, &pin_dgi(3, PIN)?)])
+    }
+
+    fn set_puk(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        open_initial(&mut s)?;
+        s.arm();
+        store(&mut s, 0, true, &[(DGI_PUK, &pin_dgi(5, PUK)?)])
+    }
+
+    fn set_status_personalized(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        open_initial(&mut s)?;
+        let data = put_key_data(&initial_keys(), &issued_keys())?;
+        s.secure(
+            &Command::new(0x80, 0xD8, 0x00, 0x81).with_data(data).with_le(256),
+            StatusWord::SUCCESS,
+        )?;
+        store(
+            &mut s,
+            0,
+            true,
+            &[(DGI_CARD_ID, CARD_ID), (DGI_PIN, &pin_dgi(3, PIN)?), (DGI_PUK, &pin_dgi(5, PUK)?)],
+        )?;
+        s.arm();
+        s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn set_status_locked_then_terminated(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        personalize(&mut s)?;
+        s.arm();
+        s.secure(&Command::new(0x80, 0xF0, 0x80, 0x7F), StatusWord::SUCCESS)?;
+        s.secure(&Command::new(0x80, 0xF0, 0x80, 0xFF), StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn verify_wrong(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        personalize(&mut s)?;
+        s.select(AID)?;
+        s.arm();
+        s.expect(&verify(b"9999")?, StatusWord::tries_left(2))?;
+        Ok(())
+    }
+
+    fn verify_right(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        personalize(&mut s)?;
+        s.select(AID)?;
+        s.expect(&verify(b"9999")?, StatusWord::tries_left(2))?;
+        s.arm();
+        s.expect(&verify(PIN)?, StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn unblock(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        personalize(&mut s)?;
+        s.select(AID)?;
+        for left in [2, 1, 0] {
+            s.expect(&verify(b"9999")?, StatusWord::tries_left(left))?;
+        }
+        s.expect(&verify(PIN)?, StatusWord::AUTH_METHOD_BLOCKED)?;
+        s.arm();
+        let mut data = block(PUK)?;
+        data.extend_from_slice(&block(b"4321")?);
+        s.expect(&Command::new(0x00, 0x2C, 0x00, 0x81).with_data(data), StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn change_pin(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        personalize(&mut s)?;
+        s.select(AID)?;
+        s.arm();
+        let mut data = block(PIN)?;
+        data.extend_from_slice(&block(b"87654321")?);
+        s.expect(&Command::new(0x00, 0x24, 0x00, 0x81).with_data(data), StatusWord::SUCCESS)?;
+        Ok(())
+    }
+
+    fn failed_external_authenticate(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        s.select(AID)?;
+        match s.failed_authentication(INITIAL_KVN, true)? {
+            StatusWord(0x6300) => Ok(()),
+            sw => Err(TearError::Unexpected(format!("failed EXTERNAL AUTHENTICATE answered {sw}"))),
+        }
+    }
+
+    fn external_authenticate_after_failure(d: &mut dyn TearDriver) -> Result<(), TearError> {
+        let mut s = Script::new(d);
+        s.select(AID)?;
+        s.failed_authentication(INITIAL_KVN, false)?;
+        s.arm();
+        s.open_session(&initial_keys(), SecurityLevel::CMac)
+    }
+
+    /// Every state-changing command of the ISD, as tear scenarios.
+    pub fn all() -> Vec<TearScenario> {
+        vec![
+            TearScenario { name: "PUT KEY replaces the initial key set", script: put_key },
+            TearScenario { name: "STORE DATA card id", script: store_card_id },
+            TearScenario { name: "STORE DATA set PIN", script: set_pin },
+            TearScenario { name: "STORE DATA set PUK", script: set_puk },
+            TearScenario {
+                name: "SET STATUS OP_READY -> PERSONALIZED",
+                script: set_status_personalized,
+            },
+            TearScenario {
+                name: "SET STATUS -> LOCKED -> TERMINATED",
+                script: set_status_locked_then_terminated,
+            },
+            TearScenario { name: "VERIFY wrong PIN", script: verify_wrong },
+            TearScenario { name: "VERIFY right PIN after a wrong one", script: verify_right },
+            TearScenario { name: "RESET RETRY COUNTER (unblock with PUK)", script: unblock },
+            TearScenario { name: "CHANGE REFERENCE DATA (change PIN)", script: change_pin },
+            TearScenario {
+                name: "failed EXTERNAL AUTHENTICATE",
+                script: failed_external_authenticate,
+            },
+            TearScenario {
+                name: "EXTERNAL AUTHENTICATE after a failure",
+                script: external_authenticate_after_failure,
+            },
+        ]
+    }
+}

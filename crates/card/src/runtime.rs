@@ -1,0 +1,290 @@
+//! Dispatch: the APDU layer, card-wide commands (SELECT, GET CHALLENGE) and the applets.
+//!
+//! Order of processing for one received APDU:
+//!
+//! 1. The apdu crate's [`CardApduLayer`] parses it (`6700`/`6E00` when malformed), assembles
+//!    command chains (CLA bit `10`) and serves GET RESPONSE from data waiting after `61xx`.
+//! 2. Class: CLA `20`..`3F` (reserved) gives `6E00`. The logical channel (CLA b1-b2, or
+//!    4 + b1-b4 for CLA `40`..`7F`/`C0`..`FF`) must be 0, else `6881`; MANAGE CHANNEL `6881`.
+//! 3. Interindustry SELECT by DF name (`00 A4 04 xx`) and GET CHALLENGE (`00 84 00 00`) are
+//!    handled by the runtime.
+//! 4. Everything else goes to the selected applet; `6985` when none is selected.
+//! 5. After the applet answers: `9000` commits any change to its persistent state (and the
+//!    card-wide data) atomically; any other status word restores the last committed state.
+
+use tessera_apdu::{CardApduLayer, Command, DEFAULT_MAX_CHAIN_DATA, Response, StatusWord};
+use tessera_crypto::rng::Rng;
+
+use crate::applet::{Applet, Context, SecurityStatus, decode_state, encode_state};
+use crate::error::CardError;
+use crate::lifecycle::CardData;
+use crate::store::{CARD_OWNER, StateMap, Store};
+
+/// INS of SELECT.
+pub const INS_SELECT: u8 = 0xA4;
+/// INS of GET CHALLENGE.
+pub const INS_GET_CHALLENGE: u8 = 0x84;
+/// INS of MANAGE CHANNEL.
+pub const INS_MANAGE_CHANNEL: u8 = 0x70;
+/// Longest challenge GET CHALLENGE returns.
+pub const MAX_CHALLENGE: usize = 256;
+
+/// Everything below the APDU layer.
+pub(crate) struct Core {
+    pub(crate) store: Store,
+    pub(crate) applets: Vec<Box<dyn Applet>>,
+    pub(crate) card: CardData,
+    pub(crate) selected: Option<usize>,
+    pub(crate) challenge: Option<Vec<u8>>,
+    pub(crate) security: SecurityStatus,
+    pub(crate) rng: Box<dyn Rng + Send>,
+}
+
+/// The runtime: APDU layer plus core.
+pub(crate) struct Runtime {
+    apdu: CardApduLayer,
+    pub(crate) core: Core,
+}
+
+/// The initial state map of a fresh card: card-wide data and every applet's state.
+pub(crate) fn initial_state(applets: &[Box<dyn Applet>]) -> StateMap {
+    let mut map = StateMap::new();
+    map.insert(CARD_OWNER.to_vec(), encode_state(&CardData::default()));
+    for applet in applets {
+        map.insert(applet.aid().to_vec(), applet.save());
+    }
+    map
+}
+
+impl Runtime {
+    /// A runtime over an opened store: loads every registered applet's committed state (an
+    /// applet the image does not know yet keeps its fresh state until its first commit).
+    pub(crate) fn new(
+        store: Store,
+        mut applets: Vec<Box<dyn Applet>>,
+        rng: Box<dyn Rng + Send>,
+    ) -> Result<Runtime, CardError> {
+        let path = store.path().to_owned();
+        let card = match store.get(CARD_OWNER) {
+            Some(bytes) => decode_state(bytes)
+                .map_err(|e| CardError::corrupt(&path, format!("card-wide state: {e}")))?,
+            None => return Err(CardError::corrupt(&path, "card-wide state missing")),
+        };
+        for applet in &mut applets {
+            if let Some(bytes) = store.get(applet.aid()) {
+                applet.load(bytes).map_err(|e| {
+                    CardError::corrupt(&path, format!("applet {}: {e}", applet.name()))
+                })?;
+            }
+        }
+        let core = Core {
+            store,
+            applets,
+            card,
+            selected: None,
+            challenge: None,
+            security: SecurityStatus::default(),
+            rng,
+        };
+        Ok(Runtime { apdu: CardApduLayer::new(DEFAULT_MAX_CHAIN_DATA), core })
+    }
+
+    /// Clears all volatile state (reset, power-off).
+    pub(crate) fn clear_volatile(&mut self) {
+        self.apdu.reset();
+        self.core.selected = None;
+        self.core.challenge = None;
+        self.core.security = SecurityStatus::default();
+        for applet in &mut self.core.applets {
+            applet.clear_volatile();
+        }
+    }
+
+    /// Processes one APDU.
+    pub(crate) fn transmit(&mut self, apdu: &[u8]) -> Response {
+        let core = &mut self.core;
+        self.apdu.process(apdu, |cmd| core.execute(cmd))
+    }
+}
+
+/// The logical channel a CLA addresses (ISO/IEC 7816-4 5.4.1), for interindustry and
+/// GlobalPlatform proprietary classes alike.
+fn channel(cla: u8) -> u8 {
+    if cla & 0x40 == 0 { cla & 0x03 } else { 4 + (cla & 0x0F) }
+}
+
+impl Core {
+    fn execute(&mut self, cmd: &Command) -> Response {
+        if cmd.cla & 0xE0 == 0x20 {
+            return Response::status(StatusWord::CLA_NOT_SUPPORTED);
+        }
+        if channel(cmd.cla) != 0 {
+            return Response::status(StatusWord::LOGICAL_CHANNEL_NOT_SUPPORTED);
+        }
+        let interindustry = cmd.cla & 0x80 == 0;
+        if interindustry {
+            match (cmd.ins, cmd.p1) {
+                (INS_MANAGE_CHANNEL, _) => {
+                    return Response::status(StatusWord::LOGICAL_CHANNEL_NOT_SUPPORTED);
+                }
+                (INS_SELECT, 0x04) if cmd.cla & 0x0C == 0 => return self.select(cmd),
+                (INS_GET_CHALLENGE, _) if cmd.cla & 0x0C == 0 => return self.get_challenge(cmd),
+                _ => {}
+            }
+        }
+        match self.selected {
+            Some(index) => self.call(index, cmd),
+            None => Response::status(StatusWord::CONDITIONS_NOT_SATISFIED),
+        }
+    }
+
+    fn call(&mut self, index: usize, cmd: &Command) -> Response {
+        let mut touched = Vec::new();
+        // Only the card-management applet (index 0) reaches its peers.
+        let (applet, peers): (&mut Box<dyn Applet>, &mut [Box<dyn Applet>]) = if index == 0 {
+            match self.applets.split_first_mut() {
+                Some((first, rest)) => (first, rest),
+                None => return Response::status(StatusWord::UNKNOWN),
+            }
+        } else {
+            (&mut self.applets[index], &mut [])
+        };
+        let aid = applet.aid();
+        let mut ctx = Context {
+            store: &mut self.store,
+            card: &mut self.card,
+            challenge: &mut self.challenge,
+            security: &mut self.security,
+            rng: &mut *self.rng,
+            aid,
+            peers,
+            touched: &mut touched,
+        };
+        let response = match applet.call(&mut ctx, cmd) {
+            Ok(response) => response,
+            Err(sw) => Response::status(sw),
+        };
+        // Peers personalised in this command: absolute indexes (peers start after index 0).
+        let mut changed: Vec<usize> = vec![index];
+        changed.extend(touched.iter().map(|t| t + 1));
+        if response.sw == StatusWord::SUCCESS {
+            let states: Vec<(&'static [u8], Vec<u8>)> =
+                changed.iter().map(|&i| (self.applets[i].aid(), self.applets[i].save())).collect();
+            let card = encode_state(&self.card);
+            let mut changes: Vec<(&[u8], &[u8])> =
+                states.iter().map(|(aid, state)| (*aid, state.as_slice())).collect();
+            changes.push((CARD_OWNER, &card));
+            if self.store.commit(&changes).is_err() {
+                self.rollback(&changed);
+                return Response::status(StatusWord::MEMORY_FAILURE);
+            }
+            response
+        } else {
+            self.rollback(&changed);
+            response
+        }
+    }
+
+    /// Restores the committed persistent state of the given applets and the card-wide data.
+    fn rollback(&mut self, indexes: &[usize]) {
+        for &index in indexes {
+            let applet = &mut self.applets[index];
+            if let Some(bytes) = self.store.get(applet.aid()) {
+                // These bytes were produced by the applet's own `save`; they decode.
+                let _ = applet.load(bytes);
+            }
+        }
+        if let Some(Ok(card)) = self.store.get(CARD_OWNER).map(decode_state::<CardData>) {
+            self.card = card;
+        }
+    }
+
+    fn deselect(&mut self) {
+        if let Some(index) = self.selected.take() {
+            self.applets[index].deselect();
+        }
+        self.challenge = None;
+    }
+
+    /// SELECT by DF name (`00 A4 04 P2`, ISO/IEC 7816-4 11.2.2).
+    ///
+    /// P2 `00` first or only occurrence / `02` next occurrence; `00` returns the FCI, `0C`
+    /// nothing; other P2 `6A86`. The data is an AID or a leading part of one (1 to 16 bytes);
+    /// applets match in registration order; "next" continues after the selected applet when it
+    /// matches the name. Empty data selects the card-management applet (GlobalPlatform).
+    /// No match: `6A82`, the current selection is kept. A match deselects the current applet
+    /// (even when reselecting it), then the new applet's `select` decides; if it refuses,
+    /// nothing is selected.
+    fn select(&mut self, cmd: &Command) -> Response {
+        let occurrence_next = match cmd.p2 & 0x03 {
+            0x00 => false,
+            0x02 => true,
+            _ => return Response::status(StatusWord::INCORRECT_P1P2),
+        };
+        let fci = match cmd.p2 & 0xFC {
+            0x00 => true,
+            0x0C => false,
+            _ => return Response::status(StatusWord::INCORRECT_P1P2),
+        };
+        if cmd.data.len() > 16 {
+            return Response::status(StatusWord::INCORRECT_DATA);
+        }
+        let name = cmd.data.as_slice();
+        let matches = |a: &dyn Applet| a.aid().starts_with(name);
+        let found = if name.is_empty() {
+            (!occurrence_next).then_some(0)
+        } else {
+            let start = match self.selected {
+                Some(i) if occurrence_next && matches(&*self.applets[i]) => i + 1,
+                _ => 0,
+            };
+            (start..self.applets.len()).find(|&i| matches(&*self.applets[i]))
+        };
+        let Some(index) = found else {
+            return Response::status(StatusWord::NOT_FOUND);
+        };
+        // Only the card-management applet (index 0) is reachable unless the life cycle allows.
+        if index != 0 && !self.card.life_cycle.applets_selectable() {
+            return Response::status(StatusWord::SELECTED_FILE_DEACTIVATED);
+        }
+        self.deselect();
+        let applet = &mut self.applets[index];
+        let mut touched = Vec::new();
+        let mut ctx = Context {
+            store: &mut self.store,
+            card: &mut self.card,
+            challenge: &mut self.challenge,
+            security: &mut self.security,
+            rng: &mut *self.rng,
+            aid: applet.aid(),
+            peers: &mut [],
+            touched: &mut touched,
+        };
+        match applet.select(&mut ctx) {
+            Ok(data) => {
+                self.selected = Some(index);
+                Response::ok(if fci { data } else { Vec::new() })
+            }
+            Err(sw) => {
+                applet.clear_volatile();
+                Response::status(sw)
+            }
+        }
+    }
+
+    /// GET CHALLENGE (`00 84 00 00 Le`): Ne random bytes (1 to 256) from the card's generator;
+    /// the challenge is kept (volatile, single use) for a following authentication.
+    fn get_challenge(&mut self, cmd: &Command) -> Response {
+        if cmd.p1 != 0 || cmd.p2 != 0 {
+            return Response::status(StatusWord::INCORRECT_P1P2);
+        }
+        let ne = match cmd.le {
+            Some(ne) if cmd.data.is_empty() && ne <= MAX_CHALLENGE => ne,
+            _ => return Response::status(StatusWord::WRONG_LENGTH),
+        };
+        let mut challenge = vec![0u8; ne];
+        self.rng.fill_random(&mut challenge);
+        self.challenge = Some(challenge.clone());
+        Response::ok(challenge)
+    }
+}
