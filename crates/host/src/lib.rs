@@ -4,6 +4,8 @@
 //!   `61xx`/`6Cxx` handling and APDU tracing ([`trace`]) are built in.
 //! - [`InProcessChannel`]: a card simulated in this process (any [`VirtualCard`]).
 //! - [`PcscChannel`]: a card in a PC/SC reader (pcscd), real or virtual.
+//! - [`SecureChannel`]: a GlobalPlatform SCP03 session over any channel.
+//! - [`pcscd`]: a private pcscd for tests and benchmarks.
 //! - [`vpcd`]: the bridge that puts a [`VirtualCard`] into pcscd's virtual reader (vsmartcard
 //!   vpcd), so every PC/SC program sees it as a card in a reader.
 
@@ -13,6 +15,7 @@ mod channel;
 mod in_process;
 pub mod pcscd;
 mod reader;
+mod secure;
 pub mod trace;
 mod virtual_card;
 pub mod vpcd;
@@ -20,4 +23,5 @@ pub mod vpcd;
 pub use channel::{CardChannel, ChannelError};
 pub use in_process::InProcessChannel;
 pub use reader::{PcscChannel, ReaderInfo, list_readers};
+pub use secure::{Handshake, SecureChannel, SecureChannelError};
 pub use virtual_card::{ECHO_ATR, EchoCard, VirtualCard};

@@ -81,13 +81,38 @@ pub fn is_running() -> bool {
     Path::new(PCSCD_SOCKET).exists() && pcsc::Context::establish(pcsc::Scope::User).is_ok()
 }
 
+/// Where [`MachineLock`] locks.
+pub const LOCK_PATH: &str = "/tmp/tessera-pcscd.lock";
+
+/// Exclusive use of the machine's one pcscd, across threads and processes (test runners run
+/// tests as threads, cargo-nextest as processes): an advisory lock on [`LOCK_PATH`], released
+/// when dropped or when the process dies.
+#[derive(Debug)]
+pub struct MachineLock {
+    _file: fs::File,
+}
+
+impl MachineLock {
+    /// Waits until no other holder is left, then takes the lock.
+    pub fn acquire() -> io::Result<Self> {
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_PATH)?;
+        file.lock()?;
+        Ok(Self { _file: file })
+    }
+}
+
 /// A pcscd child process; stopped (SIGTERM, then SIGKILL) when dropped.
+///
+/// Holds the [`MachineLock`] for its whole life, so two of them never overlap.
 #[derive(Debug)]
 pub struct Pcscd {
     child: Option<Child>,
     dir: PathBuf,
     program: PathBuf,
     extra_entries: String,
+    // Declared last: released after the daemon has stopped.
+    _lock: MachineLock,
 }
 
 impl Pcscd {
@@ -95,6 +120,7 @@ impl Pcscd {
     /// see [`vpcd_reader_entry`]), and waits until it lists the vpcd readers.
     pub fn start(extra_entries: &str) -> Result<Self, PcscdError> {
         let program = check_installed()?;
+        let lock = MachineLock::acquire()?;
         let dir = std::env::temp_dir().join(format!("tessera-pcscd-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
         let mut conf = fs::read_to_string(DEBIAN_VPCD_CONF)?;
@@ -103,7 +129,13 @@ impl Pcscd {
         let conf_dir = dir.join("reader.conf.d");
         fs::create_dir_all(&conf_dir)?;
         fs::write(conf_dir.join("vpcd"), conf)?;
-        let mut pcscd = Self { child: None, dir, program, extra_entries: extra_entries.to_owned() };
+        let mut pcscd = Self {
+            child: None,
+            dir,
+            program,
+            extra_entries: extra_entries.to_owned(),
+            _lock: lock,
+        };
         pcscd.spawn()?;
         Ok(pcscd)
     }

@@ -139,6 +139,8 @@ impl CardChannel for PcscChannel {
     }
 
     fn atr(&mut self) -> Result<Vec<u8>, ChannelError> {
-        Ok(self.card.get_attribute_owned(pcsc::Attribute::AtrString)?)
+        // SCardStatus, not SCardGetAttrib: pcscd answers the ATR it cached at power-up,
+        // while drivers such as vpcd do not implement the ATR attribute.
+        Ok(self.card.status2_owned()?.atr().to_vec())
     }
 }
