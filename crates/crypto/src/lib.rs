@@ -6,6 +6,11 @@
 //! - [`keys`]: zeroising symmetric key types ([`keys::AesKey`]).
 //! - [`passphrase`]: sealing a blob under a passphrase (Argon2id + AES-256-GCM).
 //! - [`mac`]: the AES-CMAC message authentication code.
+//! - [`kdf`]: SP 800-108 counter-mode KDF with AES-CMAC, one [`kdf::Label`] per purpose.
+//! - [`keywrap`]: AES-256-GCM key wrap for export, metadata as associated data.
+//! - [`ecdsa`]: ECDSA P-256/SHA-256 keys and signatures, SEC1/SPKI/PKCS#8/DER encodings.
+//! - [`ecdh`]: P-256 Diffie-Hellman with static and ephemeral keys.
+//! - [`hpke`]: RFC 9180 base mode, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM.
 //! - [`scp03`]: GlobalPlatform SCP03 secure messaging, host and card side.
 //!
 //! All fallible operations return [`CryptoError`]. Secrets zeroise on drop, secret comparisons
@@ -14,8 +19,13 @@
 #![forbid(unsafe_code)]
 
 mod block;
+pub mod ecdh;
+pub mod ecdsa;
 mod error;
+pub mod hpke;
+pub mod kdf;
 pub mod keys;
+pub mod keywrap;
 pub mod mac;
 pub mod passphrase;
 pub mod rng;
