@@ -357,6 +357,8 @@ impl Isd {
         cmd: &Command,
     ) -> Result<Response, StatusWord> {
         self.volatile.scp.close();
+        self.volatile.next_block = 0;
+        self.volatile.perso_target = None;
         if self.state.auth_failures >= AUTH_FAILURE_LIMIT {
             return Err(StatusWord::AUTH_METHOD_BLOCKED);
         }

@@ -1,0 +1,295 @@
+//! The card-management applet: SCP03 gating, personalisation, life cycle, PINs, lockout.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Plain, SELECT_ISD, card, sw, tx};
+use tessera_apdu::{Command, StatusWord};
+use tessera_card::applets::isd::scenarios::{
+    CARD_ID, PIN, PUK, initial_keys, issued_keys, open_initial, personalize, store,
+};
+use tessera_card::applets::isd::{AID, AUTH_FAILURE_LIMIT, DGI_CARD_ID, DGI_PIN};
+use tessera_card::pin::PinBlock;
+use tessera_card::script::{Script, put_key_data};
+use tessera_card::{Card, TearError};
+use tessera_crypto::scp03::SecurityLevel;
+
+const OK: StatusWord = StatusWord::SUCCESS;
+
+fn block(v: &[u8]) -> Vec<u8> {
+    PinBlock::from_value(v).unwrap().as_bytes().to_vec()
+}
+
+fn verify(c: &mut Card, v: &[u8]) -> StatusWord {
+    sw(c, &format!("0020008108{}", hex::encode(block(v))))
+}
+
+fn issued() -> Card {
+    let mut c = card();
+    personalize(&mut Script::new(&mut Plain(&mut c))).unwrap();
+    c
+}
+
+#[test]
+fn get_data_reports_life_cycle_card_id_and_keys() {
+    let mut c = card();
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(tx(&mut c, "00CA9F7000").data, [0x9F, 0x70, 0x01, 0x01], "OP_READY");
+    assert_eq!(sw(&mut c, "00CA004500"), StatusWord::REFERENCED_DATA_NOT_FOUND, "no card id yet");
+    let keys = tx(&mut c, "80CA00E000").data;
+    assert_eq!(hex::encode(keys), "e012c00401308810c00402308810c00403308810");
+    let cardid = {
+        let mut c = issued();
+        assert_eq!(sw(&mut c, SELECT_ISD), OK);
+        assert_eq!(tx(&mut c, "00CA9F7000").data, [0x9F, 0x70, 0x01, 0x0F], "PERSONALIZED");
+        assert_eq!(
+            hex::encode(tx(&mut c, "80CA00E000").data),
+            "e012c00401318810c00402318810c00403318810"
+        );
+        tx(&mut c, "00CA004500").data
+    };
+    assert_eq!(&cardid[2..], CARD_ID);
+}
+
+#[test]
+fn personalisation_needs_a_cmac_cdec_session() {
+    let mut c = card();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    s.select(AID).unwrap();
+    s.open_session(&initial_keys(), SecurityLevel::CMac).unwrap();
+    let data = put_key_data(&initial_keys(), &issued_keys()).unwrap();
+    let put_key = Command::new(0x80, 0xD8, 0x00, 0x81).with_data(data).with_le(256);
+    let r = s.secure(&put_key, StatusWord::SECURITY_STATUS_NOT_SATISFIED);
+    assert!(r.is_ok(), "C-MAC only is not enough: {r:?}");
+    s.open_session(&initial_keys(), SecurityLevel::CMacCDec).unwrap();
+    let r = s.secure(&put_key, OK).unwrap();
+    assert_eq!(r.data[0], 0x31);
+    assert_eq!(r.data.len(), 1 + 9);
+    // The old keys no longer open a session; the new ones do.
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    s.select(AID).unwrap();
+    assert!(s.open_session(&initial_keys(), SecurityLevel::CMacCDec).is_err());
+    s.open_session(&issued_keys(), SecurityLevel::Full).unwrap();
+}
+
+#[test]
+fn put_key_with_a_wrong_check_value_changes_nothing() {
+    let mut c = card();
+    let before = c.persistent_state();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    open_initial(&mut s).unwrap();
+    let mut data = put_key_data(&initial_keys(), &issued_keys()).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    s.secure(
+        &Command::new(0x80, 0xD8, 0x00, 0x81).with_data(data).with_le(256),
+        StatusWord::INCORRECT_DATA,
+    )
+    .unwrap();
+    // Wrong key version to replace.
+    let data = put_key_data(&initial_keys(), &issued_keys()).unwrap();
+    s.secure(
+        &Command::new(0x80, 0xD8, 0x55, 0x81).with_data(data).with_le(256),
+        StatusWord::REFERENCED_DATA_NOT_FOUND,
+    )
+    .unwrap();
+    drop(s);
+    assert_eq!(c.persistent_state(), before);
+}
+
+#[test]
+fn a_mac_failure_ends_the_session() {
+    let mut c = card();
+    {
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+    }
+    // A secured STORE DATA with a forged MAC.
+    assert_eq!(
+        sw(&mut c, "84E288000F010104414243440000000000000000"),
+        StatusWord::SECURITY_STATUS_NOT_SATISFIED
+    );
+    assert_eq!(
+        sw(&mut c, "84E288000F010104414243440000000000000000"),
+        StatusWord::CONDITIONS_NOT_SATISFIED
+    );
+}
+
+#[test]
+fn life_cycle_is_enforced() {
+    let mut c = card();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    open_initial(&mut s).unwrap();
+    // Not ready: no card id, PIN, PUK, and the initial keys.
+    s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), StatusWord::CONDITIONS_NOT_SATISFIED).unwrap();
+    // Cannot skip to LOCKED from OP_READY.
+    s.secure(&Command::new(0x80, 0xF0, 0x80, 0x7F), StatusWord::CONDITIONS_NOT_SATISFIED).unwrap();
+    drop(s);
+
+    let mut c = issued();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    s.select(AID).unwrap();
+    s.open_session(&issued_keys(), SecurityLevel::CMacCDec).unwrap();
+    // PERSONALIZED: the ISD's own data groups are closed.
+    let r = s.secure(
+        &Command::new(0x80, 0xE2, 0x88, 0x00).with_data(vec![0x01, 0x01, 0x01, 0x41]),
+        StatusWord::CONDITIONS_NOT_SATISFIED,
+    );
+    assert!(r.is_ok(), "{r:?}");
+    s.secure(&Command::new(0x80, 0xF0, 0x80, 0x7F), OK).unwrap();
+    drop(s);
+    // LOCKED: PIN commands refused; GET DATA works.
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(verify(&mut c, PIN), StatusWord::CONDITIONS_NOT_SATISFIED);
+    assert_eq!(tx(&mut c, "00CA9F7000").data, [0x9F, 0x70, 0x01, 0x7F]);
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    s.select(AID).unwrap();
+    s.open_session(&issued_keys(), SecurityLevel::CMacCDec).unwrap();
+    s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), OK).unwrap(); // unlock
+    s.secure(&Command::new(0x80, 0xF0, 0x80, 0xFF), OK).unwrap(); // terminate
+    s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), StatusWord::CONDITIONS_NOT_SATISFIED).unwrap();
+    drop(s);
+    // TERMINATED: only GET DATA.
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(tx(&mut c, "00CA9F7000").data, [0x9F, 0x70, 0x01, 0xFF]);
+    assert_eq!(sw(&mut c, "8050300008000102030405060700"), StatusWord::CONDITIONS_NOT_SATISFIED);
+    assert_eq!(verify(&mut c, PIN), StatusWord::CONDITIONS_NOT_SATISFIED);
+}
+
+#[test]
+fn store_data_blocks_must_be_in_sequence() {
+    let mut c = card();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    open_initial(&mut s).unwrap();
+    let r = s.secure(
+        &Command::new(0x80, 0xE2, 0x88, 0x05).with_data(vec![0x01, 0x01, 0x01, 0x41]),
+        StatusWord::INCORRECT_P1P2,
+    );
+    assert!(r.is_ok());
+    store(&mut s, 0, false, &[(DGI_CARD_ID, b"A")]).unwrap();
+    store(&mut s, 1, true, &[(DGI_CARD_ID, b"B")]).unwrap();
+    // Truncated DGI, unknown DGI, bad PIN group: refused, nothing stored.
+    for data in [
+        vec![0x01, 0x01, 0x05, 0x41],
+        vec![0x77, 0x77, 0x01, 0x41],
+        vec![0x81, 0x01, 0x02, 0x03, 0x31],
+    ] {
+        let r = s.secure(&Command::new(0x80, 0xE2, 0x88, 0x00).with_data(data.clone()), OK);
+        assert!(matches!(r, Err(TearError::Unexpected(_))), "{data:02X?}");
+    }
+    drop(s);
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(&tx(&mut c, "00CA004500").data[2..], b"B");
+}
+
+#[test]
+fn pin_rules() {
+    let mut c = issued();
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(sw(&mut c, "0020008100"), StatusWord::tries_left(3), "empty VERIFY reports tries");
+    assert_eq!(sw(&mut c, "00200081"), StatusWord::tries_left(3));
+    assert_eq!(verify(&mut c, b"0000"), StatusWord::tries_left(2));
+    assert_eq!(verify(&mut c, PIN), OK);
+    assert_eq!(sw(&mut c, "00200081"), OK, "verified in this session");
+    assert_eq!(sw(&mut c, "0020FF81"), OK, "VERIFY FF drops the status");
+    assert_eq!(sw(&mut c, "00200081"), StatusWord::tries_left(3));
+    for left in [2, 1, 0] {
+        assert_eq!(verify(&mut c, b"0000"), StatusWord::tries_left(left));
+    }
+    assert_eq!(verify(&mut c, PIN), StatusWord::AUTH_METHOD_BLOCKED);
+    assert_eq!(sw(&mut c, "00200081"), StatusWord::AUTH_METHOD_BLOCKED);
+    // Change PIN refused while blocked.
+    let change = format!("0024008110{}{}", hex::encode(block(PIN)), hex::encode(block(b"5555")));
+    assert_eq!(sw(&mut c, &change), StatusWord::AUTH_METHOD_BLOCKED);
+    // Wrong PUK counts on the PUK.
+    let unblock = |puk: &[u8]| {
+        format!("002C008110{}{}", hex::encode(block(puk)), hex::encode(block(b"5555")))
+    };
+    assert_eq!(sw(&mut c, &unblock(b"00000000")), StatusWord::tries_left(4));
+    assert_eq!(sw(&mut c, &unblock(PUK)), OK);
+    assert_eq!(verify(&mut c, PIN), StatusWord::tries_left(2), "old PIN gone");
+    assert_eq!(verify(&mut c, b"5555"), OK);
+    let change =
+        format!("0024008110{}{}", hex::encode(block(b"5555")), hex::encode(block(b"777777")));
+    assert_eq!(sw(&mut c, &change), OK);
+    assert_eq!(verify(&mut c, b"777777"), OK);
+    // The PUK's counter was reset by its correct use.
+    assert_eq!(sw(&mut c, "00200082"), StatusWord::tries_left(5));
+    // Malformed PIN commands change nothing.
+    let state = c.persistent_state();
+    for apdu in [
+        "0020008103313233",
+        "002000810831FF323334FFFFFF",
+        "00200083083132333435FFFFFF",
+        "002C0081083132333435363738",
+        "0024018110",
+    ] {
+        assert_ne!(sw(&mut c, apdu), OK, "{apdu}");
+    }
+    assert_eq!(c.persistent_state(), state);
+}
+
+#[test]
+fn failed_external_authentications_lock_the_key_set() {
+    let mut c = card();
+    for i in 1..=AUTH_FAILURE_LIMIT {
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        s.select(AID).unwrap();
+        assert_eq!(
+            s.failed_authentication(0x30, false).unwrap(),
+            StatusWord(0x6300),
+            "attempt {i}"
+        );
+    }
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    s.select(AID).unwrap();
+    assert!(s.open_session(&initial_keys(), SecurityLevel::CMac).is_err(), "locked out");
+    drop(s);
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(sw(&mut c, "8050300008000102030405060700"), StatusWord::AUTH_METHOD_BLOCKED);
+    assert_eq!(tx(&mut c, "80CA00C100").data, [0xC1, 0x04, 0, 0, 0, AUTH_FAILURE_LIMIT as u8]);
+}
+
+#[test]
+fn a_successful_authentication_resets_the_failure_count() {
+    let mut c = card();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    s.select(AID).unwrap();
+    s.failed_authentication(0x30, false).unwrap();
+    s.failed_authentication(0x30, false).unwrap();
+    drop(s);
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(tx(&mut c, "80CA00C100").data, [0xC1, 0x04, 0, 0, 0, 2]);
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    open_initial(&mut s).unwrap();
+    drop(s);
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(tx(&mut c, "80CA00C100").data, [0xC1, 0x04, 0, 0, 0, 0]);
+}
+
+#[test]
+fn set_pin_group_format() {
+    let mut c = card();
+    let mut p = Plain(&mut c);
+    let mut s = Script::new(&mut p);
+    open_initial(&mut s).unwrap();
+    let mut group = vec![16u8]; // more than 15 tries
+    group.extend_from_slice(&block(PIN));
+    let mut data = DGI_PIN.to_be_bytes().to_vec();
+    data.push(group.len() as u8);
+    data.extend_from_slice(&group);
+    s.secure(&Command::new(0x80, 0xE2, 0x88, 0x00).with_data(data), StatusWord::INCORRECT_DATA)
+        .unwrap();
+}
