@@ -10,6 +10,7 @@
 //! - [`keywrap`]: AES-256-GCM key wrap for export, metadata as associated data.
 //! - [`ecdsa`]: ECDSA P-256/SHA-256 keys and signatures, SEC1/SPKI/PKCS#8/DER encodings.
 //! - [`ecdh`]: P-256 Diffie-Hellman with static and ephemeral keys.
+//! - [`x509`]: X.509 certificates, chains, roles and CRLs.
 //! - [`hpke`]: RFC 9180 base mode, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM.
 //! - [`scp03`]: GlobalPlatform SCP03 secure messaging, host and card side.
 //!
@@ -30,5 +31,6 @@ pub mod mac;
 pub mod passphrase;
 pub mod rng;
 pub mod scp03;
+pub mod x509;
 
 pub use error::{CryptoError, Result};
