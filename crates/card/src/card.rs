@@ -82,8 +82,25 @@ fn lock(path: &Path, file: &fs::File) -> Result<(), CardError> {
 impl Card {
     /// Makes a blank card image at `path` and opens it. Fails if the file exists.
     ///
-    /// The file is created with mode 0600 and locked exclusively while the card lives.
+    /// The image is written completely to a temporary file beside `path` (mode 0600, locked),
+    /// made durable, then hard-linked to `path`, which fails if `path` appeared meanwhile: a
+    /// crash never leaves a half-made image under the card's name. The lock is held while the
+    /// card lives.
     pub fn create(path: &Path, options: CardOptions) -> Result<Card, CardError> {
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(CardError::AlreadyExists { path: path.to_owned() });
+        }
+        let name = path.file_name().ok_or_else(|| {
+            CardError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+            )
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
         let mut open = fs::OpenOptions::new();
         open.read(true).write(true).create_new(true);
         #[cfg(unix)]
@@ -91,10 +108,21 @@ impl Card {
             use std::os::unix::fs::OpenOptionsExt;
             open.mode(0o600);
         }
-        let file = open.open(path).map_err(|e| CardError::io(path, e))?;
-        lock(path, &file)?;
-        let storage = FileStorage::new(file, path.to_owned());
-        Card::create_on(Box::new(storage), options)
+        let file = open.open(&tmp).map_err(|e| CardError::io(path, e))?;
+        let made = lock(path, &file)
+            .and_then(|()| {
+                Card::create_on(Box::new(FileStorage::new(file, path.to_owned())), options)
+            })
+            .and_then(|card| {
+                fs::hard_link(&tmp, path).map_err(|e| CardError::io(path, e))?;
+                Ok(card)
+            });
+        // The temporary name goes in every case; the image lives on under `path` if linked.
+        let _ = fs::remove_file(&tmp);
+        let card = made?;
+        // Make the new directory entry durable too.
+        fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| CardError::io(path, e))?;
+        Ok(card)
     }
 
     /// Opens the card image at `path`, locking it exclusively.

@@ -288,3 +288,174 @@ impl Core {
         Response::ok(challenge)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use tessera_crypto::rng::SeededRng;
+
+    use super::*;
+    use crate::applet::{PowerCut, StateError, TearDriver};
+    use crate::applets::isd::scenarios::{open_initial, store};
+    use crate::applets::{Provisioning, registry};
+    use crate::script::Script;
+    use crate::storage::MemoryStorage;
+
+    /// A test applet: a persistent byte string and a counter.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Notes {
+        text: Vec<u8>,
+        count: u32,
+    }
+
+    struct NotesApplet(Notes);
+
+    const NOTES_AID: &[u8] = &[0xF0, 0x74, 0x65, 0x73, 0x74, 0x01];
+
+    impl Applet for NotesApplet {
+        fn aid(&self) -> &'static [u8] {
+            NOTES_AID
+        }
+        fn name(&self) -> &'static str {
+            "notes"
+        }
+        fn save(&self) -> Vec<u8> {
+            encode_state(&self.0)
+        }
+        fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
+            self.0 = decode_state(state)?;
+            Ok(())
+        }
+        fn clear_volatile(&mut self) {}
+        fn select(&mut self, _ctx: &mut Context<'_>) -> Result<Vec<u8>, StatusWord> {
+            Ok(Vec::new())
+        }
+        fn call(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Response, StatusWord> {
+            match cmd.ins {
+                // Append, then fail: nothing may remain.
+                0x01 => {
+                    self.0.text.extend_from_slice(&cmd.data);
+                    Err(StatusWord::INCORRECT_DATA)
+                }
+                // Append and succeed.
+                0x02 => {
+                    self.0.text.extend_from_slice(&cmd.data);
+                    Ok(Response::ok(Vec::new()))
+                }
+                // Count durably, then fail: the count remains, the text change does not.
+                0x03 => {
+                    self.0.count += 1;
+                    ctx.commit(&self.save())?;
+                    self.0.text.push(b'!');
+                    Err(StatusWord::tries_left(1))
+                }
+                0x04 => Ok(Response::ok(self.0.text.clone())),
+                _ => Err(StatusWord::INS_NOT_SUPPORTED),
+            }
+        }
+        fn personalize(
+            &mut self,
+            _ctx: &mut Context<'_>,
+            dgi: u16,
+            data: &[u8],
+        ) -> Result<(), StatusWord> {
+            match dgi {
+                0x0201 => {
+                    self.0.text = data.to_vec();
+                    Ok(())
+                }
+                _ => Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
+            }
+        }
+    }
+
+    fn runtime() -> Runtime {
+        let mut applets = registry(&Provisioning::default());
+        applets.push(Box::new(NotesApplet(Notes::default())));
+        let store =
+            Store::create(Box::new(MemoryStorage::new()), None, initial_state(&applets)).unwrap();
+        Runtime::new(store, applets, Box::new(SeededRng::from_u64(3))).unwrap()
+    }
+
+    struct Direct<'a>(&'a mut Runtime);
+
+    impl TearDriver for Direct<'_> {
+        fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, PowerCut> {
+            Ok(self.0.transmit(apdu).to_bytes())
+        }
+        fn arm(&mut self) {}
+    }
+
+    fn send(rt: &mut Runtime, cmd: Command) -> Response {
+        rt.transmit(&cmd.to_bytes().unwrap())
+    }
+
+    fn notes(rt: &mut Runtime) -> Vec<u8> {
+        send(rt, Command::new(0, 0xA4, 4, 0).with_data(NOTES_AID.to_vec()));
+        send(rt, Command::new(0x80, 0x04, 0, 0).with_le(256)).data
+    }
+
+    #[test]
+    fn failed_commands_roll_back_and_successful_ones_commit() {
+        let mut rt = runtime();
+        assert_eq!(
+            send(&mut rt, Command::new(0, 0xA4, 4, 0).with_data(NOTES_AID.to_vec())).sw,
+            StatusWord::SUCCESS
+        );
+        let g = rt.core.store.generation();
+        assert_eq!(
+            send(&mut rt, Command::new(0x80, 0x01, 0, 0).with_data(b"lost".to_vec())).sw,
+            StatusWord::INCORRECT_DATA
+        );
+        assert_eq!(rt.core.store.generation(), g, "a failed command writes nothing");
+        assert_eq!(notes(&mut rt), b"");
+        assert_eq!(
+            send(&mut rt, Command::new(0x80, 0x02, 0, 0).with_data(b"kept".to_vec())).sw,
+            StatusWord::SUCCESS
+        );
+        assert_eq!(rt.core.store.generation(), g + 1);
+        assert_eq!(notes(&mut rt), b"kept");
+        assert_eq!(send(&mut rt, Command::new(0x80, 0x03, 0, 0)).sw, StatusWord::tries_left(1));
+        assert_eq!(rt.core.store.generation(), g + 2, "the mid-command commit stays");
+        assert_eq!(notes(&mut rt), b"kept", "the change after it does not");
+        let state: Notes = decode_state(rt.core.store.get(NOTES_AID).unwrap()).unwrap();
+        assert_eq!(state.count, 1);
+    }
+
+    #[test]
+    fn the_isd_routes_personalisation_data_to_an_applet() {
+        let mut rt = runtime();
+        let mut d = Direct(&mut rt);
+        let mut s = Script::new(&mut d);
+        open_initial(&mut s).unwrap();
+        // INSTALL [for personalization] for an AID that is not on the card.
+        let install = |aid: &[u8]| {
+            let mut data = vec![0x00, aid.len() as u8];
+            data.extend_from_slice(aid);
+            data.extend_from_slice(&[0, 0, 0]);
+            Command::new(0x80, 0xE6, 0x20, 0x00).with_data(data).with_le(256)
+        };
+        s.secure(&install(&[0xF0, 1, 2, 3, 4]), StatusWord::REFERENCED_DATA_NOT_FOUND).unwrap();
+        s.secure(&install(NOTES_AID), StatusWord::SUCCESS).unwrap();
+        // A group the applet refuses fails the whole block.
+        let r = s.secure(
+            &Command::new(0x80, 0xE2, 0x88, 0x00)
+                .with_data(vec![0x02, 0x01, 0x01, b'x', 0x09, 0x09, 0x00]),
+            StatusWord::REFERENCED_DATA_NOT_FOUND,
+        );
+        assert!(r.is_ok(), "{r:?}");
+        drop(s);
+        let notes_state: Notes = decode_state(&rt.core.applets[1].save()).unwrap();
+        assert_eq!(notes_state.text, b"", "the peer's change was rolled back with the block");
+        let mut d = Direct(&mut rt);
+        let mut s = Script::new(&mut d);
+        open_initial(&mut s).unwrap();
+        s.secure(&install(NOTES_AID), StatusWord::SUCCESS).unwrap();
+        store(&mut s, 0, true, &[(0x0201, b"personalised")]).unwrap();
+        // After the last block, STORE DATA goes to the ISD again.
+        store(&mut s, 0, true, &[(crate::applets::isd::DGI_CARD_ID, b"ID")]).unwrap();
+        drop(s);
+        assert_eq!(notes(&mut rt), b"personalised");
+        assert_eq!(rt.core.card.card_id, b"ID");
+    }
+}

@@ -34,6 +34,8 @@ fn created_owner_only_locked_and_never_overwritten() {
     let path = dir.path().join("card.img");
     let card = make(&path);
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["card.img"], "no temporary file is left behind");
     let e = open(&path).unwrap_err();
     assert!(matches!(e, CardError::Locked { .. }), "{e}");
     names_file(&e, &path);
