@@ -1,1 +1,23 @@
-//! tessera server (work in progress).
+//! tessera's card-management server: issuers and their PKI, admin tokens, cards, the APDU
+//! tunnel through which the server drives a card, and the hash-chained audit log, over
+//! SQLite (embedded default) or PostgreSQL (several replicas on one database).
+//!
+//! - [`db`]: connections, transactions, dialects, migrations.
+//! - [`store`]: every operation, one transaction each ([`store::Store`]).
+//! - [`tunnel`]: the APDUs the server sends a card and how it reads the answers.
+//! - [`http`]: the axum router (JSON API, `/healthz`, `/metrics`, `/openapi.json`).
+//! - [`tls`]: the self-signed certificate and the TLS listener (rustls, `ring`).
+//! - [`server`]: configuration and the run loop with graceful shutdown.
+//! - [`primitives`]: hashing, sealing and signing helpers awaiting a home in `tessera-crypto`.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod primitives;
+pub mod store;
+pub mod tunnel;
+
+pub use error::{ServerError, ServerResult};
+pub use store::{Store, StoreConfig};

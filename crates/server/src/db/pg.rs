@@ -1,0 +1,221 @@
+//! PostgreSQL: a small connection pool over `tokio-postgres`, without TLS (the database is
+//! expected on loopback or a private network; see docs/decisions.md "Server storage").
+
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::{BUSY_TIMEOUT, DbError, DbResult, Row, Value};
+
+/// Most connections one server process opens.
+const MAX_CONNECTIONS: usize = 16;
+
+#[derive(Clone)]
+pub(super) struct PgPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    config: Config,
+    idle: Mutex<Vec<Client>>,
+    permits: Arc<Semaphore>,
+}
+
+impl PgPool {
+    pub(super) fn new(url: &str) -> DbResult<Self> {
+        let mut config: Config =
+            url.parse().map_err(|e| DbError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+        config.connect_timeout(BUSY_TIMEOUT);
+        Ok(PgPool {
+            inner: Arc::new(PoolInner {
+                config,
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            }),
+        })
+    }
+
+    async fn get(&self) -> DbResult<PooledClient> {
+        let permit = tokio::time::timeout(BUSY_TIMEOUT, self.inner.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| DbError::Unavailable("no free database connection".into()))?
+            .map_err(|_| DbError::Unavailable("connection pool closed".into()))?;
+        loop {
+            let idle = self.inner.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            match idle {
+                Some(client) if !client.is_closed() => {
+                    return Ok(PooledClient {
+                        client: Some(client),
+                        pool: self.clone(),
+                        _permit: permit,
+                    });
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let (client, connection) = self.inner.config.connect(NoTls).await.map_err(map_err)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(PooledClient { client: Some(client), pool: self.clone(), _permit: permit })
+    }
+
+    pub(super) async fn begin(&self) -> DbResult<PgTx> {
+        let conn = self.get().await?;
+        conn.client()?
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(map_err)?;
+        Ok(PgTx { conn: Some(conn) })
+    }
+}
+
+struct PooledClient {
+    client: Option<Client>,
+    pool: PgPool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledClient {
+    fn client(&self) -> DbResult<&Client> {
+        self.client.as_ref().ok_or_else(|| DbError::Unavailable("connection lost".into()))
+    }
+
+    /// Returns the connection to the pool (only clean, idle connections go back).
+    fn release(mut self) {
+        if let Some(client) = self.client.take()
+            && !client.is_closed()
+            && let Ok(mut idle) = self.pool.inner.idle.lock()
+        {
+            idle.push(client);
+        }
+    }
+}
+
+pub(super) struct PgTx {
+    /// `None` once committed.
+    conn: Option<PooledClient>,
+}
+
+impl PgTx {
+    fn client(&self) -> DbResult<&Client> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| DbError::Other("transaction already ended".into()))?
+            .client()
+    }
+
+    pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let rows = self.client()?.query(sql, &refs).await.map_err(map_err)?;
+        rows.iter().map(convert_row).collect()
+    }
+
+    pub(super) async fn execute(&mut self, sql: &str, params: &[Value]) -> DbResult<u64> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.client()?.execute(sql, &refs).await.map_err(map_err)
+    }
+
+    pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
+        self.client()?.batch_execute(sql).await.map_err(map_err)
+    }
+
+    pub(super) async fn commit(mut self) -> DbResult<()> {
+        self.client()?.batch_execute("COMMIT").await.map_err(map_err)?;
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            // A transaction dropped without commit: close its connection, which makes the
+            // server roll it back, rather than return a connection in an unknown state.
+            conn.client = None;
+        }
+    }
+}
+
+fn convert_row(row: &tokio_postgres::Row) -> DbResult<Row> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let ty = col.type_();
+        let v = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i).map(|v| v.map(Value::Int))
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i).map(|v| v.map(|v| Value::Int(v.into())))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i).map(|v| v.map(|v| Value::Int(v.into())))
+        } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME {
+            row.try_get::<_, Option<String>>(i).map(|v| v.map(Value::Text))
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i).map(|v| v.map(Value::Blob))
+        } else if *ty == Type::VOID {
+            Ok(None)
+        } else {
+            return Err(DbError::Data(format!("unsupported column type {ty} in column {i}")));
+        };
+        values.push(v.map_err(map_err)?.unwrap_or(Value::Null));
+    }
+    Ok(Row(values))
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) => v.to_sql(ty, out),
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty)
+            || <String as ToSql>::accepts(ty)
+            || <Vec<u8> as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+fn map_err(e: tokio_postgres::Error) -> DbError {
+    if e.is_closed() {
+        return DbError::Unavailable(format!("PostgreSQL connection closed: {e}"));
+    }
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION => {
+            DbError::Constraint(e.to_string())
+        }
+        Some(c)
+            if c.code().starts_with("08")
+                || c.code().starts_with("53")
+                || c.code().starts_with("57P")
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            DbError::Unavailable(e.to_string())
+        }
+        Some(_) => DbError::Other(e.to_string()),
+        // No SQLSTATE: an I/O or protocol failure talking to the server.
+        None if e.source().is_some_and(|s| s.is::<std::io::Error>()) => {
+            DbError::Unavailable(format!("PostgreSQL unreachable: {e}"))
+        }
+        None => DbError::Unavailable(format!("PostgreSQL: {e}")),
+    }
+}

@@ -1,0 +1,247 @@
+//! Cryptographic primitives the server needs that `tessera-crypto` does not offer yet:
+//! SHA-256, sealing under the server master key (AES-256-GCM), ECDSA P-256 signatures for
+//! audit checkpoints, and X.509 certificates and CRLs through `rcgen`.
+//!
+//! **Temporary home.** DESIGN.md section 3 puts every primitive in `tessera-crypto`; this
+//! module exists only because the crypto crate's hash, signature and X.509 helpers had not
+//! landed when the server was written. It is deliberately small and self-contained so it can
+//! move there unchanged.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+/// An error from a primitive.
+#[derive(Debug, thiserror::Error)]
+pub enum PrimitiveError {
+    /// Decryption failed: wrong key, wrong context or tampered data.
+    #[error("sealed data failed authentication (wrong master key or tampered)")]
+    Unseal,
+    /// A key or signature had the wrong encoding.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// Certificate generation failed.
+    #[error("certificate: {0}")]
+    Certificate(String),
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// SHA-256 over several parts, each prefixed by its 8-byte big-endian length, so that no two
+/// different part lists hash alike.
+pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// `n` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Err(e) = getrandom::fill(&mut out) {
+        // No secure fallback exists; continuing would hand out predictable keys and tokens.
+        panic!("operating system random generator failed: {e}");
+    }
+    out
+}
+
+/// The server master key: 32 bytes that seal every private key the database holds.
+#[derive(Clone)]
+pub struct MasterKey {
+    key: Zeroizing<[u8; 32]>,
+}
+
+const SEAL_VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+
+impl MasterKey {
+    /// A key from 32 raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterKey { key: Zeroizing::new(bytes) }
+    }
+
+    /// A key from 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(s: &str) -> Result<Self, PrimitiveError> {
+        let mut raw =
+            hex::decode(s.trim()).map_err(|_| PrimitiveError::Malformed("master key hex"))?;
+        let out = <[u8; 32]>::try_from(raw.as_slice())
+            .map(Self::from_bytes)
+            .map_err(|_| PrimitiveError::Malformed("master key (need 32 bytes)"));
+        raw.zeroize();
+        out
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        Self::from_bytes(random_bytes())
+    }
+
+    /// The key as hex, for writing the key file.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(*self.key))
+    }
+
+    /// A public identifier of the key (first 8 bytes of a labelled SHA-256), stored beside
+    /// every sealed blob so rotation knows which key sealed what.
+    pub fn id(&self) -> String {
+        hex::encode(&sha256_parts(&[b"tessera master key id", &*self.key])[..8])
+    }
+
+    /// Seals `plaintext`, binding `context` (what the blob is, e.g. `issuer/ACME/ca-key`).
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = random_bytes();
+        let cipher = Aes256Gcm::new(&(*self.key).into());
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + 16);
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&nonce);
+        // Encryption fails only beyond GCM's 64 GiB input limit.
+        let ct = match cipher
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: context.as_bytes() })
+        {
+            Ok(ct) => ct,
+            Err(_) => unreachable!("AES-GCM input beyond 2^36 bytes"),
+        };
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Opens a blob sealed by [`MasterKey::seal`] with the same `context`.
+    pub fn open(&self, blob: &[u8], context: &str) -> Result<Zeroizing<Vec<u8>>, PrimitiveError> {
+        if blob.len() < 1 + NONCE_LEN + 16 || blob[0] != SEAL_VERSION {
+            return Err(PrimitiveError::Malformed("sealed blob"));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&blob[1..1 + NONCE_LEN]);
+        let cipher = Aes256Gcm::new(&(*self.key).into());
+        cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload { msg: &blob[1 + NONCE_LEN..], aad: context.as_bytes() },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| PrimitiveError::Unseal)
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey(id {})", self.id())
+    }
+}
+
+/// An ECDSA P-256 key that signs audit checkpoints.
+pub struct CheckpointKey {
+    key: SigningKey,
+}
+
+impl CheckpointKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        loop {
+            // A random 32-byte string is a valid scalar except with probability ~2^-32.
+            let mut bytes: [u8; 32] = random_bytes();
+            let key = SigningKey::from_slice(&bytes);
+            bytes.zeroize();
+            if let Ok(key) = key {
+                return CheckpointKey { key };
+            }
+        }
+    }
+
+    /// The key from its 32-byte scalar.
+    pub fn from_secret(bytes: &[u8]) -> Result<Self, PrimitiveError> {
+        SigningKey::from_slice(bytes)
+            .map(|key| CheckpointKey { key })
+            .map_err(|_| PrimitiveError::Malformed("P-256 private key"))
+    }
+
+    /// The 32-byte scalar, to be sealed.
+    pub fn secret(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.key.to_bytes().to_vec())
+    }
+
+    /// The public key, SEC1 uncompressed.
+    pub fn public(&self) -> Vec<u8> {
+        self.key.verifying_key().to_sec1_bytes().to_vec()
+    }
+
+    /// Signs `msg` (ECDSA P-256 with SHA-256), 64-byte `r || s`.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        let sig: Signature = self.key.sign(msg);
+        sig.to_bytes().to_vec()
+    }
+}
+
+/// Verifies a signature made by [`CheckpointKey::sign`].
+pub fn verify_p256(public_sec1: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), PrimitiveError> {
+    let key = VerifyingKey::from_sec1_bytes(public_sec1)
+        .map_err(|_| PrimitiveError::Malformed("P-256 public key"))?;
+    let sig = Signature::from_slice(sig).map_err(|_| PrimitiveError::Malformed("signature"))?;
+    key.verify(msg, &sig).map_err(|_| PrimitiveError::BadSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_known_answer() {
+        // FIPS 180-2, Appendix B.1: SHA-256("abc").
+        assert_eq!(
+            hex::encode(sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn length_prefixing_separates_part_boundaries() {
+        assert_ne!(sha256_parts(&[b"ab", b"c"]), sha256_parts(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn seal_binds_key_and_context() {
+        let k = MasterKey::generate();
+        let blob = k.seal(b"secret", "issuer/a/ca");
+        assert_eq!(&*k.open(&blob, "issuer/a/ca").unwrap(), b"secret");
+        assert!(matches!(k.open(&blob, "issuer/b/ca"), Err(PrimitiveError::Unseal)));
+        assert!(matches!(
+            MasterKey::generate().open(&blob, "issuer/a/ca"),
+            Err(PrimitiveError::Unseal)
+        ));
+        let mut bad = blob.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(k.open(&bad, "issuer/a/ca").is_err());
+        assert!(k.open(&blob[..10], "issuer/a/ca").is_err());
+    }
+
+    #[test]
+    fn master_key_hex_round_trip_and_rejects_wrong_length() {
+        let k = MasterKey::generate();
+        let k2 = MasterKey::from_hex(&k.to_hex()).unwrap();
+        assert_eq!(k.id(), k2.id());
+        assert!(MasterKey::from_hex("abcd").is_err());
+        assert!(MasterKey::from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn checkpoint_signature_verifies_and_detects_change() {
+        let k = CheckpointKey::generate();
+        let k2 = CheckpointKey::from_secret(&k.secret()).unwrap();
+        let sig = k2.sign(b"checkpoint");
+        verify_p256(&k.public(), b"checkpoint", &sig).unwrap();
+        assert!(verify_p256(&k.public(), b"checkpoinT", &sig).is_err());
+    }
+}

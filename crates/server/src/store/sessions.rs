@@ -1,0 +1,467 @@
+//! APDU tunnel sessions, kept entirely in the database so that any replica can serve the
+//! next exchange of any session.
+//!
+//! A session is at step `n` with a list of APDUs out. The terminal posts the card's
+//! responses for step `n`; the server checks them, advances the script ([`crate::tunnel`])
+//! and answers step `n + 1` (more APDUs, or done). The request's hash and the answer are kept
+//! with the session: posting the same responses for step `n` again returns the same answer
+//! and changes nothing; different responses for an answered step are refused. The session
+//! row is locked (`FOR UPDATE`) for the exchange, so two replicas cannot advance it twice.
+//!
+//! One card has at most one live session: the `live_card` column (`issuer/card`) is unique,
+//! set while the session is active and the card known, cleared when it ends. Sessions expire
+//! `session_ttl_secs` after their last exchange.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Store;
+use super::auth::Principal;
+use super::cards::STATUS_REVOKED;
+use crate::db::{Row, Tx, Value};
+use crate::error::{ServerError, ServerResult};
+use crate::primitives::{random_bytes, sha256_parts};
+use crate::tunnel::{COUNTER_ISD_KVN, TunnelState, identify_apdus, parse_identify, valid_card_id};
+
+/// Most responses one exchange may carry.
+pub const MAX_RESPONSES: usize = 64;
+/// Longest response APDU accepted (extended length data plus the status word).
+pub const MAX_RESPONSE_LEN: usize = 65538;
+
+pub(crate) fn live_key(issuer: &str, card_id: &str) -> String {
+    format!("{issuer}/{card_id}")
+}
+
+/// `POST /v1/issuers/{issuer}/sessions` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The card id, if the terminal knows it. Absent: the card identifies itself in the
+    /// first step.
+    #[serde(default)]
+    pub card_id: Option<String>,
+}
+
+/// `POST /v1/sessions/{id}/exchange` body: the card's responses to one step's APDUs.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    /// The step whose APDUs these responses answer.
+    pub step: i64,
+    /// One response APDU (data and status word) per command, hex, in order.
+    pub responses: Vec<String>,
+}
+
+/// How a finished session ended.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Outcome {
+    /// `identified`, or `flagged` when the card presented an older counter than already seen.
+    pub result: String,
+    /// The card, once known.
+    pub card_id: Option<String>,
+    /// For a human.
+    pub message: String,
+}
+
+/// The server's answer: the next APDUs for the card, or the end of the session.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TunnelStep {
+    /// Session id.
+    pub session_id: String,
+    /// The step these APDUs belong to; echo it with the responses.
+    pub step: i64,
+    /// Command APDUs to send to the card, hex, in order (empty when done).
+    pub apdus: Vec<String>,
+    /// Whether the session is over.
+    pub done: bool,
+    /// How it ended, when done.
+    pub outcome: Option<Outcome>,
+    /// When the session expires unless advanced, Unix seconds.
+    pub expires_at: i64,
+}
+
+struct SessionRow {
+    issuer: String,
+    card_id: Option<String>,
+    live_card: Option<String>,
+    status: String,
+    step: i64,
+    state: TunnelState,
+    last_request: Option<Vec<u8>>,
+    last_answer: Option<String>,
+    expires_at: i64,
+}
+
+fn session_from_row(r: &Row) -> ServerResult<SessionRow> {
+    Ok(SessionRow {
+        issuer: r.text(0)?,
+        card_id: r.opt_text(1)?,
+        live_card: r.opt_text(2)?,
+        status: r.text(3)?,
+        step: r.int(4)?,
+        state: serde_json::from_str(&r.text(5)?)
+            .map_err(|e| ServerError::Internal(format!("session state: {e}")))?,
+        last_request: r.opt_blob(6)?,
+        last_answer: r.opt_text(7)?,
+        expires_at: r.int(8)?,
+    })
+}
+
+fn request_hash(step: i64, responses: &[Vec<u8>]) -> Vec<u8> {
+    let step = step.to_be_bytes();
+    let mut parts: Vec<&[u8]> = vec![b"tessera tunnel exchange v1", &step];
+    parts.extend(responses.iter().map(Vec::as_slice));
+    sha256_parts(&parts).to_vec()
+}
+
+impl Store {
+    /// Marks active sessions past their expiry as expired and frees their cards. Returns how
+    /// many it ended.
+    pub async fn expire_sessions(&self) -> ServerResult<u64> {
+        let mut tx = self.begin().await?;
+        let n = tx
+            .execute(
+                "UPDATE sessions SET status = 'expired', live_card = NULL WHERE status = 'active' AND expires_at < $1",
+                &[crate::clock::now().into()],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Claims the card for `session`, failing if another live session holds it.
+    async fn claim_card(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        session: &str,
+    ) -> ServerResult<String> {
+        let key = live_key(issuer, card_id);
+        let now = crate::clock::now();
+        // A holder past its expiry no longer counts.
+        tx.execute(
+            "UPDATE sessions SET status = 'expired', live_card = NULL WHERE live_card = $1 AND expires_at < $2",
+            &[key.clone().into(), now.into()],
+        )
+        .await?;
+        let holder = tx
+            .query_opt(
+                "SELECT id FROM sessions WHERE live_card = $1 AND id <> $2",
+                &[key.clone().into(), session.into()],
+            )
+            .await?;
+        if holder.is_some() {
+            return Err(ServerError::Conflict(format!(
+                "card {card_id} already has a live session"
+            )));
+        }
+        Ok(key)
+    }
+
+    async fn check_card_usable(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+    ) -> ServerResult<super::cards::CardInfo> {
+        let card = self.load_card(tx, issuer, card_id, true).await?;
+        if card.status == STATUS_REVOKED {
+            return Err(ServerError::Forbidden(format!("card {card_id} is revoked")));
+        }
+        Ok(card)
+    }
+
+    /// Opens a tunnel session for a card of `issuer` (identity optional).
+    pub async fn create_session(
+        &self,
+        issuer: &str,
+        req: &CreateSession,
+    ) -> ServerResult<TunnelStep> {
+        if let Some(c) = &req.card_id
+            && !valid_card_id(c)
+        {
+            return Err(ServerError::BadRequest(
+                "card id: 1 to 32 printable ASCII characters, no '/'".into(),
+            ));
+        }
+        let id = hex::encode(random_bytes::<16>());
+        let now = crate::clock::now();
+        let expires_at = now + self.config.session_ttl_secs;
+        let mut tx = self.begin().await?;
+        self.require_issuer_exists(&mut tx, issuer).await?;
+        let live = match &req.card_id {
+            Some(c) => {
+                self.check_card_usable(&mut tx, issuer, c).await?;
+                Some(self.claim_card(&mut tx, issuer, c, &id).await?)
+            }
+            None => None,
+        };
+        let state = TunnelState::Identify { expected_card: req.card_id.clone() };
+        let state_json = serde_json::to_string(&state)
+            .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
+        tx.execute(
+            "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
+             VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7)",
+            &[
+                id.clone().into(),
+                issuer.into(),
+                req.card_id.clone().into(),
+                live.into(),
+                state_json.into(),
+                now.into(),
+                expires_at.into(),
+            ],
+        )
+        .await?;
+        self.audit(
+            &mut tx,
+            &Principal::system(),
+            Some(issuer),
+            "session.create",
+            &id,
+            serde_json::json!({
+                "card_id": req.card_id,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(TunnelStep {
+            session_id: id,
+            step: 0,
+            apdus: identify_apdus().iter().map(hex::encode_upper).collect(),
+            done: false,
+            outcome: None,
+            expires_at,
+        })
+    }
+
+    /// Takes the card's responses for one step and answers the next.
+    pub async fn exchange(&self, session_id: &str, req: &Exchange) -> ServerResult<TunnelStep> {
+        if req.responses.len() > MAX_RESPONSES {
+            return Err(ServerError::BadRequest(format!(
+                "at most {MAX_RESPONSES} responses per exchange"
+            )));
+        }
+        let responses = req
+            .responses
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let b = hex::decode(h)
+                    .map_err(|_| ServerError::BadRequest(format!("response {i}: not hex")))?;
+                if b.len() < 2 || b.len() > MAX_RESPONSE_LEN {
+                    return Err(ServerError::BadRequest(format!(
+                        "response {i}: length {} out of range",
+                        b.len()
+                    )));
+                }
+                Ok(b)
+            })
+            .collect::<ServerResult<Vec<_>>>()?;
+        let hash = request_hash(req.step, &responses);
+        let now = crate::clock::now();
+
+        let mut tx = self.begin().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT issuer_id, card_id, live_card, status, step, state, last_request, last_answer, expires_at \
+                     FROM sessions WHERE id = $1{}",
+                    tx.for_update()
+                ),
+                &[session_id.into()],
+            )
+            .await?
+            .ok_or_else(|| ServerError::NotFound(format!("no session {session_id}")))?;
+        let s = session_from_row(&row)?;
+
+        // A retry of the exchange already answered: the same answer, nothing changes.
+        if req.step == s.step - 1 && s.last_request.as_deref() == Some(hash.as_slice()) {
+            let answer = s
+                .last_answer
+                .ok_or_else(|| ServerError::Internal("answered step without answer".into()))?;
+            return serde_json::from_str(&answer)
+                .map_err(|e| ServerError::Internal(format!("stored answer: {e}")));
+        }
+        if req.step == s.step - 1 {
+            return Err(ServerError::Conflict(format!(
+                "step {} was already answered with other responses",
+                req.step
+            )));
+        }
+        if s.status != "active" {
+            return Err(ServerError::Gone(format!("session {session_id} is {}", s.status)));
+        }
+        if now > s.expires_at {
+            return Err(ServerError::Gone(format!("session {session_id} expired")));
+        }
+        if req.step != s.step {
+            return Err(ServerError::Conflict(format!(
+                "these responses are for step {}, the session is at step {}",
+                req.step, s.step
+            )));
+        }
+
+        let (next_state, answer_apdus, outcome, card_id, live) = match &s.state {
+            TunnelState::Identify { expected_card } => {
+                let identity = parse_identify(&responses)?;
+                if let Some(expected) = expected_card
+                    && *expected != identity.card_id
+                {
+                    return Err(ServerError::Conflict(format!(
+                        "the card answered id {}, the session was opened for {expected}",
+                        identity.card_id
+                    )));
+                }
+                let card = self.check_card_usable(&mut tx, &s.issuer, &identity.card_id).await?;
+                if s.live_card.is_none() {
+                    self.claim_card(&mut tx, &s.issuer, &identity.card_id, session_id).await?;
+                }
+                let seen = card.counters.get(COUNTER_ISD_KVN).copied();
+                let presented = i64::from(identity.kvn);
+                let outcome = if seen.is_some_and(|v| presented < v) {
+                    let reason = format!(
+                        "{COUNTER_ISD_KVN}: card presented {presented}, server has seen {} (clone or rolled-back image)",
+                        seen.unwrap_or_default()
+                    );
+                    tx.execute(
+                        "UPDATE cards SET flagged = $1 WHERE issuer_id = $2 AND card_id = $3",
+                        &[
+                            reason.clone().into(),
+                            s.issuer.clone().into(),
+                            identity.card_id.clone().into(),
+                        ],
+                    )
+                    .await?;
+                    self.audit(
+                        &mut tx,
+                        &Principal::system(),
+                        Some(&s.issuer),
+                        "card.flag",
+                        &identity.card_id,
+                        serde_json::json!({
+                            "reason": reason, "session": session_id,
+                        }),
+                    )
+                    .await?;
+                    Outcome {
+                        result: "flagged".into(),
+                        card_id: Some(identity.card_id.clone()),
+                        message: reason,
+                    }
+                } else {
+                    if seen != Some(presented) {
+                        self.set_counter(
+                            &mut tx,
+                            &s.issuer,
+                            &identity.card_id,
+                            COUNTER_ISD_KVN,
+                            presented,
+                            now,
+                        )
+                        .await?;
+                    }
+                    Outcome {
+                        result: "identified".into(),
+                        card_id: Some(identity.card_id.clone()),
+                        message: "card identified; nothing else is pending for it".into(),
+                    }
+                };
+                (
+                    TunnelState::Finished,
+                    Vec::<Vec<u8>>::new(),
+                    Some(outcome),
+                    Some(identity.card_id),
+                    None::<String>,
+                )
+            }
+            TunnelState::Finished => {
+                return Err(ServerError::Gone(format!(
+                    "session {session_id} has nothing more to do"
+                )));
+            }
+        };
+
+        let done = matches!(next_state, TunnelState::Finished);
+        let status = match &outcome {
+            Some(o) if o.result == "flagged" => "failed",
+            _ if done => "done",
+            _ => "active",
+        };
+        let expires_at = if done { s.expires_at } else { now + self.config.session_ttl_secs };
+        let answer = TunnelStep {
+            session_id: session_id.to_owned(),
+            step: s.step + 1,
+            apdus: answer_apdus.iter().map(hex::encode_upper).collect(),
+            done,
+            outcome,
+            expires_at,
+        };
+        let answer_json =
+            serde_json::to_string(&answer).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let state_json =
+            serde_json::to_string(&next_state).map_err(|e| ServerError::Internal(e.to_string()))?;
+        tx.execute(
+            "UPDATE sessions SET step = $1, state = $2, status = $3, card_id = $4, live_card = $5, \
+             last_request = $6, last_answer = $7, updated_at = $8, expires_at = $9 WHERE id = $10",
+            &[
+                (s.step + 1).into(),
+                state_json.into(),
+                status.into(),
+                card_id.or(s.card_id).into(),
+                if done { Value::Null } else { live.into() },
+                hash.into(),
+                answer_json.into(),
+                now.into(),
+                expires_at.into(),
+                session_id.into(),
+            ],
+        )
+        .await?;
+        if done {
+            self.audit(
+                &mut tx,
+                &Principal::system(),
+                Some(&s.issuer),
+                "session.end",
+                session_id,
+                serde_json::json!({
+                    "status": status, "outcome": answer.outcome,
+                }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(answer)
+    }
+
+    async fn set_counter(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        name: &str,
+        value: i64,
+        now: i64,
+    ) -> ServerResult<()> {
+        tx.execute(
+            "INSERT INTO card_counters (issuer_id, card_id, name, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (issuer_id, card_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            &[issuer.into(), card_id.into(), name.into(), value.into(), now.into()],
+        )
+        .await?;
+        self.audit(
+            tx,
+            &Principal::system(),
+            Some(issuer),
+            "card.counter",
+            card_id,
+            serde_json::json!({
+                "name": name, "value": value,
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+}

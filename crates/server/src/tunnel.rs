@@ -1,0 +1,160 @@
+//! The APDU tunnel's card-side script: which APDUs the server sends, and what it reads from
+//! the card's answers. Pure functions over bytes; the session bookkeeping (steps,
+//! idempotency, expiry) lives in [`crate::store::sessions`].
+//!
+//! Step 0 identifies the card: `SELECT` the issuer security domain, `GET DATA 0045` (card
+//! id), `GET DATA 00E0` (key information: the SCP03 key version, a counter the server
+//! tracks). Later issues append the card's pending jobs (updates, key renewal) as further
+//! steps.
+
+use serde::{Deserialize, Serialize};
+use tessera_apdu::{Command, Response, StatusWord, Tag, Tlv};
+
+use crate::error::ServerError;
+
+/// GlobalPlatform's ISD AID (the card's management applet).
+pub const ISD_AID: &[u8] = &[0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+
+/// The counter name under which the ISD key version is tracked.
+pub const COUNTER_ISD_KVN: &str = "isd.kvn";
+
+/// Where a session is in its script, stored as JSON in the session row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum TunnelState {
+    /// The identification APDUs are out; `expected_card` is the id the terminal claimed at
+    /// the start, if any.
+    Identify {
+        /// The card id given when the session was created.
+        expected_card: Option<String>,
+    },
+    /// Nothing more to send.
+    Finished,
+}
+
+/// What identification learnt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The card id (GET DATA `0045`).
+    pub card_id: String,
+    /// The ISD key version number (GET DATA `00E0`).
+    pub kvn: u8,
+}
+
+/// The APDUs of the identification step.
+pub fn identify_apdus() -> Vec<Vec<u8>> {
+    let commands = [
+        Command::new(0x00, 0xA4, 0x04, 0x00).with_data(ISD_AID.to_vec()).with_le(256),
+        Command::new(0x80, 0xCA, 0x00, 0x45).with_le(256),
+        Command::new(0x80, 0xCA, 0x00, 0xE0).with_le(256),
+    ];
+    commands.iter().filter_map(|c| c.to_bytes().ok()).collect()
+}
+
+fn bad(msg: impl Into<String>) -> ServerError {
+    ServerError::BadRequest(msg.into())
+}
+
+fn expect_ok(raw: &[u8], what: &str) -> Result<Response, ServerError> {
+    let r = Response::parse(raw)
+        .ok_or_else(|| bad(format!("{what}: response shorter than a status word")))?;
+    if r.sw != StatusWord::SUCCESS {
+        return Err(ServerError::Conflict(format!("{what}: the card answered {:04X}", r.sw.0)));
+    }
+    Ok(r)
+}
+
+/// Reads the card's answers to [`identify_apdus`].
+pub fn parse_identify(responses: &[Vec<u8>]) -> Result<Identity, ServerError> {
+    let [select, card_id, key_info] = responses else {
+        return Err(bad(format!(
+            "expected 3 responses to the identification step, got {}",
+            responses.len()
+        )));
+    };
+    expect_ok(select, "SELECT issuer security domain")?;
+
+    let r = expect_ok(card_id, "GET DATA card id")?;
+    let tlv = Tlv::parse_exact(&r.data).map_err(|e| bad(format!("GET DATA card id: {e}")))?;
+    if tlv.tag != Tag::new(0x45) {
+        return Err(bad("GET DATA card id: not tag 45"));
+    }
+    let card_id = std::str::from_utf8(tlv.value)
+        .ok()
+        .filter(|s| valid_card_id(s))
+        .ok_or_else(|| bad("GET DATA card id: not a printable card id"))?
+        .to_owned();
+
+    let r = expect_ok(key_info, "GET DATA key information")?;
+    let tlv =
+        Tlv::parse_exact(&r.data).map_err(|e| bad(format!("GET DATA key information: {e}")))?;
+    if tlv.tag != Tag::new(0xE0) {
+        return Err(bad("GET DATA key information: not tag E0"));
+    }
+    let mut kvn = None;
+    for child in tlv.children().map_err(|e| bad(format!("key information: {e}")))? {
+        let child = child.map_err(|e| bad(format!("key information: {e}")))?;
+        if child.tag == Tag::new(0xC0) {
+            let v = *child.value.get(1).ok_or_else(|| bad("key information: short C0"))?;
+            if kvn.is_some_and(|k| k != v) {
+                return Err(bad("key information: keys of different versions"));
+            }
+            kvn = Some(v);
+        }
+    }
+    let kvn = kvn.ok_or_else(|| bad("key information: no key"))?;
+    Ok(Identity { card_id, kvn })
+}
+
+/// A card id: 1 to 32 printable ASCII characters without spaces or slashes.
+pub fn valid_card_id(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(data: &[u8]) -> Vec<u8> {
+        Response::ok(data.to_vec()).to_bytes()
+    }
+
+    fn key_info(kvn: u8) -> Vec<u8> {
+        let mut inner = Vec::new();
+        for id in 1..=3u8 {
+            tessera_apdu::tlv::encode(Tag::new(0xC0), &[id, kvn, 0x88, 16], &mut inner).unwrap();
+        }
+        let mut out = Vec::new();
+        tessera_apdu::tlv::encode(Tag::new(0xE0), &inner, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn identify_apdus_are_select_and_two_get_data() {
+        let apdus = identify_apdus();
+        assert_eq!(hex::encode_upper(&apdus[0]), "00A4040008A00000015100000000");
+        assert_eq!(hex::encode_upper(&apdus[1]), "80CA004500");
+        assert_eq!(hex::encode_upper(&apdus[2]), "80CA00E000");
+    }
+
+    #[test]
+    fn parses_card_id_and_key_version() {
+        let id = parse_identify(&[ok(&[]), ok(b"\x45\x04CARD"), ok(&key_info(0x31))]).unwrap();
+        assert_eq!(id, Identity { card_id: "CARD".into(), kvn: 0x31 });
+    }
+
+    #[test]
+    fn rejects_wrong_count_errors_and_garbage() {
+        assert!(matches!(parse_identify(&[ok(&[])]), Err(ServerError::BadRequest(_))));
+        let no_id = Response::status(StatusWord(0x6A88)).to_bytes();
+        assert!(matches!(
+            parse_identify(&[ok(&[]), no_id, ok(&key_info(1))]),
+            Err(ServerError::Conflict(_))
+        ));
+        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x09CARD"), ok(&key_info(1))]).is_err());
+        assert!(parse_identify(&[ok(&[]), ok(b"\x46\x04CARD"), ok(&key_info(1))]).is_err());
+        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x02a/"), ok(&key_info(1))]).is_err());
+        assert!(parse_identify(&[vec![0x90], ok(b"\x45\x01a"), ok(&key_info(1))]).is_err());
+        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x01a"), ok(b"\xE0\x00")]).is_err());
+    }
+}
