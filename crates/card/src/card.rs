@@ -235,6 +235,12 @@ mod tests {
     }
 
     #[test]
+    fn a_card_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Card>();
+    }
+
+    #[test]
     fn garbage_never_panics() {
         let mut card = Card::in_memory(CardOptions::default());
         assert_eq!(card.power_on(), ATR);

@@ -64,18 +64,29 @@ impl Runtime {
         mut applets: Vec<Box<dyn Applet>>,
         rng: Box<dyn Rng + Send>,
     ) -> Result<Runtime, CardError> {
+        let mut store = store;
         let path = store.path().to_owned();
         let card = match store.get(CARD_OWNER) {
             Some(bytes) => decode_state(bytes)
                 .map_err(|e| CardError::corrupt(&path, format!("card-wide state: {e}")))?,
             None => return Err(CardError::corrupt(&path, "card-wide state missing")),
         };
+        let mut missing: Vec<(&'static [u8], Vec<u8>)> = Vec::new();
         for applet in &mut applets {
-            if let Some(bytes) = store.get(applet.aid()) {
-                applet.load(bytes).map_err(|e| {
+            match store.get(applet.aid()) {
+                Some(bytes) => applet.load(bytes).map_err(|e| {
                     CardError::corrupt(&path, format!("applet {}: {e}", applet.name()))
-                })?;
+                })?,
+                None => missing.push((applet.aid(), applet.save())),
             }
+        }
+        // An applet this build registers but the image does not hold yet (added by a software
+        // update) is installed with its fresh state in one commit, so rollback always has a
+        // committed state to return to.
+        if !missing.is_empty() {
+            let changes: Vec<(&[u8], &[u8])> =
+                missing.iter().map(|(a, s)| (*a, s.as_slice())).collect();
+            store.commit(&changes)?;
         }
         let core = Core {
             store,
@@ -393,6 +404,27 @@ mod tests {
     fn notes(rt: &mut Runtime) -> Vec<u8> {
         send(rt, Command::new(0, 0xA4, 4, 0).with_data(NOTES_AID.to_vec()));
         send(rt, Command::new(0x80, 0x04, 0, 0).with_le(256)).data
+    }
+
+    #[test]
+    fn an_applet_new_to_the_image_is_installed_at_open() {
+        let isd_only = registry(&Provisioning::default());
+        let store =
+            Store::create(Box::new(MemoryStorage::new()), None, initial_state(&isd_only)).unwrap();
+        let mut applets = registry(&Provisioning::default());
+        applets.push(Box::new(NotesApplet(Notes { text: b"fresh".to_vec(), count: 0 })));
+        let mut rt = Runtime::new(store, applets, Box::new(SeededRng::from_u64(3))).unwrap();
+        assert_eq!(rt.core.store.generation(), 2);
+        assert!(rt.core.store.get(NOTES_AID).is_some());
+        assert_eq!(
+            send(&mut rt, Command::new(0, 0xA4, 4, 0).with_data(NOTES_AID.to_vec())).sw,
+            StatusWord::SUCCESS
+        );
+        assert_eq!(
+            send(&mut rt, Command::new(0x80, 0x01, 0, 0).with_data(b"x".to_vec())).sw,
+            StatusWord::INCORRECT_DATA
+        );
+        assert_eq!(notes(&mut rt), b"fresh");
     }
 
     #[test]
