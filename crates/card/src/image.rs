@@ -41,6 +41,9 @@ pub const RECORD_ALIGN: u64 = 512;
 pub const MAX_KDF_PARAMS: usize = 512 - 18;
 /// Largest state record accepted when opening (a sanity bound against corrupt lengths).
 pub const MAX_RECORD: u32 = 16 * 1024 * 1024;
+/// Largest file accepted as an image: two records of the largest size after the data start,
+/// with alignment. Anything bigger is not one of ours and is not read into memory.
+pub const MAX_IMAGE: u64 = DATA_START + 2 * (MAX_RECORD as u64 + RECORD_ALIGN);
 
 const SUPERBLOCK_MAGIC: [u8; 4] = *b"SLOT";
 
@@ -227,6 +230,10 @@ impl Image {
     /// Opens the image in `storage`, returning it with the live state record.
     pub fn open(mut storage: Box<dyn Storage>) -> Result<(Image, Vec<u8>), CardError> {
         let path = storage.path().to_owned();
+        let size = storage.size().map_err(|e| CardError::io(&path, e))?;
+        if size > MAX_IMAGE {
+            return Err(CardError::NotAnImage { path });
+        }
         let bytes = storage.read_all().map_err(|e| CardError::io(&path, e))?;
         let header = Header::decode(&path, &bytes)?;
         if (bytes.len() as u64) < SLOT_OFFSET + SLOT_STRIDE + SUPERBLOCK_LEN as u64 {

@@ -57,14 +57,13 @@ pub(crate) fn initial_state(applets: &[Box<dyn Applet>]) -> StateMap {
 }
 
 impl Runtime {
-    /// A runtime over an opened store: loads every registered applet's committed state (an
-    /// applet the image does not know yet keeps its fresh state until its first commit).
+    /// A runtime over an opened store: loads every registered applet's committed state; an
+    /// applet the image does not hold yet is committed with its fresh state.
     pub(crate) fn new(
-        store: Store,
+        mut store: Store,
         mut applets: Vec<Box<dyn Applet>>,
         rng: Box<dyn Rng + Send>,
     ) -> Result<Runtime, CardError> {
-        let mut store = store;
         let path = store.path().to_owned();
         let card = match store.get(CARD_OWNER) {
             Some(bytes) => decode_state(bytes)

@@ -147,6 +147,21 @@ fn damaged_images_give_errors_naming_the_file() {
 }
 
 #[test]
+fn oversized_files_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.img");
+    let f = fs::File::create(&path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    // A sparse file with a valid-looking start.
+    drop(make(&dir.path().join("good.img")));
+    let head = fs::read(dir.path().join("good.img")).unwrap();
+    fs::write(&path, &head).unwrap();
+    f.set_len(tessera_card::image::MAX_IMAGE + 1).unwrap();
+    let e = open(&path).unwrap_err();
+    assert!(matches!(e, CardError::NotAnImage { .. }), "{e}");
+}
+
+#[test]
 fn encryption_at_rest() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sealed.img");
