@@ -62,9 +62,11 @@ impl SecureMessaging {
         self.level
     }
 
-    fn icv(&self, response: bool) -> [u8; BLOCK] {
+    /// The ICV for the command with encryption counter `counter` (Amendment D 6.2.6), or for
+    /// its response (6.2.7: the block's first byte set to `80`).
+    fn icv(&self, counter: u64, response: bool) -> [u8; BLOCK] {
         let mut block = [0u8; BLOCK];
-        block[8..].copy_from_slice(&self.counter.to_be_bytes());
+        block[8..].copy_from_slice(&counter.to_be_bytes());
         if response {
             block[0] = 0x80;
         }
@@ -97,10 +99,7 @@ impl SecureMessaging {
         let mut data = cmd.data.clone();
         if self.level.c_decryption() && !data.is_empty() {
             data = pad_iso9797_m2(&data);
-            let saved = self.counter;
-            self.counter = next_counter;
-            let icv = self.icv(false);
-            self.counter = saved;
+            let icv = self.icv(next_counter, false);
             AesCipher::new(&self.keys.s_enc).cbc_encrypt(&icv, &mut data)?;
         }
         let lc = data.len() + MAC_LEN;
@@ -144,7 +143,8 @@ impl SecureMessaging {
             .ok_or(CryptoError::ChannelState("encryption counter exhausted"))?;
         let data = if self.level.c_decryption() && !body.is_empty() {
             let mut buf = body.to_vec();
-            AesCipher::new(&self.keys.s_enc).cbc_decrypt(&self.icv(false), &mut buf)?;
+            AesCipher::new(&self.keys.s_enc)
+                .cbc_decrypt(&self.icv(self.counter, false), &mut buf)?;
             let plain = unpad_iso9797_m2(&buf)?.to_vec();
             buf.zeroize();
             plain
@@ -169,7 +169,8 @@ impl SecureMessaging {
         let mut data = resp.data.clone();
         if self.level.r_encryption() && !data.is_empty() {
             data = pad_iso9797_m2(&data);
-            AesCipher::new(&self.keys.s_enc).cbc_encrypt(&self.icv(true), &mut data)?;
+            AesCipher::new(&self.keys.s_enc)
+                .cbc_encrypt(&self.icv(self.counter, true), &mut data)?;
         }
         if self.level.r_mac() {
             let mac = self.r_mac(&data, resp.sw.to_bytes());
@@ -204,7 +205,8 @@ impl SecureMessaging {
         }
         let data = if self.level.r_encryption() && !data.is_empty() {
             let mut buf = data.to_vec();
-            AesCipher::new(&self.keys.s_enc).cbc_decrypt(&self.icv(true), &mut buf)?;
+            AesCipher::new(&self.keys.s_enc)
+                .cbc_decrypt(&self.icv(self.counter, true), &mut buf)?;
             let plain = unpad_iso9797_m2(&buf)?.to_vec();
             buf.zeroize();
             plain

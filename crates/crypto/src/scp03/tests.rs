@@ -714,3 +714,14 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn session_keys_published_vector() {
+    // openjavacard-tools, SCP03DerivationTest.testDeriveSCP03_000010: GlobalPlatform default
+    // keys (40..4F), host challenge A7F76C713F0A713D, card challenge 31900058C1C451A2.
+    let keys = StaticKeys::gp_test_keys(0x30);
+    let sk = SessionKeys::derive(&keys, &h("A7F76C713F0A713D"), &h("31900058C1C451A2")).unwrap();
+    assert_eq!(hex::encode(sk.s_enc.expose_secret()), "258a78866f41482bef482dc8ca976ccd");
+    assert_eq!(hex::encode(sk.s_mac.expose_secret()), "053db6abc7fdf3b63a0d965ee16b0255");
+    assert_eq!(hex::encode(sk.s_rmac.expose_secret()), "eda0b4f2ec0345bfc50f3bc59cfef936");
+}
