@@ -1,23 +1,18 @@
-//! Cryptographic primitives the server needs that `tessera-crypto` does not offer yet:
-//! SHA-256, sealing under the server master key (AES-256-GCM), ECDSA P-256 signatures for
-//! audit checkpoints, and X.509 certificates and CRLs through `rcgen`.
-//!
-//! **Temporary home.** DESIGN.md section 3 puts every primitive in `tessera-crypto`; this
-//! module exists only because the crypto crate's hash, signature and X.509 helpers had not
-//! landed when the server was written. It is deliberately small and self-contained so it can
-//! move there unchanged.
+//! The server's small layer over `tessera-crypto`: SHA-256 (which the crypto crate does not
+//! export yet; see the note on [`sha256`]), sealing under the server master key (the crypto
+//! crate's AES-256-GCM key wrap), and the ECDSA P-256 key that signs audit checkpoints.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use p256::ecdsa::signature::{Signer, Verifier};
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
+use tessera_crypto::ecdsa::{PublicKey, Signature, SigningKey};
+use tessera_crypto::keys::AesKey;
+use tessera_crypto::keywrap::{self, WrapKey};
+use tessera_crypto::rng::{OsRng, Rng};
 use zeroize::{Zeroize, Zeroizing};
 
 /// An error from a primitive.
 #[derive(Debug, thiserror::Error)]
 pub enum PrimitiveError {
-    /// Decryption failed: wrong key, wrong context or tampered data.
+    /// Unsealing failed: wrong master key, wrong context or tampered data.
     #[error("sealed data failed authentication (wrong master key or tampered)")]
     Unseal,
     /// A key or signature had the wrong encoding.
@@ -26,12 +21,15 @@ pub enum PrimitiveError {
     /// A signature did not verify.
     #[error("signature does not verify")]
     BadSignature,
-    /// Certificate generation failed.
-    #[error("certificate: {0}")]
-    Certificate(String),
+    /// Any other crypto failure.
+    #[error("crypto: {0}")]
+    Crypto(#[from] tessera_crypto::CryptoError),
 }
 
 /// SHA-256 of `data`.
+///
+/// Temporary: `tessera-crypto` has no hash export yet; this is the only primitive the server
+/// calls directly, and it should move there.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
@@ -47,29 +45,28 @@ pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// `n` random bytes from the operating system.
+/// `N` random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    if let Err(e) = getrandom::fill(&mut out) {
-        // No secure fallback exists; continuing would hand out predictable keys and tokens.
-        panic!("operating system random generator failed: {e}");
-    }
+    OsRng.fill_random(&mut out);
     out
 }
 
 /// The server master key: 32 bytes that seal every private key the database holds.
 #[derive(Clone)]
 pub struct MasterKey {
-    key: Zeroizing<[u8; 32]>,
+    raw: Zeroizing<[u8; 32]>,
+    kek: WrapKey,
 }
-
-const SEAL_VERSION: u8 = 1;
-const NONCE_LEN: usize = 12;
 
 impl MasterKey {
     /// A key from 32 raw bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        MasterKey { key: Zeroizing::new(bytes) }
+        let kek = match AesKey::from_slice(&bytes).and_then(WrapKey::new) {
+            Ok(k) => k,
+            Err(_) => unreachable!("32 bytes make an AES-256 key"),
+        };
+        MasterKey { raw: Zeroizing::new(bytes), kek }
     }
 
     /// A key from 64 hex digits (surrounding whitespace ignored).
@@ -90,48 +87,24 @@ impl MasterKey {
 
     /// The key as hex, for writing the key file.
     pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(*self.key))
+        Zeroizing::new(hex::encode(*self.raw))
     }
 
     /// A public identifier of the key (first 8 bytes of a labelled SHA-256), stored beside
     /// every sealed blob so rotation knows which key sealed what.
     pub fn id(&self) -> String {
-        hex::encode(&sha256_parts(&[b"tessera master key id", &*self.key])[..8])
+        hex::encode(&sha256_parts(&[b"tessera master key id", &*self.raw])[..8])
     }
 
-    /// Seals `plaintext`, binding `context` (what the blob is, e.g. `issuer/ACME/ca-key`).
-    pub fn seal(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
-        let nonce: [u8; NONCE_LEN] = random_bytes();
-        let cipher = Aes256Gcm::new(&(*self.key).into());
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + 16);
-        out.push(SEAL_VERSION);
-        out.extend_from_slice(&nonce);
-        // Encryption fails only beyond GCM's 64 GiB input limit.
-        let ct = match cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: context.as_bytes() })
-        {
-            Ok(ct) => ct,
-            Err(_) => unreachable!("AES-GCM input beyond 2^36 bytes"),
-        };
-        out.extend_from_slice(&ct);
-        out
+    /// Seals `plaintext` (1 to 4096 bytes), binding `context` (what the blob is, e.g.
+    /// `issuer/acme/ca-key`).
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<Vec<u8>, PrimitiveError> {
+        Ok(keywrap::wrap(&mut OsRng, &self.kek, plaintext, context.as_bytes())?)
     }
 
     /// Opens a blob sealed by [`MasterKey::seal`] with the same `context`.
     pub fn open(&self, blob: &[u8], context: &str) -> Result<Zeroizing<Vec<u8>>, PrimitiveError> {
-        if blob.len() < 1 + NONCE_LEN + 16 || blob[0] != SEAL_VERSION {
-            return Err(PrimitiveError::Malformed("sealed blob"));
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&blob[1..1 + NONCE_LEN]);
-        let cipher = Aes256Gcm::new(&(*self.key).into());
-        cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload { msg: &blob[1 + NONCE_LEN..], aad: context.as_bytes() },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| PrimitiveError::Unseal)
+        keywrap::unwrap(&self.kek, blob, context.as_bytes()).map_err(|_| PrimitiveError::Unseal)
     }
 }
 
@@ -141,7 +114,7 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// An ECDSA P-256 key that signs audit checkpoints.
+/// The ECDSA P-256 key that signs audit checkpoints.
 pub struct CheckpointKey {
     key: SigningKey,
 }
@@ -149,20 +122,12 @@ pub struct CheckpointKey {
 impl CheckpointKey {
     /// A fresh random key.
     pub fn generate() -> Self {
-        loop {
-            // A random 32-byte string is a valid scalar except with probability ~2^-32.
-            let mut bytes: [u8; 32] = random_bytes();
-            let key = SigningKey::from_slice(&bytes);
-            bytes.zeroize();
-            if let Ok(key) = key {
-                return CheckpointKey { key };
-            }
-        }
+        CheckpointKey { key: SigningKey::generate(&mut OsRng) }
     }
 
     /// The key from its 32-byte scalar.
     pub fn from_secret(bytes: &[u8]) -> Result<Self, PrimitiveError> {
-        SigningKey::from_slice(bytes)
+        SigningKey::from_bytes(bytes)
             .map(|key| CheckpointKey { key })
             .map_err(|_| PrimitiveError::Malformed("P-256 private key"))
     }
@@ -174,21 +139,20 @@ impl CheckpointKey {
 
     /// The public key, SEC1 uncompressed.
     pub fn public(&self) -> Vec<u8> {
-        self.key.verifying_key().to_sec1_bytes().to_vec()
+        self.key.public_key().to_sec1_bytes().to_vec()
     }
 
     /// Signs `msg` (ECDSA P-256 with SHA-256), 64-byte `r || s`.
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        let sig: Signature = self.key.sign(msg);
-        sig.to_bytes().to_vec()
+        self.key.sign(msg).to_bytes().to_vec()
     }
 }
 
 /// Verifies a signature made by [`CheckpointKey::sign`].
 pub fn verify_p256(public_sec1: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), PrimitiveError> {
-    let key = VerifyingKey::from_sec1_bytes(public_sec1)
+    let key = PublicKey::from_sec1_bytes(public_sec1)
         .map_err(|_| PrimitiveError::Malformed("P-256 public key"))?;
-    let sig = Signature::from_slice(sig).map_err(|_| PrimitiveError::Malformed("signature"))?;
+    let sig = Signature::from_bytes(sig).map_err(|_| PrimitiveError::Malformed("signature"))?;
     key.verify(msg, &sig).map_err(|_| PrimitiveError::BadSignature)
 }
 
@@ -213,7 +177,7 @@ mod tests {
     #[test]
     fn seal_binds_key_and_context() {
         let k = MasterKey::generate();
-        let blob = k.seal(b"secret", "issuer/a/ca");
+        let blob = k.seal(b"secret", "issuer/a/ca").unwrap();
         assert_eq!(&*k.open(&blob, "issuer/a/ca").unwrap(), b"secret");
         assert!(matches!(k.open(&blob, "issuer/b/ca"), Err(PrimitiveError::Unseal)));
         assert!(matches!(
@@ -232,6 +196,7 @@ mod tests {
         let k = MasterKey::generate();
         let k2 = MasterKey::from_hex(&k.to_hex()).unwrap();
         assert_eq!(k.id(), k2.id());
+        assert_ne!(k.id(), MasterKey::generate().id());
         assert!(MasterKey::from_hex("abcd").is_err());
         assert!(MasterKey::from_hex("zz").is_err());
     }
@@ -243,5 +208,6 @@ mod tests {
         let sig = k2.sign(b"checkpoint");
         verify_p256(&k.public(), b"checkpoint", &sig).unwrap();
         assert!(verify_p256(&k.public(), b"checkpoinT", &sig).is_err());
+        assert!(verify_p256(&CheckpointKey::generate().public(), b"checkpoint", &sig).is_err());
     }
 }

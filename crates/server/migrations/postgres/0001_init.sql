@@ -15,14 +15,13 @@ CREATE TABLE issuers (
     signing_cert BYTEA NOT NULL,
     signing_key_sealed BYTEA NOT NULL,
     master_key_id TEXT NOT NULL,
-    next_serial BIGINT NOT NULL,
     crl_number BIGINT NOT NULL,
     crl BYTEA NOT NULL,
     created_at BIGINT NOT NULL
 );
 CREATE TABLE certificates (
     issuer_id TEXT NOT NULL REFERENCES issuers(id),
-    serial BIGINT NOT NULL,
+    serial TEXT NOT NULL,
     role TEXT NOT NULL,
     subject TEXT NOT NULL,
     der BYTEA NOT NULL,

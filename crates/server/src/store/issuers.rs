@@ -1,26 +1,21 @@
 //! Issuers and their PKI: a P-256 CA (key and self-signed certificate), a package-signing key
-//! with a certificate from that CA, certificate revocation and a CRL.
+//! with a certificate from that CA, certificate revocation and a CRL, all made with
+//! `tessera_crypto::x509`.
 //!
 //! Private keys are PKCS#8 documents sealed under the server master key, bound to their
-//! purpose (`issuer/<id>/ca-key`); they are never logged and never returned by the API.
-//! The CA certificate is `cA` with path length 0 (it certifies end entities only) and key
-//! usages keyCertSign, cRLSign and digitalSignature; the package-signing certificate has
-//! digitalSignature and the extended key usage codeSigning. `openssl verify` accepts both
-//! (tested). Serial numbers are per issuer: 1 is the CA, 2 the package-signing certificate.
-//! A new CRL, with the next CRL number, is signed at creation and at every revocation.
+//! purpose (`issuer/<id>/ca-key`); they are never logged and never returned by the API. The
+//! package-signing certificate carries tessera's package-signing role (an extended key
+//! usage). Serial numbers are 16 random bytes, shown as hex. A new CRL, with the next CRL
+//! number, is signed when the issuer is created and at every revocation; `openssl verify`
+//! accepts the chains and the CRL (tested).
 //!
 //! Keys in a PKCS#11 token (SoftHSM2) are a later step; see docs/server.md.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SerialNumber,
-};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use tokio_rustls::rustls::pki_types::CertificateDer;
+use tessera_crypto::ecdsa::SigningKey;
+use tessera_crypto::rng::OsRng;
+use tessera_crypto::x509::{self, Certificate, IssueRequest, Revoked, Role, Validity};
 use utoipa::ToSchema;
-use zeroize::Zeroizing;
 
 use super::Store;
 use super::auth::Principal;
@@ -33,10 +28,10 @@ const CA_LIFETIME_SECS: i64 = 20 * 365 * 24 * 3600;
 const SIGNING_LIFETIME_SECS: i64 = 5 * 365 * 24 * 3600;
 /// A CRL's validity (its nextUpdate).
 const CRL_LIFETIME_SECS: i64 = 30 * 24 * 3600;
-/// Serial of an issuer's CA certificate.
-pub const CA_SERIAL: i64 = 1;
-/// Serial of an issuer's first package-signing certificate.
-pub const SIGNING_SERIAL: i64 = 2;
+/// Role name of a CA certificate in the `certificates` table.
+pub const ROLE_CA: &str = "ca";
+/// Role name of a package-signing certificate.
+pub const ROLE_PACKAGE_SIGNING: &str = "package-signing";
 
 pub(crate) fn ca_key_context(issuer: &str) -> String {
     format!("issuer/{issuer}/ca-key")
@@ -70,8 +65,8 @@ pub struct IssuerInfo {
 /// A certificate an issuer's CA made.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CertificateInfo {
-    /// Serial number (per issuer).
-    pub serial: i64,
+    /// Serial number, hex.
+    pub serial: String,
     /// `ca`, `package-signing`, later `device`, `terminal`.
     pub role: String,
     /// Subject common name.
@@ -82,80 +77,12 @@ pub struct CertificateInfo {
     pub revoked_at: Option<i64>,
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    // RFC 7468: base64 in 64-column lines.
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+fn crypto_err(e: tessera_crypto::CryptoError) -> ServerError {
+    ServerError::Internal(format!("certificate: {e}"))
 }
 
-/// PEM of a DER certificate.
-pub fn cert_pem(der: &[u8]) -> String {
-    pem("CERTIFICATE", der)
-}
-
-/// PEM of a DER CRL.
-pub fn crl_pem(der: &[u8]) -> String {
-    pem("X509 CRL", der)
-}
-
-fn cert_err(e: rcgen::Error) -> ServerError {
-    ServerError::Internal(format!("certificate generation: {e}"))
-}
-
-fn time_at(unix: i64) -> ServerResult<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .map_err(|e| ServerError::Internal(format!("time: {e}")))
-}
-
-fn new_key() -> ServerResult<KeyPair> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)
-}
-
-fn ca_params(id: &str, name: &str, now: i64) -> ServerResult<CertificateParams> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    p.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
-    p.distinguished_name.push(DnType::OrganizationName, format!("tessera issuer {id}"));
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.serial_number = Some(SerialNumber::from(CA_SERIAL as u64));
-    p.not_before = time_at(now - 3600)?;
-    p.not_after = time_at(now + CA_LIFETIME_SECS)?;
-    Ok(p)
-}
-
-/// The issuer's CA as an rcgen signer, from its stored certificate and sealed key.
-struct CaSigner {
-    key: KeyPair,
-    cert_der: Vec<u8>,
-}
-
-impl CaSigner {
-    fn issuer(&self) -> ServerResult<Issuer<'static, &KeyPair>> {
-        Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der.clone()), &self.key)
-            .map_err(cert_err)
-    }
+fn cert_pem(der: &[u8]) -> ServerResult<String> {
+    Ok(Certificate::from_der(der.to_vec()).map_err(crypto_err)?.to_pem())
 }
 
 impl Store {
@@ -164,6 +91,16 @@ impl Store {
             .await?
             .map(|_| ())
             .ok_or_else(|| ServerError::NotFound(format!("no issuer {id}")))
+    }
+
+    fn seal(&self, secret: &[u8], context: &str) -> ServerResult<Vec<u8>> {
+        self.master.seal(secret, context).map_err(|e| ServerError::Internal(e.to_string()))
+    }
+
+    fn unseal_key(&self, blob: &[u8], context: &str) -> ServerResult<SigningKey> {
+        let der =
+            self.master.open(blob, context).map_err(|e| ServerError::Internal(e.to_string()))?;
+        SigningKey::from_pkcs8_der(&der).map_err(crypto_err)
     }
 
     /// Creates an issuer with a fresh CA and package-signing key (superuser only).
@@ -185,66 +122,73 @@ impl Store {
             ));
         }
         let now = crate::clock::now();
-        // Key generation and signing happen before the transaction: nothing is written if
-        // they fail, and no database lock is held while they run.
-        let ca_key = new_key()?;
-        let ca_params = ca_params(id, name, now)?;
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
-        let signing_key = new_key()?;
-        let mut sp = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        sp.distinguished_name.push(DnType::CommonName, format!("{name} package signing"));
-        sp.distinguished_name.push(DnType::OrganizationName, format!("tessera issuer {id}"));
-        sp.is_ca = IsCa::ExplicitNoCa;
-        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
-        sp.serial_number = Some(SerialNumber::from(SIGNING_SERIAL as u64));
-        sp.use_authority_key_identifier_extension = true;
-        sp.not_before = time_at(now - 3600)?;
-        sp.not_after = time_at(now + SIGNING_LIFETIME_SECS)?;
-        let ca = CaSigner { key: ca_key, cert_der: ca_cert.der().to_vec() };
-        let signing_cert = sp.signed_by(&signing_key, &ca.issuer()?).map_err(cert_err)?;
-        let crl = self.sign_crl(&ca, 1, &[], now)?;
-
+        // Keys and certificates are made before the transaction: nothing is written if that
+        // fails, and no database lock is held meanwhile.
+        let ca_key = SigningKey::generate(&mut OsRng);
+        let ca_serial = x509::random_serial(&mut OsRng);
+        let ca_cn = format!("{name} CA ({id})");
+        let ca = x509::self_signed_ca(
+            &ca_key,
+            &ca_cn,
+            &ca_serial,
+            Validity { not_before: now - 3600, not_after: now + CA_LIFETIME_SECS },
+        )
+        .map_err(crypto_err)?;
+        let signing_key = SigningKey::generate(&mut OsRng);
+        let signing_serial = x509::random_serial(&mut OsRng);
+        let signing_cn = format!("{name} package signing ({id})");
+        let signing = x509::issue(
+            &ca_key,
+            &ca,
+            &IssueRequest {
+                subject_cn: &signing_cn,
+                public_key: &signing_key.public_key(),
+                roles: &[Role::PackageSigning],
+                serial: &signing_serial,
+                validity: Validity {
+                    not_before: now - 3600,
+                    not_after: now + SIGNING_LIFETIME_SECS,
+                },
+                ca_path_len: None,
+            },
+        )
+        .map_err(crypto_err)?;
+        let crl = x509::make_crl(&ca_key, &ca, &[], now, now + CRL_LIFETIME_SECS, 1)
+            .map_err(crypto_err)?;
         let ca_sealed =
-            self.master.seal(&Zeroizing::new(ca.key.serialize_der()), &ca_key_context(id));
-        let signing_sealed = self
-            .master
-            .seal(&Zeroizing::new(signing_key.serialize_der()), &signing_key_context(id));
+            self.seal(&ca_key.to_pkcs8_der().map_err(crypto_err)?, &ca_key_context(id))?;
+        let signing_sealed =
+            self.seal(&signing_key.to_pkcs8_der().map_err(crypto_err)?, &signing_key_context(id))?;
+
         let mut tx = self.begin().await?;
         if tx.query_opt("SELECT id FROM issuers WHERE id = $1", &[id.into()]).await?.is_some() {
             return Err(ServerError::Conflict(format!("issuer {id} already exists")));
         }
         tx.execute(
             "INSERT INTO issuers (id, name, ca_cert, ca_key_sealed, signing_cert, signing_key_sealed, \
-             master_key_id, next_serial, crl_number, crl, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             master_key_id, crl_number, crl, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 id.into(),
                 name.into(),
-                ca.cert_der.clone().into(),
+                ca.der().into(),
                 ca_sealed.into(),
-                signing_cert.der().to_vec().into(),
+                signing.der().into(),
                 signing_sealed.into(),
                 self.master.id().into(),
-                (SIGNING_SERIAL + 1).into(),
                 1i64.into(),
-                crl.into(),
+                crl.der().into(),
                 now.into(),
             ],
         )
         .await?;
         for (serial, role, subject, der) in [
-            (CA_SERIAL, "ca", format!("{name} CA"), ca.cert_der.clone()),
-            (
-                SIGNING_SERIAL,
-                "package-signing",
-                format!("{name} package signing"),
-                signing_cert.der().to_vec(),
-            ),
+            (&ca_serial, ROLE_CA, &ca_cn, ca.der()),
+            (&signing_serial, ROLE_PACKAGE_SIGNING, &signing_cn, signing.der()),
         ] {
             tx.execute(
                 "INSERT INTO certificates (issuer_id, serial, role, subject, der) VALUES ($1, $2, $3, $4, $5)",
-                &[id.into(), serial.into(), role.into(), subject.into(), der.into()],
+                &[id.into(), hex::encode(serial).into(), role.into(), subject.into(), der.into()],
             )
             .await?;
         }
@@ -254,53 +198,25 @@ impl Store {
             Some(id),
             "issuer.create",
             id,
-            serde_json::json!({"name": name}),
+            serde_json::json!({"name": name, "ca_serial": hex::encode(ca_serial)}),
         )
         .await?;
         tx.commit().await?;
         Ok(IssuerInfo {
             id: id.to_owned(),
             name: name.to_owned(),
-            ca_cert_pem: cert_pem(&ca.cert_der),
-            signing_cert_pem: cert_pem(signing_cert.der()),
+            ca_cert_pem: ca.to_pem(),
+            signing_cert_pem: signing.to_pem(),
             created_at: now,
         })
-    }
-
-    fn sign_crl(
-        &self,
-        ca: &CaSigner,
-        number: i64,
-        revoked: &[(i64, i64)],
-        now: i64,
-    ) -> ServerResult<Vec<u8>> {
-        let params = CertificateRevocationListParams {
-            this_update: time_at(now)?,
-            next_update: time_at(now + CRL_LIFETIME_SECS)?,
-            crl_number: SerialNumber::from(number as u64),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|&(serial, at)| {
-                    Ok(RevokedCertParams {
-                        serial_number: SerialNumber::from(serial as u64),
-                        revocation_time: time_at(at)?,
-                        reason_code: None,
-                        invalidity_date: None,
-                    })
-                })
-                .collect::<ServerResult<_>>()?,
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
-        Ok(params.signed_by(&ca.issuer()?).map_err(cert_err)?.der().to_vec())
     }
 
     fn issuer_from_row(r: &Row) -> ServerResult<IssuerInfo> {
         Ok(IssuerInfo {
             id: r.text(0)?,
             name: r.text(1)?,
-            ca_cert_pem: cert_pem(&r.blob(2)?),
-            signing_cert_pem: cert_pem(&r.blob(3)?),
+            ca_cert_pem: cert_pem(&r.blob(2)?)?,
+            signing_cert_pem: cert_pem(&r.blob(3)?)?,
             created_at: r.int(4)?,
         })
     }
@@ -345,7 +261,8 @@ impl Store {
         self.require_issuer_exists(&mut tx, issuer).await?;
         let rows = tx
             .query(
-                "SELECT serial, role, subject, der, revoked_at FROM certificates WHERE issuer_id = $1 ORDER BY serial",
+                "SELECT serial, role, subject, der, revoked_at FROM certificates \
+                 WHERE issuer_id = $1 ORDER BY role, serial",
                 &[issuer.into()],
             )
             .await?;
@@ -353,10 +270,10 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(CertificateInfo {
-                    serial: r.int(0)?,
+                    serial: r.text(0)?,
                     role: r.text(1)?,
                     subject: r.text(2)?,
-                    pem: cert_pem(&r.blob(3)?),
+                    pem: cert_pem(&r.blob(3)?)?,
                     revoked_at: r.opt_int(4)?,
                 })
             })
@@ -374,16 +291,16 @@ impl Store {
     }
 
     /// Revokes one of the issuer's certificates (not the CA's own) and signs a new CRL.
+    /// Revoking a revoked certificate changes nothing.
     pub async fn revoke_certificate(
         &self,
         principal: &Principal,
         issuer: &str,
-        serial: i64,
+        serial: &str,
     ) -> ServerResult<CertificateInfo> {
         principal.require_issuer(issuer)?;
-        if serial == CA_SERIAL {
-            return Err(ServerError::BadRequest("a CA does not revoke its own certificate".into()));
-        }
+        let not_found =
+            || ServerError::NotFound(format!("issuer {issuer} has no certificate {serial}"));
         let mut tx = self.begin().await?;
         let issuer_row = tx
             .query_opt(
@@ -397,40 +314,50 @@ impl Store {
             .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
         let cert = tx
             .query_opt(
-                "SELECT revoked_at FROM certificates WHERE issuer_id = $1 AND serial = $2",
+                "SELECT role, revoked_at FROM certificates WHERE issuer_id = $1 AND serial = $2",
                 &[issuer.into(), serial.into()],
             )
             .await?
-            .ok_or_else(|| {
-                ServerError::NotFound(format!("issuer {issuer} has no certificate {serial}"))
-            })?;
-        if cert.opt_int(0)?.is_none() {
+            .ok_or_else(not_found)?;
+        if cert.text(0)? == ROLE_CA {
+            return Err(ServerError::BadRequest("a CA does not revoke its own certificate".into()));
+        }
+        if cert.opt_int(1)?.is_none() {
             let now = crate::clock::now();
             tx.execute(
                 "UPDATE certificates SET revoked_at = $1 WHERE issuer_id = $2 AND serial = $3",
                 &[now.into(), issuer.into(), serial.into()],
             )
             .await?;
-            let revoked: Vec<(i64, i64)> = tx
+            let revoked = tx
                 .query(
-                    "SELECT serial, revoked_at FROM certificates WHERE issuer_id = $1 AND revoked_at IS NOT NULL ORDER BY serial",
+                    "SELECT serial, revoked_at FROM certificates \
+                     WHERE issuer_id = $1 AND revoked_at IS NOT NULL ORDER BY serial",
                     &[issuer.into()],
                 )
                 .await?
                 .iter()
-                .map(|r| Ok((r.int(0)?, r.int(1)?)))
-                .collect::<ServerResult<_>>()?;
-            let key_der = self
-                .master
-                .open(&issuer_row.blob(1)?, &ca_key_context(issuer))
-                .map_err(|e| ServerError::Internal(e.to_string()))?;
-            let key = KeyPair::try_from(key_der.as_slice()).map_err(cert_err)?;
-            let ca = CaSigner { key, cert_der: issuer_row.blob(0)? };
+                .map(|r| {
+                    let serial = hex::decode(r.text(0)?)
+                        .map_err(|_| ServerError::Internal("stored serial is not hex".into()))?;
+                    Ok(Revoked { serial, revoked_at: r.int(1)? })
+                })
+                .collect::<ServerResult<Vec<_>>>()?;
+            let ca_key = self.unseal_key(&issuer_row.blob(1)?, &ca_key_context(issuer))?;
+            let ca = Certificate::from_der(issuer_row.blob(0)?).map_err(crypto_err)?;
             let number = issuer_row.int(2)? + 1;
-            let crl = self.sign_crl(&ca, number, &revoked, now)?;
+            let crl = x509::make_crl(
+                &ca_key,
+                &ca,
+                &revoked,
+                now,
+                now + CRL_LIFETIME_SECS,
+                u64::try_from(number).unwrap_or(u64::MAX),
+            )
+            .map_err(crypto_err)?;
             tx.execute(
                 "UPDATE issuers SET crl = $1, crl_number = $2 WHERE id = $3",
-                &[crl.into(), number.into(), issuer.into()],
+                &[crl.der().into(), number.into(), issuer.into()],
             )
             .await?;
             self.audit(
@@ -438,10 +365,8 @@ impl Store {
                 principal,
                 Some(issuer),
                 "certificate.revoke",
-                &serial.to_string(),
-                serde_json::json!({
-                    "crl_number": number,
-                }),
+                serial,
+                serde_json::json!({ "crl_number": number }),
             )
             .await?;
         }
@@ -450,6 +375,6 @@ impl Store {
             .await?
             .into_iter()
             .find(|c| c.serial == serial)
-            .ok_or_else(|| ServerError::Internal("revoked certificate vanished".into()))
+            .ok_or_else(not_found)
     }
 }

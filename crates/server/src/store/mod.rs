@@ -79,7 +79,10 @@ impl Store {
                     &[
                         CHECKPOINT_KEY_PURPOSE.into(),
                         key.public().into(),
-                        master.seal(&key.secret(), CHECKPOINT_KEY_PURPOSE).into(),
+                        master
+                            .seal(&key.secret(), CHECKPOINT_KEY_PURPOSE)
+                            .map_err(|e| ServerError::Internal(e.to_string()))?
+                            .into(),
                         master.id().into(),
                         crate::clock::now().into(),
                     ],
@@ -152,7 +155,7 @@ impl Store {
                 .map_err(|e| ServerError::Internal(e.to_string()))?;
             tx.execute(
                 "UPDATE server_keys SET sealed_private = $1, master_key_id = $2 WHERE purpose = $3",
-                &[new.seal(&secret, &purpose).into(), new.id().into(), purpose.into()],
+                &[seal(&new, &secret, &purpose)?.into(), new.id().into(), purpose.into()],
             )
             .await?;
             count += 1;
@@ -178,7 +181,7 @@ impl Store {
                 .map_err(|e| ServerError::Internal(e.to_string()))?;
             tx.execute(
                 "UPDATE issuers SET ca_key_sealed = $1, signing_key_sealed = $2, master_key_id = $3 WHERE id = $4",
-                &[new.seal(&ca, &ca_ctx).into(), new.seal(&sig, &sig_ctx).into(), new.id().into(), id.into()],
+                &[seal(&new, &ca, &ca_ctx)?.into(), seal(&new, &sig, &sig_ctx)?.into(), new.id().into(), id.into()],
             )
             .await?;
             count += 2;
@@ -198,6 +201,10 @@ impl Store {
         self.master = Arc::new(new);
         Ok(count)
     }
+}
+
+fn seal(key: &MasterKey, secret: &[u8], context: &str) -> ServerResult<Vec<u8>> {
+    key.seal(secret, context).map_err(|e| ServerError::Internal(e.to_string()))
 }
 
 fn now_value() -> Value {
