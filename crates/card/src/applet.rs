@@ -190,6 +190,12 @@ impl Context<'_> {
         self.card
     }
 
+    /// The AIDs of the other applets the caller may address (the card-management applet's
+    /// peers; empty for every other applet).
+    pub fn peer_aids(&self) -> impl Iterator<Item = &'static [u8]> + '_ {
+        self.peers.iter().map(|p| p.aid())
+    }
+
     /// True when an applet with this AID is registered besides the caller.
     pub fn has_peer(&self, aid: &[u8]) -> bool {
         self.peers.iter().any(|p| p.aid() == aid)

@@ -467,6 +467,21 @@ mod tests {
             Command::new(0x80, 0xE6, 0x20, 0x00).with_data(data).with_le(256)
         };
         s.secure(&install(&[0xF0, 1, 2, 3, 4]), StatusWord::REFERENCED_DATA_NOT_FOUND).unwrap();
+        let status = s
+            .secure(
+                &Command::new(0x80, 0xF2, 0x40, 0x02).with_data(vec![0x4F, 0x00]).with_le(256),
+                StatusWord::SUCCESS,
+            )
+            .unwrap();
+        assert_eq!(
+            status.data,
+            [
+                &[0xE3, 0x11, 0x4F, 0x06][..],
+                NOTES_AID,
+                &[0x9F, 0x70, 0x01, 0x07, 0xC5, 0x03, 0, 0, 0]
+            ]
+            .concat()
+        );
         s.secure(&install(NOTES_AID), StatusWord::SUCCESS).unwrap();
         // A group the applet refuses fails the whole block.
         let r = s.secure(

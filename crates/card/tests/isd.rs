@@ -52,6 +52,25 @@ fn get_data_reports_life_cycle_card_id_and_keys() {
 }
 
 #[test]
+fn get_status_lists_the_isd() {
+    let mut c = card();
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    let r = tx(&mut c, "80F28002024F0000");
+    assert_eq!(r.sw, OK);
+    assert_eq!(hex::encode(r.data), "e3134f08a0000001510000009f700101c5039a0000");
+    assert_eq!(sw(&mut c, "80F28002024F00"), StatusWord::bytes_remaining(0x15), "no Le: 61xx");
+    assert_eq!(sw(&mut c, "80F28002034F01B100"), StatusWord::REFERENCED_DATA_NOT_FOUND);
+    assert_eq!(
+        sw(&mut c, "80F24002024F0000"),
+        StatusWord::REFERENCED_DATA_NOT_FOUND,
+        "no other applet yet"
+    );
+    assert_eq!(sw(&mut c, "80F28000024F0000"), StatusWord::INCORRECT_P1P2, "legacy format");
+    assert_eq!(sw(&mut c, "80F2200202400000"), StatusWord::INCORRECT_P1P2);
+    assert_eq!(sw(&mut c, "80F28002024F0500"), StatusWord::INCORRECT_DATA);
+}
+
+#[test]
 fn personalisation_needs_a_cmac_cdec_session() {
     let mut c = card();
     let mut p = Plain(&mut c);

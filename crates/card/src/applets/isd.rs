@@ -5,6 +5,7 @@
 //!
 //! | command | APDU | rule |
 //! |---|---|---|
+//! | GET STATUS | `80\|84 F2 80\|40 02 Lc 4F L prefix [Le]` | the ISD (`80`) or the applications (`40`), tag-coded (`E3` templates); no session needed |
 //! | GET DATA | `00\|80 CA P1 P2 [Le]` | tags `0045` card id, `9F70` life cycle, `0066` card recognition data, `00E0` key information, `00C1` failed-authentication count; no session needed; any life cycle |
 //! | INITIALIZE UPDATE | `80 50 KVN 00 08 host-challenge 00` | starts SCP03; not when TERMINATED; `6983` after [`AUTH_FAILURE_LIMIT`] failed EXTERNAL AUTHENTICATEs |
 //! | EXTERNAL AUTHENTICATE | `84 82 SL 00 10 cryptogram C-MAC` | failure counter incremented and committed **before** the check, reset on success |
@@ -70,6 +71,7 @@ pub mod tags {
 }
 
 const INS_GET_DATA: u8 = 0xCA;
+const INS_GET_STATUS: u8 = 0xF2;
 const INS_PUT_KEY: u8 = 0xD8;
 const INS_STORE_DATA: u8 = 0xE2;
 const INS_INSTALL: u8 = 0xE6;
@@ -127,11 +129,28 @@ pub struct Isd {
 #[derive(Debug)]
 enum IsdCommand {
     GetData(u16),
+    /// GET STATUS of the ISD (`true`) or of the applications (`false`), AIDs starting with the
+    /// given prefix.
+    GetStatus {
+        isd: bool,
+        prefix: Vec<u8>,
+    },
     InitializeUpdate,
     ExternalAuthenticate,
-    PutKey { replace_kvn: u8, new_kvn: u8, keys: Vec<Vec<u8>>, kcvs: Vec<[u8; 3]> },
-    StoreData { block: u8, last: bool, groups: Vec<(u16, Vec<u8>)> },
-    InstallForPersonalization { aid: Vec<u8> },
+    PutKey {
+        replace_kvn: u8,
+        new_kvn: u8,
+        keys: Vec<Vec<u8>>,
+        kcvs: Vec<[u8; 3]>,
+    },
+    StoreData {
+        block: u8,
+        last: bool,
+        groups: Vec<(u16, Vec<u8>)>,
+    },
+    InstallForPersonalization {
+        aid: Vec<u8>,
+    },
     SetStatus(LifeCycle),
     Pin(PinCommand),
 }
@@ -165,6 +184,26 @@ impl IsdCommand {
         let gp = cmd.cla & 0x80 != 0;
         let require_gp = || if gp { Ok(()) } else { Err(StatusWord::CLA_NOT_SUPPORTED) };
         match cmd.ins {
+            INS_GET_STATUS => {
+                require_gp()?;
+                let isd = match cmd.p1 {
+                    0x80 => true,
+                    0x40 => false,
+                    _ => return Err(StatusWord::INCORRECT_P1P2),
+                };
+                if cmd.p2 != 0x02 {
+                    return Err(StatusWord::INCORRECT_P1P2);
+                }
+                // Search criteria: 4F L prefix (L = 0 matches all).
+                match cmd.data.as_slice() {
+                    [0x4F, len, prefix @ ..]
+                        if *len as usize == prefix.len() && prefix.len() <= 16 =>
+                    {
+                        Ok(IsdCommand::GetStatus { isd, prefix: prefix.to_vec() })
+                    }
+                    _ => Err(StatusWord::INCORRECT_DATA),
+                }
+            }
             INS_GET_DATA => {
                 if !cmd.data.is_empty() {
                     return Err(StatusWord::WRONG_LENGTH);
@@ -278,6 +317,7 @@ impl IsdCommand {
             LifeCycle::Locked => matches!(
                 self,
                 IsdCommand::GetData(_)
+                    | IsdCommand::GetStatus { .. }
                     | IsdCommand::InitializeUpdate
                     | IsdCommand::ExternalAuthenticate
                     | IsdCommand::SetStatus(_)
@@ -295,6 +335,35 @@ fn tlv(tag: u16, value: &[u8], out: &mut Vec<u8>) {
     }
     out.push(value.len() as u8);
     out.extend_from_slice(value);
+}
+
+/// GET STATUS (GP 2.3 11.4), tag-coded response (P2 `02`): one `E3` template per entry with
+/// `4F` AID, `9F70` life cycle and `C5` privileges. The ISD reports the card life cycle and the
+/// privileges security domain, card lock, card terminate and CVM management (`9A 00 00`);
+/// applications report SELECTABLE (`07`) and no privileges. `6A88` when nothing matches.
+fn get_status(ctx: &Context<'_>, isd: bool, prefix: &[u8]) -> Result<Vec<u8>, StatusWord> {
+    let mut out = Vec::new();
+    let mut entry = |aid: &[u8], lc: u8, privileges: &[u8]| {
+        let mut inner = Vec::new();
+        tlv(0x4F, aid, &mut inner);
+        tlv(0x9F70, &[lc], &mut inner);
+        tlv(0xC5, privileges, &mut inner);
+        tlv(0xE3, &inner, &mut out);
+    };
+    if isd {
+        if AID.starts_with(prefix) {
+            // Privileges byte 1: security domain 80, card lock 10, card terminate 08, CVM 02.
+            entry(AID, ctx.card().life_cycle.gp_code(), &[0x9A, 0x00, 0x00]);
+        }
+    } else {
+        for aid in ctx.peer_aids().filter(|aid| aid.starts_with(prefix)) {
+            entry(aid, 0x07, &[0x00, 0x00, 0x00]);
+        }
+    }
+    if out.is_empty() {
+        return Err(StatusWord::REFERENCED_DATA_NOT_FOUND);
+    }
+    Ok(out)
 }
 
 impl Isd {
@@ -636,6 +705,9 @@ impl Isd {
         }
         match parsed {
             IsdCommand::GetData(tag) => self.get_data(ctx, tag).map(Response::ok),
+            IsdCommand::GetStatus { isd, prefix } => {
+                get_status(ctx, isd, &prefix).map(Response::ok)
+            }
             IsdCommand::InitializeUpdate => self.initialize_update(ctx, raw),
             IsdCommand::ExternalAuthenticate => self.external_authenticate(ctx, raw),
             IsdCommand::PutKey { replace_kvn, new_kvn, keys, kcvs } => {
