@@ -1,2 +1,115 @@
-//! The `tessera` command-line tool.
-fn main() {}
+//! The `tessera` command-line tool: thin over the tessera libraries.
+//!
+//! Exit codes are documented on [`error::Exit`] and in `tessera --help`.
+
+mod apdu;
+mod bench;
+mod card;
+mod demo;
+mod error;
+mod reader;
+mod source;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the card answered and said no (status word other than 9000)
+  2  usage: bad arguments or malformed input
+  3  transport: pcscd not running, no reader, no card, vpcd unreachable
+  4  card image: missing, corrupt, locked, wrong passphrase
+  5  other local failure (I/O, a benchmark helper)";
+
+/// tessera: an open IC-card security platform.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Log every APDU exchanged to stderr (PINs and key material redacted).
+    #[arg(long, global = true)]
+    trace: bool,
+    /// Print results as JSON on stdout (commands that report data).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make, serve and inspect cards.
+    #[command(subcommand)]
+    Card(card::CardCommand),
+    /// Send raw APDUs to a card (debugging).
+    #[command(subcommand)]
+    Apdu(apdu::ApduCommand),
+    /// PC/SC readers.
+    #[command(subcommand)]
+    Reader(reader::ReaderCommand),
+    /// Walk through the platform at work, on an in-memory card (no service needed).
+    Demo(demo::DemoArgs),
+    /// Benchmarks (numbers for docs/performance.md; not tests).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Global output settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// Print JSON instead of text.
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `value` as pretty JSON when `--json` is on, else the text `human`.
+    pub fn emit(&self, human: impl FnOnce() -> String, value: impl FnOnce() -> serde_json::Value) {
+        if self.json {
+            println!("{:#}", value());
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                println!("{text}");
+            }
+        }
+    }
+}
+
+fn init_tracing(trace: bool) {
+    use tracing_subscriber::EnvFilter;
+    // TESSERA_LOG takes tracing's filter syntax; --trace adds the APDU log on top.
+    let mut spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| "info".to_owned());
+    if trace {
+        spec.push_str(&format!(",{}=trace", tessera_host::trace::TARGET));
+    }
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.trace);
+    let out = Output { json: cli.json };
+    let result: Result<(), CliError> = match cli.command {
+        Command::Card(cmd) => card::run(cmd, out),
+        Command::Apdu(cmd) => apdu::run(cmd, out),
+        Command::Reader(cmd) => reader::run(cmd, out),
+        Command::Demo(args) => demo::run(args, out),
+        Command::Bench(cmd) => bench::run(cmd, out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tessera: {err}");
+            err.code()
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The `tessera` binary run as a user runs it: exit codes, messages, JSON, tracing, and a card
+//! served into a real pcscd.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tessera_host::pcscd::{self, MachineLock, Pcscd, PcscdError};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn new_image(dir: &Path) -> String {
+    let path = dir.join("card.img").to_str().unwrap().to_owned();
+    assert_exit(&tessera(&["card", "new", "--image", &path]), 0);
+    path
+}
+
+const SELECT_ISD: &str = "00A4040008A000000151000000";
+
+#[test]
+fn help_everywhere() {
+    for args in [
+        &["--help"][..],
+        &["card", "--help"],
+        &["card", "new", "--help"],
+        &["card", "serve", "--help"],
+        &["card", "info", "--help"],
+        &["apdu", "send", "--help"],
+        &["reader", "list", "--help"],
+        &["demo", "--help"],
+        &["bench", "apdu", "--help"],
+    ] {
+        let out = tessera(args);
+        assert_exit(&out, 0);
+        assert!(text(&out.stdout).contains("Usage"), "{args:?}");
+    }
+    assert!(text(&tessera(&["--help"]).stdout).contains("Exit codes"));
+    assert_exit(&tessera(&["card", "frobnicate"]), 2);
+    assert_exit(&tessera(&["apdu", "send", SELECT_ISD]), 2); // no --image or --reader
+}
+
+#[test]
+fn card_new_makes_a_private_image_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_image(dir.path());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let again = tessera(&["card", "new", "--image", &path]);
+    assert_exit(&again, 4);
+    assert!(text(&again.stderr).contains(&path), "the error names the file");
+}
+
+#[test]
+fn card_info_on_a_blank_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_image(dir.path());
+    let out = tessera(&["card", "info", "--image", &path]);
+    assert_exit(&out, 0);
+    assert!(text(&out.stdout).contains("OP_READY"), "{}", text(&out.stdout));
+    let out = tessera(&["card", "info", "--image", &path, "--json"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["life_cycle"]["name"], "OP_READY");
+    assert_eq!(v["card_id"]["unavailable"], "6A88");
+}
+
+#[test]
+fn bad_images_exit_4_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.img");
+    let out = tessera(&["card", "info", "--image", missing.to_str().unwrap()]);
+    assert_exit(&out, 4);
+    assert!(text(&out.stderr).contains("nope.img"));
+
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, b"this is not a card image at all").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tessera(&["apdu", "send", "--image", junk.to_str().unwrap(), SELECT_ISD]);
+    assert_exit(&out, 4);
+    assert!(text(&out.stderr).contains("junk.img"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&junk).unwrap(), b"this is not a card image at all", "untouched");
+}
+
+#[test]
+fn apdu_send_reports_answers_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_image(dir.path());
+    let out = tessera(&["apdu", "send", "--image", &path, SELECT_ISD, "0084000008"]);
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("9000 (success)").count(), 2, "{stdout}");
+
+    let out = tessera(&["apdu", "send", "--image", &path, "--json", SELECT_ISD, "00 84 00 00 08"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[1]["sw"], "9000");
+    assert_eq!(v[1]["data"].as_str().unwrap().len(), 16);
+
+    // The card says no: exit 1, with the status word's meaning.
+    let out = tessera(&["apdu", "send", "--image", &path, "00A4040005A0000000FF"]);
+    assert_exit(&out, 1);
+    assert!(text(&out.stderr).contains("6A82"), "{}", text(&out.stderr));
+
+    // Malformed input never reaches the card: exit 2.
+    assert_exit(&tessera(&["apdu", "send", "--image", &path, "00A4G0"]), 2);
+    assert_exit(&tessera(&["apdu", "send", "--image", &path, "00A4040005A0"]), 2);
+}
+
+#[test]
+fn trace_logs_apdus_with_the_pin_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_image(dir.path());
+    let out = tessera(&[
+        "--trace",
+        "apdu",
+        "send",
+        "--image",
+        &path,
+        SELECT_ISD,
+        "0020008008313233343536FFFF",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(">> SELECT 00A40400 08A000000151000000"), "{stderr}");
+    assert!(stderr.contains(">> VERIFY 00200080 <9 bytes redacted>"), "{stderr}");
+    assert!(!stderr.contains("313233343536"), "the PIN leaked: {stderr}");
+    // Without --trace there is no APDU log.
+    let quiet = tessera(&["apdu", "send", "--image", &path, SELECT_ISD]);
+    assert!(!text(&quiet.stderr).contains(">> SELECT"));
+}
+
+#[test]
+fn demo_runs_the_platform_chapter() {
+    let out = tessera(&["demo"]);
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    for step in ["SELECT", "INITIALIZE UPDATE", "EXTERNAL AUTHENTICATE", "STORE DATA 84E28800"] {
+        assert!(stdout.contains(step), "missing {step}: {stdout}");
+    }
+    let out = tessera(&["demo", "--json", "--chapter", "platform"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["chapter"], "platform");
+    assert_exit(&tessera(&["demo", "--chapter", "nope"]), 2);
+}
+
+#[test]
+fn reader_commands_without_pcscd_exit_3_saying_what_to_do() {
+    let _lock = MachineLock::acquire().unwrap();
+    if pcscd::is_running() {
+        eprintln!("NOTICE: a system pcscd is running; its absence cannot be tested");
+        return;
+    }
+    let out = tessera(&["reader", "list"]);
+    assert_exit(&out, 3);
+    assert!(text(&out.stderr).contains("pcscd is not running: start it with"));
+    assert_exit(&tessera(&["apdu", "send", "--reader", "Virtual PCD 00 00", SELECT_ISD]), 3);
+}
+
+fn wait_for_card(reader: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = tessera(&["reader", "list", "--json"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == reader && r["card_present"] == true)
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no card appeared in {reader}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn served_image_is_reached_through_pcscd_and_stops_cleanly() {
+    let daemon = match Pcscd::start("") {
+        Ok(d) => d,
+        Err(err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning)) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {err}");
+            eprintln!("NOTICE: skipping: {err}");
+            return;
+        }
+        Err(err) => panic!("{err}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_image(dir.path());
+    let serve = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["card", "serve", "--image", &path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = "Virtual PCD 00 00";
+    wait_for_card(reader);
+
+    // The image is locked while served.
+    let locked = tessera(&["card", "info", "--image", &path]);
+    assert_exit(&locked, 4);
+    assert!(text(&locked.stderr).contains("locked"), "{}", text(&locked.stderr));
+
+    let out = tessera(&["card", "info", "--reader", reader, "--json"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["life_cycle"]["name"], "OP_READY");
+    let out = tessera(&["apdu", "send", "--reader", reader, SELECT_ISD, "0084000008"]);
+    assert_exit(&out, 0);
+
+    // SIGTERM (as from a service manager; Ctrl-C is SIGINT, handled alike): a clean stop.
+    let pid = serve.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let done = serve.wait_with_output().unwrap();
+    assert_exit(&done, 0);
+    assert!(text(&done.stderr).contains("stopped after"), "{}", text(&done.stderr));
+    // The lock is released: the image opens again.
+    assert_exit(&tessera(&["card", "info", "--image", &path]), 0);
+    drop(daemon);
+}
