@@ -239,44 +239,31 @@ impl Image {
         if (bytes.len() as u64) < SLOT_OFFSET + SLOT_STRIDE + SUPERBLOCK_LEN as u64 {
             return Err(CardError::truncated(&path, "file ends before the superblocks"));
         }
-        let mut best: Option<Superblock> = None;
-        let mut saw_superblock = false;
-        let mut saw_short_record = false;
-        for slot in 0..2u64 {
-            let at = (SLOT_OFFSET + slot * SLOT_STRIDE) as usize;
-            let Some(sb) = Superblock::decode(&bytes[at..]) else { continue };
-            if Superblock::slot_offset(sb.generation) != at as u64 {
-                continue; // a superblock in the wrong slot is not one we wrote
-            }
-            saw_superblock = true;
-            if sb.len > MAX_RECORD || sb.offset < DATA_START {
-                continue;
-            }
-            let record = usize::try_from(sb.offset)
-                .ok()
-                .and_then(|start| bytes.get(start..start.checked_add(sb.len as usize)?));
-            let Some(record) = record else {
-                saw_short_record = true;
-                continue;
-            };
-            if crc32(record) != sb.record_crc {
-                continue;
-            }
-            if best.is_none_or(|b| sb.generation > b.generation) {
-                best = Some(sb);
-            }
+        // The live generation is the highest one whose superblock is intact and in its slot.
+        // A superblock is written only after its record was flushed, so a torn commit leaves
+        // at worst an invalid superblock (ignored: the previous generation is live), never a
+        // valid one over a bad record. The older slot's record may legitimately have been
+        // overwritten by the live one; only the live record must check out, and if it does
+        // not the image is corrupt: we do not fall back to an older state silently.
+        let live = (0..2u64)
+            .filter_map(|slot| {
+                let at = SLOT_OFFSET + slot * SLOT_STRIDE;
+                let sb = Superblock::decode(&bytes[at as usize..])?;
+                (Superblock::slot_offset(sb.generation) == at).then_some(sb)
+            })
+            .max_by_key(|sb| sb.generation)
+            .ok_or_else(|| CardError::corrupt(&path, "no valid superblock"))?;
+        if live.len > MAX_RECORD || live.offset < DATA_START {
+            return Err(CardError::corrupt(&path, "superblock points outside the record area"));
         }
-        let Some(live) = best else {
-            return Err(if saw_short_record {
-                CardError::truncated(&path, "file ends inside the state record")
-            } else if saw_superblock {
-                CardError::corrupt(&path, "no state record passes its checksum")
-            } else {
-                CardError::corrupt(&path, "no valid superblock")
-            });
-        };
-        let start = live.offset as usize;
-        let record = bytes[start..start + live.len as usize].to_vec();
+        let record = usize::try_from(live.offset)
+            .ok()
+            .and_then(|start| bytes.get(start..start.checked_add(live.len as usize)?))
+            .ok_or_else(|| CardError::truncated(&path, "file ends inside the state record"))?;
+        if crc32(record) != live.record_crc {
+            return Err(CardError::corrupt(&path, "the live state record fails its checksum"));
+        }
+        let record = record.to_vec();
         Ok((Image { storage, header, live, poisoned: false }, record))
     }
 
