@@ -101,6 +101,8 @@ impl Card {
             _ => std::path::PathBuf::from("."),
         };
         let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+        // A leftover of a crashed `create` by an earlier process that had our pid.
+        let _ = fs::remove_file(&tmp);
         let mut open = fs::OpenOptions::new();
         open.read(true).write(true).create_new(true);
         #[cfg(unix)]
