@@ -114,10 +114,13 @@ struct Served {
 
 impl Served {
     fn start(port: u16, make: fn() -> Box<dyn VirtualCard>) -> Self {
+        Self::start_with(BridgeConfig { port, ..BridgeConfig::default() }, make)
+    }
+
+    fn start_with(config: BridgeConfig, make: fn() -> Box<dyn VirtualCard>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let config = BridgeConfig { port, ..BridgeConfig::default() };
             let mut bridge = VpcdBridge::new(make(), config);
             if let Err(err) = bridge.run(&flag) {
                 eprintln!("bench: serving the card failed: {err}");
@@ -233,16 +236,21 @@ impl Meter {
     }
 }
 
-/// Round trips per second from pyscard (the embedded script run by `python`) on `reader`.
-fn pyscard_round_trips(python: &Path, reader: &str, duration: Duration) -> Result<f64, String> {
+/// Round trips and seconds per reader from pyscard (the embedded script run by `python`),
+/// alternating bursts between `readers`.
+fn pyscard_round_trips(
+    python: &Path,
+    readers: &[&str],
+    duration: Duration,
+) -> Result<Vec<(u64, f64)>, String> {
     let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let script = dir.join("pyscard_roundtrips.py");
     std::fs::write(&script, PYSCARD_SCRIPT).map_err(|e| e.to_string())?;
     let output = Process::new(python)
         .arg(&script)
-        .arg(reader)
         .arg(duration.as_secs_f64().to_string())
+        .args(readers)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -250,7 +258,13 @@ fn pyscard_round_trips(python: &Path, reader: &str, duration: Duration) -> Resul
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
     }
     let value: Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
-    value["per_second"].as_f64().ok_or_else(|| "no per_second in the script's output".to_owned())
+    readers
+        .iter()
+        .map(|r| match (value[r]["round_trips"].as_u64(), value[r]["seconds"].as_f64()) {
+            (Some(n), Some(s)) => Ok((n, s)),
+            _ => Err(format!("no result for {r} in the script's output")),
+        })
+        .collect()
 }
 
 /// Rounds of interleaved bursts: the two cards are measured alternately, so drift on the
@@ -278,6 +292,7 @@ fn pcsc_section(
     // speed favours one card.
     let mut echo = (0u64, Duration::ZERO);
     let mut card = (0u64, Duration::ZERO);
+    let mut py: Option<[(u64, f64); 2]> = Some([(0, 0.0); 2]);
     for phase in 0..2 {
         let (echo_port, card_port, echo_slot, card_slot) = if phase == 0 {
             (DEFAULT_PORT, SECOND_SLOT_PORT, SLOT_0, SLOT_1)
@@ -306,7 +321,22 @@ fn pcsc_section(
         echo.1 += echo_meter.elapsed;
         card.0 += card_meter.round_trips;
         card.1 += card_meter.elapsed;
-        drop((echo_meter, card_meter, echo_served, card_served));
+        drop((echo_meter, card_meter));
+        if let Some(acc) = py.as_mut() {
+            match pyscard_round_trips(&args.python, &[echo_slot, card_slot], duration / 2) {
+                Ok(r) => {
+                    for (total, (n, secs)) in acc.iter_mut().zip(r) {
+                        total.0 += n;
+                        total.1 += secs;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bench: pyscard measurement skipped: {e}");
+                    py = None;
+                }
+            }
+        }
+        drop((echo_served, card_served));
         wait_for(SLOT_0, false, Duration::from_secs(10))?;
         wait_for(SLOT_1, false, Duration::from_secs(10))?;
     }
@@ -325,31 +355,8 @@ fn pcsc_section(
         "echo": echo_rate, "tessera": card_rate, "tessera_over_echo": card_rate / echo_rate,
     }));
 
-    let echo_served = Served::start(DEFAULT_PORT, || Box::new(EchoCard::new()));
-    let card_served =
-        Served::start(SECOND_SLOT_PORT, || Box::new(Card::in_memory(CardOptions::default())));
-    wait_for(SLOT_0, true, Duration::from_secs(10))?;
-    wait_for(SLOT_1, true, Duration::from_secs(10))?;
-    // pyscard: five alternating runs per card, the median of each.
-    let third = duration / 5;
-    let mut py_echo = Vec::new();
-    let mut py_card = Vec::new();
-    for _ in 0..5 {
-        match (
-            pyscard_round_trips(&args.python, SLOT_0, third),
-            pyscard_round_trips(&args.python, SLOT_1, third),
-        ) {
-            (Ok(e), Ok(c)) => {
-                py_echo.push(e);
-                py_card.push(c);
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("bench: pyscard measurement skipped: {e}");
-                break;
-            }
-        }
-    }
-    if let (Some(e), Some(c)) = (median(&mut py_echo), median(&mut py_card)) {
+    if let Some([(en, es), (cn, cs)]) = py {
+        let (e, c) = (en as f64 / es, cn as f64 / cs);
         say(out, &format!("  echo card     {e:>10.0} rt/s  (pyscard)"));
         say(out, &format!("  tessera card  {c:>10.0} rt/s  (pyscard), {:.3} of echo", c / e));
         rows.push(json!({
@@ -357,9 +364,21 @@ fn pcsc_section(
             "echo": e, "tessera": c, "tessera_over_echo": c / e,
         }));
     }
-    drop(card_served);
-    drop(echo_served);
+
+    // The stall vicc suffers, reproduced: the echo card with delayed ACKs left on.
+    let config = BridgeConfig { quick_ack: false, ..BridgeConfig::default() };
+    let slow = Served::start_with(config, || Box::new(EchoCard::new()));
+    wait_for(SLOT_0, true, Duration::from_secs(15))?;
+    let mut meter = Meter::connect(SLOT_0)?;
+    meter.burst(&challenge, duration / 2)?;
+    let stalled = meter.rate();
+    drop((meter, slow));
     wait_for(SLOT_0, false, Duration::from_secs(10))?;
+    say(out, &format!("  echo card     {stalled:>10.1} rt/s  (TCP_QUICKACK off: delayed ACKs)"));
+    rows.push(json!({
+        "path": "pcscd+vpcd", "unit": "GET CHALLENGE round trips/s", "client": "tessera",
+        "echo_without_quickack": stalled,
+    }));
 
     let shim = std::env::temp_dir().join(format!("tessera-vicc-shim-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&shim);
@@ -382,9 +401,4 @@ fn pcsc_section(
     }
     let _ = std::fs::remove_dir_all(&shim);
     Ok(rows)
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
 }

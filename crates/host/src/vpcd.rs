@@ -193,6 +193,9 @@ pub struct BridgeConfig {
     pub backoff_max: Duration,
     /// How often a blocked read wakes up to check for a stop request.
     pub poll_interval: Duration,
+    /// Acknowledge vpcd's segments at once (`TCP_QUICKACK`, Linux). Only benchmarks turn this
+    /// off, to show the stall it prevents.
+    pub quick_ack: bool,
 }
 
 impl Default for BridgeConfig {
@@ -203,6 +206,7 @@ impl Default for BridgeConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             poll_interval: Duration::from_millis(100),
+            quick_ack: true,
         }
     }
 }
@@ -309,7 +313,9 @@ impl<C: VirtualCard> VpcdBridge<C> {
             // the payload leaves only once the length is acknowledged. Ask the kernel to
             // acknowledge at once rather than after the delayed-ACK timer (up to 40 ms). Linux
             // clears the flag as it sees fit, so it is set again before every read.
-            set_quickack(&stream);
+            if self.config.quick_ack {
+                set_quickack(&stream);
+            }
             let payload = match reader.read_frame(&mut stream)? {
                 ReadOutcome::Frame(payload) => payload,
                 ReadOutcome::Pending => continue,
