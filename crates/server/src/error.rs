@@ -110,8 +110,15 @@ impl IntoResponse for ServerError {
         };
         let mut resp = (status, axum::Json(ErrorBody { error: self.code().to_owned(), message }))
             .into_response();
-        if matches!(self, ServerError::Unavailable(_)) {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        match self {
+            ServerError::Unavailable(_) => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            ServerError::Unauthorized(_) => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         resp
     }

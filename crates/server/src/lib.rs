@@ -15,8 +15,11 @@
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod http;
 pub mod primitives;
+pub mod server;
 pub mod store;
+pub mod tls;
 pub mod tunnel;
 
 pub use error::{ServerError, ServerResult};

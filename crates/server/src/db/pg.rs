@@ -59,7 +59,14 @@ impl PgPool {
                 None => break,
             }
         }
-        let (client, connection) = self.inner.config.connect(NoTls).await.map_err(map_err)?;
+        // Any failure to connect means the database is unavailable to us (down, unreachable,
+        // not accepting connections): retry later.
+        let (client, connection) = self
+            .inner
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| DbError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");

@@ -21,7 +21,7 @@ use tessera_server::{Store, StoreConfig};
 
 pub struct TestDb {
     pub location: DbLocation,
-    _dir: Option<tempfile::TempDir>,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
@@ -218,4 +218,57 @@ impl FakeCard {
     pub fn answer_all(&self, apdus: &[String]) -> Vec<String> {
         apdus.iter().map(|a| self.answer(a)).collect()
     }
+}
+
+/// A TCP proxy in front of a database, to take it "down" and bring it back mid-test.
+pub struct Proxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed at once
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        Proxy { port, up, conns }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The cluster's address and a database URL through a proxy on `port`.
+pub fn via_proxy(location: &DbLocation, port: u16) -> (std::net::SocketAddr, DbLocation) {
+    let DbLocation::Postgres(url) = location else { panic!("not PostgreSQL") };
+    let rest = url.strip_prefix("postgres://postgres@127.0.0.1:").unwrap();
+    let (pg_port, db) = rest.split_once('/').unwrap();
+    let upstream = format!("127.0.0.1:{pg_port}").parse().unwrap();
+    (upstream, DbLocation::Postgres(format!("postgres://postgres@127.0.0.1:{port}/{db}")))
 }

@@ -1,0 +1,314 @@
+//! TLS: the server's certificate (self-signed on first start, or the operator's) and a
+//! listener that completes TLS handshakes (rustls with the `ring` provider) before handing
+//! connections to axum.
+//!
+//! On first start the server makes, in `<data>/tls/`, a local CA and a server certificate
+//! from it (tessera's server role, which carries `id-kp-serverAuth`), with
+//! `tessera_crypto::x509`: `server-chain.pem` (leaf then CA), `server.key.der` (PKCS#8, mode
+//! 0600). Clients pin the leaf's SHA-256 fingerprint, printed at every start. The
+//! certificate has no subjectAltName yet (the crypto crate's X.509 helpers do not take one),
+//! so clients that check host names need the fingerprint pin or an operator certificate
+//! (`--tls-cert`, `--tls-key`, PEM).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tessera_crypto::ecdsa::SigningKey;
+use tessera_crypto::rng::OsRng;
+use tessera_crypto::x509::{self, IssueRequest, Role, Validity};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
+
+use crate::http::limits::ClientAddr;
+use crate::primitives::sha256;
+
+/// Longest a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of the generated certificates (5 years).
+const LIFETIME_SECS: i64 = 5 * 365 * 24 * 3600;
+
+/// A TLS setup error.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Reading or writing a certificate or key file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// A certificate or key is malformed or does not fit.
+    #[error("TLS: {0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
+}
+
+/// The server's certificate chain and key.
+pub struct ServerIdentity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerIdentity {
+    /// SHA-256 of the leaf certificate, colon-separated hex (what clients pin).
+    pub fn fingerprint(&self) -> String {
+        let digest = self.chain.first().map(|c| sha256(c)).unwrap_or_default();
+        digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    }
+
+    /// Loads PEM files given by the operator.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", cert.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(TlsError::Invalid(format!("{}: no certificate", cert.display())));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", key.display())))?;
+        Ok(ServerIdentity { chain, key })
+    }
+
+    /// Loads the generated identity from `dir`, making it first if it is not there.
+    /// Returns whether it was just made.
+    pub fn load_or_create(dir: &Path) -> Result<(Self, bool), TlsError> {
+        let chain_path = dir.join("server-chain.pem");
+        let key_path = dir.join("server.key.der");
+        if chain_path.exists() && key_path.exists() {
+            let chain = CertificateDer::pem_file_iter(&chain_path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| TlsError::Invalid(format!("{}: {e}", chain_path.display())))?;
+            let key = std::fs::read(&key_path).map_err(io_err(&key_path))?;
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+            return Ok((ServerIdentity { chain, key }, false));
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let now = crate::clock::now();
+        let validity = Validity { not_before: now - 3600, not_after: now + LIFETIME_SECS };
+        let invalid = |e: tessera_crypto::CryptoError| TlsError::Invalid(e.to_string());
+        let ca_key = SigningKey::generate(&mut OsRng);
+        let ca = x509::self_signed_ca(
+            &ca_key,
+            "tessera server local CA",
+            &x509::random_serial(&mut OsRng),
+            validity,
+        )
+        .map_err(invalid)?;
+        let key = SigningKey::generate(&mut OsRng);
+        let leaf = x509::issue(
+            &ca_key,
+            &ca,
+            &IssueRequest {
+                subject_cn: "tessera server",
+                public_key: &key.public_key(),
+                roles: &[Role::Server],
+                serial: &x509::random_serial(&mut OsRng),
+                validity,
+                ca_path_len: None,
+            },
+        )
+        .map_err(invalid)?;
+        let key_der = key.to_pkcs8_der().map_err(invalid)?;
+        write_private(&key_path, &key_der)?;
+        std::fs::write(&chain_path, format!("{}{}", leaf.to_pem(), ca.to_pem()))
+            .map_err(io_err(&chain_path))?;
+        let chain = vec![
+            CertificateDer::from(leaf.der().to_vec()),
+            CertificateDer::from(ca.der().to_vec()),
+        ];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
+        Ok((ServerIdentity { chain, key }, true))
+    }
+
+    /// A rustls server configuration (TLS 1.2 and 1.3, `ring`, HTTP/1.1).
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io_err(path))
+}
+
+/// A listener that accepts TCP connections and yields them once their TLS handshake is
+/// done. Handshakes run in their own tasks, so a slow client never blocks others.
+pub struct TlsListener {
+    local: SocketAddr,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    /// Starts accepting on `tcp`.
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = conn_tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(TlsListener { local, rx })
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            // The accept task only ends when this listener is dropped; wait forever.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// A rustls client configuration that accepts exactly the server certificate whose SHA-256
+/// fingerprint is `fingerprint` (hex, colons optional), for clients of a server with a
+/// self-signed certificate (`tessera sync`, tests). The handshake signature is still checked
+/// against that certificate's key.
+pub fn pinned_client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let hex_digits: String = fingerprint.chars().filter(|c| *c != ':').collect();
+    let pin: [u8; 32] = hex::decode(&hex_digits)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| TlsError::Invalid("fingerprint: expected 32 bytes of hex".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = PinnedCert { pin, provider: provider.clone() };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct PinnedCert {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use subtle::ConstantTimeEq;
+        if bool::from(sha256(end_entity).ct_eq(&self.pin)) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "server certificate does not match the pinned fingerprint".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
