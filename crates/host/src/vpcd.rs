@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::trace;
 use crate::virtual_card::VirtualCard;
 
 /// vpcd's port for the first slot.
@@ -356,7 +357,14 @@ impl<C: VirtualCard> VpcdBridge<C> {
             }
             Message::Apdu(command) => {
                 self.apdus += 1;
+                let traced = tracing::enabled!(target: trace::TARGET, tracing::Level::TRACE);
+                if traced {
+                    tracing::trace!(target: trace::TARGET, "card {}", trace::describe_command(command));
+                }
                 let mut response = self.card.transmit(command);
+                if traced {
+                    tracing::trace!(target: trace::TARGET, "card {}", trace::describe_response(&response));
+                }
                 if response.len() < 2 || response.len() > MAX_PAYLOAD {
                     tracing::warn!("card answered {} bytes; sending 6F00", response.len());
                     response = vec![0x6F, 0x00];

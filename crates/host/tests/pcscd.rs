@@ -40,11 +40,16 @@ fn unavailable(what: &str) {
 
 /// Starts a private pcscd, or reports why it cannot (see the module docs).
 fn start_pcscd() -> Option<Pcscd> {
+    start_pcscd_with("")
+}
+
+/// Like [`start_pcscd`], with extra reader.conf entries.
+fn start_pcscd_with(extra_entries: &str) -> Option<Pcscd> {
     if pcscd::find_program("opensc-tool").is_none() {
         unavailable("opensc-tool is not installed");
         return None;
     }
-    match Pcscd::start("") {
+    match Pcscd::start(extra_entries) {
         Ok(daemon) => Some(daemon),
         Err(err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning)) => {
             unavailable(&err.to_string());
@@ -184,6 +189,28 @@ fn second_slot_serves_a_second_card() {
         PcscChannel::connect(Some("No Such Reader")),
         Err(ChannelError::UnknownReader(_))
     ));
+    drop(channel);
+    served.stop();
+}
+
+#[test]
+fn an_extra_reader_conf_entry_adds_two_more_slots() {
+    let entry =
+        pcscd::vpcd_reader_entry("Virtual PCD 2", 35965, Path::new(pcscd::DEBIAN_VPCD_DRIVER));
+    let Some(_daemon) = start_pcscd_with(&entry) else { return };
+    let names: Vec<String> =
+        tessera_host::list_readers().unwrap().into_iter().map(|r| r.name).collect();
+    for slot in [SLOT_0, SLOT_1, "Virtual PCD 2 00 00", "Virtual PCD 2 00 01"] {
+        assert!(names.iter().any(|n| n == slot), "{slot} missing from {names:?}");
+    }
+    // The entry's CHANNELID is its first slot's port; the second slot is the next port.
+    let served = Served::start(35966, EchoCard::new);
+    wait_until("the card in the extra reader", Duration::from_secs(10), || {
+        card_present("Virtual PCD 2 00 01")
+    });
+    let mut channel = PcscChannel::connect(Some("Virtual PCD 2 00 01")).unwrap();
+    let rsp = channel.transmit(&Command::new(0x00, 0x01, 0x00, 0x00).with_data([9])).unwrap();
+    assert_eq!((rsp.sw, rsp.data), (StatusWord::SUCCESS, vec![9]));
     drop(channel);
     served.stop();
 }
