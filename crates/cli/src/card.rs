@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use tessera_card::{Card, CardOptions};
-use tessera_host::vpcd::{BridgeConfig, DEFAULT_PORT, VpcdBridge, VpcdError};
+use tessera_host::vpcd::{BridgeConfig, DEFAULT_PORT, VpcdBridge};
 use tessera_host::{EchoCard, VirtualCard};
 
 use crate::Output;
@@ -29,8 +29,9 @@ pub enum CardCommand {
     },
     /// Put a card into pcscd's virtual reader (vsmartcard vpcd) until Ctrl-C.
     ///
-    /// The card connects to vpcd as a TCP client: port 35963 is the first virtual slot,
-    /// 35964 the second. It reconnects by itself whenever pcscd restarts.
+    /// The card connects to vpcd as a TCP client: port 35963 is the first virtual slot
+    /// ("Virtual PCD 00 00"), 35964 the second. It reconnects by itself whenever pcscd
+    /// restarts. More slots come from extra reader.conf entries (docs/virtual-reader.md).
     Serve(ServeArgs),
     /// Show a card's id, life cycle and applets, as far as the card answers.
     Info {
@@ -112,10 +113,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         BridgeConfig { host: args.host.clone(), port: args.port, ..BridgeConfig::default() };
     eprintln!("serving {what} to vpcd at {}:{} (Ctrl-C to stop)", args.host, args.port);
     let mut bridge = VpcdBridge::new(card, config);
-    bridge.run(&stop).map_err(|e| match e {
-        VpcdError::Resolve(..) => CliError::new(Exit::Transport, e.to_string()),
-        other => CliError::new(Exit::Transport, other.to_string()),
-    })?;
+    bridge.run(&stop).map_err(|e| CliError::new(Exit::Transport, e.to_string()))?;
     eprintln!("stopped after {} APDUs", bridge.apdus_served());
     Ok(())
 }
