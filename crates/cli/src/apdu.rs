@@ -14,7 +14,7 @@ pub enum ApduCommand {
     /// Send command APDUs, given in hex, one argument each, in one session; print the answers.
     ///
     /// `61xx` and `6Cxx` are handled (GET RESPONSE, re-issue with the right Le) unless --raw.
-    /// Exits with 1 when the last answer is not 9000.
+    /// Exits with 1 when the last answer is neither 9000 nor 61xx.
     Send {
         #[command(flatten)]
         source: CardSource,
@@ -71,7 +71,7 @@ pub fn run(cmd: ApduCommand, out: Output) -> Result<(), CliError> {
     }
     out.emit(String::new, || json!(results));
     match last {
-        Some(sw) if sw.0 != 0x9000 => Err(CliError::card_said_no("last APDU", sw)),
+        Some(sw) if !sw.is_success() => Err(CliError::card_said_no("last APDU", sw)),
         _ => Ok(()),
     }
 }

@@ -12,7 +12,7 @@ use tessera_host::ChannelError;
 /// | code | meaning |
 /// |------|---------|
 /// | 0 | success |
-/// | 1 | the card answered, and said no (a status word other than `9000`) |
+/// | 1 | the card answered, and said no (a status word other than `9000` or `61xx`) |
 /// | 2 | usage: bad arguments or malformed input (clap's own usage errors are 2 too) |
 /// | 3 | transport: pcscd not running, no reader, no card, vpcd unreachable |
 /// | 4 | card image: missing, corrupt, locked by another process, wrong passphrase |
@@ -87,6 +87,8 @@ impl From<CardError> for CliError {
 pub fn sw_meaning(sw: StatusWord) -> &'static str {
     match sw.0 {
         0x9000 => "success",
+        0x6100..=0x61FF => "success, more data waiting for GET RESPONSE",
+        0x6C00..=0x6CFF => "wrong Le; the last byte is the length available",
         0x6200..=0x62FF => "warning: state unchanged",
         0x6300..=0x63BF | 0x63D0..=0x63FF => "warning: state changed",
         0x63C0..=0x63CF => "verification failed, tries left in the last digit",

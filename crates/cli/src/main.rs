@@ -19,7 +19,7 @@ use crate::error::CliError;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the card answered and said no (status word other than 9000)
+  1  the card answered and said no (status word other than 9000 or 61xx)
   2  usage: bad arguments or malformed input
   3  transport: pcscd not running, no reader, no card, vpcd unreachable
   4  card image: missing, corrupt, locked, wrong passphrase

@@ -114,6 +114,14 @@ fn apdu_send_reports_answers_and_exit_codes() {
     assert_eq!(v[1]["sw"], "9000");
     assert_eq!(v[1]["data"].as_str().unwrap().len(), 16);
 
+    // --raw sends the bytes as given and shows the answer as is: SELECT without Le gets
+    // 61xx (data waiting for GET RESPONSE), which the normal mode fetches transparently.
+    let out = tessera(&["apdu", "send", "--image", &path, "--raw", SELECT_ISD]);
+    assert_exit(&out, 0);
+    assert!(text(&out.stdout).contains("< 6112 (success"), "{}", text(&out.stdout));
+    let out = tessera(&["apdu", "send", "--image", &path, SELECT_ISD]);
+    assert!(text(&out.stdout).contains("< 6F10"), "{}", text(&out.stdout));
+
     // The card says no: exit 1, with the status word's meaning.
     let out = tessera(&["apdu", "send", "--image", &path, "00A4040005A0000000FF"]);
     assert_exit(&out, 1);

@@ -329,9 +329,19 @@ impl<C: VirtualCard> VpcdBridge<C> {
     }
 
     /// Handles one frame payload; returns the complete frame to send back, if any.
+    ///
+    /// An empty frame, which vpcd never sends, is ignored with a warning (as vicc does).
     pub fn handle(&mut self, payload: &[u8]) -> Result<Option<&[u8]>, VpcdError> {
         self.out.clear();
-        match Message::parse(payload)? {
+        let message = match Message::parse(payload) {
+            Ok(message) => message,
+            Err(VpcdError::EmptyFrame) => {
+                tracing::warn!("vpcd sent an empty frame; ignored");
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        match message {
             Message::PowerOff => {
                 tracing::debug!("vpcd: power off");
                 self.card.power_off();
@@ -510,7 +520,9 @@ mod tests {
         let answer = bridge.handle(&[0x00, 0x01, 0x00, 0x00, 0x01, 0x42]).unwrap().unwrap();
         assert_eq!(answer, [0x00, 0x03, 0x42, 0x90, 0x00]);
         assert_eq!(bridge.apdus_served(), 1);
-        assert!(bridge.handle(&[]).is_err());
+        assert_eq!(bridge.handle(&[]).unwrap(), None);
+        // Too short to be a command: the card's own status word, never a dropped frame.
+        assert_eq!(bridge.handle(&[0x00, 0x84]).unwrap().unwrap(), [0x00, 0x02, 0x67, 0x00]);
     }
 
     /// A fake vpcd: accepts the card, drives it, then closes; accepts again to prove the
