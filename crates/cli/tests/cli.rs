@@ -83,6 +83,30 @@ fn card_info_on_a_blank_image() {
 }
 
 #[test]
+fn encrypted_image_needs_its_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "incorrect horse\n").unwrap();
+    let image = dir.path().join("enc.img");
+    let (image, pass, wrong) =
+        (image.to_str().unwrap(), pass.to_str().unwrap(), wrong.to_str().unwrap());
+    let out = tessera(&["card", "new", "--image", image, "--passphrase-file", pass, "--json"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["encrypted"], true);
+    for args in [&[][..], &["--passphrase-file", wrong][..]] {
+        let mut cmd = vec!["card", "info", "--image", image];
+        cmd.extend_from_slice(args);
+        let out = tessera(&cmd);
+        assert_exit(&out, 4);
+        assert!(text(&out.stderr).contains("enc.img"), "{}", text(&out.stderr));
+    }
+    assert_exit(&tessera(&["card", "info", "--image", image, "--passphrase-file", pass]), 0);
+}
+
+#[test]
 fn bad_images_exit_4_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.img");

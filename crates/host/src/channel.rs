@@ -120,3 +120,31 @@ impl<T: CardChannel + ?Sized> CardChannel for Box<T> {
         (**self).transmit(command)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcsc_errors_map_to_what_the_user_must_do() {
+        for (raw, check) in [
+            (pcsc::Error::NoService, "pcscd is not running: start it with"),
+            (pcsc::Error::ServiceStopped, "pcscd is not running: start it with"),
+            (pcsc::Error::NoReadersAvailable, "no smart-card reader found"),
+            (pcsc::Error::RemovedCard, "removed"),
+            (pcsc::Error::ResetCard, "reset by another application"),
+        ] {
+            let err = ChannelError::from(raw);
+            assert!(err.to_string().contains(check), "{raw:?} -> {err}");
+        }
+        assert!(matches!(ChannelError::from(pcsc::Error::Timeout), ChannelError::Pcsc(_)));
+    }
+
+    #[test]
+    fn exchange_failures_keep_the_transport_error() {
+        let transport = ExchangeError::Transport(ChannelError::CardRemoved);
+        assert!(matches!(ChannelError::from(transport), ChannelError::CardRemoved));
+        let broken: ExchangeError<ChannelError> = ExchangeError::MalformedResponse;
+        assert!(matches!(ChannelError::from(broken), ChannelError::CardProtocol(_)));
+    }
+}
