@@ -103,6 +103,24 @@ pub trait CardChannel {
     }
 }
 
+impl<T: CardChannel + ?Sized> CardChannel for &mut T {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        (**self).transmit_raw(command)
+    }
+
+    fn reset(&mut self) -> Result<Vec<u8>, ChannelError> {
+        (**self).reset()
+    }
+
+    fn atr(&mut self) -> Result<Vec<u8>, ChannelError> {
+        (**self).atr()
+    }
+
+    fn transmit(&mut self, command: &Command) -> Result<Response, ChannelError> {
+        (**self).transmit(command)
+    }
+}
+
 impl<T: CardChannel + ?Sized> CardChannel for Box<T> {
     fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, ChannelError> {
         (**self).transmit_raw(command)

@@ -159,6 +159,17 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_channel_outlives_its_session() {
+        let mut card = selected_card();
+        let keys = StaticKeys::gp_test_keys(0x30);
+        let (sc, _) = SecureChannel::open(&mut card, &keys, SecurityLevel::CMac, &ISD).unwrap();
+        drop(sc);
+        // The card is still ours to use after the session object is gone.
+        let rsp = card.transmit(&Command::new(0, 0x84, 0, 0).with_le(8)).unwrap();
+        assert_eq!((rsp.sw, rsp.data.len()), (StatusWord::SUCCESS, 8));
+    }
+
+    #[test]
     fn wrong_keys_fail_on_the_card_cryptogram() {
         let wrong = || tessera_crypto::keys::AesKey::from_slice(&[0x11; 16]).unwrap();
         let keys = StaticKeys::new(wrong(), wrong(), wrong(), 0x30).unwrap();

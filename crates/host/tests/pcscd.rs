@@ -186,6 +186,12 @@ fn second_slot_serves_a_second_card() {
     let echo =
         channel.transmit(&Command::new(0x00, 0x01, 0x00, 0x00).with_data([1, 2, 3])).unwrap();
     assert_eq!((echo.sw, echo.data), (StatusWord::SUCCESS, vec![1, 2, 3]));
+    // An extended-length command and response pass through pcscd and vpcd whole.
+    let big: Vec<u8> = (0..1000u16).map(|i| i as u8).collect();
+    let echo = channel
+        .transmit(&Command::new(0x00, 0x01, 0x00, 0x00).with_data(big.clone()).with_le(65536))
+        .unwrap();
+    assert_eq!((echo.sw, echo.data), (StatusWord::SUCCESS, big));
     // Naming an empty or unknown reader is a clear error.
     assert!(matches!(PcscChannel::connect(Some(SLOT_0)), Err(ChannelError::NoCardInReader(_))));
     assert!(matches!(
