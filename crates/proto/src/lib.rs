@@ -1,1 +1,12 @@
-//! tessera proto (work in progress).
+//! Wire formats shared by the card, the terminal and the server.
+//!
+//! Each applet's commands and responses are defined here once, as typed structs with their
+//! encoders and parsers: the card parses its commands at its edge with these definitions, the
+//! terminal and the server build them with the same ones, so the two sides cannot drift.
+//!
+//! - [`keyring`]: the hierarchical key-renewal applet (INTERNAL/EXTERNAL AUTHENTICATE, RENEW,
+//!   the labelled cryptogram inputs).
+
+#![forbid(unsafe_code)]
+
+pub mod keyring;
