@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tessera_apdu::Command;
+use tessera_apdu::{Command, StatusWord};
 use tessera_card::{Card, CardOptions};
 use tessera_host::pcscd::{self, Pcscd};
 use tessera_host::vpcd::{BridgeConfig, DEFAULT_PORT, SECOND_SLOT_PORT, VpcdBridge};
@@ -38,7 +38,7 @@ pub struct ApduBenchArgs {
     seconds: f64,
     /// Also measure through pcscd and vpcd: the tessera card, the echo card and vsmartcard's
     /// vicc, from tessera's PC/SC client and from pyscard. Needs pcscd with the vpcd driver
-    /// (see --start-pcscd) and vpcd's first slot (port 35963) free.
+    /// (see --start-pcscd) and vpcd's two slots (ports 35963 and 35964) free.
     #[arg(long)]
     pcsc: bool,
     /// Start a private pcscd for the PC/SC measurements (none may be running).
@@ -91,6 +91,13 @@ fn in_process_pairs(card: impl VirtualCard, duration: Duration) -> Result<f64, C
     let mut channel = InProcessChannel::new(card);
     let select = Command::new(0x00, 0xA4, 0x04, 0x00).with_data(ISD_AID).with_le(256);
     let challenge = Command::new(0x00, 0x84, 0x00, 0x00).with_le(8);
+    // Measure answers, not refusals.
+    for cmd in [&select, &challenge] {
+        let sw = channel.transmit(cmd)?.sw;
+        if sw != StatusWord::SUCCESS {
+            return Err(CliError::card_said_no("bench: the card refused the benchmark's APDU", sw));
+        }
+    }
     let mut pairs = 0u64;
     let start = Instant::now();
     loop {
@@ -212,6 +219,10 @@ impl Meter {
     fn connect(reader: &str) -> Result<Self, CliError> {
         let mut channel = PcscChannel::connect(Some(reader))?;
         channel.transmit(&Command::new(0x00, 0xA4, 0x04, 0x00).with_data(ISD_AID).with_le(256))?;
+        let sw = channel.transmit(&Command::new(0x00, 0x84, 0x00, 0x00).with_le(8))?.sw;
+        if sw != StatusWord::SUCCESS {
+            eprintln!("bench: the card in {reader:?} answers GET CHALLENGE with {sw}");
+        }
         Ok(Self { channel, round_trips: 0, elapsed: Duration::ZERO })
     }
 

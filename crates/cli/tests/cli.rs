@@ -194,6 +194,18 @@ fn demo_runs_the_platform_chapter() {
 }
 
 #[test]
+fn bench_runs_and_reports_json() {
+    // Not a speed test: only that the benchmark runs and reports both cards.
+    let out = tessera(&["bench", "apdu", "--seconds", "0.05", "--json"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["path"], "in-process");
+    assert!(v[0]["echo"].as_f64().unwrap() > 0.0);
+    assert!(v[0]["tessera"].as_f64().unwrap() > 0.0);
+    assert_exit(&tessera(&["bench", "apdu", "--seconds", "0"]), 2);
+}
+
+#[test]
 fn reader_commands_without_pcscd_exit_3_saying_what_to_do() {
     let _lock = MachineLock::acquire().unwrap();
     if pcscd::is_running() {
