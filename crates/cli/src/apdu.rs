@@ -39,7 +39,7 @@ pub fn run(cmd: ApduCommand, out: Output) -> Result<(), CliError> {
     let mut last = None;
     for (bytes, command) in &commands {
         let response = if raw {
-            let answer = channel.transmit_raw(bytes)?;
+            let answer = tessera_host::trace::traced(bytes, |b| channel.transmit_raw(b))?;
             Response::parse(&answer).ok_or_else(|| {
                 CliError::new(
                     crate::error::Exit::Transport,

@@ -173,6 +173,9 @@ fn trace_logs_apdus_with_the_pin_redacted() {
     assert!(stderr.contains(">> SELECT 00A40400 08A000000151000000"), "{stderr}");
     assert!(stderr.contains(">> VERIFY 00200080 <9 bytes redacted>"), "{stderr}");
     assert!(!stderr.contains("313233343536"), "the PIN leaked: {stderr}");
+    // --raw exchanges are traced too, and 61xx shows as the card sent it.
+    let raw = tessera(&["--trace", "apdu", "send", "--raw", "--image", &path, SELECT_ISD]);
+    assert!(text(&raw.stderr).contains("<< 6112"), "{}", text(&raw.stderr));
     // Without --trace there is no APDU log.
     let quiet = tessera(&["apdu", "send", "--image", &path, SELECT_ISD]);
     assert!(!text(&quiet.stderr).contains(">> SELECT"));

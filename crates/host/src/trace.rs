@@ -98,7 +98,7 @@ pub fn describe_response(response: &[u8]) -> String {
 }
 
 /// Runs one exchange, tracing the command before and the response (or failure) after.
-pub(crate) fn traced<E: std::fmt::Display>(
+pub fn traced<E: std::fmt::Display>(
     command: &[u8],
     exchange: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
 ) -> Result<Vec<u8>, E> {
