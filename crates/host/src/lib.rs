@@ -9,6 +9,21 @@
 //! - [`vpcd`]: the bridge that puts a [`VirtualCard`] into pcscd's virtual reader (vsmartcard
 //!   vpcd), so every PC/SC program sees it as a card in a reader.
 
+//!
+//! ```
+//! use tessera_apdu::{Command, StatusWord};
+//! use tessera_card::{Card, CardOptions};
+//! use tessera_host::{CardChannel, InProcessChannel};
+//!
+//! let mut channel = InProcessChannel::new(Card::in_memory(CardOptions::default()));
+//! let aid = [0xA0, 0x00, 0x00, 0x01, 0x51, 0x00, 0x00, 0x00];
+//! let select = Command::new(0x00, 0xA4, 0x04, 0x00).with_data(aid).with_le(256);
+//! assert_eq!(channel.transmit(&select)?.sw, StatusWord::SUCCESS);
+//! let challenge = channel.transmit(&Command::new(0x00, 0x84, 0x00, 0x00).with_le(8))?;
+//! assert_eq!(challenge.data.len(), 8);
+//! # Ok::<(), tessera_host::ChannelError>(())
+//! ```
+
 #![forbid(unsafe_code)]
 
 mod channel;
