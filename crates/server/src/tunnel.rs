@@ -2,10 +2,10 @@
 //! the card's answers. Pure functions over bytes; the session bookkeeping (steps,
 //! idempotency, expiry) lives in [`crate::store::sessions`].
 //!
-//! Step 0 identifies the card: `SELECT` the issuer security domain, `GET DATA 0045` (card
-//! id), `GET DATA 00E0` (key information: the SCP03 key version, a counter the server
-//! tracks). Later issues append the card's pending jobs (updates, key renewal) as further
-//! steps.
+//! Step 0 identifies the card: `SELECT` the issuer security domain and `GET DATA 0045` (card
+//! id). Once the server knows the card (and has claimed it for this session), step 1 reads
+//! its counters: `GET DATA 00E0` (key information: the SCP03 key version, which only grows).
+//! Later issues append the card's pending jobs (updates, key renewal) as further steps.
 
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Response, StatusWord, Tag, Tlv};
@@ -28,17 +28,13 @@ pub enum TunnelState {
         /// The card id given when the session was created.
         expected_card: Option<String>,
     },
+    /// The card is known; the counter-reading APDUs are out.
+    ReadCounters {
+        /// The card.
+        card_id: String,
+    },
     /// Nothing more to send.
     Finished,
-}
-
-/// What identification learnt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// The card id (GET DATA `0045`).
-    pub card_id: String,
-    /// The ISD key version number (GET DATA `00E0`).
-    pub kvn: u8,
 }
 
 /// The APDUs of the identification step.
@@ -46,9 +42,16 @@ pub fn identify_apdus() -> Vec<Vec<u8>> {
     let commands = [
         Command::new(0x00, 0xA4, 0x04, 0x00).with_data(ISD_AID.to_vec()).with_le(256),
         Command::new(0x80, 0xCA, 0x00, 0x45).with_le(256),
-        Command::new(0x80, 0xCA, 0x00, 0xE0).with_le(256),
     ];
     commands.iter().filter_map(|c| c.to_bytes().ok()).collect()
+}
+
+/// The APDUs of the counter-reading step.
+pub fn counter_apdus() -> Vec<Vec<u8>> {
+    [Command::new(0x80, 0xCA, 0x00, 0xE0).with_le(256)]
+        .iter()
+        .filter_map(|c| c.to_bytes().ok())
+        .collect()
 }
 
 fn bad(msg: impl Into<String>) -> ServerError {
@@ -64,27 +67,35 @@ fn expect_ok(raw: &[u8], what: &str) -> Result<Response, ServerError> {
     Ok(r)
 }
 
-/// Reads the card's answers to [`identify_apdus`].
-pub fn parse_identify(responses: &[Vec<u8>]) -> Result<Identity, ServerError> {
-    let [select, card_id, key_info] = responses else {
+/// Reads the card id from the answers to [`identify_apdus`].
+pub fn parse_identify(responses: &[Vec<u8>]) -> Result<String, ServerError> {
+    let [select, card_id] = responses else {
         return Err(bad(format!(
-            "expected 3 responses to the identification step, got {}",
+            "expected 2 responses to the identification step, got {}",
             responses.len()
         )));
     };
     expect_ok(select, "SELECT issuer security domain")?;
-
     let r = expect_ok(card_id, "GET DATA card id")?;
     let tlv = Tlv::parse_exact(&r.data).map_err(|e| bad(format!("GET DATA card id: {e}")))?;
     if tlv.tag != Tag::new(0x45) {
         return Err(bad("GET DATA card id: not tag 45"));
     }
-    let card_id = std::str::from_utf8(tlv.value)
+    std::str::from_utf8(tlv.value)
         .ok()
         .filter(|s| valid_card_id(s))
-        .ok_or_else(|| bad("GET DATA card id: not a printable card id"))?
-        .to_owned();
+        .map(str::to_owned)
+        .ok_or_else(|| bad("GET DATA card id: not a printable card id"))
+}
 
+/// Reads the ISD key version from the answer to [`counter_apdus`].
+pub fn parse_counters(responses: &[Vec<u8>]) -> Result<u8, ServerError> {
+    let [key_info] = responses else {
+        return Err(bad(format!(
+            "expected 1 response to the counter step, got {}",
+            responses.len()
+        )));
+    };
     let r = expect_ok(key_info, "GET DATA key information")?;
     let tlv =
         Tlv::parse_exact(&r.data).map_err(|e| bad(format!("GET DATA key information: {e}")))?;
@@ -102,8 +113,7 @@ pub fn parse_identify(responses: &[Vec<u8>]) -> Result<Identity, ServerError> {
             kvn = Some(v);
         }
     }
-    let kvn = kvn.ok_or_else(|| bad("key information: no key"))?;
-    Ok(Identity { card_id, kvn })
+    kvn.ok_or_else(|| bad("key information: no key"))
 }
 
 /// A card id: 1 to 32 printable ASCII characters without spaces or slashes.
@@ -130,31 +140,35 @@ mod tests {
     }
 
     #[test]
-    fn identify_apdus_are_select_and_two_get_data() {
+    fn apdus_are_select_and_get_data() {
         let apdus = identify_apdus();
         assert_eq!(hex::encode_upper(&apdus[0]), "00A4040008A00000015100000000");
         assert_eq!(hex::encode_upper(&apdus[1]), "80CA004500");
-        assert_eq!(hex::encode_upper(&apdus[2]), "80CA00E000");
+        assert_eq!(hex::encode_upper(&counter_apdus()[0]), "80CA00E000");
     }
 
     #[test]
     fn parses_card_id_and_key_version() {
-        let id = parse_identify(&[ok(&[]), ok(b"\x45\x04CARD"), ok(&key_info(0x31))]).unwrap();
-        assert_eq!(id, Identity { card_id: "CARD".into(), kvn: 0x31 });
+        assert_eq!(parse_identify(&[ok(&[]), ok(b"\x45\x04CARD")]).unwrap(), "CARD");
+        assert_eq!(parse_counters(&[ok(&key_info(0x31))]).unwrap(), 0x31);
     }
 
     #[test]
     fn rejects_wrong_count_errors_and_garbage() {
         assert!(matches!(parse_identify(&[ok(&[])]), Err(ServerError::BadRequest(_))));
         let no_id = Response::status(StatusWord(0x6A88)).to_bytes();
-        assert!(matches!(
-            parse_identify(&[ok(&[]), no_id, ok(&key_info(1))]),
-            Err(ServerError::Conflict(_))
-        ));
-        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x09CARD"), ok(&key_info(1))]).is_err());
-        assert!(parse_identify(&[ok(&[]), ok(b"\x46\x04CARD"), ok(&key_info(1))]).is_err());
-        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x02a/"), ok(&key_info(1))]).is_err());
-        assert!(parse_identify(&[vec![0x90], ok(b"\x45\x01a"), ok(&key_info(1))]).is_err());
-        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x01a"), ok(b"\xE0\x00")]).is_err());
+        assert!(matches!(parse_identify(&[ok(&[]), no_id]), Err(ServerError::Conflict(_))));
+        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x09CARD")]).is_err());
+        assert!(parse_identify(&[ok(&[]), ok(b"\x46\x04CARD")]).is_err());
+        assert!(parse_identify(&[ok(&[]), ok(b"\x45\x02a/")]).is_err());
+        assert!(parse_identify(&[vec![0x90], ok(b"\x45\x01a")]).is_err());
+        assert!(parse_counters(&[ok(b"\xE0\x00")]).is_err());
+        assert!(parse_counters(&[ok(&key_info(1)), ok(&key_info(1))]).is_err());
+        let mut mixed = Vec::new();
+        tessera_apdu::tlv::encode(Tag::new(0xC0), &[1, 1, 0x88, 16], &mut mixed).unwrap();
+        tessera_apdu::tlv::encode(Tag::new(0xC0), &[2, 2, 0x88, 16], &mut mixed).unwrap();
+        let mut e0 = Vec::new();
+        tessera_apdu::tlv::encode(Tag::new(0xE0), &mixed, &mut e0).unwrap();
+        assert!(parse_counters(&[ok(&e0)]).is_err());
     }
 }

@@ -230,17 +230,22 @@ async fn tunnel_over_http(db: TestDb) {
     let apdus: Vec<String> = serde_json::from_value(r.body["apdus"].clone()).unwrap();
     let responses = FakeCard::new("C1", 0x30).answer_all(&apdus);
     let path = format!("/v1/sessions/{id}/exchange");
-    let first =
+    let step1 =
         api.call("POST", &path, None, Some(json!({"step": 0, "responses": responses}))).await;
+    assert_eq!(step1.status, StatusCode::OK, "{:?}", step1.body);
+    let apdus: Vec<String> = serde_json::from_value(step1.body["apdus"].clone()).unwrap();
+    let responses = FakeCard::new("C1", 0x30).answer_all(&apdus);
+    let first =
+        api.call("POST", &path, None, Some(json!({"step": 1, "responses": responses}))).await;
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
     assert_eq!(first.body["done"], true);
     assert_eq!(first.body["outcome"]["card_id"], "C1");
     let again =
-        api.call("POST", &path, None, Some(json!({"step": 0, "responses": responses}))).await;
+        api.call("POST", &path, None, Some(json!({"step": 1, "responses": responses}))).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body, first.body);
     assert_error(
-        &api.call("POST", &path, None, Some(json!({"step": 1, "responses": []}))).await,
+        &api.call("POST", &path, None, Some(json!({"step": 2, "responses": []}))).await,
         StatusCode::GONE,
         "gone",
     );

@@ -83,25 +83,31 @@ async fn tunnel_identifies_a_card_and_retries_are_idempotent(db: TestDb) {
 
     let first = store.create_session("acme", &CreateSession { card_id: None }).await.unwrap();
     assert_eq!(first.step, 0);
-    assert_eq!(first.apdus.len(), 3);
-    let req = Exchange { step: 0, responses: card.answer_all(&first.apdus) };
-    let answer = store.exchange(&first.session_id, &req).await.unwrap();
+    assert_eq!(first.apdus.len(), 2);
+    let req0 = Exchange { step: 0, responses: card.answer_all(&first.apdus) };
+    let second = store.exchange(&first.session_id, &req0).await.unwrap();
+    assert_eq!((second.step, second.done, second.apdus.len()), (1, false, 1));
+    // A retried step 0 gets the same step 1, even on the other side of step 1's answer.
+    assert_eq!(store.exchange(&first.session_id, &req0).await.unwrap(), second);
+    let req1 = Exchange { step: 1, responses: card.answer_all(&second.apdus) };
+    let answer = store.exchange(&first.session_id, &req1).await.unwrap();
     assert!(answer.done);
     let outcome = answer.outcome.clone().unwrap();
     assert_eq!(outcome.result, "identified");
     assert_eq!(outcome.card_id.as_deref(), Some("CARD-1"));
     // The same responses again: the same answer, and the audit log does not grow.
     let audit_len = store.audit_entries(&root(), 0, 1000).await.unwrap().len();
-    assert_eq!(store.exchange(&first.session_id, &req).await.unwrap(), answer);
+    assert_eq!(store.exchange(&first.session_id, &req1).await.unwrap(), answer);
     assert_eq!(store.audit_entries(&root(), 0, 1000).await.unwrap().len(), audit_len);
-    // Different responses for the answered step, or a later step: refused.
+    // Different responses for the answered step, an older step, or a later step: refused.
     let other =
-        Exchange { step: 0, responses: FakeCard::new("CARD-1", 0x32).answer_all(&first.apdus) };
+        Exchange { step: 1, responses: FakeCard::new("CARD-1", 0x32).answer_all(&second.apdus) };
     assert!(matches!(
         store.exchange(&first.session_id, &other).await,
         Err(ServerError::Conflict(_))
     ));
-    let later = Exchange { step: 1, responses: vec![] };
+    assert!(matches!(store.exchange(&first.session_id, &req0).await, Err(ServerError::Gone(_))));
+    let later = Exchange { step: 2, responses: vec![] };
     assert!(matches!(store.exchange(&first.session_id, &later).await, Err(ServerError::Gone(_))));
     let got = store.get_card(&root(), "acme", "CARD-1").await.unwrap();
     assert_eq!(got.counters.get("isd.kvn"), Some(&0x31));
@@ -153,7 +159,7 @@ async fn tunnel_bad_input_changes_nothing(db: TestDb) {
         assert_eq!(err.code(), want, "{card}: {err}");
     }
     // Malformed responses.
-    for responses in [vec![], vec!["zz".into(); 3], vec!["90".into(); 3], vec!["9000".into(); 3]] {
+    for responses in [vec![], vec!["zz".into(); 2], vec!["90".into(); 2], vec!["9000".into(); 2]] {
         let err = store.exchange(id, &Exchange { step: 0, responses }).await.unwrap_err();
         assert!(matches!(err, ServerError::BadRequest(_)), "{err}");
     }
@@ -165,7 +171,8 @@ async fn tunnel_bad_input_changes_nothing(db: TestDb) {
     // Nothing was written by any of it.
     assert_eq!(store.audit_entries(&root(), 0, 1000).await.unwrap().len(), after_create);
     // And the session still works.
-    assert!(store.exchange(id, &good).await.unwrap().done);
+    let next = store.exchange(id, &good).await.unwrap();
+    assert!(common::drive(&store, next, &FakeCard::new("CARD-1", 1)).await.done);
 }
 both!(tunnel_bad_input_changes_nothing);
 
@@ -190,8 +197,7 @@ async fn one_live_session_per_card_and_expiry(db: TestDb) {
     assert!(matches!(store.exchange(&a.session_id, &answer_a).await, Err(ServerError::Gone(_))));
     assert_eq!(store.expire_sessions().await.unwrap(), 2);
     let c = store.create_session("acme", &req).await.unwrap();
-    let answer_c = Exchange { step: 0, responses: card.answer_all(&c.apdus) };
-    assert!(store.exchange(&c.session_id, &answer_c).await.unwrap().done);
+    assert!(common::drive(&store, c, &card).await.done);
 }
 both!(one_live_session_per_card_and_expiry);
 
@@ -201,9 +207,7 @@ async fn older_counter_flags_a_clone(db: TestDb) {
     store.register_card(&root(), "acme", "CARD-1").await.unwrap();
     for (kvn, want) in [(0x31u8, "identified"), (0x32, "identified"), (0x31, "flagged")] {
         let s = store.create_session("acme", &CreateSession::default()).await.unwrap();
-        let req =
-            Exchange { step: 0, responses: FakeCard::new("CARD-1", kvn).answer_all(&s.apdus) };
-        let out = store.exchange(&s.session_id, &req).await.unwrap();
+        let out = common::drive(&store, s, &FakeCard::new("CARD-1", kvn)).await;
         assert_eq!(out.outcome.unwrap().result, want, "kvn {kvn}");
     }
     let card = store.get_card(&root(), "acme", "CARD-1").await.unwrap();

@@ -61,12 +61,9 @@ impl PgPool {
         }
         // Any failure to connect means the database is unavailable to us (down, unreachable,
         // not accepting connections): retry later.
-        let (client, connection) = self
-            .inner
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| DbError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let (client, connection) = self.inner.config.connect(NoTls).await.map_err(|e| {
+            DbError::Unavailable(format!("cannot connect to PostgreSQL: {}", describe(&e)))
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -201,13 +198,24 @@ impl ToSql for Value {
     to_sql_checked!();
 }
 
+/// The error with the server's message (tokio-postgres' `Display` says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match e.source() {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 fn map_err(e: tokio_postgres::Error) -> DbError {
     if e.is_closed() {
-        return DbError::Unavailable(format!("PostgreSQL connection closed: {e}"));
+        return DbError::Unavailable(format!("PostgreSQL connection closed: {}", describe(&e)));
     }
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION => {
-            DbError::Constraint(e.to_string())
+            DbError::Constraint(describe(&e))
         }
         Some(c)
             if c.code().starts_with("08")
@@ -216,13 +224,13 @@ fn map_err(e: tokio_postgres::Error) -> DbError {
                 || *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED =>
         {
-            DbError::Unavailable(e.to_string())
+            DbError::Unavailable(describe(&e))
         }
-        Some(_) => DbError::Other(e.to_string()),
+        Some(_) => DbError::Other(describe(&e)),
         // No SQLSTATE: an I/O or protocol failure talking to the server.
         None if e.source().is_some_and(|s| s.is::<std::io::Error>()) => {
-            DbError::Unavailable(format!("PostgreSQL unreachable: {e}"))
+            DbError::Unavailable(format!("PostgreSQL unreachable: {}", describe(&e)))
         }
-        None => DbError::Unavailable(format!("PostgreSQL: {e}")),
+        None => DbError::Unavailable(format!("PostgreSQL: {}", describe(&e))),
     }
 }

@@ -21,7 +21,10 @@ use super::cards::STATUS_REVOKED;
 use crate::db::{Row, Tx, Value};
 use crate::error::{ServerError, ServerResult};
 use crate::primitives::{random_bytes, sha256_parts};
-use crate::tunnel::{COUNTER_ISD_KVN, TunnelState, identify_apdus, parse_identify, valid_card_id};
+use crate::tunnel::{
+    COUNTER_ISD_KVN, TunnelState, counter_apdus, identify_apdus, parse_counters, parse_identify,
+    valid_card_id,
+};
 
 /// Most responses one exchange may carry.
 pub const MAX_RESPONSES: usize = 64;
@@ -303,78 +306,29 @@ impl Store {
             )));
         }
 
-        let (next_state, answer_apdus, outcome, card_id, live) = match &s.state {
+        let (next_state, answer_apdus, outcome, live_card) = match &s.state {
             TunnelState::Identify { expected_card } => {
-                let identity = parse_identify(&responses)?;
+                let card_id = parse_identify(&responses)?;
                 if let Some(expected) = expected_card
-                    && *expected != identity.card_id
+                    && *expected != card_id
                 {
                     return Err(ServerError::Conflict(format!(
-                        "the card answered id {}, the session was opened for {expected}",
-                        identity.card_id
+                        "the card answered id {card_id}, the session was opened for {expected}"
                     )));
                 }
-                let card = self.check_card_usable(&mut tx, &s.issuer, &identity.card_id).await?;
-                if s.live_card.is_none() {
-                    self.claim_card(&mut tx, &s.issuer, &identity.card_id, session_id).await?;
-                }
-                let seen = card.counters.get(COUNTER_ISD_KVN).copied();
-                let presented = i64::from(identity.kvn);
-                let outcome = if seen.is_some_and(|v| presented < v) {
-                    let reason = format!(
-                        "{COUNTER_ISD_KVN}: card presented {presented}, server has seen {} (clone or rolled-back image)",
-                        seen.unwrap_or_default()
-                    );
-                    tx.execute(
-                        "UPDATE cards SET flagged = $1 WHERE issuer_id = $2 AND card_id = $3",
-                        &[
-                            reason.clone().into(),
-                            s.issuer.clone().into(),
-                            identity.card_id.clone().into(),
-                        ],
-                    )
-                    .await?;
-                    self.audit(
-                        &mut tx,
-                        &Principal::system(),
-                        Some(&s.issuer),
-                        "card.flag",
-                        &identity.card_id,
-                        serde_json::json!({
-                            "reason": reason, "session": session_id,
-                        }),
-                    )
-                    .await?;
-                    Outcome {
-                        result: "flagged".into(),
-                        card_id: Some(identity.card_id.clone()),
-                        message: reason,
-                    }
-                } else {
-                    if seen != Some(presented) {
-                        self.set_counter(
-                            &mut tx,
-                            &s.issuer,
-                            &identity.card_id,
-                            COUNTER_ISD_KVN,
-                            presented,
-                            now,
-                        )
-                        .await?;
-                    }
-                    Outcome {
-                        result: "identified".into(),
-                        card_id: Some(identity.card_id.clone()),
-                        message: "card identified; nothing else is pending for it".into(),
-                    }
+                self.check_card_usable(&mut tx, &s.issuer, &card_id).await?;
+                let live = match &s.live_card {
+                    Some(live) => live.clone(),
+                    None => self.claim_card(&mut tx, &s.issuer, &card_id, session_id).await?,
                 };
-                (
-                    TunnelState::Finished,
-                    Vec::<Vec<u8>>::new(),
-                    Some(outcome),
-                    Some(identity.card_id),
-                    None::<String>,
-                )
+                (TunnelState::ReadCounters { card_id }, counter_apdus(), None, Some(live))
+            }
+            TunnelState::ReadCounters { card_id } => {
+                let kvn = parse_counters(&responses)?;
+                let card = self.check_card_usable(&mut tx, &s.issuer, card_id).await?;
+                let outcome =
+                    self.check_counter(&mut tx, &s.issuer, &card, session_id, kvn, now).await?;
+                (TunnelState::Finished, Vec::new(), Some(outcome), None)
             }
             TunnelState::Finished => {
                 return Err(ServerError::Gone(format!(
@@ -390,6 +344,10 @@ impl Store {
             _ => "active",
         };
         let expires_at = if done { s.expires_at } else { now + self.config.session_ttl_secs };
+        let card_id = match &next_state {
+            TunnelState::ReadCounters { card_id } => Some(card_id.clone()),
+            _ => s.card_id.clone(),
+        };
         let answer = TunnelStep {
             session_id: session_id.to_owned(),
             step: s.step + 1,
@@ -409,8 +367,8 @@ impl Store {
                 (s.step + 1).into(),
                 state_json.into(),
                 status.into(),
-                card_id.or(s.card_id).into(),
-                if done { Value::Null } else { live.into() },
+                card_id.into(),
+                if done { Value::Null } else { live_card.into() },
                 hash.into(),
                 answer_json.into(),
                 now.into(),
@@ -434,6 +392,55 @@ impl Store {
         }
         tx.commit().await?;
         Ok(answer)
+    }
+
+    /// Compares the presented ISD key version with the highest seen: older flags the card
+    /// (clone or rolled-back image), newer is recorded.
+    async fn check_counter(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card: &super::cards::CardInfo,
+        session_id: &str,
+        kvn: u8,
+        now: i64,
+    ) -> ServerResult<Outcome> {
+        let seen = card.counters.get(COUNTER_ISD_KVN).copied();
+        let presented = i64::from(kvn);
+        let card_id = &card.card_id;
+        if let Some(seen) = seen.filter(|v| presented < *v) {
+            let reason = format!(
+                "{COUNTER_ISD_KVN}: card presented {presented}, server has seen {seen} \
+                 (clone or rolled-back image)"
+            );
+            tx.execute(
+                "UPDATE cards SET flagged = $1 WHERE issuer_id = $2 AND card_id = $3",
+                &[reason.clone().into(), issuer.into(), card_id.into()],
+            )
+            .await?;
+            self.audit(
+                tx,
+                &Principal::system(),
+                Some(issuer),
+                "card.flag",
+                card_id,
+                serde_json::json!({"reason": reason, "session": session_id}),
+            )
+            .await?;
+            return Ok(Outcome {
+                result: "flagged".into(),
+                card_id: Some(card_id.clone()),
+                message: reason,
+            });
+        }
+        if seen != Some(presented) {
+            self.set_counter(tx, issuer, card_id, COUNTER_ISD_KVN, presented, now).await?;
+        }
+        Ok(Outcome {
+            result: "identified".into(),
+            card_id: Some(card_id.clone()),
+            message: "card identified; nothing else is pending for it".into(),
+        })
     }
 
     async fn set_counter(

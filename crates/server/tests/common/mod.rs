@@ -272,3 +272,20 @@ pub fn via_proxy(location: &DbLocation, port: u16) -> (std::net::SocketAddr, DbL
     let upstream = format!("127.0.0.1:{pg_port}").parse().unwrap();
     (upstream, DbLocation::Postgres(format!("postgres://postgres@127.0.0.1:{port}/{db}")))
 }
+
+/// Answers every step of a session with `card` until the server says done.
+pub async fn drive(
+    store: &Store,
+    first: tessera_server::store::sessions::TunnelStep,
+    card: &FakeCard,
+) -> tessera_server::store::sessions::TunnelStep {
+    let mut step = first;
+    while !step.done {
+        let req = tessera_server::store::sessions::Exchange {
+            step: step.step,
+            responses: card.answer_all(&step.apdus),
+        };
+        step = store.exchange(&step.session_id, &req).await.unwrap();
+    }
+    step
+}
