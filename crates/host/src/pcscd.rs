@@ -1,7 +1,7 @@
 //! A private pcscd with vsmartcard's vpcd driver, for tests and benchmarks.
 //!
-//! [`Pcscd::start`] runs `pcscd --foreground` as a child process with a reader configuration
-//! directory of its own, waits until the virtual readers are listed, and stops the daemon when
+//! [`Pcscd::start`] runs `pcscd --foreground` (with `--disable-polkit` where pcscd has it) as a
+//! child process with a reader configuration directory of its own, waits until the virtual readers are listed, and stops the daemon when
 //! dropped. pcsc-lite has one daemon per machine (its socket is `/run/pcscd/pcscd.comm`), so
 //! the caller must make sure no other pcscd runs and must not start two at once.
 //!
@@ -76,6 +76,19 @@ pub fn check_installed() -> Result<PathBuf, PcscdError> {
     Ok(pcscd)
 }
 
+/// True when this pcscd has the `--disable-polkit` option (pcsc-lite built with polkit).
+fn supports_disable_polkit(program: &Path) -> bool {
+    Command::new(program)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout).contains("--disable-polkit")
+                || String::from_utf8_lossy(&out.stderr).contains("--disable-polkit")
+        })
+        .unwrap_or(false)
+}
+
 /// True when a pcscd answers on the machine's socket.
 pub fn is_running() -> bool {
     Path::new(PCSCD_SOCKET).exists() && pcsc::Context::establish(pcsc::Scope::User).is_ok()
@@ -145,14 +158,13 @@ impl Pcscd {
             return Err(PcscdError::AlreadyRunning);
         }
         let log = fs::File::create(self.log_path())?;
-        let child = Command::new(&self.program)
-            .arg("--foreground")
-            .arg("--config")
-            .arg(self.dir.join("reader.conf.d"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let mut command = Command::new(&self.program);
+        command.arg("--foreground").arg("--config").arg(self.dir.join("reader.conf.d"));
+        if supports_disable_polkit(&self.program) {
+            // pcsc-lite built with polkit would ask it whether the test may use the daemon.
+            command.arg("--disable-polkit");
+        }
+        let child = command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(15))
     }
