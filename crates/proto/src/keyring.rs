@@ -407,13 +407,13 @@ impl RenewCommand {
         out
     }
 
-    /// The command APDU.
+    /// The command APDU, with extended Le 65536: renewing many slots answers over 256 bytes.
     pub fn to_command(&self) -> Command {
         let mut data = self.body();
         data.extend_from_slice(&self.proof);
         Command::new(CLA_PROPRIETARY, INS_RENEW, self.form.code(), 0x00)
             .with_data(data)
-            .with_le(256)
+            .with_le(65536)
     }
 
     /// Parses RENEW for a card of `layout`.

@@ -10,6 +10,7 @@ use tessera_crypto::scp03::StaticKeys;
 use crate::applet::{Applet, TearScenario};
 
 pub mod isd;
+pub mod keyring;
 
 /// What the applets of a blank card start with.
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ impl Default for Provisioning {
 pub fn registry(provisioning: &Provisioning) -> Vec<Box<dyn Applet>> {
     vec![
         Box::new(isd::Isd::new(provisioning)),
+        Box::new(keyring::Keyring::new()),
         // One line per applet; later issues add `update`, `keyring`, `pairing`, ...
     ]
 }
