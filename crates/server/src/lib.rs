@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod db;
 pub mod error;

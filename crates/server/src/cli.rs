@@ -1,0 +1,583 @@
+//! The `tessera server` and `tessera admin` commands, as clap argument types and functions
+//! the `tessera` binary calls. They return a [`Report`] (text and JSON) or a [`Failure`]
+//! whose [`FailureKind`] the binary maps to its exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::client::{ApiClient, ClientError};
+use crate::db::DbLocation;
+use crate::primitives::MasterKey;
+use crate::server::{DEFAULT_LISTEN, ServerOptions, TlsMode, open_store, prepare_data_dir};
+use crate::store::auth::Principal;
+
+/// Environment variable: default `--server` of `tessera admin`.
+pub const SERVER_ENV: &str = "TESSERA_SERVER";
+/// Environment variable: default `--fingerprint`.
+pub const FINGERPRINT_ENV: &str = "TESSERA_FINGERPRINT";
+/// Environment variable: default `--token`.
+pub const TOKEN_ENV: &str = "TESSERA_TOKEN";
+
+/// What a command printed: text for people, JSON for `--json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Text output.
+    pub human: String,
+    /// JSON output.
+    pub json: Value,
+}
+
+/// Classes of failure, for exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Bad arguments or input.
+    Usage,
+    /// The server could not be reached (connection, TLS, pinning).
+    Transport,
+    /// The server answered with an error status.
+    Refused,
+    /// A local failure (files, database, start-up).
+    Local,
+}
+
+/// A failed command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// Its class.
+    pub kind: FailureKind,
+    /// What went wrong and, where possible, what to do.
+    pub message: String,
+}
+
+fn fail(kind: FailureKind, message: impl Into<String>) -> Failure {
+    Failure { kind, message: message.into() }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Usage(m) => fail(FailureKind::Usage, m),
+            ClientError::Transport(m) => fail(FailureKind::Transport, m),
+        }
+    }
+}
+
+/// `tessera server`: run the card-management server.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Data directory (SQLite database, master key, TLS certificate, bootstrap token).
+    #[arg(long, default_value = "tessera-data")]
+    pub data: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Database: `postgres://user@host/db`, or an SQLite file (default: DATA/tessera.db).
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Serve plain HTTP (only behind a TLS-terminating proxy on the same host).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub no_tls: bool,
+    /// TLS certificate chain, PEM (default: one generated into DATA/tls on first start).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Master key file (default DATA/master.key; TESSERA_MASTER_KEY wins over both).
+    #[arg(long)]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The server options these arguments ask for.
+    pub fn options(&self) -> ServerOptions {
+        let mut o = ServerOptions::new(&self.data);
+        o.listen = self.listen;
+        o.db = self.db.as_deref().map(DbLocation::parse);
+        o.tls = match (&self.tls_cert, &self.tls_key, self.no_tls) {
+            (_, _, true) => TlsMode::Disabled,
+            (Some(cert), Some(key), _) => TlsMode::Files { cert: cert.clone(), key: key.clone() },
+            _ => TlsMode::Generated,
+        };
+        o.master_key_file = self.master_key_file.clone();
+        o
+    }
+}
+
+/// Runs the server until Ctrl-C or SIGTERM; prints where it listens, the certificate
+/// fingerprint and, on first start, the bootstrap token.
+pub fn run_server(args: &ServerArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(FailureKind::Local, format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let running = crate::server::start(args.options(), shutdown_signal())
+            .await
+            .map_err(|e| fail(FailureKind::Local, e.to_string()))?;
+        let scheme = if running.fingerprint.is_some() { "https" } else { "http" };
+        println!("tessera server listening on {scheme}://{}", running.addr);
+        if let Some(fp) = &running.fingerprint {
+            println!("TLS certificate SHA-256 fingerprint: {fp}");
+        }
+        if let Some(token) = &running.bootstrap_token {
+            println!(
+                "bootstrap superuser token (shown once; also in {}): {token}",
+                args.data.join("bootstrap-token").display()
+            );
+        }
+        running.wait().await.map_err(|e| fail(FailureKind::Local, format!("server failed: {e}")))
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `tessera admin`: administer a running server through its API.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Server URL (env TESSERA_SERVER; default https://127.0.0.1:8443).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// SHA-256 fingerprint of the server certificate, as `tessera server` prints it (env
+    /// TESSERA_FINGERPRINT).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// Bearer token (env TESSERA_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Read the bearer token from this file.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Admin subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Issuers and their PKI.
+    #[command(subcommand)]
+    Issuers(IssuerCommand),
+    /// Cards of an issuer.
+    #[command(subcommand)]
+    Cards(CardCommand),
+    /// Bearer tokens.
+    #[command(subcommand)]
+    Tokens(TokenCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Re-seal every private key under a new master key (offline: stop the servers first).
+    RotateMasterKey(RotateArgs),
+}
+
+/// `tessera admin issuers …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum IssuerCommand {
+    /// List issuers.
+    List,
+    /// Create an issuer (superuser): CA and package-signing keys and certificates.
+    Create {
+        /// Issuer id (a-z, 0-9, '-').
+        id: String,
+        /// Display name.
+        name: String,
+    },
+    /// Show an issuer with its certificates (PEM).
+    Show {
+        /// Issuer id.
+        id: String,
+    },
+    /// List the certificates an issuer's CA made.
+    Certs {
+        /// Issuer id.
+        id: String,
+    },
+    /// Revoke a certificate (a new CRL is signed).
+    RevokeCert {
+        /// Issuer id.
+        id: String,
+        /// Serial number, hex.
+        serial: String,
+    },
+}
+
+/// `tessera admin cards …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum CardCommand {
+    /// List an issuer's cards.
+    List {
+        /// Issuer id.
+        issuer: String,
+    },
+    /// Show a card (status, clone flag, counters).
+    Show {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+    },
+    /// Register a card.
+    Register {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+    },
+    /// Revoke a card.
+    Revoke {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+    },
+}
+
+/// `tessera admin tokens …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// List tokens.
+    List,
+    /// Create a token (printed once).
+    Create {
+        /// The issuer it acts for; without it, a superuser token (superusers only).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// A label.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 30 * 24 * 3600)]
+        ttl: i64,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+/// `tessera admin audit …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// List entries.
+    List {
+        /// Entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Verify the hash chain and checkpoints (superuser); exit status 1 if anything is wrong.
+    Verify {
+        /// A head from an earlier verify, `SEQ:HASH`, to detect truncation.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Sign a checkpoint at the head now (superuser).
+    Checkpoint,
+}
+
+/// `tessera admin rotate-master-key`
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// The server's data directory.
+    #[arg(long, default_value = "tessera-data")]
+    pub data: PathBuf,
+    /// The database, as for `tessera server --db`.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// The current master key file (default DATA/master.key; TESSERA_MASTER_KEY wins).
+    #[arg(long)]
+    pub master_key_file: Option<PathBuf>,
+    /// Where the new key is: read if the file exists, else generated into it (mode 0600).
+    #[arg(long)]
+    pub new_key_file: PathBuf,
+}
+
+fn env_or(value: &Option<String>, env: &str) -> Option<String> {
+    value.clone().or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+}
+
+impl AdminArgs {
+    fn client(&self) -> Result<ApiClient, Failure> {
+        let server =
+            env_or(&self.server, SERVER_ENV).unwrap_or_else(|| format!("https://{DEFAULT_LISTEN}"));
+        let fingerprint = env_or(&self.fingerprint, FINGERPRINT_ENV);
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| fail(FailureKind::Usage, format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => env_or(&self.token, TOKEN_ENV),
+        };
+        Ok(ApiClient::new(&server, fingerprint.as_deref(), token)?)
+    }
+}
+
+/// Runs an admin command.
+pub fn run_admin(args: &AdminArgs) -> Result<Report, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(FailureKind::Local, format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(admin(args))
+}
+
+/// Runs an admin command (async, for callers that have a runtime).
+pub async fn admin(args: &AdminArgs) -> Result<Report, Failure> {
+    if let AdminCommand::RotateMasterKey(r) = &args.command {
+        return rotate(r).await;
+    }
+    let client = args.client()?;
+    let (method, path, body) = request_for(&args.command)?;
+    let (status, value) = client.request(method, &path, body.as_ref()).await?;
+    if !status.is_success() {
+        let msg = value["message"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+        return Err(fail(FailureKind::Refused, format!("server answered {status}: {msg}")));
+    }
+    if let AdminCommand::Audit(AuditCommand::Verify { .. }) = &args.command
+        && value["ok"] != Value::Bool(true)
+    {
+        return Err(fail(
+            FailureKind::Refused,
+            format!("audit log verification FAILED: {}", human(&args.command, &value)),
+        ));
+    }
+    Ok(Report { human: human(&args.command, &value), json: value })
+}
+
+fn request_for(cmd: &AdminCommand) -> Result<(Method, String, Option<Value>), Failure> {
+    use AdminCommand as A;
+    Ok(match cmd {
+        A::Issuers(IssuerCommand::List) => (Method::GET, "/v1/admin/issuers".into(), None),
+        A::Issuers(IssuerCommand::Create { id, name }) => {
+            (Method::POST, "/v1/admin/issuers".into(), Some(json!({"id": id, "name": name})))
+        }
+        A::Issuers(IssuerCommand::Show { id }) => {
+            (Method::GET, format!("/v1/admin/issuers/{}", seg(id)?), None)
+        }
+        A::Issuers(IssuerCommand::Certs { id }) => {
+            (Method::GET, format!("/v1/admin/issuers/{}/certificates", seg(id)?), None)
+        }
+        A::Issuers(IssuerCommand::RevokeCert { id, serial }) => (
+            Method::POST,
+            format!("/v1/admin/issuers/{}/certificates/{}/revoke", seg(id)?, seg(serial)?),
+            None,
+        ),
+        A::Cards(CardCommand::List { issuer }) => {
+            (Method::GET, format!("/v1/admin/issuers/{}/cards", seg(issuer)?), None)
+        }
+        A::Cards(CardCommand::Show { issuer, card }) => {
+            (Method::GET, format!("/v1/admin/issuers/{}/cards/{}", seg(issuer)?, seg(card)?), None)
+        }
+        A::Cards(CardCommand::Register { issuer, card }) => (
+            Method::POST,
+            format!("/v1/admin/issuers/{}/cards", seg(issuer)?),
+            Some(json!({"card_id": card})),
+        ),
+        A::Cards(CardCommand::Revoke { issuer, card }) => (
+            Method::POST,
+            format!("/v1/admin/issuers/{}/cards/{}/revoke", seg(issuer)?, seg(card)?),
+            None,
+        ),
+        A::Tokens(TokenCommand::List) => (Method::GET, "/v1/admin/tokens".into(), None),
+        A::Tokens(TokenCommand::Create { issuer, label, ttl }) => (
+            Method::POST,
+            "/v1/admin/tokens".into(),
+            Some(json!({"issuer": issuer, "label": label, "ttl_secs": ttl})),
+        ),
+        A::Tokens(TokenCommand::Revoke { id }) => {
+            (Method::POST, format!("/v1/admin/tokens/{}/revoke", seg(id)?), None)
+        }
+        A::Audit(AuditCommand::List { after, limit }) => {
+            (Method::GET, format!("/v1/admin/audit?after={after}&limit={limit}"), None)
+        }
+        A::Audit(AuditCommand::Verify { head }) => {
+            let body = match head {
+                None => json!({}),
+                Some(h) => {
+                    let (seq, hash) = h
+                        .split_once(':')
+                        .and_then(|(s, h)| Some((s.parse::<i64>().ok()?, h)))
+                        .ok_or_else(|| fail(FailureKind::Usage, "--head must be SEQ:HASH"))?;
+                    json!({"expected_head_seq": seq, "expected_head_hash": hash})
+                }
+            };
+            (Method::POST, "/v1/admin/audit/verify".into(), Some(body))
+        }
+        A::Audit(AuditCommand::Checkpoint) => {
+            (Method::POST, "/v1/admin/audit/checkpoint".into(), None)
+        }
+        A::RotateMasterKey(_) => {
+            return Err(fail(FailureKind::Usage, "rotate-master-key runs offline"));
+        }
+    })
+}
+
+/// A path segment: ids are plain ASCII without `/`, `?`, `#` or `%`; anything else is refused
+/// rather than escaped.
+fn seg(s: &str) -> Result<&str, Failure> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"/?#%".contains(&b)) {
+        Ok(s)
+    } else {
+        Err(fail(FailureKind::Usage, format!("not a valid id: {s:?}")))
+    }
+}
+
+fn human(cmd: &AdminCommand, v: &Value) -> String {
+    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    let rows = |f: &dyn Fn(&Value) -> String| {
+        v.as_array().map(|a| a.iter().map(f).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    };
+    match cmd {
+        AdminCommand::Issuers(IssuerCommand::List) => {
+            rows(&|i| format!("{}\t{}", s(&i["id"]), s(&i["name"])))
+        }
+        AdminCommand::Issuers(IssuerCommand::Create { .. } | IssuerCommand::Show { .. }) => {
+            format!(
+                "issuer {} ({})\n{}{}",
+                s(&v["id"]),
+                s(&v["name"]),
+                s(&v["ca_cert_pem"]),
+                s(&v["signing_cert_pem"])
+            )
+        }
+        AdminCommand::Issuers(IssuerCommand::Certs { .. }) => rows(&|c| {
+            let revoked = if c["revoked_at"].is_null() { "" } else { "\trevoked" };
+            format!("{}\t{}\t{}{revoked}", s(&c["serial"]), s(&c["role"]), s(&c["subject"]))
+        }),
+        AdminCommand::Issuers(IssuerCommand::RevokeCert { .. }) => {
+            format!("revoked certificate {}", s(&v["serial"]))
+        }
+        AdminCommand::Cards(CardCommand::List { .. }) => rows(&|c| {
+            let flag = if c["flagged"].is_null() {
+                String::new()
+            } else {
+                format!("\tFLAGGED: {}", s(&c["flagged"]))
+            };
+            format!("{}\t{}{flag}", s(&c["card_id"]), s(&c["status"]))
+        }),
+        AdminCommand::Cards(_) => {
+            let mut out =
+                format!("card {} of {}: {}", s(&v["card_id"]), s(&v["issuer"]), s(&v["status"]));
+            if !v["flagged"].is_null() {
+                out.push_str(&format!("\nFLAGGED: {}", s(&v["flagged"])));
+            }
+            if let Some(counters) = v["counters"].as_object() {
+                for (k, c) in counters {
+                    out.push_str(&format!("\n{k} = {c}"));
+                }
+            }
+            out
+        }
+        AdminCommand::Tokens(TokenCommand::List) => rows(&|t| {
+            let scope = if t["issuer"].is_null() { "superuser".into() } else { s(&t["issuer"]) };
+            let revoked = if t["revoked_at"].is_null() { "" } else { "\trevoked" };
+            format!(
+                "{}\t{scope}\t{}\texpires {}{revoked}",
+                s(&t["id"]),
+                s(&t["label"]),
+                t["expires_at"]
+            )
+        }),
+        AdminCommand::Tokens(TokenCommand::Create { .. }) => {
+            format!("token {} (shown once, store it now):\n{}", s(&v["id"]), s(&v["token"]))
+        }
+        AdminCommand::Tokens(TokenCommand::Revoke { id }) => format!("revoked token {id}"),
+        AdminCommand::Audit(AuditCommand::List { .. }) => rows(&|e| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                e["seq"],
+                e["at"],
+                s(&e["actor"]),
+                e["issuer"].as_str().unwrap_or("-"),
+                s(&e["action"]),
+                s(&e["subject"])
+            )
+        }),
+        AdminCommand::Audit(AuditCommand::Verify { .. }) => {
+            let mut out = format!(
+                "{} entries, {} checkpoints, head {}:{}",
+                v["entries"],
+                v["checkpoints"],
+                v["head_seq"],
+                s(&v["head_hash"])
+            );
+            for p in v["problems"].as_array().into_iter().flatten() {
+                out.push_str(&format!("\nPROBLEM: {}", s(p)));
+            }
+            if v["ok"] == Value::Bool(true) {
+                out.push_str("\nok");
+            }
+            out
+        }
+        AdminCommand::Audit(AuditCommand::Checkpoint) => {
+            format!("checkpoint signed at entry {}", v["seq"])
+        }
+        AdminCommand::RotateMasterKey(_) => String::new(),
+    }
+}
+
+async fn rotate(args: &RotateArgs) -> Result<Report, Failure> {
+    let local = |e: &dyn std::fmt::Display| fail(FailureKind::Local, e.to_string());
+    prepare_data_dir(&args.data).map_err(|e| local(&e))?;
+    let new = match std::fs::read_to_string(&args.new_key_file) {
+        Ok(hex) => MasterKey::from_hex(&hex).map_err(|e| {
+            fail(FailureKind::Usage, format!("{}: {e}", args.new_key_file.display()))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate();
+            crate::tls::write_private(&args.new_key_file, key.to_hex().as_bytes())
+                .map_err(|e| local(&e))?;
+            key
+        }
+        Err(e) => {
+            return Err(fail(FailureKind::Usage, format!("{}: {e}", args.new_key_file.display())));
+        }
+    };
+    let mut opts = ServerOptions::new(&args.data);
+    opts.db = args.db.as_deref().map(DbLocation::parse);
+    opts.master_key_file = args.master_key_file.clone();
+    let mut store = open_store(&opts).await.map_err(|e| local(&e))?;
+    let count =
+        store.rotate_master_key(&Principal::system(), new.clone()).await.map_err(|e| local(&e))?;
+    Ok(Report {
+        human: format!(
+            "re-sealed {count} private keys under master key {} ({}); start every server with this key now \
+             (replace the old key file or set TESSERA_MASTER_KEY)",
+            new.id(),
+            args.new_key_file.display()
+        ),
+        json: json!({"resealed": count, "key_id": new.id(), "key_file": args.new_key_file}),
+    })
+}
