@@ -18,6 +18,7 @@ pub mod clock;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod issuance;
 pub mod primitives;
 pub mod server;
 pub mod store;
@@ -26,3 +27,4 @@ pub mod tunnel;
 
 pub use error::{ServerError, ServerResult};
 pub use store::{Store, StoreConfig};
+pub mod keyring;

@@ -33,6 +33,22 @@ pub enum TunnelState {
         /// The card.
         card_id: String,
     },
+    /// Issuance: the hello (SELECT, GET DATA, INITIALIZE UPDATE) is out.
+    IssueHello {
+        /// The card id to personalise.
+        card_id: String,
+        /// The host challenge sent, hex.
+        host_challenge: String,
+        /// The [`crate::issuance::IssuanceSecrets`], sealed under the master key, hex.
+        secrets: String,
+    },
+    /// Issuance: EXTERNAL AUTHENTICATE and the personalisation commands are out.
+    IssuePerso {
+        /// The card id being personalised.
+        card_id: String,
+        /// The sealed secrets, hex.
+        secrets: String,
+    },
     /// Nothing more to send.
     Finished,
 }

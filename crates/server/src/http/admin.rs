@@ -13,6 +13,7 @@ use crate::error::{ErrorBody, ServerError, ServerResult};
 use crate::store::audit::{AuditEntry, VerifyReport};
 use crate::store::auth::{NewToken, TokenInfo};
 use crate::store::cards::CardInfo;
+use crate::store::issuance::{Issuance, StartIssuance};
 use crate::store::issuers::{CertificateInfo, IssuerInfo};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -24,6 +25,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/admin/issuers/{issuer}/cards", get(list_cards).post(register_card))
         .route("/v1/admin/issuers/{issuer}/cards/{card}", get(get_card))
         .route("/v1/admin/issuers/{issuer}/cards/{card}/revoke", post(revoke_card))
+        .route("/v1/admin/issuers/{issuer}/issuances", post(start_issuance))
         .route("/v1/admin/tokens", get(list_tokens).post(create_token))
         .route("/v1/admin/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/admin/audit", get(audit_entries))
@@ -279,4 +281,18 @@ pub(super) async fn checkpoint(
     Admin(p): Admin,
 ) -> ServerResult<Json<Checkpoint>> {
     Ok(Json(Checkpoint { seq: s.store.audit_checkpoint(&p).await? }))
+}
+
+#[utoipa::path(post, path = "/v1/admin/issuers/{issuer}/issuances", tag = "admin", security(("bearer" = [])),
+    params(("issuer" = String, Path)), request_body = StartIssuance,
+    responses((status = 201, body = Issuance, description = "Relay the session's APDUs to a blank card"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The card id exists or has a live session")))]
+pub(super) async fn start_issuance(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path(issuer): Path<String>,
+    JsonBody(req): JsonBody<StartIssuance>,
+) -> ServerResult<(StatusCode, Json<Issuance>)> {
+    Ok((StatusCode::CREATED, Json(s.store.start_issuance(&p, &issuer, &req).await?)))
 }

@@ -16,7 +16,7 @@ use super::{__path_healthz, Health};
     paths(
         healthz, metrics, create_session, exchange, crl,
         list_issuers, create_issuer, get_issuer, list_certificates, revoke_certificate,
-        list_cards, register_card, get_card, revoke_card,
+        list_cards, register_card, get_card, revoke_card, start_issuance,
         list_tokens, create_token, revoke_token,
         audit_entries, verify_audit, checkpoint,
     ),

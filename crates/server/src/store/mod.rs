@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cards;
+pub mod issuance;
 pub mod issuers;
 pub mod sessions;
 
@@ -186,6 +187,40 @@ impl Store {
             .await?;
             count += 2;
         }
+        for row in tx
+            .query(
+                &format!(
+                    "SELECT issuer_id, card_id, kvn, sealed_keys FROM card_keys{}",
+                    tx.for_update()
+                ),
+                &[],
+            )
+            .await?
+        {
+            let (issuer, card, kvn) = (row.text(0)?, row.text(1)?, row.int(2)?);
+            let ctx = issuance::card_keys_context(&issuer, &card, kvn);
+            let keys =
+                old.open(&row.blob(3)?, &ctx).map_err(|e| ServerError::Internal(e.to_string()))?;
+            tx.execute(
+                "UPDATE card_keys SET sealed_keys = $1, master_key_id = $2 \
+                 WHERE issuer_id = $3 AND card_id = $4 AND kvn = $5",
+                &[
+                    seal(&new, &keys, &ctx)?.into(),
+                    new.id().into(),
+                    issuer.into(),
+                    card.into(),
+                    kvn.into(),
+                ],
+            )
+            .await?;
+            count += 1;
+        }
+        // Sessions in flight hold secrets sealed under the old key: end them.
+        tx.execute(
+            "UPDATE sessions SET status = 'expired', live_card = NULL WHERE status = 'active'",
+            &[],
+        )
+        .await?;
         self.audit(
             &mut tx,
             principal,

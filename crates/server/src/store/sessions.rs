@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// Claims the card for `session`, failing if another live session holds it.
-    async fn claim_card(
+    pub(crate) async fn claim_card(
         &self,
         tx: &mut Tx,
         issuer: &str,
@@ -330,6 +330,30 @@ impl Store {
                     self.check_counter(&mut tx, &s.issuer, &card, session_id, kvn, now).await?;
                 (TunnelState::Finished, Vec::new(), Some(outcome), None)
             }
+            TunnelState::IssueHello { card_id, host_challenge, secrets } => {
+                let challenge: [u8; 8] = hex::decode(host_challenge)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| ServerError::Internal("stored host challenge".into()))?;
+                let opened = self.open_secrets(session_id, secrets)?;
+                let apdus = crate::issuance::perso_apdus(challenge, &responses, card_id, &opened)?;
+                let next =
+                    TunnelState::IssuePerso { card_id: card_id.clone(), secrets: secrets.clone() };
+                (next, apdus, None, s.live_card.clone())
+            }
+            TunnelState::IssuePerso { card_id, secrets } => {
+                let opened = self.open_secrets(session_id, secrets)?;
+                crate::issuance::check_perso(&responses, &opened)?;
+                self.record_issued(&mut tx, &s.issuer, card_id, session_id, &opened, now).await?;
+                let outcome = Outcome {
+                    result: "issued".into(),
+                    card_id: Some(card_id.clone()),
+                    message:
+                        "card personalised: new keys, card id, PIN and PUK; life cycle PERSONALIZED"
+                            .into(),
+                };
+                (TunnelState::Finished, Vec::new(), Some(outcome), None)
+            }
             TunnelState::Finished => {
                 return Err(ServerError::Gone(format!(
                     "session {session_id} has nothing more to do"
@@ -443,7 +467,7 @@ impl Store {
         })
     }
 
-    async fn set_counter(
+    pub(crate) async fn set_counter(
         &self,
         tx: &mut Tx,
         issuer: &str,
