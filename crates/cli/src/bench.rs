@@ -70,7 +70,7 @@ pub fn run(cmd: BenchCommand, out: Output) -> Result<(), CliError> {
 
     if args.pcsc {
         let _daemon = if args.start_pcscd {
-            Some(Pcscd::start("").map_err(|e| CliError::new(Exit::Transport, e.to_string()))?)
+            Some(Pcscd::start().map_err(|e| CliError::new(Exit::Transport, e.to_string()))?)
         } else {
             None
         };

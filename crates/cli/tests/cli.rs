@@ -242,7 +242,7 @@ fn wait_for_card(reader: &str) {
 
 #[test]
 fn served_image_is_reached_through_pcscd_and_stops_cleanly() {
-    let daemon = match Pcscd::start("") {
+    let daemon = match Pcscd::start() {
         Ok(d) => d,
         Err(err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning)) => {
             assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {err}");

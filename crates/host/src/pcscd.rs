@@ -1,14 +1,17 @@
 //! A private pcscd with vsmartcard's vpcd driver, for tests and benchmarks.
 //!
 //! [`Pcscd::start`] runs `pcscd --foreground` (with `--disable-polkit` where pcscd has it) as a
-//! child process with a reader configuration directory of its own, waits until the virtual readers are listed, and stops the daemon when
-//! dropped. pcsc-lite has one daemon per machine (its socket is `/run/pcscd/pcscd.comm`), so
-//! the caller must make sure no other pcscd runs and must not start two at once.
+//! child process with a reader configuration directory of its own, waits until the virtual
+//! readers are listed, and stops the daemon when dropped. pcsc-lite has one daemon per machine
+//! (its socket is `/run/pcscd/pcscd.comm`); [`MachineLock`] keeps two from overlapping.
 //!
 //! The configuration is Debian's `/etc/reader.conf.d/vpcd` (one vpcd reader, `CHANNELID 0x8C7B`
 //! = port 35963, which vpcd exposes as two slots: "Virtual PCD 00 00" on 35963 and
-//! "Virtual PCD 00 01" on 35964). More readers are more entries of the same form, each with its
-//! own `FRIENDLYNAME` and `CHANNELID` (see [`vpcd_reader_entry`]).
+//! "Virtual PCD 00 01" on 35964). More readers ([`Pcscd::start_with_readers`]) are more entries
+//! of the same form ([`vpcd_reader_entry`]), each with its own name and port **and its own copy
+//! of the driver**: vpcd keeps its connections in a static array indexed by slot number only,
+//! so two entries loading the same `libifdvpcd.so` share slots 0 and 1 and their cards appear
+//! in both readers at once. pcscd loads a copy under another path as a separate instance.
 
 use std::fs;
 use std::io;
@@ -47,7 +50,9 @@ pub enum PcscdError {
     Io(#[from] io::Error),
 }
 
-/// One `reader.conf` entry for a vpcd reader listening on `port`.
+/// One `reader.conf` entry for a vpcd reader whose first slot listens on `port` (the second on
+/// `port + 1`). `driver` must be a copy of the vpcd driver used by no other entry (see the
+/// module documentation).
 pub fn vpcd_reader_entry(friendly_name: &str, port: u16, driver: &Path) -> String {
     format!(
         "FRIENDLYNAME \"{friendly_name}\"\nDEVICENAME   /dev/null:0x{port:04X}\n\
@@ -123,30 +128,41 @@ pub struct Pcscd {
     child: Option<Child>,
     dir: PathBuf,
     program: PathBuf,
-    extra_entries: String,
+    extra_readers: Vec<(String, u16)>,
     // Declared last: released after the daemon has stopped.
     _lock: MachineLock,
 }
 
 impl Pcscd {
-    /// Starts pcscd with Debian's vpcd configuration, plus `extra_entries` (reader.conf text,
-    /// see [`vpcd_reader_entry`]), and waits until it lists the vpcd readers.
-    pub fn start(extra_entries: &str) -> Result<Self, PcscdError> {
+    /// Starts pcscd with Debian's vpcd configuration and waits until it lists the vpcd readers.
+    pub fn start() -> Result<Self, PcscdError> {
+        Self::start_with_readers(&[])
+    }
+
+    /// Like [`Pcscd::start`], with more vpcd readers: `(name, port)` gives the readers
+    /// "`name` 00 00" on `port` and "`name` 00 01" on `port + 1`, each reader with its own copy
+    /// of the driver.
+    pub fn start_with_readers(extra_readers: &[(&str, u16)]) -> Result<Self, PcscdError> {
         let program = check_installed()?;
         let lock = MachineLock::acquire()?;
         let dir = std::env::temp_dir().join(format!("tessera-pcscd-{}", std::process::id()));
-        fs::create_dir_all(&dir)?;
-        let mut conf = fs::read_to_string(DEBIAN_VPCD_CONF)?;
-        conf.push('\n');
-        conf.push_str(extra_entries);
         let conf_dir = dir.join("reader.conf.d");
+        let driver_dir = dir.join("drivers");
         fs::create_dir_all(&conf_dir)?;
+        fs::create_dir_all(&driver_dir)?;
+        let mut conf = fs::read_to_string(DEBIAN_VPCD_CONF)?;
+        for (i, (name, port)) in extra_readers.iter().enumerate() {
+            let driver = driver_dir.join(format!("libifdvpcd-{}.so", i + 2));
+            fs::copy(DEBIAN_VPCD_DRIVER, &driver)?;
+            conf.push('\n');
+            conf.push_str(&vpcd_reader_entry(name, *port, &driver));
+        }
         fs::write(conf_dir.join("vpcd"), conf)?;
         let mut pcscd = Self {
             child: None,
             dir,
             program,
-            extra_entries: extra_entries.to_owned(),
+            extra_readers: extra_readers.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
             _lock: lock,
         };
         pcscd.spawn()?;
@@ -174,9 +190,9 @@ impl Pcscd {
         self.dir.join("pcscd.log")
     }
 
-    /// The reader.conf entries added to Debian's.
-    pub fn extra_entries(&self) -> &str {
-        &self.extra_entries
+    /// The readers added to Debian's, as `(name, first port)`.
+    pub fn extra_readers(&self) -> &[(String, u16)] {
+        &self.extra_readers
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), PcscdError> {
@@ -248,11 +264,11 @@ mod tests {
 
     #[test]
     fn reader_entries_follow_debians_format() {
-        let entry = vpcd_reader_entry("Virtual PCD 2", 35965, Path::new(DEBIAN_VPCD_DRIVER));
+        let entry = vpcd_reader_entry("Virtual PCD 2", 35965, Path::new("/opt/vpcd-2.so"));
         assert_eq!(
             entry,
             "FRIENDLYNAME \"Virtual PCD 2\"\nDEVICENAME   /dev/null:0x8C7D\n\
-             LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x8C7D\n"
+             LIBPATH      /opt/vpcd-2.so\nCHANNELID    0x8C7D\n"
         );
     }
 }

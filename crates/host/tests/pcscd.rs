@@ -40,16 +40,16 @@ fn unavailable(what: &str) {
 
 /// Starts a private pcscd, or reports why it cannot (see the module docs).
 fn start_pcscd() -> Option<Pcscd> {
-    start_pcscd_with("")
+    start_pcscd_with(&[])
 }
 
-/// Like [`start_pcscd`], with extra reader.conf entries.
-fn start_pcscd_with(extra_entries: &str) -> Option<Pcscd> {
+/// Like [`start_pcscd`], with extra vpcd readers `(name, port)`.
+fn start_pcscd_with(extra_readers: &[(&str, u16)]) -> Option<Pcscd> {
     if pcscd::find_program("opensc-tool").is_none() {
         unavailable("opensc-tool is not installed");
         return None;
     }
-    match Pcscd::start(extra_entries) {
+    match Pcscd::start_with_readers(extra_readers) {
         Ok(daemon) => Some(daemon),
         Err(err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning)) => {
             unavailable(&err.to_string());
@@ -203,23 +203,29 @@ fn second_slot_serves_a_second_card() {
 }
 
 #[test]
-fn an_extra_reader_conf_entry_adds_two_more_slots() {
-    let entry =
-        pcscd::vpcd_reader_entry("Virtual PCD 2", 35965, Path::new(pcscd::DEBIAN_VPCD_DRIVER));
-    let Some(_daemon) = start_pcscd_with(&entry) else { return };
+fn an_extra_reader_adds_two_independent_slots() {
+    let Some(daemon) = start_pcscd_with(&[("Virtual PCD 2", 35965)]) else { return };
+    assert_eq!(daemon.extra_readers(), [("Virtual PCD 2".to_owned(), 35965)]);
     let names: Vec<String> =
         tessera_host::list_readers().unwrap().into_iter().map(|r| r.name).collect();
     for slot in [SLOT_0, SLOT_1, "Virtual PCD 2 00 00", "Virtual PCD 2 00 01"] {
         assert!(names.iter().any(|n| n == slot), "{slot} missing from {names:?}");
     }
-    // The entry's CHANNELID is its first slot's port; the second slot is the next port.
+    // The second slot of the extra reader is port 35966, and only that slot holds the card
+    // (with a shared driver instance it would show in "Virtual PCD 00 01" too).
     let served = Served::start(35966, EchoCard::new);
     wait_until("the card in the extra reader", Duration::from_secs(10), || {
         card_present("Virtual PCD 2 00 01")
     });
+    for _ in 0..10 {
+        assert!(!card_present(SLOT_1), "the extra reader's card shows in {SLOT_1}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut channel = PcscChannel::connect(Some("Virtual PCD 2 00 01")).unwrap();
-    let rsp = channel.transmit(&Command::new(0x00, 0x01, 0x00, 0x00).with_data([9])).unwrap();
-    assert_eq!((rsp.sw, rsp.data), (StatusWord::SUCCESS, vec![9]));
+    for i in 0..50u8 {
+        let rsp = channel.transmit(&Command::new(0x00, 0x01, 0x00, 0x00).with_data([i])).unwrap();
+        assert_eq!((rsp.sw, rsp.data), (StatusWord::SUCCESS, vec![i]));
+    }
     drop(channel);
     served.stop();
 }
