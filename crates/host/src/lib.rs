@@ -28,6 +28,7 @@
 
 mod channel;
 mod in_process;
+pub mod keyring;
 pub mod pcscd;
 mod reader;
 mod secure;

@@ -16,7 +16,7 @@
 //! the purpose and the direction, so a cryptogram of one kind is never valid as another.
 //! `docs/keyring.md` gives the message sequences.
 
-use tessera_apdu::{Command, StatusWord};
+use tessera_apdu::{Command, Response, StatusWord};
 
 /// The keyring applet's AID: `F0` (proprietary) `TESSERA` `KR`.
 pub const AID: &[u8] = &[0xF0, 0x54, 0x45, 0x53, 0x53, 0x45, 0x52, 0x41, 0x4B, 0x52];
@@ -807,6 +807,18 @@ pub fn parse_key_dgi(mut data: &[u8]) -> Result<(u8, u32, &[u8])> {
     let version = u32::from_be_bytes(take_array::<4>(&mut data, "version")?);
     Ok((slot, version, data))
 }
+
+/// The transport between the server's keyring logic and a card's keyring applet: the terminal
+/// (in process now, the APDU tunnel later) implements it over its card channel.
+pub trait KeyringLink {
+    /// Sends one command APDU and returns the card's response, `61xx`/`6Cxx` resolved.
+    fn exchange(&mut self, command: &Command) -> core::result::Result<Response, LinkError>;
+}
+
+/// The link to the card failed (reader gone, card removed, power lost, tunnel closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("card link: {0}")]
+pub struct LinkError(pub String);
 
 // ---------------------------------------------------------------------------------------------
 // Cryptogram inputs: the one place where every authenticated structure is laid out.

@@ -276,10 +276,7 @@ impl<S: KeyringStore> KeyringService<S> {
         let keys = self.load(card_id)?;
         let pending_version = |kind: KeyKind, slot: u8| {
             keys.pending.as_ref().and_then(|p| {
-                p.keys
-                    .iter()
-                    .find(|k| k.kind == kind.code() && k.slot == slot)
-                    .map(|k| k.record.as_ref().map_or(0, |r| r.version))
+                p.keys.iter().find(|k| k.kind == kind.code() && k.slot == slot).map(|k| k.version)
             })
         };
         let mut out = Vec::new();
@@ -428,13 +425,18 @@ impl<S: KeyringStore> KeyringService<S> {
         let targets = form.targets(&layout)?;
         let card_id = keys.card_id.clone();
         let upper = keys.slot(KeyKind::Internal, auth.internal)?.secret.clone();
+        // The card counts its versions (public); after a rollback of its image they lag the
+        // server's, and the card's counter is the one RENEW increments.
+        let r = link.exchange(&proto::get_data(proto::TAG_KEY_INFO))?;
+        expect_ok("GET DATA", &r)?;
+        let card_info = KeyInfo::parse(&r.data)?;
         let mut entries = Vec::with_capacity(targets.len());
         let mut pending = Vec::with_capacity(targets.len());
         let mut first_random = None;
         for (index, &(kind, slot)) in targets.iter().enumerate() {
-            let version = keys
-                .slot(kind, slot)?
-                .version
+            let version = card_info
+                .version(kind, slot)
+                .ok_or(KeyringError::Verification("card key information"))?
                 .checked_add(1)
                 .ok_or(KeyringError::Corrupt("version exhausted"))?;
             let second = form.single_random() && index == 1;
@@ -464,7 +466,7 @@ impl<S: KeyringStore> KeyringService<S> {
                 }
             };
             entries.push(RenewEntry { random, public_key });
-            pending.push(PendingKey { kind: kind.code(), slot, record });
+            pending.push(PendingKey { kind: kind.code(), slot, version, record });
         }
         let mut cmd = RenewCommand { form, entries, proof: Vec::new() };
         let message = proto::renew_command_message(
@@ -539,12 +541,7 @@ impl<S: KeyringStore> KeyringService<S> {
         let mut out = Vec::with_capacity(pending.keys.len());
         for (p, k) in pending.keys.iter().zip(&response.keys) {
             let kind = KeyKind::from_code(p.kind)?;
-            let expected_version = keys
-                .slot(kind, p.slot)?
-                .version
-                .checked_add(1)
-                .ok_or(KeyringError::Corrupt("version"))?;
-            if k.kind != kind || k.slot != p.slot || k.version != expected_version {
+            if k.kind != kind || k.slot != p.slot || k.version != p.version {
                 return Err(KeyringError::Verification("renewed slot or version"));
             }
             let record = match (&p.record, mode) {

@@ -48,7 +48,7 @@ pub struct PendingKey {
     pub kind: u8,
     /// The slot.
     pub slot: u8,
-    /// The new version (one above the higher of the card's and the server's).
+    /// The new version (one above the card's current one).
     pub version: u32,
     /// The new key, when the server knows it before the card answers (symmetric keys, the
     /// server's new external key pairs); `None` for a key pair the card generates.
