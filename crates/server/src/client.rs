@@ -14,6 +14,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use crate::store::issuance::Issuance;
+use crate::store::sessions::{Exchange, TunnelStep};
 use crate::tls::pinned_client_config;
 
 /// Largest response body the client reads.
@@ -135,6 +137,111 @@ impl ApiClient {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status, value))
+    }
+}
+
+/// Why a tunnel or API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request could not be made or delivered.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The server answered with an error.
+    #[error("server answered {status}: {message}")]
+    Server {
+        /// HTTP status.
+        status: StatusCode,
+        /// The error code of the body (`conflict`, `gone`…).
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The card could not be reached while relaying.
+    #[error("card: {0}")]
+    Card(String),
+    /// The server's answer did not have the expected shape.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+/// How often an exchange is retried after a transport failure (exchanges are idempotent).
+const EXCHANGE_RETRIES: u32 = 3;
+
+impl ApiClient {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ApiError> {
+        let (status, value) = self.request(method, path, Some(body)).await?;
+        if !status.is_success() {
+            return Err(ApiError::Server {
+                status,
+                code: value["error"].as_str().unwrap_or_default().to_owned(),
+                message: value["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| value.to_string()),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| ApiError::Protocol(e.to_string()))
+    }
+
+    /// Opens a tunnel session with a card of `issuer` (`card_id` optional).
+    pub async fn open_session(
+        &self,
+        issuer: &str,
+        card_id: Option<&str>,
+    ) -> Result<TunnelStep, ApiError> {
+        let body = serde_json::json!({ "card_id": card_id });
+        self.call(Method::POST, &format!("/v1/issuers/{issuer}/sessions"), &body).await
+    }
+
+    /// Starts issuing card `card_id` (admin token of the issuer needed).
+    pub async fn start_issuance(&self, issuer: &str, card_id: &str) -> Result<Issuance, ApiError> {
+        let body = serde_json::json!({ "card_id": card_id });
+        self.call(Method::POST, &format!("/v1/admin/issuers/{issuer}/issuances"), &body).await
+    }
+
+    /// Posts one step's responses; retried on transport failures, which is safe because the
+    /// server answers a repeated post with the same answer.
+    pub async fn exchange(&self, session_id: &str, req: &Exchange) -> Result<TunnelStep, ApiError> {
+        let body = serde_json::to_value(req).map_err(|e| ApiError::Protocol(e.to_string()))?;
+        let path = format!("/v1/sessions/{session_id}/exchange");
+        let mut attempt = 0;
+        loop {
+            match self.call(Method::POST, &path, &body).await {
+                Err(ApiError::Client(ClientError::Transport(m))) if attempt < EXCHANGE_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %m, "exchange failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Relays a session to the end: sends each step's APDUs to the card through `transmit`
+    /// and posts the answers, until the server says done. Returns the last step (with the
+    /// outcome).
+    pub async fn relay(
+        &self,
+        first: TunnelStep,
+        mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<TunnelStep, ApiError> {
+        let mut step = first;
+        while !step.done {
+            let mut responses = Vec::with_capacity(step.apdus.len());
+            for apdu in &step.apdus {
+                let bytes =
+                    hex::decode(apdu).map_err(|_| ApiError::Protocol("APDU not hex".into()))?;
+                responses.push(hex::encode_upper(transmit(&bytes).map_err(ApiError::Card)?));
+            }
+            step =
+                self.exchange(&step.session_id, &Exchange { step: step.step, responses }).await?;
+        }
+        Ok(step)
     }
 }
 

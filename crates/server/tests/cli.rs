@@ -149,3 +149,47 @@ async fn rotate_master_key_offline() {
     std::fs::rename(&new_key, dir.path().join("master.key")).unwrap();
     start(opts, std::future::pending()).await.unwrap().shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_and_sync_a_card_over_https() {
+    use tessera_server::client::ApiClient;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ServerOptions::new(dir.path());
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    let server = start(opts, std::future::pending()).await.unwrap();
+    let url = format!("https://{}", server.addr);
+    let fp = server.fingerprint.clone().unwrap();
+    let admin_client = ApiClient::new(&url, Some(&fp), server.bootstrap_token.clone()).unwrap();
+    admin(&admin_args(
+        &url,
+        &fp,
+        server.bootstrap_token.as_ref().unwrap(),
+        &["issuers", "create", "acme", "Acme"],
+    ))
+    .await
+    .unwrap();
+
+    // `tessera issue`: the admin starts it, the terminal relays to a blank card.
+    let mut card = tessera_card::Card::in_memory(tessera_card::CardOptions::default());
+    card.power_on();
+    let issuance = admin_client.start_issuance("acme", "CARD-9").await.unwrap();
+    let done = admin_client.relay(issuance.session, |apdu| Ok(card.transmit(apdu))).await.unwrap();
+    assert_eq!(done.outcome.unwrap().result, "issued");
+
+    // `tessera sync`: a terminal without any token relays the server's session.
+    let terminal = ApiClient::new(&url, Some(&fp), None).unwrap();
+    card.reset();
+    let first = terminal.open_session("acme", None).await.unwrap();
+    let done = terminal.relay(first, |apdu| Ok(card.transmit(apdu))).await.unwrap();
+    let outcome = done.outcome.unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.card_id.as_deref()),
+        ("identified", Some("CARD-9"))
+    );
+    // Errors come back typed.
+    let err = terminal.open_session("nobody", None).await.unwrap_err();
+    assert!(
+        matches!(err, tessera_server::client::ApiError::Server { code, .. } if code == "not_found")
+    );
+    server.shutdown().await.unwrap();
+}

@@ -318,3 +318,15 @@ async fn sqlite_locked_by_another_process_gives_503() {
     let r = api.call("GET", "/v1/admin/issuers", Some(&root), None).await;
     assert_eq!(r.body, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let db = TestDb::sqlite();
+    let api =
+        Api::with_limits(&db, Limits { rate_per_sec: 0.5, burst: 2.0, ..Limits::default() }).await;
+    assert_eq!(api.call("GET", "/healthz", None, None).await.status, StatusCode::OK);
+    assert_eq!(api.call("GET", "/healthz", None, None).await.status, StatusCode::OK);
+    let r = api.call("GET", "/healthz", None, None).await;
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
+    assert_eq!(r.headers[header::RETRY_AFTER], "2");
+}
