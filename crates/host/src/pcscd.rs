@@ -42,6 +42,12 @@ pub enum PcscdError {
          (`sudo systemctl stop pcscd.socket pcscd`)"
     )]
     AlreadyRunning,
+    /// pcscd may not create its socket and pid file (`/run/pcscd`): not running as root.
+    #[error(
+        "pcscd cannot create its files in /run/pcscd (Permission denied): run the tests as \
+         root, or make /run/pcscd writable for this user"
+    )]
+    NotPermitted,
     /// The daemon exited or did not list the virtual readers in time.
     #[error("pcscd did not come up: {0}")]
     NotReady(String),
@@ -203,6 +209,9 @@ impl Pcscd {
             {
                 self.child = None;
                 let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+                if log.contains("Permission denied") {
+                    return Err(PcscdError::NotPermitted);
+                }
                 return Err(PcscdError::NotReady(format!("exited with {status}: {log}")));
             }
             if let Ok(ctx) = pcsc::Context::establish(pcsc::Scope::User)

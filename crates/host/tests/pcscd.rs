@@ -51,7 +51,9 @@ fn start_pcscd_with(extra_readers: &[(&str, u16)]) -> Option<Pcscd> {
     }
     match Pcscd::start_with_readers(extra_readers) {
         Ok(daemon) => Some(daemon),
-        Err(err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning)) => {
+        Err(
+            err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
+        ) => {
             unavailable(&err.to_string());
             None
         }
