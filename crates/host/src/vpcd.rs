@@ -278,6 +278,8 @@ impl<C: VirtualCard> VpcdBridge<C> {
                         }
                         Err(err) => tracing::warn!("vpcd connection lost ({err}); reconnecting"),
                     }
+                    // A vpcd that accepts and drops at once must not make this a busy loop.
+                    sleep_unless_stopped(self.config.backoff_initial, stop);
                 }
                 Err(err) => {
                     if !announced_wait {
