@@ -1,5 +1,5 @@
-//! Request limits: body size and time (tower-http layers, set up in [`super::router`]) and a
-//! per-client token-bucket rate limit (this module).
+//! Request limits: body size (tower-http and axum layers, set up in [`super::router`]), time
+//! and a per-client token-bucket rate limit (middleware in this module).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -73,6 +73,19 @@ impl RateLimiter {
         } else {
             Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
         }
+    }
+}
+
+/// Middleware: a request that takes longer than `limit` is answered `503` with `Retry-After`
+/// (its transaction, if any, is dropped and so rolled back).
+pub async fn timeout(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ServerError::Unavailable("request timed out".into()).into_response(),
     }
 }
 
