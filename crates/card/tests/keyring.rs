@@ -371,3 +371,16 @@ fn malformed_keyring_commands_change_nothing() {
     }
     assert_eq!(card.persistent_state(), before);
 }
+
+#[test]
+fn a_keyring_on_a_card_without_an_id_does_nothing() {
+    let mut card = card();
+    let server = TestServer::new(Mode::Symmetric, 2, 2).unwrap();
+    let mut plain = Plain(&mut card);
+    let mut s = Script::new(&mut plain);
+    isd::open_initial(&mut s).unwrap();
+    personalize_keyring(&mut s, &server.personalisation()).unwrap();
+    s.select(AID).unwrap();
+    let r = s.send(&proto::internal_authenticate(2, &[1; 16])).unwrap();
+    assert_eq!(r.sw, StatusWord::CONDITIONS_NOT_SATISFIED);
+}

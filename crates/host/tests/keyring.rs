@@ -11,6 +11,7 @@ use tessera_card::applets::keyring::scenarios::personalize_keyring;
 use tessera_card::script::Script;
 use tessera_card::storage::{MemoryStorage, TearMode, TearingDisk};
 use tessera_card::{Card, CardOptions, OpenOptions, PowerCut, TearDriver};
+use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::SeededRng;
 use tessera_host::InProcessChannel;
 use tessera_host::keyring::KeyringTerminal;
@@ -203,8 +204,26 @@ fn no_apdu_ever_carries_a_key() {
                 assert!(!contains(&cmd.data), "{mode:?}: a command carries a key: {cmd:?}");
             }
         }
-        // Asymmetric: the card's private keys never leave it either: every response that
-        // carries a public key carries only public keys the server recorded.
+        if mode == Mode::Asymmetric {
+            // The card's private keys are known to nobody, so look for them by their public
+            // keys: no 32-byte window of any response is the private key of a card key.
+            let keys = svc.store().load(isd::CARD_ID).unwrap().unwrap();
+            let publics: Vec<[u8; 65]> =
+                keys.internal.iter().map(|r| r.secret.as_slice().try_into().unwrap()).collect();
+            let mut windows = 0;
+            for (cmd, rsp) in exchanges {
+                if cmd.ins != proto::INS_RENEW && cmd.ins != proto::INS_INTERNAL_AUTHENTICATE {
+                    continue;
+                }
+                for w in rsp.data.windows(32) {
+                    if let Ok(k) = SigningKey::from_bytes(w) {
+                        windows += 1;
+                        assert!(!publics.contains(&k.public_key().to_sec1_bytes()));
+                    }
+                }
+            }
+            assert!(windows > 100);
+        }
     }
 }
 
@@ -409,4 +428,19 @@ fn the_server_session_runs_secured_commands_at_level_33() {
         let (_, last) = terminal.recorded().last().unwrap();
         assert!(!last.data.windows(7).any(|w| w == st.to_bytes().as_slice()));
     }
+}
+
+#[test]
+fn the_server_refuses_to_send_a_renewal_the_rules_forbid() {
+    let (mut terminal, mut svc) = issued(Mode::Symmetric, 3, 3);
+    terminal.record();
+    for (form, auth) in [
+        (RenewForm::Internal { slot: 3 }, (3, 1)),
+        (RenewForm::External { slot: 2 }, (1, 3)),
+        (RenewForm::Internal { slot: 1 }, (1, 1)),
+    ] {
+        let r = svc.renew(isd::CARD_ID, &mut terminal, form, auth, 1);
+        assert!(matches!(r, Err(KeyringError::Refused { .. })), "{form:?} {auth:?}: {r:?}");
+    }
+    assert!(terminal.recorded().is_empty(), "nothing reached the card");
 }

@@ -550,6 +550,10 @@ impl Keyring {
         secured: bool,
     ) -> Result<Response, StatusWord> {
         let layout = self.layout().ok_or(StatusWord::CONDITIONS_NOT_SATISFIED)?;
+        // Every cryptogram binds the card id: without one (ISD not personalised) nothing runs.
+        if ctx.card().card_id.is_empty() {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
         match KeyringCommand::parse(cmd, &layout)? {
             KeyringCommand::InternalAuthenticate { slot, challenge } => {
                 if secured {

@@ -633,6 +633,19 @@ impl<S: KeyringStore> KeyringService<S> {
         if keys.needs_reissue {
             return Err(KeyringError::NeedsReissue);
         }
+        // The card's rules, checked here too so a bad request never reaches the card.
+        for (kind, slot) in form.targets(&keys.layout()?)? {
+            let upper = match kind {
+                KeyKind::Internal => auth.0,
+                KeyKind::External => auth.1,
+            };
+            if slot < 2 || upper == 0 || upper >= slot {
+                return Err(KeyringError::Refused {
+                    what: "RENEW (a key is only renewed from above, slot 1 never)",
+                    sw: StatusWord::SECURITY_STATUS_NOT_SATISFIED,
+                });
+            }
+        }
         self.run_plan(&mut keys, link, Plan { form, auth }, now)?
             .ok_or(KeyringError::Verification("authentication with the upper pair"))
     }
