@@ -186,7 +186,14 @@ fn demo_runs_the_platform_chapter() {
     let out = tessera(&["demo"]);
     assert_exit(&out, 0);
     let stdout = text(&out.stdout);
-    for step in ["SELECT", "INITIALIZE UPDATE", "EXTERNAL AUTHENTICATE", "STORE DATA 84E28800"] {
+    for step in [
+        "SELECT",
+        "INITIALIZE UPDATE",
+        "EXTERNAL AUTHENTICATE",
+        "STORE DATA 84E28800",
+        "<< 450844454D4F30303031 9000",
+        "no session any more",
+    ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
     }
     let out = tessera(&["demo", "--json", "--chapter", "platform"]);

@@ -90,10 +90,24 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
     n.exchange("GET DATA card id (tag 45): now set, \"DEMO0001\"", &get_id, &rsp);
     expect_ok("GET DATA card id", rsp.sw)?;
 
+    let atr = card.reset()?;
+    n.say(&format!(
+        "Reset (ATR {}). The session keys were volatile state: they are gone, while the card id \
+         written inside the session is persistent.",
+        hex::encode_upper(atr)
+    ));
+    let rsp = card.transmit(&select)?;
+    n.exchange("SELECT card management again", &select, &rsp);
+    let (wire, rsp, _) = session
+        .transmit_shown(&store_card_id(b"DEMO0002"))
+        .map_err(|e| CliError::new(Exit::Other, format!("demo: {e}")))?;
+    n.exchange("STORE DATA with the old session's MAC: refused, no session any more", &wire, &rsp);
+    let rsp = session.inner_mut().transmit(&get_id)?;
+    n.exchange("GET DATA card id: still \"DEMO0001\"", &get_id, &rsp);
+
     n.say(
         "Issuance goes on the same way: PUT KEY replaces the test keys (key data encrypted under \
-         the DEK), STORE DATA sets PIN and PUK, SET STATUS moves the card to PERSONALIZED. A \
-         reset ends the session: volatile state never survives it.",
+         the DEK), STORE DATA sets PIN and PUK, SET STATUS moves the card to PERSONALIZED.",
     );
     Ok(())
 }
