@@ -444,3 +444,42 @@ fn the_server_refuses_to_send_a_renewal_the_rules_forbid() {
     }
     assert!(terminal.recorded().is_empty(), "nothing reached the card");
 }
+
+/// A link that answers every INTERNAL AUTHENTICATE with slot `slot` by replaying the card's
+/// answer recorded in an earlier session.
+struct ReplayLink<'a> {
+    inner: &'a mut KeyringTerminal<InProcessChannel<Card>>,
+    slot: u8,
+    recorded: Option<Response>,
+    replaying: bool,
+}
+
+impl KeyringLink for ReplayLink<'_> {
+    fn exchange(&mut self, command: &Command) -> Result<Response, LinkError> {
+        let r = self.inner.exchange(command)?;
+        if command.ins == proto::INS_INTERNAL_AUTHENTICATE && command.p2 == self.slot {
+            if self.replaying {
+                return Ok(self.recorded.clone().unwrap());
+            }
+            self.recorded = Some(r.clone());
+        }
+        Ok(r)
+    }
+}
+
+#[test]
+fn a_replayed_card_answer_never_authenticates() {
+    let (mut terminal, mut svc) = issued(Mode::Symmetric, 3, 3);
+    let mut link = ReplayLink { inner: &mut terminal, slot: 3, recorded: None, replaying: false };
+    assert_eq!(svc.sync(isd::CARD_ID, &mut link, 0).unwrap().outcome, SyncOutcome::InAgreement);
+    link.replaying = true;
+    // The old answer does not verify against the new server challenge: the service treats the
+    // bottom pair as disagreeing, repairs it from above, and still refuses the replay.
+    let r = svc.sync(isd::CARD_ID, &mut link, 1);
+    assert!(matches!(r, Err(KeyringError::Verification(_))), "{r:?}");
+    assert_eq!(terminal.security_status().unwrap().session_level, 0);
+    // Without the replaying man in the middle, everything agrees.
+    let r = svc.sync(isd::CARD_ID, &mut terminal, 2).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::InAgreement);
+    assert_agree(&mut terminal, &svc);
+}

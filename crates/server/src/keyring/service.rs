@@ -31,6 +31,7 @@ use tessera_proto::keyring::{
     KeyInfo, KeyKind, KeyringLink, Layout, Mode, RANDOM_LEN, RenewCommand, RenewEntry, RenewForm,
     RenewResponse, RenewedKey,
 };
+use zeroize::Zeroizing;
 
 use super::KeyringError;
 use super::policy::{self, Plan, RenewalPolicy};
@@ -424,7 +425,7 @@ impl<S: KeyringStore> KeyringService<S> {
         let mode = layout.mode;
         let targets = form.targets(&layout)?;
         let card_id = keys.card_id.clone();
-        let upper = keys.slot(KeyKind::Internal, auth.internal)?.secret.clone();
+        let upper = Zeroizing::new(keys.slot(KeyKind::Internal, auth.internal)?.secret.clone());
         // The card counts its versions (public); after a rollback of its image they lag the
         // server's, and the card's counter is the one RENEW increments.
         let r = link.exchange(&proto::get_data(proto::TAG_KEY_INFO))?;
