@@ -357,7 +357,7 @@ fn a_lost_renew_response_and_a_server_crash_are_repaired_by_the_next_sync() {
 }
 
 #[test]
-fn a_rolled_back_card_image_is_resynchronised_from_the_next_upper_level() {
+fn a_rolled_back_card_image_is_suspended_then_resynchronised_from_the_next_upper_level() {
     let disk = TearingDisk::new(Vec::new(), None, TearMode::DropUnflushed);
     let mut card = Card::create_on(Box::new(disk.storage()), CardOptions::default()).unwrap();
     let mut svc = service(3);
@@ -372,11 +372,27 @@ fn a_rolled_back_card_image_is_resynchronised_from_the_next_upper_level() {
             .unwrap();
     card.power_on();
     let mut terminal = KeyringTerminal::select(InProcessChannel::new(card)).unwrap();
+    // Nothing interrupted explains it: the card is suspended (it could be a copy), and stays
+    // so, until an administrator resynchronises it.
     let r = svc.sync(isd::CARD_ID, &mut terminal, MONTH + 1).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Suspended);
+    assert!(r.renewals.is_empty());
+    assert_eq!(
+        svc.sync(isd::CARD_ID, &mut terminal, MONTH + 2).unwrap().outcome,
+        SyncOutcome::Suspended
+    );
+    assert!(matches!(
+        svc.renew(isd::CARD_ID, &mut terminal, RenewForm::Internal { slot: 3 }, (2, 3), 1),
+        Err(KeyringError::Suspended)
+    ));
+    let r = svc.resynchronise(isd::CARD_ID, &mut terminal, MONTH + 3).unwrap();
     assert_eq!(r.outcome, SyncOutcome::InAgreement);
     assert!(r.resynchronised);
     assert_eq!(r.renewals[0].auth, (2, 2), "repaired from the next upper level");
     assert_agree(&mut terminal, &svc);
+    let r = svc.sync(isd::CARD_ID, &mut terminal, MONTH + 4).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::InAgreement);
+    assert!(!r.resynchronised);
 }
 
 #[test]
@@ -404,6 +420,8 @@ fn a_card_with_foreign_keys_needs_re_issue() {
     let mut scratch = Card::in_memory(CardOptions::default());
     issue(&mut scratch, &mut other, Layout::new(Mode::Symmetric, 3, 3).unwrap());
     let r = other.sync(isd::CARD_ID, &mut terminal, 0).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Suspended);
+    let r = other.resynchronise(isd::CARD_ID, &mut terminal, 0).unwrap();
     assert_eq!(r.outcome, SyncOutcome::NeedsReissue);
     assert!(other.store().load(isd::CARD_ID).unwrap().unwrap().needs_reissue);
 }
@@ -473,13 +491,14 @@ fn a_replayed_card_answer_never_authenticates() {
     let mut link = ReplayLink { inner: &mut terminal, slot: 3, recorded: None, replaying: false };
     assert_eq!(svc.sync(isd::CARD_ID, &mut link, 0).unwrap().outcome, SyncOutcome::InAgreement);
     link.replaying = true;
-    // The old answer does not verify against the new server challenge: the service treats the
-    // bottom pair as disagreeing, repairs it from above, and still refuses the replay.
-    let r = svc.sync(isd::CARD_ID, &mut link, 1);
-    assert!(matches!(r, Err(KeyringError::Verification(_))), "{r:?}");
+    // The old answer does not verify against the new server challenge: no session, and the
+    // card is suspended (nothing interrupted explains a wrong answer).
+    let r = svc.sync(isd::CARD_ID, &mut link, 1).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Suspended);
     assert_eq!(terminal.security_status().unwrap().session_level, 0);
-    // Without the replaying man in the middle, everything agrees.
-    let r = svc.sync(isd::CARD_ID, &mut terminal, 2).unwrap();
+    // Without the replaying man in the middle, the administrator's resynchronisation finds
+    // the card genuine at the next level up, and everything agrees.
+    let r = svc.resynchronise(isd::CARD_ID, &mut terminal, 2).unwrap();
     assert_eq!(r.outcome, SyncOutcome::InAgreement);
     assert_agree(&mut terminal, &svc);
 }

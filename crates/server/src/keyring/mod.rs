@@ -53,6 +53,10 @@ pub enum KeyringError {
     /// root is reported compromised): the card must be re-issued.
     #[error("the card needs re-issue")]
     NeedsReissue,
+    /// The card disagrees with the records and no interrupted renewal explains it (internal:
+    /// a sync reports it as [`SyncOutcome::Suspended`]).
+    #[error("the card disagrees with the records: suspended")]
+    Suspended,
     /// The store failed.
     #[error("keyring store: {0}")]
     Store(String),

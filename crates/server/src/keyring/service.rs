@@ -12,10 +12,13 @@
 //!    derived from it and both challenges, a session at level 33, and a secured GET DATA whose
 //!    versions and check values must match the server's records.
 //!
-//! When an authentication fails (the card holds other keys than the server thinks, e.g. a
-//! rolled-back image), the service walks up the levels until a pair authenticates, renews
-//! everything below it, and tries again; when even the root pair fails, the card is marked as
-//! needing re-issue.
+//! Every legitimate interruption leaves a pending renewal (phase one is saved before RENEW
+//! leaves), so a disagreement that no pending renewal explains means the card is not the one
+//! the records describe: a restored old image, or a copy. The card is then **suspended**; an
+//! administrator either resynchronises it ([`KeyringService::resynchronise`]: walk up the
+//! levels until a pair authenticates, renew everything below it; re-issue when even the root
+//! pair fails) or re-issues it. Healing such a card automatically would hand a copied image,
+//! which holds the upper keys too, the renewed hierarchy.
 
 use subtle::ConstantTimeEq;
 use tessera_apdu::{Command, Response, StatusWord};
@@ -51,6 +54,10 @@ pub enum SyncOutcome {
     InAgreement,
     /// The root is compromised or nothing authenticates: re-issue the card.
     NeedsReissue,
+    /// The card holds other keys than the server's records and no interrupted renewal
+    /// explains it: a restored old image, or a copy of the card. Syncs stop until an
+    /// administrator either resynchronises ([`KeyringService::resynchronise`]) or re-issues.
+    Suspended,
 }
 
 /// What a sync did.
@@ -267,6 +274,7 @@ impl<S: KeyringStore> KeyringService<S> {
             external,
             pending: None,
             needs_reissue: false,
+            suspended: false,
             forced_level: None,
         })?;
         Ok(groups)
@@ -634,6 +642,9 @@ impl<S: KeyringStore> KeyringService<S> {
         if keys.needs_reissue {
             return Err(KeyringError::NeedsReissue);
         }
+        if keys.suspended {
+            return Err(KeyringError::Suspended);
+        }
         // The card's rules, checked here too so a bad request never reaches the card.
         for (kind, slot) in form.targets(&keys.layout()?)? {
             let upper = match kind {
@@ -707,9 +718,10 @@ impl<S: KeyringStore> KeyringService<S> {
         Ok(KeyringSession { link, scp: pending.finish(&r)? })
     }
 
-    /// One sync of a card (see the module documentation): resynchronise, renew what is due,
-    /// then authenticate with the bottom pair, open the session and check that the card's
-    /// versions and check values match the server's.
+    /// One sync of a card (see the module documentation): resynchronise an interrupted
+    /// renewal, renew what is due, then authenticate with the bottom pair, open the session and
+    /// check that the card's versions and check values match the server's. A disagreement that
+    /// no interrupted renewal explains suspends the card (see [`SyncOutcome::Suspended`]).
     pub fn sync(
         &mut self,
         card_id: &[u8],
@@ -726,16 +738,59 @@ impl<S: KeyringStore> KeyringService<S> {
         if keys.needs_reissue {
             return Ok(report);
         }
+        if keys.suspended {
+            report.outcome = SyncOutcome::Suspended;
+            return Ok(report);
+        }
         let layout = keys.layout()?;
-        let outcome = self.sync_inner(&mut keys, link, now, &mut report, &layout);
-        match outcome {
+        match self.sync_inner(&mut keys, link, now, &mut report, &layout) {
             Ok(()) => {
                 report.outcome = SyncOutcome::InAgreement;
                 Ok(report)
             }
-            Err(KeyringError::NeedsReissue) => Ok(report),
+            Err(KeyringError::Suspended) => {
+                keys.suspended = true;
+                self.store.save(&keys)?;
+                report.outcome = SyncOutcome::Suspended;
+                Ok(report)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// The administrator's answer to a suspended card that is known to be genuine (e.g. its
+    /// holder restored an old image): walks up the levels until a pair authenticates, renews
+    /// every level below it, and lifts the suspension; marks the card for re-issue when even
+    /// the root pair fails. Then runs a normal sync.
+    pub fn resynchronise(
+        &mut self,
+        card_id: &[u8],
+        link: &mut dyn KeyringLink,
+        now: u64,
+    ) -> Result<SyncReport, KeyringError> {
+        let mut keys = self.load(card_id)?;
+        if keys.needs_reissue {
+            return Err(KeyringError::NeedsReissue);
+        }
+        let mut report = SyncReport {
+            outcome: SyncOutcome::NeedsReissue,
+            resynchronised: true,
+            renewals: Vec::new(),
+            card_keys: None,
+        };
+        keys.pending = None;
+        match self.resync_from(&mut keys, link, 1, now, &mut report) {
+            Ok(()) => {}
+            Err(KeyringError::NeedsReissue) => return Ok(report),
+            Err(e) => return Err(e),
+        }
+        keys.suspended = false;
+        self.store.save(&keys)?;
+        let mut after = self.sync(card_id, link, now)?;
+        report.renewals.append(&mut after.renewals);
+        after.renewals = report.renewals;
+        after.resynchronised = true;
+        Ok(after)
     }
 
     fn sync_inner(
@@ -746,21 +801,17 @@ impl<S: KeyringStore> KeyringService<S> {
         report: &mut SyncReport,
         layout: &Layout,
     ) -> Result<(), KeyringError> {
-        // 1. An interrupted renewal: run it again from the pair that authenticated it.
+        // 1. An interrupted renewal: run it again from the pair that authenticated it, which
+        //    that renewal cannot have changed. Whatever the card committed, both sides agree
+        //    afterwards.
         if let Some(p) = keys.pending.clone() {
             report.resynchronised = true;
             let plan = Plan { form: p.form()?, auth: p.auth };
             keys.pending = None;
-            match self.run_plan(keys, link, plan, now)? {
-                Some(_) => report.renewals.push(plan),
-                None => {
-                    let level = (layout.internal_slots - plan.auth.0)
-                        .max(layout.external_slots - plan.auth.1);
-                    self.resync_from(keys, link, level + 1, now, report)?;
-                }
-            }
+            self.run_plan(keys, link, plan, now)?.ok_or(KeyringError::Suspended)?;
+            report.renewals.push(plan);
         }
-        // 2. What the policy says is due.
+        // 2. What the policy says is due, and levels reported compromised.
         let renewed_at = |keys: &CardKeys, d: u8| {
             let (i, e) = policy::level_slots(layout, d);
             [(KeyKind::Internal, i), (KeyKind::External, e)]
@@ -779,48 +830,29 @@ impl<S: KeyringStore> KeyringService<S> {
             (a, b) => a.or(b),
         };
         if let Some(plan) = plan {
-            match self.run_plan(keys, link, plan, now)? {
-                Some(_) => report.renewals.push(plan),
-                None => {
-                    let level = (layout.internal_slots - plan.auth.0)
-                        .max(layout.external_slots - plan.auth.1);
-                    self.resync_from(keys, link, level + 1, now, report)?;
-                }
-            }
+            self.run_plan(keys, link, plan, now)?.ok_or(KeyringError::Suspended)?;
+            report.renewals.push(plan);
             if keys.forced_level.take().is_some() {
                 self.store.save(keys)?;
             }
         }
         // 3. The session with the bottom pair, and agreement on every slot.
-        for attempt in 0..2 {
-            let auth =
-                match self.authenticate(keys, link, layout.internal_slots, layout.external_slots) {
-                    Ok(auth) => auth,
-                    Err(AuthFailure::Mismatch) if attempt == 0 => {
-                        self.resync_from(keys, link, 1, now, report)?;
-                        continue;
-                    }
-                    Err(AuthFailure::Mismatch) => {
-                        return Err(KeyringError::Verification("bottom pair"));
-                    }
-                    Err(AuthFailure::Error(e)) => return Err(e),
-                };
-            let mut session = self.session_with(link, &auth)?;
-            let info = session.key_info()?;
-            let agree = info.layout == *layout
-                && info.slots.iter().all(|s| {
-                    keys.slot(s.kind, s.slot)
-                        .is_ok_and(|r| r.version == s.version && r.kcv == s.kcv)
-                });
-            if agree {
-                report.card_keys = Some(info);
-                return Ok(());
-            }
-            if attempt == 0 {
-                // The bottom pair agrees but an upper slot does not: renew from the top.
-                self.resync_from(keys, link, policy::top_level(layout) + 1, now, report)?;
-            }
+        let auth = match self.authenticate(keys, link, layout.internal_slots, layout.external_slots)
+        {
+            Ok(auth) => auth,
+            Err(AuthFailure::Mismatch) => return Err(KeyringError::Suspended),
+            Err(AuthFailure::Error(e)) => return Err(e),
+        };
+        let mut session = self.session_with(link, &auth)?;
+        let info = session.key_info()?;
+        let agree = info.layout == *layout
+            && info.slots.iter().all(|s| {
+                keys.slot(s.kind, s.slot).is_ok_and(|r| r.version == s.version && r.kcv == s.kcv)
+            });
+        if !agree {
+            return Err(KeyringError::Suspended);
         }
-        Err(KeyringError::Verification("card and server disagree after resynchronisation"))
+        report.card_keys = Some(info);
+        Ok(())
     }
 }

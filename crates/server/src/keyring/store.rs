@@ -98,6 +98,10 @@ pub struct CardKeys {
     /// The root (slot 1) is compromised or no longer authenticates: the card must be
     /// re-issued; the server does not talk keyring to it any more.
     pub needs_reissue: bool,
+    /// The card disagreed with the records without an interrupted renewal to explain it
+    /// (rolled-back image or clone): no sync until an administrator decides.
+    #[serde(default)]
+    pub suspended: bool,
     /// A level reported compromised: it and every level below are renewed at the next sync.
     pub forced_level: Option<u8>,
 }
