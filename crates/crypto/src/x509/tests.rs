@@ -230,10 +230,3 @@ fn openssl_verify(
         }
     }
 }
-
-#[test]
-#[ignore = "prints a certificate for manual inspection"]
-fn dump_leaf_pem() {
-    let p = pki(9, &[Role::Home, Role::Card]);
-    println!("{}{}", p.ca.to_pem(), p.leaf.to_pem());
-}
