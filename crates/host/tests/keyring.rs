@@ -535,3 +535,30 @@ fn the_terminal_flow_hands_the_server_a_link_and_gives_the_channel_back() {
             .unwrap();
     assert_eq!(report.unwrap().renewals, vec![]);
 }
+
+#[test]
+fn eight_slots_and_unequal_counts_work_end_to_end() {
+    for mode in [Mode::Symmetric, Mode::Asymmetric] {
+        for (m, n) in [(8, 8), (3, 5), (5, 2)] {
+            let (mut terminal, mut svc) = issued(mode, m, n);
+            // Everything renewable at once (RENEW and its answer exceed short APDUs at 8).
+            let renewed = svc
+                .renew(
+                    isd::CARD_ID,
+                    &mut terminal,
+                    RenewForm::BothFrom { internal: 2, external: 2 },
+                    (1, 1),
+                    1,
+                )
+                .unwrap();
+            assert_eq!(renewed.len(), usize::from(m + n - 2));
+            // The default schedule over three years: the two lowest levels renewed each year.
+            for year in 1..=3 {
+                let r = svc.sync(isd::CARD_ID, &mut terminal, year * YEAR).unwrap();
+                assert_eq!(r.outcome, SyncOutcome::InAgreement, "{mode:?} {m} {n}");
+                assert_eq!(r.renewals.len(), 1, "{mode:?} {m} {n}");
+            }
+            assert_agree(&mut terminal, &svc);
+        }
+    }
+}

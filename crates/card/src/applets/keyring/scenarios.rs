@@ -370,6 +370,18 @@ pub fn all() -> Vec<TearScenario> {
             RenewForm::External { slot: 3 }
         ),
         scenario!(
+            "asymmetric RENEW internal slots from 2",
+            Asymmetric,
+            (1, 3),
+            RenewForm::InternalFrom { slot: 2 }
+        ),
+        scenario!(
+            "asymmetric RENEW external slots from 2",
+            Asymmetric,
+            (3, 1),
+            RenewForm::ExternalFrom { slot: 2 }
+        ),
+        scenario!(
             "asymmetric RENEW pair",
             Asymmetric,
             (2, 2),
