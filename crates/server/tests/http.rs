@@ -276,7 +276,8 @@ async fn postgres_down_gives_503_and_writes_nothing() {
         proxy_port = proxy.port;
     }
     let (_, proxied) = common::via_proxy(&db.location, proxy_port);
-    let db = TestDb { location: proxied, ..db };
+    let mut db = db;
+    db.location = proxied;
     let api = Api::new(&db).await;
     let root = api.root.clone();
     api.call("POST", "/v1/admin/issuers", Some(&root), Some(json!({"id": "acme", "name": "Acme"})))

@@ -22,12 +22,18 @@ use tessera_server::{Store, StoreConfig};
 pub struct TestDb {
     pub location: DbLocation,
     pub _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database to drop at the end (its URL when created).
+    drop_url: Option<String>,
 }
 
 impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
-        TestDb { location: DbLocation::Sqlite(dir.path().join("tessera.db")), _dir: Some(dir) }
+        TestDb {
+            location: DbLocation::Sqlite(dir.path().join("tessera.db")),
+            _dir: Some(dir),
+            drop_url: None,
+        }
     }
 
     /// A fresh database in the shared test cluster, or `None` (skip) when PostgreSQL is
@@ -41,9 +47,39 @@ impl TestDb {
                 .expect("connect to the test cluster");
         tokio::spawn(conn);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        Some(TestDb { location: DbLocation::Postgres(format!("{base}/{name}")), _dir: None })
+        let url = format!("{base}/{name}");
+        Some(TestDb {
+            location: DbLocation::Postgres(url.clone()),
+            _dir: None,
+            drop_url: Some(url),
+        })
     }
+}
 
+impl Drop for TestDb {
+    /// Drops a test's PostgreSQL database, so repeated runs do not fill the cluster. Runs on
+    /// its own thread and runtime: the test's runtime may be shutting down.
+    fn drop(&mut self) {
+        let Some(url) = &self.drop_url else { return };
+        let Some((base, name)) = url.rsplit_once('/') else { return };
+        let (admin, name) = (format!("{base}/postgres"), name.to_owned());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let (client, conn) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+impl TestDb {
     pub async fn store(&self) -> Store {
         self.store_with(StoreConfig::default()).await
     }
@@ -110,6 +146,13 @@ pub fn cluster_url() -> Option<String> {
     if is_root() {
         Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
     }
+    let running = data.join("PG_VERSION").exists()
+        && run_pg(&bin, "pg_ctl", &["-D", data.to_str().unwrap(), "status"]).status.success();
+    if !running && data.exists() {
+        // Not running: no test is using it. Start from a clean cluster (databases of runs
+        // that crashed are gone).
+        std::fs::remove_dir_all(&data).unwrap();
+    }
     if !data.join("PG_VERSION").exists() {
         let out = run_pg(
             &bin,
@@ -118,8 +161,6 @@ pub fn cluster_url() -> Option<String> {
         );
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let running =
-        run_pg(&bin, "pg_ctl", &["-D", data.to_str().unwrap(), "status"]).status.success();
     if !running {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let opts = format!(
