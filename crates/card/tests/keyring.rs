@@ -384,3 +384,69 @@ fn a_keyring_on_a_card_without_an_id_does_nothing() {
     let r = s.send(&proto::internal_authenticate(2, &[1; 16])).unwrap();
     assert_eq!(r.sw, StatusWord::CONDITIONS_NOT_SATISFIED);
 }
+
+mod arbitrary {
+    use proptest::prelude::*;
+    use tessera_card::storage::{MemoryStorage, TearMode, TearingDisk};
+    use tessera_card::{CardOptions, OpenOptions, PowerCut, TearDriver};
+
+    use super::*;
+
+    struct Direct<'a>(&'a mut Card);
+
+    impl TearDriver for Direct<'_> {
+        fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, PowerCut> {
+            Ok(self.0.transmit(apdu))
+        }
+        fn arm(&mut self) {}
+    }
+
+    /// The image of a card issued with a keyring of `mode`, 3 + 3 slots.
+    fn issued_image(mode: Mode) -> Vec<u8> {
+        let disk = TearingDisk::new(Vec::new(), None, TearMode::DropUnflushed);
+        let mut card = Card::create_on(Box::new(disk.storage()), CardOptions::default()).unwrap();
+        card.power_on();
+        let server = TestServer::new(mode, 3, 3).unwrap();
+        server.issue(&mut Script::new(&mut Direct(&mut card))).unwrap();
+        disk.platter()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Arbitrary commands to the selected keyring never panic, and whatever is not
+        /// answered `9000` changes nothing.
+        #[test]
+        fn arbitrary_commands_never_panic_nor_change_state_on_failure(
+            asym in any::<bool>(),
+            apdus in prop::collection::vec(
+                (
+                    prop::sample::select(vec![0x00u8, 0x80, 0x84, 0x04]),
+                    prop::sample::select(vec![0x88u8, 0x82, 0x84, 0xC4, 0xCA, 0x50, 0x00]),
+                    0u8..9,
+                    0u8..9,
+                    prop::collection::vec(any::<u8>(), 0..300),
+                ),
+                1..6,
+            ),
+        ) {
+            let mode = if asym { Mode::Asymmetric } else { Mode::Symmetric };
+            let image = issued_image(mode);
+            let mut card =
+                Card::open_on(Box::new(MemoryStorage::from_bytes(image)), OpenOptions::default())
+                    .unwrap();
+            card.power_on();
+            send(&mut card, &Command::new(0, 0xA4, 4, 0).with_data(AID.to_vec()));
+            for (cla, ins, p1, p2, data) in apdus {
+                let before = card.persistent_state();
+                let cmd = Command::new(cla, ins, p1, p2).with_data(data).with_le(256);
+                let Ok(bytes) = cmd.to_bytes() else { continue };
+                let out = card.transmit(&bytes);
+                let r = Response::parse(&out).unwrap();
+                if r.sw != StatusWord::SUCCESS {
+                    prop_assert_eq!(card.persistent_state(), before);
+                }
+            }
+        }
+    }
+}
