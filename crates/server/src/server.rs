@@ -21,6 +21,8 @@ use crate::tls::{ServerIdentity, TlsListener, write_private};
 
 /// Environment variable holding the master key (64 hex digits); it wins over the key file.
 pub const MASTER_KEY_ENV: &str = "TESSERA_MASTER_KEY";
+/// How long ended tunnel sessions are kept before the sweeper deletes them (7 days).
+pub const SESSION_RETENTION_SECS: i64 = 7 * 24 * 3600;
 /// Default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
@@ -275,11 +277,18 @@ fn spawn_sweeper(
         let mut checkpoint = tokio::time::interval(checkpoint_every);
         loop {
             tokio::select! {
-                _ = sweep.tick() => match store.expire_sessions().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(expired = n, "expired tunnel sessions"),
-                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
-                },
+                _ = sweep.tick() => {
+                    match store.expire_sessions().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "expired tunnel sessions"),
+                        Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                    }
+                    match store.purge_sessions(SESSION_RETENTION_SECS).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "purged old tunnel sessions"),
+                        Err(e) => tracing::warn!(error = %e, "session purge failed"),
+                    }
+                }
                 _ = checkpoint.tick() => match store.audit_checkpoint(&Principal::system()).await {
                     Ok(_) | Err(ServerError::Conflict(_)) => {}
                     Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),

@@ -34,6 +34,8 @@ use crate::primitives::sha256;
 
 /// Longest a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes in progress at once; further connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
 /// Lifetime of the generated certificates (5 years).
 const LIFETIME_SECS: i64 = 5 * 365 * 24 * 3600;
 
@@ -164,7 +166,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
 }
 
 /// A listener that accepts TCP connections and yields them once their TLS handshake is
-/// done. Handshakes run in their own tasks, so a slow client never blocks others.
+/// done. Handshakes run in their own tasks (at most [`MAX_HANDSHAKES`] at once, each at most
+/// 10 s), so a slow client never blocks others.
 pub struct TlsListener {
     local: SocketAddr,
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -176,8 +179,10 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
                 let (stream, addr) = match tcp.accept().await {
                     Ok(x) => x,
                     Err(e) => {
@@ -188,6 +193,7 @@ impl TlsListener {
                 };
                 let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = conn_tx.send((tls, addr)).await;

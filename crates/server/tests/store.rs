@@ -198,6 +198,18 @@ async fn one_live_session_per_card_and_expiry(db: TestDb) {
     assert_eq!(store.expire_sessions().await.unwrap(), 2);
     let c = store.create_session("acme", &req).await.unwrap();
     assert!(common::drive(&store, c, &card).await.done);
+    // Ended sessions are purged after the retention period (here: anything ended before now).
+    assert_eq!(store.purge_sessions(3600).await.unwrap(), 0, "too recent");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(store.purge_sessions(0).await.unwrap(), 3);
+    assert!(
+        store
+            .audit_entries(&root(), 0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "sessions.purge")
+    );
 }
 both!(one_live_session_per_card_and_expiry);
 

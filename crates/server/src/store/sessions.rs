@@ -132,6 +132,25 @@ impl Store {
         Ok(n)
     }
 
+    /// Deletes ended sessions (done, failed, expired) last changed more than `age_secs` ago;
+    /// returns how many. Their outcomes stay in the audit log.
+    pub async fn purge_sessions(&self, age_secs: i64) -> ServerResult<u64> {
+        let mut tx = self.begin().await?;
+        let n = tx
+            .execute(
+                "DELETE FROM sessions WHERE status <> 'active' AND updated_at < $1",
+                &[(crate::clock::now() - age_secs).into()],
+            )
+            .await?;
+        if n > 0 {
+            let detail = serde_json::json!({ "deleted": n, "older_than_secs": age_secs });
+            self.audit(&mut tx, &Principal::system(), None, "sessions.purge", "sessions", detail)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Claims the card for `session`, failing if another live session holds it.
     pub(crate) async fn claim_card(
         &self,
