@@ -581,3 +581,112 @@ async fn rotate(args: &RotateArgs) -> Result<Report, Failure> {
         json: json!({"resealed": count, "key_id": new.id(), "key_file": args.new_key_file}),
     })
 }
+
+/// Where the tunnel server is, for the terminal commands (`tessera sync`, `tessera issue`).
+#[derive(Debug, Clone, Args)]
+pub struct TunnelArgs {
+    /// Server URL (env TESSERA_SERVER; default https://127.0.0.1:8443).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// SHA-256 fingerprint of the server certificate (env TESSERA_FINGERPRINT).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// The card's issuer.
+    #[arg(long)]
+    pub issuer: String,
+}
+
+/// `tessera sync`: run whatever the server has for the card (the card reader or image
+/// options are the binary's).
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// The server.
+    #[command(flatten)]
+    pub tunnel: TunnelArgs,
+    /// The card id, if known (else the card tells the server).
+    #[arg(long)]
+    pub card_id: Option<String>,
+}
+
+/// `tessera issue`: personalise a blank card through the server.
+#[derive(Debug, Clone, Args)]
+pub struct IssueArgs {
+    /// The server.
+    #[command(flatten)]
+    pub tunnel: TunnelArgs,
+    /// The new card's id.
+    #[arg(long)]
+    pub card_id: String,
+    /// Bearer token of the issuer (env TESSERA_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+impl TunnelArgs {
+    fn client(&self, token: Option<String>) -> Result<ApiClient, Failure> {
+        let server =
+            env_or(&self.server, SERVER_ENV).unwrap_or_else(|| format!("https://{DEFAULT_LISTEN}"));
+        let fingerprint = env_or(&self.fingerprint, FINGERPRINT_ENV);
+        Ok(ApiClient::new(&server, fingerprint.as_deref(), token)?)
+    }
+}
+
+fn api_failure(e: crate::client::ApiError) -> Failure {
+    use crate::client::ApiError;
+    match e {
+        ApiError::Client(c) => c.into(),
+        ApiError::Server { .. } => fail(FailureKind::Refused, e.to_string()),
+        ApiError::Card(m) => fail(FailureKind::Transport, format!("card: {m}")),
+        ApiError::Protocol(m) => fail(FailureKind::Local, m),
+    }
+}
+
+fn outcome_report(step: &crate::store::sessions::TunnelStep) -> Report {
+    let (result, card, message) = match &step.outcome {
+        Some(o) => (o.result.as_str(), o.card_id.as_deref().unwrap_or("-"), o.message.as_str()),
+        None => ("done", "-", ""),
+    };
+    Report {
+        human: format!("{result}: card {card}: {message}"),
+        json: serde_json::to_value(step).unwrap_or(Value::Null),
+    }
+}
+
+/// Runs `tessera sync`: relays the server's session for the card through `transmit` (one
+/// command APDU in, the response APDU out). A card the server flags as a clone fails.
+pub async fn sync(
+    args: &SyncArgs,
+    transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Report, Failure> {
+    let client = args.tunnel.client(None)?;
+    let first = client
+        .open_session(&args.tunnel.issuer, args.card_id.as_deref())
+        .await
+        .map_err(api_failure)?;
+    let last = client.relay(first, transmit).await.map_err(api_failure)?;
+    let report = outcome_report(&last);
+    match &last.outcome {
+        Some(o) if o.result == "flagged" => Err(fail(FailureKind::Refused, report.human)),
+        _ => Ok(report),
+    }
+}
+
+/// Runs `tessera issue`: starts the issuance with the issuer's token, relays it to the blank
+/// card through `transmit`, and reports the initial PIN and PUK (shown once).
+pub async fn issue(
+    args: &IssueArgs,
+    transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Report, Failure> {
+    let client = args.tunnel.client(env_or(&args.token, TOKEN_ENV))?;
+    let issuance =
+        client.start_issuance(&args.tunnel.issuer, &args.card_id).await.map_err(api_failure)?;
+    let last = client.relay(issuance.session.clone(), transmit).await.map_err(api_failure)?;
+    let mut report = outcome_report(&last);
+    report.human.push_str(&format!(
+        "\ninitial PIN: {}\nPUK: {}\n(shown once: hand them to the card holder)",
+        issuance.initial_pin, issuance.puk
+    ));
+    report.json =
+        json!({"outcome": last.outcome, "initial_pin": issuance.initial_pin, "puk": issuance.puk});
+    Ok(report)
+}

@@ -133,7 +133,8 @@ fn dgi(groups: &[(u16, &[u8])]) -> Vec<u8> {
 fn pin_value(tries: u8, pin: &str) -> Vec<u8> {
     let mut v = vec![tries];
     let mut block = [0xFFu8; 8];
-    block[..pin.len()].copy_from_slice(pin.as_bytes());
+    let n = pin.len().min(block.len());
+    block[..n].copy_from_slice(&pin.as_bytes()[..n]);
     v.extend_from_slice(&block);
     v
 }

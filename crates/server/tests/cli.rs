@@ -193,3 +193,77 @@ async fn issue_and_sync_a_card_over_https() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_and_sync_commands_with_a_card() {
+    use tessera_server::cli::{IssueArgs, SyncArgs, issue, sync};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ServerOptions::new(dir.path());
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    let server = start(opts, std::future::pending()).await.unwrap();
+    let (url, fp, root) = (
+        format!("https://{}", server.addr),
+        server.fingerprint.clone().unwrap(),
+        server.bootstrap_token.clone().unwrap(),
+    );
+    admin(&admin_args(&url, &fp, &root, &["issuers", "create", "acme", "Acme"])).await.unwrap();
+
+    #[derive(Parser)]
+    struct Issue {
+        #[command(flatten)]
+        args: IssueArgs,
+    }
+    #[derive(Parser)]
+    struct Sync {
+        #[command(flatten)]
+        args: SyncArgs,
+    }
+    let mut card = tessera_card::Card::in_memory(tessera_card::CardOptions::default());
+    card.power_on();
+    let a = [
+        "issue",
+        "--server",
+        &url,
+        "--fingerprint",
+        &fp,
+        "--issuer",
+        "acme",
+        "--card-id",
+        "C7",
+        "--token",
+        &root,
+    ];
+    let r = issue(&Issue::try_parse_from(a).unwrap().args, |apdu| Ok(card.transmit(apdu)))
+        .await
+        .unwrap();
+    assert!(r.human.starts_with("issued: card C7"), "{}", r.human);
+    let pin = r.json["initial_pin"].as_str().unwrap().to_owned();
+    assert_eq!(pin.len(), 6);
+
+    let a = ["sync", "--server", &url, "--fingerprint", &fp, "--issuer", "acme"];
+    let sync_args = Sync::try_parse_from(a).unwrap().args;
+    card.reset();
+    let r = sync(&sync_args, |apdu| Ok(card.transmit(apdu))).await.unwrap();
+    assert!(r.human.starts_with("identified: card C7"), "{}", r.human);
+
+    // A rolled-back image presents the initial key version again: flagged, and the command
+    // fails.
+    card.reset();
+    let err = sync(&sync_args, |apdu| {
+        let mut resp = card.transmit(apdu);
+        if apdu.starts_with(&[0x80, 0xCA, 0x00, 0xE0]) {
+            for i in 0..3 {
+                resp[2 + 6 * i + 3] = 0x30;
+            }
+        }
+        Ok(resp)
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Refused);
+    assert!(err.message.starts_with("flagged: card C7"), "{}", err.message);
+    // An unreachable card is a transport failure.
+    let err = sync(&sync_args, |_| Err("no card in the reader".into())).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transport);
+    server.shutdown().await.unwrap();
+}
