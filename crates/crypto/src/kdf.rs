@@ -29,6 +29,9 @@ impl Label {
     /// Keyring: a renewed key, derived inside the card from the server's random under the
     /// authenticating upper internal key (context: slot, version, server random).
     pub const KEYRING_RENEWAL: Label = Label::new("tessera/keyring/renewal");
+    /// Keyring: the second renewed key of the single-random variant (seed 001 ¶0088), derived
+    /// from the same server random as the first under a label of its own.
+    pub const KEYRING_RENEWAL_SECOND: Label = Label::new("tessera/keyring/renewal/second");
     /// Keyring: SCP03 static K-ENC of a keyring session, from the bottom key pair.
     pub const KEYRING_SCP03_ENC: Label = Label::new("tessera/keyring/scp03/enc");
     /// Keyring: SCP03 static K-MAC of a keyring session.

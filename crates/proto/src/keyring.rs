@@ -81,9 +81,6 @@ pub const LABEL_RENEW_RESPONSE: &str = "tessera/keyring/renew/response";
 pub const LABEL_RENEW_POSSESSION: &str = "tessera/keyring/renew/possession";
 /// Label of the session mixing value computed with the bottom external key.
 pub const LABEL_SESSION: &str = "tessera/keyring/session";
-/// KDF label (tessera-crypto `kdf::Label`) of the second key of the single-random variant
-/// (¶0088): a distinct label instead of the patent's complement of the random.
-pub const KDF_LABEL_SINGLE_RANDOM_SECOND: &str = "tessera/keyring/renewal/second";
 
 /// A malformed keyring message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -256,7 +253,7 @@ pub enum RenewForm {
         external: u8,
     },
     /// ¶0088: as [`RenewForm::Pair`] from one random; the external key is derived with a
-    /// distinct label ([`KDF_LABEL_SINGLE_RANDOM_SECOND`]). Symmetric mode only.
+    /// distinct label (`kdf::Label::KEYRING_RENEWAL_SECOND`). Symmetric mode only.
     PairSingleRandom {
         /// The renewed internal slot.
         internal: u8,

@@ -50,8 +50,6 @@ pub use tessera_proto::keyring::AID;
 pub const SESSION_KVN: u8 = 0x01;
 /// The SCP03 level a keyring session must run at (C-MAC, C-DEC, R-MAC, R-ENC).
 pub const SESSION_LEVEL: SecurityLevel = SecurityLevel::Full;
-/// KDF label of the second key of the single-random variant.
-pub const LABEL_SECOND: Label = Label::new(proto::KDF_LABEL_SINGLE_RANDOM_SECOND);
 
 /// One slot's key: AES key, P-256 private scalar (asymmetric internal) or the server's public
 /// key (asymmetric external), with its version, check value and the random that made it.
@@ -373,7 +371,7 @@ impl Keyring {
                         Some(r) => (Label::KEYRING_RENEWAL, r),
                         // The single-random variant's second key: the first random, another label.
                         None => (
-                            LABEL_SECOND,
+                            Label::KEYRING_RENEWAL_SECOND,
                             renew
                                 .entries
                                 .first()

@@ -44,8 +44,6 @@ use super::store::{CardKeys, KeyringStore, PendingKey, PendingRenewal, SlotRecor
 pub const SESSION_KVN: u8 = 0x01;
 /// The SCP03 level of a keyring session.
 pub const SESSION_LEVEL: SecurityLevel = SecurityLevel::Full;
-/// KDF label of the second key of the single-random variant.
-const LABEL_SECOND: Label = Label::new(proto::KDF_LABEL_SINGLE_RANDOM_SECOND);
 
 /// How a sync ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,9 +453,10 @@ impl<S: KeyringStore> KeyringService<S> {
                 (Mode::Symmetric, _) => {
                     let (label, r) = match random {
                         Some(r) => (Label::KEYRING_RENEWAL, r),
-                        None => {
-                            (LABEL_SECOND, first_random.ok_or(KeyringError::Corrupt("random"))?)
-                        }
+                        None => (
+                            Label::KEYRING_RENEWAL_SECOND,
+                            first_random.ok_or(KeyringError::Corrupt("random"))?,
+                        ),
                     };
                     let context = proto::derivation_context(&card_id, kind, slot, version, &r);
                     let key = kdf::derive_key(&aes(&upper)?, label, &context, AesKeyLen::Aes128);
