@@ -690,3 +690,26 @@ pub async fn issue(
         json!({"outcome": last.outcome, "initial_pin": issuance.initial_pin, "puk": issuance.puk});
     Ok(report)
 }
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(FailureKind::Local, format!("cannot start the async runtime: {e}")))
+}
+
+/// [`sync`] for a synchronous caller (the `tessera` binary).
+pub fn run_sync(
+    args: &SyncArgs,
+    transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Report, Failure> {
+    current_thread_runtime()?.block_on(sync(args, transmit))
+}
+
+/// [`issue`] for a synchronous caller (the `tessera` binary).
+pub fn run_issue(
+    args: &IssueArgs,
+    transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Report, Failure> {
+    current_thread_runtime()?.block_on(issue(args, transmit))
+}
