@@ -12,7 +12,7 @@ use crate::source::{CardSource, PassphraseArg};
 
 /// `tessera sync`: run whatever the server has for the card.
 #[derive(Debug, Args)]
-pub struct SyncArgs {
+pub struct SyncCommand {
     #[command(flatten)]
     server: tessera_server::cli::SyncArgs,
     #[command(flatten)]
@@ -23,7 +23,7 @@ pub struct SyncArgs {
 
 /// `tessera issue`: personalise a blank card through the server.
 #[derive(Debug, Args)]
-pub struct IssueArgs {
+pub struct IssueCommand {
     #[command(flatten)]
     server: tessera_server::cli::IssueArgs,
     #[command(flatten)]
@@ -39,7 +39,7 @@ fn relay(channel: &mut dyn CardChannel, apdu: &[u8]) -> Result<Vec<u8>, String> 
 }
 
 /// Runs `tessera sync`.
-pub fn run_sync(args: SyncArgs, out: Output) -> Result<(), CliError> {
+pub fn run_sync(args: SyncCommand, out: Output) -> Result<(), CliError> {
     let mut channel = args.card.open(&args.passphrase)?;
     let report = tessera_server::cli::run_sync(&args.server, |apdu| relay(&mut *channel, apdu))
         .map_err(cli_error)?;
@@ -48,7 +48,7 @@ pub fn run_sync(args: SyncArgs, out: Output) -> Result<(), CliError> {
 }
 
 /// Runs `tessera issue`.
-pub fn run_issue(args: IssueArgs, out: Output) -> Result<(), CliError> {
+pub fn run_issue(args: IssueCommand, out: Output) -> Result<(), CliError> {
     let mut channel = args.card.open(&args.passphrase)?;
     let report = tessera_server::cli::run_issue(&args.server, |apdu| relay(&mut *channel, apdu))
         .map_err(cli_error)?;
