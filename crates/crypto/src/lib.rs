@@ -11,7 +11,9 @@
 //! - [`ecdsa`]: ECDSA P-256/SHA-256 keys and signatures, SEC1/SPKI/PKCS#8/DER encodings.
 //! - [`ecdh`]: P-256 Diffie-Hellman with static and ephemeral keys.
 //! - [`x509`]: X.509 certificates, chains, roles and CRLs.
+//! - [`revocation`]: a CRL's issue times, the clock of a party without one.
 //! - [`hpke`]: RFC 9180 base mode, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM.
+//! - [`age`]: the age format's `p256tag` stanza (HPKE with ChaCha20-Poly1305) and header MAC.
 //! - [`scp03`]: GlobalPlatform SCP03 secure messaging, host and card side.
 //!
 //! All fallible operations return [`CryptoError`]. Secrets zeroise on drop, secret comparisons
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod age;
 mod block;
 pub mod ecdh;
 pub mod ecdsa;
@@ -29,6 +32,7 @@ pub mod keys;
 pub mod keywrap;
 pub mod mac;
 pub mod passphrase;
+pub mod revocation;
 pub mod rng;
 pub mod scp03;
 pub mod x509;
