@@ -97,6 +97,13 @@ impl<'a> Script<'a> {
         Ok(self.send(&ea)?.sw)
     }
 
+    /// Wraps a command for the open session without sending it (for tests that tamper with
+    /// the protected APDU).
+    pub fn wrap(&mut self, cmd: &Command) -> Result<Command, TearError> {
+        let scp = self.scp.as_mut().ok_or_else(|| unexpected("no SCP03 session"))?;
+        scp.wrap_command(cmd).map_err(|e| unexpected(format!("wrap: {e}")))
+    }
+
     /// Sends a command through the open session, expecting `sw`; returns the unwrapped response.
     pub fn secure(&mut self, cmd: &Command, sw: StatusWord) -> Result<Response, TearError> {
         let scp = self.scp.as_mut().ok_or_else(|| unexpected("no SCP03 session"))?;

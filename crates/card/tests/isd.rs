@@ -312,3 +312,39 @@ fn set_pin_group_format() {
     s.secure(&Command::new(0x80, 0xE2, 0x88, 0x00).with_data(data), StatusWord::INCORRECT_DATA)
         .unwrap();
 }
+
+#[test]
+fn secure_messaging_wraps_the_whole_command_before_iso_chaining_splits_it() {
+    let data = [&DGI_CARD_ID.to_be_bytes()[..], &[CARD_ID.len() as u8], CARD_ID].concat();
+    let store = Command::new(0x80, 0xE2, 0x88, 0x00).with_data(data.clone());
+    let mut c = card();
+    {
+        // Each part wrapped on its own: the card assembles the chain first, so the MAC of
+        // the assembled command cannot verify.
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        let (a, b) = data.split_at(data.len() / 2);
+        let first = s.wrap(&Command { cla: 0x90, data: a.to_vec(), ..store.clone() }).unwrap();
+        let last = s.wrap(&Command { data: b.to_vec(), ..store.clone() }).unwrap();
+        assert_eq!(s.send(&first).unwrap().sw, OK, "a chain part is accepted");
+        assert_eq!(s.send(&last).unwrap().sw, StatusWord::SECURITY_STATUS_NOT_SATISFIED);
+    }
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(sw(&mut c, "00CA004500"), StatusWord::REFERENCED_DATA_NOT_FOUND, "no card id");
+    {
+        // Wrapped once, then split into a chain: the card reassembles the protected command.
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        let wrapped = s.wrap(&store).unwrap();
+        let (a, b) = wrapped.data.split_at(wrapped.data.len() / 2);
+        let first =
+            Command { cla: wrapped.cla | 0x10, data: a.to_vec(), le: None, ..wrapped.clone() };
+        let last = Command { data: b.to_vec(), ..wrapped };
+        assert_eq!(s.send(&first).unwrap().sw, OK);
+        assert_eq!(s.send(&last).unwrap().sw, OK);
+    }
+    assert_eq!(sw(&mut c, SELECT_ISD), OK);
+    assert_eq!(&tx(&mut c, "00CA004500").data[2..], CARD_ID);
+}
