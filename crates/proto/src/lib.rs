@@ -6,7 +6,10 @@
 //!
 //! - [`keyring`]: the hierarchical key-renewal applet (INTERNAL/EXTERNAL AUTHENTICATE, RENEW,
 //!   the labelled cryptogram inputs).
+//! - [`pairing`]: the secure-terminal pairing applet (enrolment, setup, per-insertion
+//!   authentication) and the services reachable through it.
 
 #![forbid(unsafe_code)]
 
 pub mod keyring;
+pub mod pairing;
