@@ -514,7 +514,7 @@ pub mod ledger {
 
         /// Parses a HISTORY answer.
         pub fn parse_all(data: &[u8]) -> Result<Vec<Entry>, Malformed> {
-            if data.len() % Self::LEN != 0 {
+            if !data.len().is_multiple_of(Self::LEN) {
                 return Err(Malformed("history length"));
             }
             data.chunks(Self::LEN)
