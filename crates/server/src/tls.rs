@@ -166,7 +166,7 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
 }
 
 /// A listener that accepts TCP connections and yields them once their TLS handshake is
-/// done. Handshakes run in their own tasks (at most [`MAX_HANDSHAKES`] at once, each at most
+/// done. Handshakes run in their own tasks (at most 256 at once, each at most
 /// 10 s), so a slow client never blocks others.
 pub struct TlsListener {
     local: SocketAddr,
