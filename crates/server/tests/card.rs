@@ -151,3 +151,38 @@ async fn issuance_aborted_by_the_card_records_nothing(db: TestDb) {
     ));
 }
 both!(issuance_aborted_by_the_card_records_nothing);
+
+async fn responses_replayed_into_another_issuance_are_refused(db: TestDb) {
+    use tessera_server::store::issuance::StartIssuance;
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let a = store
+        .start_issuance(&root(), "acme", &StartIssuance { card_id: "A".into() })
+        .await
+        .unwrap();
+    let b = store
+        .start_issuance(&root(), "acme", &StartIssuance { card_id: "B".into() })
+        .await
+        .unwrap();
+    let mut card = Card::in_memory(CardOptions::default());
+    card.power_on();
+    // The card's hello for session A carries a cryptogram over A's host challenge.
+    let hello_a = relay(&mut card, &a.session.apdus);
+    let before = store.audit_entries(&root(), 0, 1000).await.unwrap().len();
+    let err = store
+        .exchange(&b.session.session_id, &Exchange { step: 0, responses: hello_a.clone() })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ServerError::Conflict(m) if m.contains("does not authenticate")),
+        "{err}"
+    );
+    assert_eq!(store.audit_entries(&root(), 0, 1000).await.unwrap().len(), before);
+    // Session A still accepts them.
+    let next = store
+        .exchange(&a.session.session_id, &Exchange { step: 0, responses: hello_a })
+        .await
+        .unwrap();
+    assert_eq!(next.apdus.len(), 5);
+}
+both!(responses_replayed_into_another_issuance_are_refused);
