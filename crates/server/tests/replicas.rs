@@ -93,3 +93,54 @@ async fn concurrent_exchanges_on_two_replicas_advance_once() {
     let log = store_a.audit_entries(&common::root(), 0, 1000).await.unwrap();
     assert_eq!(log.iter().filter(|e| e.action == "session.create").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_share_one_session_over_https() {
+    use tessera_server::client::ApiClient;
+    use tessera_server::server::{ServerOptions, start};
+    use tessera_server::store::sessions::Exchange;
+    let Some(db) = TestDb::postgres().await else { return };
+    // Two replicas as `tessera server --db postgres://…` would run them: their own data
+    // directories and certificates, one master key, one database.
+    let master = tempfile::tempdir().unwrap();
+    let key_file = master.path().join("master.key");
+    std::fs::write(&key_file, "07".repeat(32)).unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = ServerOptions::new(dir.path());
+        opts.listen = "127.0.0.1:0".parse().unwrap();
+        opts.db = Some(db.location.clone());
+        opts.master_key_file = Some(key_file.clone());
+        let server = start(opts, std::future::pending()).await.unwrap();
+        replicas.push((dir, server));
+    }
+    let token = replicas[0].1.bootstrap_token.clone().expect("the first replica bootstraps");
+    assert!(replicas[1].1.bootstrap_token.is_none(), "only once across replicas");
+    let client = |i: usize, token: Option<String>| {
+        let s = &replicas[i].1;
+        ApiClient::new(&format!("https://{}", s.addr), s.fingerprint.as_deref(), token).unwrap()
+    };
+    let (a, b) = (client(0, Some(token.clone())), client(1, None));
+    a.start_issuance("acme", "X").await.unwrap_err(); // no issuer yet: refused, nothing made
+    replicas[1].1.store.create_issuer(&common::root(), "acme", "Acme").await.unwrap();
+    replicas[0].1.store.register_card(&common::root(), "acme", "C1").await.unwrap();
+
+    let card = FakeCard::new("C1", 0x33);
+    let step0 = b.open_session("acme", None).await.unwrap();
+    let req0 = Exchange { step: 0, responses: card.answer_all(&step0.apdus) };
+    let step1 = a.exchange(&step0.session_id, &req0).await.unwrap();
+    let req1 = Exchange { step: 1, responses: card.answer_all(&step1.apdus) };
+    let done = b.exchange(&step0.session_id, &req1).await.unwrap();
+    assert!(done.done);
+    assert_eq!(
+        a.exchange(&step0.session_id, &req1).await.unwrap(),
+        done,
+        "retry on the other replica"
+    );
+    let report = replicas[1].1.store.verify_audit(None).await.unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    for (_, server) in replicas {
+        server.shutdown().await.unwrap();
+    }
+}
