@@ -2,13 +2,16 @@
 //!
 //! Exit codes are documented on [`error::Exit`] and in `tessera --help`.
 
+mod admin;
 mod apdu;
 mod bench;
 mod card;
 mod demo;
 mod error;
 mod reader;
+mod server;
 mod source;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -50,6 +53,14 @@ enum Command {
     /// PC/SC readers.
     #[command(subcommand)]
     Reader(reader::ReaderCommand),
+    /// Run the card-management server.
+    Server(server::ServerArgs),
+    /// Administer a running server: issuers, cards, tokens, audit log.
+    Admin(admin::AdminArgs),
+    /// Personalise a blank card through the server (the terminal only relays APDUs).
+    Issue(sync::IssueCommand),
+    /// Run whatever the server has for this card (updates, key renewals…).
+    Sync(sync::SyncCommand),
     /// Walk through the platform at work, on an in-memory card (no service needed).
     Demo(demo::DemoArgs),
     /// Benchmarks (numbers for docs/performance.md; not tests).
@@ -102,6 +113,10 @@ fn main() -> ExitCode {
         Command::Card(cmd) => card::run(cmd, out),
         Command::Apdu(cmd) => apdu::run(cmd, out),
         Command::Reader(cmd) => reader::run(cmd, out),
+        Command::Server(args) => server::run(args),
+        Command::Admin(args) => admin::run(args, out),
+        Command::Issue(args) => sync::run_issue(args, out),
+        Command::Sync(args) => sync::run_sync(args, out),
         Command::Demo(args) => demo::run(args, out),
         Command::Bench(cmd) => bench::run(cmd, out),
     };
