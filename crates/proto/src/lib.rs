@@ -6,6 +6,7 @@
 //!
 //! - [`keyring`]: the hierarchical key-renewal applet (INTERNAL/EXTERNAL AUTHENTICATE, RENEW,
 //!   the labelled cryptogram inputs).
+//! - [`vault`]: the card-duplication applet (key group, wrapped export, age file keys).
 //! - [`pairing`]: the secure-terminal pairing applet (enrolment, setup, per-insertion
 //!   authentication) and the services reachable through it.
 
@@ -13,3 +14,4 @@
 
 pub mod keyring;
 pub mod pairing;
+pub mod vault;

@@ -11,6 +11,7 @@ use crate::applet::{Applet, TearScenario};
 
 pub mod isd;
 pub mod keyring;
+pub mod vault;
 
 /// What the applets of a blank card start with.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub fn registry(provisioning: &Provisioning) -> Vec<Box<dyn Applet>> {
     vec![
         Box::new(isd::Isd::new(provisioning)),
         Box::new(keyring::Keyring::new()),
+        Box::new(vault::Vault::new()),
         // One line per applet; later issues add `update`, `keyring`, `pairing`, ...
     ]
 }
