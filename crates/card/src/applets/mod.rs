@@ -11,6 +11,9 @@ use crate::applet::{Applet, TearScenario};
 
 pub mod isd;
 pub mod keyring;
+pub mod ledger;
+pub mod notes;
+pub mod pairing;
 pub mod vault;
 
 /// What the applets of a blank card start with.
@@ -33,6 +36,7 @@ pub fn registry(provisioning: &Provisioning) -> Vec<Box<dyn Applet>> {
     vec![
         Box::new(isd::Isd::new(provisioning)),
         Box::new(keyring::Keyring::new()),
+        Box::new(pairing::PairingApplet::new()),
         Box::new(vault::Vault::new()),
         // One line per applet; later issues add `update`, `keyring`, `pairing`, ...
     ]
