@@ -2,6 +2,7 @@
 //!
 //! Every other tessera crate reaches cryptography only through this crate:
 //!
+//! - [`hash`]: SHA-256, one-shot and incremental.
 //! - [`rng`]: randomness as a parameter ([`rng::Rng`], [`rng::OsRng`], [`rng::SeededRng`]).
 //! - [`keys`]: zeroising symmetric key types ([`keys::AesKey`]).
 //! - [`passphrase`]: sealing a blob under a passphrase (Argon2id + AES-256-GCM).
@@ -26,6 +27,7 @@ mod block;
 pub mod ecdh;
 pub mod ecdsa;
 mod error;
+pub mod hash;
 pub mod hpke;
 pub mod kdf;
 pub mod keys;

@@ -11,9 +11,10 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension, DnType,
-    IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevokedCertParams,
+    IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevokedCertParams, SanType,
     SerialNumber, SignatureAlgorithm,
 };
+use std::net::IpAddr;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -148,6 +149,34 @@ pub struct CertInfo {
     pub roles: Vec<Role>,
     /// The subject's P-256 public key.
     pub public_key: PublicKey,
+    /// The subjectAltName entries tessera understands (DNS names, IP addresses), in order.
+    pub alt_names: Vec<AltName>,
+}
+
+/// A subjectAltName entry: how a TLS client names the server it expects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AltName {
+    /// A DNS name (`dNSName`), ASCII, e.g. `localhost`.
+    Dns(String),
+    /// An IPv4 or IPv6 address (`iPAddress`).
+    Ip(IpAddr),
+}
+
+impl AltName {
+    fn to_rcgen(&self) -> Result<SanType> {
+        match self {
+            AltName::Dns(name) => {
+                if name.is_empty() {
+                    return Err(CryptoError::Certificate("empty DNS name".into()));
+                }
+                let ia5 = rcgen::string::Ia5String::try_from(name.as_str()).map_err(|_| {
+                    CryptoError::Certificate(format!("DNS name {name:?} is not ASCII"))
+                })?;
+                Ok(SanType::DnsName(ia5))
+            }
+            AltName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+        }
+    }
 }
 
 /// What [`issue`] puts in an end-entity (or intermediate CA) certificate.
@@ -317,6 +346,18 @@ pub fn self_signed_ca(
 ///
 /// Refuses a CA key that does not match `ca`, or an issuer that is not a CA.
 pub fn issue(ca_key: &SigningKey, ca: &Certificate, req: &IssueRequest<'_>) -> Result<Certificate> {
+    issue_with_alt_names(ca_key, ca, req, &[])
+}
+
+/// [`issue`], with a non-critical subjectAltName extension naming `alt_names` (none: no
+/// extension). A TLS server certificate needs it: clients match the host they dialled against
+/// these names, not the common name.
+pub fn issue_with_alt_names(
+    ca_key: &SigningKey,
+    ca: &Certificate,
+    req: &IssueRequest<'_>,
+    alt_names: &[AltName],
+) -> Result<Certificate> {
     let ca_info = ca.info()?;
     if ca_info.public_key != ca_key.public_key() {
         return Err(CryptoError::Certificate("CA key does not match the CA certificate".into()));
@@ -337,6 +378,7 @@ pub fn issue(ca_key: &SigningKey, ca: &Certificate, req: &IssueRequest<'_>) -> R
         }
     }
     p.custom_extensions.extend(eku_extension(req.roles));
+    p.subject_alt_names = alt_names.iter().map(AltName::to_rcgen).collect::<Result<_>>()?;
     let issuer = Issuer::from_ca_cert_der(&ca.der.as_slice().into(), Signer::new(ca_key))
         .map_err(cert_err)?;
     let c = p.signed_by(&Subject(req.public_key.to_sec1_bytes()), &issuer).map_err(cert_err)?;
@@ -401,7 +443,27 @@ fn info_of(c: &X509Certificate<'_>) -> Result<CertInfo> {
             }
         }
     }
+    let mut alt_names = Vec::new();
+    if let Some(san) = c.subject_alternative_name().map_err(cert_err)? {
+        use x509_parser::extensions::GeneralName;
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => alt_names.push(AltName::Dns((*d).to_string())),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                        alt_names.push(AltName::Ip(IpAddr::from(v4)));
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                        alt_names.push(AltName::Ip(IpAddr::from(v6)));
+                    } else {
+                        return Err(CryptoError::Certificate("malformed IP address name".into()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(CertInfo {
+        alt_names,
         subject_cn: cn(c.subject()),
         issuer_cn: cn(c.issuer()),
         serial: strip_zeros(c.raw_serial()).to_vec(),

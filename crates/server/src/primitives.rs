@@ -1,9 +1,8 @@
-//! The server's small layer over `tessera-crypto`: SHA-256 (which the crypto crate does not
-//! export yet; see the note on [`sha256`]), sealing under the server master key (the crypto
+//! The server's small layer over `tessera-crypto`: SHA-256 over part lists, sealing under the server master key (the crypto
 //! crate's AES-256-GCM key wrap), and the ECDSA P-256 key that signs audit checkpoints.
 
-use sha2::{Digest, Sha256};
 use tessera_crypto::ecdsa::{PublicKey, Signature, SigningKey};
+use tessera_crypto::hash::Sha256;
 use tessera_crypto::keys::AesKey;
 use tessera_crypto::keywrap::{self, WrapKey};
 use tessera_crypto::rng::{OsRng, Rng};
@@ -26,23 +25,17 @@ pub enum PrimitiveError {
     Crypto(#[from] tessera_crypto::CryptoError),
 }
 
-/// SHA-256 of `data`.
-///
-/// Temporary: `tessera-crypto` has no hash export yet; this is the only primitive the server
-/// calls directly, and it should move there.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
+pub use tessera_crypto::hash::sha256;
 
 /// SHA-256 over several parts, each prefixed by its 8-byte big-endian length, so that no two
 /// different part lists hash alike.
 pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
+        h.update(&(p.len() as u64).to_be_bytes());
         h.update(p);
     }
-    h.finalize().into()
+    h.finalize()
 }
 
 /// `N` random bytes from the operating system.

@@ -246,7 +246,10 @@ pub async fn start(
         mode => {
             let identity = match mode {
                 TlsMode::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
-                _ => ServerIdentity::load_or_create(&opts.data_dir.join("tls"))?.0,
+                _ => {
+                    let names = crate::tls::generated_alt_names(opts.listen);
+                    ServerIdentity::load_or_create(&opts.data_dir.join("tls"), &names)?.0
+                }
             };
             let listener = TlsListener::new(tcp, identity.server_config()?)
                 .map_err(|source| StartError::Listen { addr, source })?;

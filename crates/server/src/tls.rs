@@ -20,7 +20,7 @@ use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::OsRng;
-use tessera_crypto::x509::{self, IssueRequest, Role, Validity};
+use tessera_crypto::x509::{self, AltName, IssueRequest, Role, Validity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -87,9 +87,11 @@ impl ServerIdentity {
         Ok(ServerIdentity { chain, key })
     }
 
-    /// Loads the generated identity from `dir`, making it first if it is not there.
+    /// Loads the generated identity from `dir`, making it first if it is not there (its leaf
+    /// then names `alt_names` as subjectAltNames, see [`generated_alt_names`]). An identity
+    /// already there is kept as it is, so pinned fingerprints stay valid.
     /// Returns whether it was just made.
-    pub fn load_or_create(dir: &Path) -> Result<(Self, bool), TlsError> {
+    pub fn load_or_create(dir: &Path, alt_names: &[AltName]) -> Result<(Self, bool), TlsError> {
         let chain_path = dir.join("server-chain.pem");
         let key_path = dir.join("server.key.der");
         if chain_path.exists() && key_path.exists() {
@@ -113,7 +115,7 @@ impl ServerIdentity {
         )
         .map_err(invalid)?;
         let key = SigningKey::generate(&mut OsRng);
-        let leaf = x509::issue(
+        let leaf = x509::issue_with_alt_names(
             &ca_key,
             &ca,
             &IssueRequest {
@@ -124,6 +126,7 @@ impl ServerIdentity {
                 validity,
                 ca_path_len: None,
             },
+            alt_names,
         )
         .map_err(invalid)?;
         let key_der = key.to_pkcs8_der().map_err(invalid)?;
@@ -150,6 +153,22 @@ impl ServerIdentity {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The subjectAltNames a generated certificate gets for a server listening on `listen`:
+/// `localhost`, `127.0.0.1` and `::1` always, and the listening address itself when it is a
+/// specific one (not `0.0.0.0` / `::`).
+pub fn generated_alt_names(listen: SocketAddr) -> Vec<AltName> {
+    let mut names = vec![
+        AltName::Dns("localhost".into()),
+        AltName::Ip(std::net::Ipv4Addr::LOCALHOST.into()),
+        AltName::Ip(std::net::Ipv6Addr::LOCALHOST.into()),
+    ];
+    let ip = AltName::Ip(listen.ip());
+    if !listen.ip().is_unspecified() && !names.contains(&ip) {
+        names.push(ip);
+    }
+    names
 }
 
 /// Writes a file readable by its owner only.

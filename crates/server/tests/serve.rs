@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use tessera_crypto::x509::AltName;
 use tessera_server::server::{ServerOptions, TlsMode, start};
 use tessera_server::tls::pinned_client_config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,6 +77,64 @@ async fn first_start_https_restart_and_shutdown() {
     let issuers = https_get(server.addr, pinned, "/v1/admin/issuers", Some(&token)).await.unwrap();
     assert!(issuers.starts_with("HTTP/1.1 200"), "{issuers}");
     server.shutdown().await.unwrap();
+}
+
+/// The generated certificate names the listening address and `localhost`, so a client that
+/// trusts `server-chain.pem` (rather than pinning) connects by either name: checked with the
+/// real `curl` (required when CI=true).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_certificate_names_the_server_for_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut opts = ServerOptions::new(&data);
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    let server = start(opts, std::future::pending()).await.unwrap();
+    let chain = data.join("tls/server-chain.pem");
+    let leaf =
+        tessera_crypto::x509::Certificate::from_pem(&std::fs::read_to_string(&chain).unwrap())
+            .unwrap();
+    let names = leaf.info().unwrap().alt_names;
+    assert!(names.contains(&AltName::Dns("localhost".into())), "{names:?}");
+    assert!(names.contains(&AltName::Ip("127.0.0.1".parse().unwrap())), "{names:?}");
+
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "curl is required when CI=true");
+        eprintln!("NOTICE: curl not found; skipping the curl check");
+    } else {
+        let port = server.addr.port();
+        for host in ["127.0.0.1", "localhost"] {
+            let out = curl(vec![
+                "--cacert".into(),
+                chain.display().to_string(),
+                format!("https://{host}:{port}/healthz"),
+            ])
+            .await;
+            assert!(
+                out.status.success(),
+                "curl https://{host}:{port}/healthz: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Without the CA, curl refuses the self-made certificate.
+        let out = curl(vec![
+            "--cacert".into(),
+            "/dev/null".into(),
+            format!("https://127.0.0.1:{port}/healthz"),
+        ])
+        .await;
+        assert!(!out.status.success());
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Runs curl off the async workers (the server answers on them).
+async fn curl(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(["-sS", "--noproxy", "*"]).args(args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
