@@ -5,6 +5,8 @@
 //! - [`InProcessChannel`]: a card simulated in this process (any [`VirtualCard`]).
 //! - [`PcscChannel`]: a card in a PC/SC reader (pcscd), real or virtual.
 //! - [`SecureChannel`]: a GlobalPlatform SCP03 session over any channel.
+//! - [`pairing`]: the secure terminal (seed 002): certification, pairing with a card,
+//!   per-insertion authentication and the services behind it.
 //! - [`pcscd`]: a private pcscd for tests and benchmarks.
 //! - [`vpcd`]: the bridge that puts a [`VirtualCard`] into pcscd's virtual reader (vsmartcard
 //!   vpcd), so every PC/SC program sees it as a card in a reader.
@@ -29,6 +31,7 @@
 mod channel;
 mod in_process;
 pub mod keyring;
+pub mod pairing;
 pub mod pcscd;
 mod reader;
 mod secure;

@@ -176,6 +176,11 @@ pub fn confirmations(
     )
 }
 
+/// Compares two key confirmation values in constant time.
+pub fn confirmation_matches(a: &[u8; CONFIRMATION_LEN], b: &[u8; CONFIRMATION_LEN]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
 /// The SCP03 static key set of a pairing (key version [`PAIRING_KVN`]).
 pub fn session_keys(
     pairing_key: &AesKey,
@@ -409,7 +414,7 @@ impl PairingApplet {
         let signature =
             Signature::from_bytes(&confirm.signature).map_err(|_| VERIFICATION_FAILED)?;
         let signed = pending.terminal_key.verify(&pending.terminal_message, &signature).is_ok();
-        let confirmed = bool::from(pending.expected_confirmation.ct_eq(&confirm.confirmation));
+        let confirmed = confirmation_matches(&pending.expected_confirmation, &confirm.confirmation);
         if !(signed && confirmed) {
             return Err(VERIFICATION_FAILED);
         }
