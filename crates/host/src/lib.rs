@@ -36,6 +36,7 @@ pub mod pcscd;
 mod reader;
 mod secure;
 pub mod trace;
+pub mod vault;
 mod virtual_card;
 pub mod vpcd;
 

@@ -1,0 +1,465 @@
+//! Files in the age format (age-encryption.org/v1) with a vault card as the key.
+//!
+//! The card's recipient is age's native tagged P-256 recipient, `age1tag1…` (the compressed
+//! public key in Bech32, supported by the `age` crate since 0.12 and by rage 0.12): any age
+//! implementation with `p256tag` support encrypts to it without the card. A `p256tag` stanza
+//! is `-> p256tag <tag> <enc>` with a 32-byte body; the card opens it (DECRYPT) and answers
+//! the 16-byte file key, with which the host verifies the header MAC and decrypts the payload.
+//! **What reaches the host during decryption:** the file key of that one file (and nothing
+//! else: the card's private key stays in the card). During recovery nothing secret reaches the
+//! host: TRANSCRYPT re-wraps the file key for the new card and MACs the new header in the card.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use age::DecryptError;
+use age_core::format::{FileKey, Stanza};
+use base64::Engine;
+use base64::prelude::BASE64_STANDARD_NO_PAD;
+use tessera_crypto::age as agec;
+use tessera_crypto::ecdsa::PublicKey;
+use tessera_proto::vault::{self as proto, BODY_LEN, ENC_LEN, MAC_LEN, PUBLIC_KEY_LEN};
+
+use super::{VaultCard, VaultError};
+use crate::channel::CardChannel;
+
+/// The Bech32 human-readable part of age's tagged P-256 recipients.
+pub const RECIPIENT_HRP: &str = "age1tag";
+/// The first line of every age file.
+pub const VERSION_LINE: &[u8] = b"age-encryption.org/v1\n";
+/// Largest header this module reads (age headers are a few hundred bytes per recipient).
+pub const MAX_HEADER_LEN: usize = 1 << 20;
+
+fn file_err(what: impl std::fmt::Display) -> VaultError {
+    VaultError::File(what.to_string())
+}
+
+/// The `age1tag1…` recipient string of a card's public key (uncompressed SEC1).
+pub fn recipient_string(public_key: &[u8; PUBLIC_KEY_LEN]) -> Result<String, VaultError> {
+    let pk =
+        PublicKey::from_sec1_bytes(public_key).map_err(|_| VaultError::BadAnswer("public key"))?;
+    let hrp = bech32::Hrp::parse(RECIPIENT_HRP).map_err(|_| file_err("Bech32 HRP"))?;
+    Ok(age_core::primitives::bech32_encode(hrp, &pk.to_sec1_compressed()))
+}
+
+/// Parses an `age1tag1…` recipient into its public key.
+pub fn parse_recipient(s: &str) -> Result<PublicKey, VaultError> {
+    let r: age::tag::Recipient =
+        s.trim().parse().map_err(|e| file_err(format!("not an age1tag recipient: {e}")))?;
+    let (hrp, data) = bech32::decode(&r.to_string()).map_err(|_| file_err("Bech32"))?;
+    let _ = hrp;
+    PublicKey::from_sec1_bytes(&data).map_err(|_| file_err("recipient is not a P-256 point"))
+}
+
+/// The `(enc, body)` of `stanza` if it is a `p256tag` stanza addressed to `recipient`.
+pub fn stanza_for(
+    tag: &str,
+    args: &[String],
+    body: &[u8],
+    recipient: &PublicKey,
+) -> Option<([u8; ENC_LEN], [u8; BODY_LEN])> {
+    if tag != agec::P256TAG_STANZA || args.len() != 2 {
+        return None;
+    }
+    let enc: [u8; ENC_LEN] = BASE64_STANDARD_NO_PAD.decode(&args[1]).ok()?.try_into().ok()?;
+    let expected = BASE64_STANDARD_NO_PAD.encode(agec::p256tag_stanza_tag(&enc, recipient));
+    if args[0] != expected {
+        return None;
+    }
+    Some((enc, body.try_into().ok()?))
+}
+
+/// An age identity whose private key is in a vault card: stanzas addressed to the card are
+/// opened by DECRYPT; the first card error is kept for the report.
+pub struct CardIdentity<C> {
+    card: RefCell<VaultCard<C>>,
+    public: PublicKey,
+    error: RefCell<Option<VaultError>>,
+}
+
+impl<C: CardChannel> CardIdentity<C> {
+    /// The identity of `card` (PIN already verified), reading its public key.
+    pub fn new(mut card: VaultCard<C>) -> Result<Self, VaultError> {
+        let pk = card.public_key()?;
+        let public =
+            PublicKey::from_sec1_bytes(&pk).map_err(|_| VaultError::BadAnswer("public key"))?;
+        Ok(CardIdentity { card: RefCell::new(card), public, error: RefCell::new(None) })
+    }
+
+    /// The card's public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Takes the first card error met while unwrapping.
+    pub fn take_error(&self) -> Option<VaultError> {
+        self.error.borrow_mut().take()
+    }
+
+    /// Returns the card.
+    pub fn into_card(self) -> VaultCard<C> {
+        self.card.into_inner()
+    }
+
+    /// Unwraps the file key of one stanza (`None`: not addressed to this card).
+    pub fn unwrap(
+        &self,
+        tag: &str,
+        args: &[String],
+        body: &[u8],
+    ) -> Option<Result<agec::FileKey, VaultError>> {
+        let (enc, body) = stanza_for(tag, args, body, &self.public)?;
+        Some(self.card.borrow_mut().decrypt(&enc, &body))
+    }
+}
+
+impl<C: CardChannel> age::Identity for CardIdentity<C> {
+    fn unwrap_stanza(&self, stanza: &Stanza) -> Option<Result<FileKey, DecryptError>> {
+        match self.unwrap(&stanza.tag, &stanza.args, &stanza.body)? {
+            Ok(key) => Some(Ok(FileKey::new(Box::new(*key)))),
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                Some(Err(DecryptError::DecryptionFailed))
+            }
+        }
+    }
+}
+
+/// Encrypts `input` to the `p256tag` recipients (uncompressed public keys) into `output`.
+pub fn encrypt(
+    recipients: &[[u8; PUBLIC_KEY_LEN]],
+    mut input: impl Read,
+    output: impl Write,
+) -> Result<(), VaultError> {
+    let parsed = recipients
+        .iter()
+        .map(|pk| {
+            recipient_string(pk)?
+                .parse::<age::tag::Recipient>()
+                .map_err(|e| file_err(format!("recipient: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let encryptor =
+        age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| file_err(format!("age: {e}")))?;
+    let mut writer = encryptor.wrap_output(output).map_err(file_err)?;
+    io::copy(&mut input, &mut writer).map_err(file_err)?;
+    writer.finish().map_err(file_err)?;
+    Ok(())
+}
+
+/// Decrypts an age file through the card.
+pub fn decrypt<C: CardChannel>(
+    identity: &CardIdentity<C>,
+    input: impl Read,
+    mut output: impl Write,
+) -> Result<u64, VaultError> {
+    let decryptor = age::Decryptor::new_buffered(BufReader::new(input))
+        .map_err(|e| file_err(format!("not an age file: {e}")))?;
+    let mut reader = match decryptor.decrypt(std::iter::once(identity as &dyn age::Identity)) {
+        Ok(r) => r,
+        Err(DecryptError::NoMatchingKeys) => {
+            return Err(file_err("the file is not encrypted to this card"));
+        }
+        Err(e) => {
+            return Err(identity.take_error().unwrap_or_else(|| file_err(format!("age: {e}"))));
+        }
+    };
+    io::copy(&mut reader, &mut output).map_err(|e| file_err(format!("age payload: {e}")))
+}
+
+/// One stanza of a parsed header, with its exact text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderStanza {
+    /// The stanza's bytes in the header, from `->` to the end of its body's last line.
+    pub text: Vec<u8>,
+    /// Its type.
+    pub tag: String,
+    /// Its further arguments.
+    pub args: Vec<String>,
+    /// Its decoded body.
+    pub body: Vec<u8>,
+}
+
+/// A parsed age header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The stanzas, in order.
+    pub stanzas: Vec<HeaderStanza>,
+    /// The header MAC.
+    pub mac: [u8; MAC_LEN],
+    /// Length of the MAC input (through `---`).
+    pub mac_input_len: usize,
+    /// Length of the whole header (through the MAC line's newline); the payload follows.
+    pub len: usize,
+}
+
+/// Parses the header at the start of `bytes` (which may continue with the payload).
+pub fn parse_header(bytes: &[u8]) -> Result<Header, VaultError> {
+    let bad = |what: &str| file_err(format!("malformed age header: {what}"));
+    if !bytes.starts_with(VERSION_LINE) {
+        return Err(bad("no age-encryption.org/v1 line"));
+    }
+    let mut pos = VERSION_LINE.len();
+    let line_at = |pos: usize| -> Result<&[u8], VaultError> {
+        let rest = bytes.get(pos..).ok_or_else(|| bad("truncated"))?;
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| bad("truncated"))?;
+        Ok(&rest[..end])
+    };
+    let mut stanzas = Vec::new();
+    loop {
+        let line = line_at(pos)?;
+        if let Some(mac) = line.strip_prefix(b"--- ") {
+            let mac: [u8; MAC_LEN] = BASE64_STANDARD_NO_PAD
+                .decode(mac)
+                .ok()
+                .and_then(|m| m.try_into().ok())
+                .ok_or_else(|| bad("MAC"))?;
+            return Ok(Header { stanzas, mac, mac_input_len: pos + 3, len: pos + line.len() + 1 });
+        }
+        let args_line = line.strip_prefix(b"-> ").ok_or_else(|| bad("expected a stanza"))?;
+        let start = pos;
+        let text = std::str::from_utf8(args_line).map_err(|_| bad("stanza arguments"))?;
+        let mut words = text.split(' ').map(str::to_owned);
+        let tag = words.next().filter(|t| !t.is_empty()).ok_or_else(|| bad("stanza type"))?;
+        let args: Vec<String> = words.collect();
+        pos += line.len() + 1;
+        let mut b64 = Vec::new();
+        loop {
+            let body_line = line_at(pos)?;
+            if body_line.len() > 64 {
+                return Err(bad("stanza body line too long"));
+            }
+            b64.extend_from_slice(body_line);
+            pos += body_line.len() + 1;
+            if body_line.len() < 64 {
+                break;
+            }
+        }
+        let body = BASE64_STANDARD_NO_PAD.decode(&b64).map_err(|_| bad("stanza body"))?;
+        stanzas.push(HeaderStanza { text: bytes[start..pos].to_vec(), tag, args, body });
+        if pos > MAX_HEADER_LEN {
+            return Err(bad("header too long"));
+        }
+    }
+}
+
+/// Reads the header bytes (and possibly some payload) from the start of `file`.
+fn read_header(file: &mut File) -> Result<(Vec<u8>, Header), VaultError> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        // The header ends at the first "\n--- " line's newline.
+        if let Some(i) = find(&buf, b"\n--- ")
+            && buf[i + 1..].contains(&b'\n')
+        {
+            let header = parse_header(&buf)?;
+            return Ok((buf, header));
+        }
+        if buf.len() > MAX_HEADER_LEN {
+            return Err(file_err("not an age file (no header end in the first MiB)"));
+        }
+        let n = file.read(&mut chunk).map_err(file_err)?;
+        if n == 0 {
+            return Err(file_err("not an age file (truncated header)"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What recovery did with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// The header now opens with the new card (the old stanza replaced).
+    Recovered,
+    /// The file already opens with the new card and not the old one (an earlier run).
+    AlreadyRecovered,
+    /// No stanza in the file is addressed to the backup card's key.
+    NotForThisCard,
+    /// Nothing changed: the reason.
+    Failed(String),
+}
+
+/// One file's line in the recovery report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReport {
+    /// The file.
+    pub path: PathBuf,
+    /// What happened.
+    pub outcome: FileOutcome,
+}
+
+/// The temporary file next to `path` that recovery writes before renaming.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tessera-recover.tmp"))
+}
+
+/// Re-wraps each file's key from the backup card to `new_recipient`, rewriting only headers.
+///
+/// Per batch of `batch` files: each new file is written next to the old one (new header, the
+/// payload copied byte for byte), then all are flushed to disk together (`fsync`), then each
+/// is renamed over its original, then the directories are flushed. A crash leaves every path
+/// with either its old or its new content (the backup card opens the old, the new card the
+/// new); stale temporary files are replaced by the next run. `progress` is called per file.
+pub fn recover<C: CardChannel>(
+    backup: &mut VaultCard<C>,
+    new_recipient: &[u8; PUBLIC_KEY_LEN],
+    files: &[PathBuf],
+    batch: usize,
+    progress: &mut dyn FnMut(&FileReport),
+) -> Result<Vec<FileReport>, VaultError> {
+    let old = PublicKey::from_sec1_bytes(&backup.public_key()?)
+        .map_err(|_| VaultError::BadAnswer("public key"))?;
+    let new = PublicKey::from_sec1_bytes(new_recipient)
+        .map_err(|_| file_err("the new card's public key is not a P-256 point"))?;
+    if old == new {
+        return Err(VaultError::State("the new card holds the backup card's own key".into()));
+    }
+    let mut reports = Vec::with_capacity(files.len());
+    for chunk in files.chunks(batch.max(1)) {
+        // Phase 1: write the new files (card work here: one TRANSCRYPT per file).
+        let mut written: Vec<(usize, PathBuf, File)> = Vec::new();
+        let first = reports.len();
+        for path in chunk {
+            match rewrite_one(backup, &old, &new, path) {
+                Ok(Some((tmp, file))) => {
+                    written.push((reports.len(), tmp, file));
+                    reports
+                        .push(FileReport { path: path.clone(), outcome: FileOutcome::Recovered });
+                }
+                Ok(None) => {
+                    let outcome = if is_recovered(path, &old, &new) {
+                        FileOutcome::AlreadyRecovered
+                    } else {
+                        FileOutcome::NotForThisCard
+                    };
+                    reports.push(FileReport { path: path.clone(), outcome });
+                }
+                Err(VaultError::Channel(e)) => return Err(VaultError::Channel(e)),
+                Err(e) => reports.push(FileReport {
+                    path: path.clone(),
+                    outcome: FileOutcome::Failed(e.to_string()),
+                }),
+            }
+        }
+        // Phase 2: flush them all, then rename each; phase 3: flush the directories.
+        let mut dirs = BTreeSet::new();
+        for (index, tmp, file) in written {
+            let path = reports[index].path.clone();
+            let done = file.sync_all().and_then(|()| fs::rename(&tmp, &path));
+            if let Err(e) = done {
+                let _ = fs::remove_file(&tmp);
+                reports[index].outcome = FileOutcome::Failed(format!("writing: {e}"));
+                continue;
+            }
+            dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+        for dir in dirs {
+            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            if let Ok(d) = File::open(&dir) {
+                let _ = d.sync_all();
+            }
+        }
+        for report in &reports[first..] {
+            progress(report);
+        }
+    }
+    Ok(reports)
+}
+
+fn is_recovered(path: &Path, old: &PublicKey, new: &PublicKey) -> bool {
+    let Ok(mut f) = File::open(path) else { return false };
+    let Ok((_, header)) = read_header(&mut f) else { return false };
+    let for_key =
+        |k| header.stanzas.iter().any(|s| stanza_for(&s.tag, &s.args, &s.body, k).is_some());
+    for_key(new) && !for_key(old)
+}
+
+/// Writes the recovered file to its temporary path; `None` when no stanza is for `old`.
+fn rewrite_one<C: CardChannel>(
+    backup: &mut VaultCard<C>,
+    old: &PublicKey,
+    new: &PublicKey,
+    path: &Path,
+) -> Result<Option<(PathBuf, File)>, VaultError> {
+    let mut file = File::open(path).map_err(|e| file_err(format!("opening: {e}")))?;
+    let (bytes, header) = read_header(&mut file)?;
+    let Some((index, enc, body)) = header
+        .stanzas
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| stanza_for(&s.tag, &s.args, &s.body, old).map(|(e, b)| (i, e, b)))
+    else {
+        return Ok(None);
+    };
+    let mut prefix = VERSION_LINE.to_vec();
+    for s in &header.stanzas[..index] {
+        prefix.extend_from_slice(&s.text);
+    }
+    let mut suffix = Vec::new();
+    for s in &header.stanzas[index + 1..] {
+        suffix.extend_from_slice(&s.text);
+    }
+    suffix.extend_from_slice(b"---");
+    let answer = backup.transcrypt(proto::TranscryptRequest {
+        enc,
+        body,
+        recipient: new.to_sec1_bytes(),
+        old_mac: header.mac,
+        old_header: bytes[..header.mac_input_len].to_vec(),
+        new_prefix: prefix.clone(),
+        new_suffix: suffix.clone(),
+    })?;
+    let tag = agec::p256tag_stanza_tag(&answer.enc, new);
+    let mut out = prefix;
+    out.extend_from_slice(&proto::p256tag_stanza_text(&tag, &answer.enc, &answer.body));
+    out.extend_from_slice(&suffix);
+    out.push(b' ');
+    out.extend_from_slice(BASE64_STANDARD_NO_PAD.encode(answer.mac).as_bytes());
+    out.push(b'\n');
+
+    let tmp = temp_path(path);
+    let _ = fs::remove_file(&tmp);
+    let mut w = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| file_err(format!("creating {}: {e}", tmp.display())))?;
+    let copy = (|| -> io::Result<()> {
+        w.write_all(&out)?;
+        file.seek(SeekFrom::Start(header.len as u64))?;
+        io::copy(&mut file, &mut w)?;
+        if let Ok(meta) = fs::metadata(path) {
+            w.set_permissions(meta.permissions())?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = copy {
+        let _ = fs::remove_file(&tmp);
+        return Err(file_err(format!("writing {}: {e}", tmp.display())));
+    }
+    Ok(Some((tmp, w)))
+}
+
+/// Lines of peers' recipient lists (age `-R` files, configuration) naming `old_recipient`:
+/// `(file, line number)`, so their owners can be told the new recipient.
+pub fn peers_naming(old_recipient: &str, lists: &[PathBuf]) -> Vec<(PathBuf, usize)> {
+    let mut out = Vec::new();
+    for path in lists {
+        let Ok(text) = fs::read_to_string(path) else { continue };
+        for (n, line) in text.lines().enumerate() {
+            if line.contains(old_recipient) {
+                out.push((path.clone(), n + 1));
+            }
+        }
+    }
+    out
+}
