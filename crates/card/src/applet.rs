@@ -184,6 +184,17 @@ impl Context<'_> {
         self.card
     }
 
+    /// Signs, with the card's device key, the labelled structure for `purpose` naming this
+    /// card's id and `body` (see [`tessera_crypto::device`]): the one way an applet uses the
+    /// device key. `6A88` when the card has no device key (not issued).
+    pub fn device_sign(
+        &self,
+        purpose: tessera_crypto::device::Purpose,
+        body: &[u8],
+    ) -> Result<tessera_crypto::ecdsa::Signature, StatusWord> {
+        self.card.device.sign(purpose, &self.card.card_id, body)
+    }
+
     /// The card-wide persistent data, to change: only the card-management applet does.
     /// Changes are committed with the applet's own state.
     pub fn card_mut(&mut self) -> &mut CardData {

@@ -13,6 +13,7 @@
 pub mod applet;
 pub mod applets;
 mod card;
+pub mod device;
 mod error;
 pub mod image;
 pub mod lifecycle;

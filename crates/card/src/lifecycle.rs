@@ -1,4 +1,5 @@
-//! Card-wide persistent data: the card life cycle (GlobalPlatform) and the card id.
+//! Card-wide persistent data: the card life cycle (GlobalPlatform), the card id and the
+//! device identity.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,11 +74,19 @@ pub struct CardData {
     pub life_cycle: LifeCycle,
     /// The card id set at personalisation (STORE DATA), empty on a blank card.
     pub card_id: Vec<u8>,
+    /// The device key pair, device certificate and issuer trust anchors installed at
+    /// personalisation (empty on a blank card); read-only for applets other than the
+    /// card-management applet.
+    pub device: crate::device::DeviceIdentity,
 }
 
 impl Default for CardData {
     fn default() -> Self {
-        Self { life_cycle: LifeCycle::OpReady, card_id: Vec::new() }
+        Self {
+            life_cycle: LifeCycle::OpReady,
+            card_id: Vec::new(),
+            device: crate::device::DeviceIdentity::default(),
+        }
     }
 }
 

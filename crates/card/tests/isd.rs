@@ -348,3 +348,187 @@ fn secure_messaging_wraps_the_whole_command_before_iso_chaining_splits_it() {
     assert_eq!(sw(&mut c, SELECT_ISD), OK);
     assert_eq!(&tx(&mut c, "00CA004500").data[2..], CARD_ID);
 }
+
+mod device_identity {
+    use super::*;
+    use tessera_card::applets::isd::scenarios::{
+        NONCE, device_certificate, dgi_data, generate_key_pair, install_device_identity, issuer_pki,
+    };
+    use tessera_card::applets::isd::{DGI_DEVICE_CERT, DGI_ISSUER_CA, DGI_PACKAGE_SIGNING};
+    use tessera_crypto::ecdsa::SigningKey;
+    use tessera_crypto::rng::SeededRng;
+
+    /// A card with card id, device identity, keys, PIN/PUK, PERSONALIZED.
+    fn issued_with_device() -> Card {
+        let mut c = card();
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        store(&mut s, 0, false, &[(DGI_CARD_ID, CARD_ID)]).unwrap();
+        install_device_identity(&mut s, 1).unwrap();
+        s.secure(
+            &Command::new(0x80, 0xD8, 0x00, 0x81)
+                .with_data(put_key_data(&initial_keys(), &issued_keys()).unwrap())
+                .with_le(256),
+            OK,
+        )
+        .unwrap();
+        let pin = |t: u8, v: &[u8]| [&[t][..], &block(v)].concat();
+        store(&mut s, 0, true, &[(DGI_PIN, &pin(3, PIN)), (0x8102, &pin(5, PUK))]).unwrap();
+        s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), OK).unwrap();
+        c
+    }
+
+    #[test]
+    fn get_data_returns_the_device_certificate_and_key() {
+        let mut c = issued_with_device();
+        assert_eq!(sw(&mut c, SELECT_ISD), OK);
+        let cert = tx(&mut c, "00CA7F21000000"); // extended Le: the certificate is over 256 bytes
+        assert_eq!(cert.sw, OK);
+        // 7F21 82 LL cert
+        assert_eq!(cert.data[..3], [0x7F, 0x21, 0x82]);
+        let der = cert.data[5..].to_vec();
+        assert_eq!(u16::from_be_bytes([cert.data[3], cert.data[4]]) as usize, der.len());
+        let cert = tessera_crypto::x509::Certificate::from_der(der).unwrap();
+        let (_, ca, _) = issuer_pki().unwrap();
+        let info = tessera_crypto::x509::verify_chain(
+            &cert,
+            &[],
+            &ca,
+            tessera_card::applets::isd::scenarios::PKI_T0 + 1,
+            Some(tessera_crypto::x509::Role::Device),
+        )
+        .unwrap();
+        assert_eq!(info.subject_cn.as_bytes(), CARD_ID);
+        let key = tx(&mut c, "00CA7F4900");
+        assert_eq!(key.data[..5], [0x7F, 0x49, 0x43, 0x86, 0x41]);
+        assert_eq!(key.data[5..], info.public_key.to_sec1_bytes());
+        // A blank card has neither.
+        let mut blank = card();
+        assert_eq!(sw(&mut blank, SELECT_ISD), OK);
+        assert_eq!(sw(&mut blank, "00CA7F2100"), StatusWord::REFERENCED_DATA_NOT_FOUND);
+        assert_eq!(sw(&mut blank, "00CA7F4900"), StatusWord::REFERENCED_DATA_NOT_FOUND);
+    }
+
+    #[test]
+    fn generate_key_pair_needs_a_session_a_card_id_and_op_ready() {
+        // Outside a session.
+        let mut c = card();
+        assert_eq!(sw(&mut c, SELECT_ISD), OK);
+        assert_eq!(
+            sw(&mut c, &format!("8046000010{}", hex::encode(NONCE))),
+            StatusWord::SECURITY_STATUS_NOT_SATISFIED
+        );
+        // No card id yet.
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        let cmd = Command::new(0x80, 0x46, 0, 0).with_data(NONCE.to_vec()).with_le(256);
+        s.secure(&cmd, StatusWord::CONDITIONS_NOT_SATISFIED).unwrap();
+        // Nonce too short / too long.
+        store(&mut s, 0, true, &[(DGI_CARD_ID, CARD_ID)]).unwrap();
+        for n in [15, 65] {
+            let cmd = Command::new(0x80, 0x46, 0, 0).with_data(vec![1; n]).with_le(256);
+            s.secure(&cmd, StatusWord::WRONG_LENGTH).unwrap();
+        }
+        // Twice: a new key each time (the proof binds each).
+        let (a, _) = generate_key_pair(&mut s, &NONCE).unwrap();
+        let (b, _) = generate_key_pair(&mut s, &[9; 32]).unwrap();
+        assert_ne!(a, b);
+        // Once PERSONALIZED the device key is fixed.
+        let mut c = issued_with_device();
+        let before = c.persistent_state();
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        s.select(AID).unwrap();
+        s.open_session(&issued_keys(), SecurityLevel::CMacCDec).unwrap();
+        s.secure(&cmd, StatusWord::CONDITIONS_NOT_SATISFIED).unwrap();
+        assert_eq!(c.persistent_state(), before);
+    }
+
+    /// STORE DATA of `data` in blocks; the first status word other than `9000`, or `9000`.
+    fn try_store(s: &mut Script<'_>, data: &[u8]) -> StatusWord {
+        let chunks: Vec<&[u8]> = data.chunks(224).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let p1 = if i + 1 == chunks.len() { 0x88 } else { 0x08 };
+            let cmd = Command::new(0x80, 0xE2, p1, i as u8).with_data(chunk.to_vec());
+            let wrapped = s.wrap(&cmd).unwrap();
+            let r = s.send(&wrapped).unwrap();
+            if r.sw != OK {
+                return r.sw;
+            }
+        }
+        OK
+    }
+
+    #[test]
+    fn wrong_certificates_are_refused_and_change_nothing() {
+        let (ca_key, ca, package) = issuer_pki().unwrap();
+        let other_key = SigningKey::generate(&mut SeededRng::from_u64(77));
+        let t0 = tessera_card::applets::isd::scenarios::PKI_T0;
+        let other_ca = tessera_crypto::x509::self_signed_ca(
+            &other_key,
+            "other CA",
+            &[9],
+            tessera_crypto::x509::Validity { not_before: t0, not_after: t0 + 86400 * 365 },
+        )
+        .unwrap();
+        let mut c = card();
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        store(&mut s, 0, true, &[(DGI_CARD_ID, CARD_ID)]).unwrap();
+        let (public, _) = generate_key_pair(&mut s, &NONCE).unwrap();
+        let good = device_certificate(&ca_key, &ca, &public, CARD_ID).unwrap();
+        let for_other_key =
+            device_certificate(&ca_key, &ca, &other_key.public_key(), CARD_ID).unwrap();
+        let for_other_card = device_certificate(&ca_key, &ca, &public, b"OTHER").unwrap();
+        let from_other_ca = device_certificate(&other_key, &other_ca, &public, CARD_ID).unwrap();
+
+        let refused = |c: &mut Card, what: &str, groups: &[(u16, &[u8])]| {
+            let snapshot = c.persistent_state();
+            let mut p = Plain(c);
+            let mut s = Script::new(&mut p);
+            open_initial(&mut s).unwrap();
+            let sw = try_store(&mut s, &dgi_data(groups));
+            assert_ne!(sw, OK, "{what}");
+            assert_eq!(c.persistent_state(), snapshot, "{what}: changed nothing");
+        };
+        refused(&mut c, "device certificate before any CA", &[(DGI_DEVICE_CERT, good.der())]);
+        refused(
+            &mut c,
+            "package certificate before any CA",
+            &[(DGI_PACKAGE_SIGNING, package.der())],
+        );
+        refused(&mut c, "a CA that is not self-signed", &[(DGI_ISSUER_CA, package.der())]);
+        {
+            let mut p = Plain(&mut c);
+            let mut s = Script::new(&mut p);
+            open_initial(&mut s).unwrap();
+            let data = dgi_data(&[(DGI_ISSUER_CA, ca.der()), (DGI_PACKAGE_SIGNING, package.der())]);
+            assert_eq!(try_store(&mut s, &data), OK);
+        }
+        refused(&mut c, "device cert for another key", &[(DGI_DEVICE_CERT, for_other_key.der())]);
+        refused(&mut c, "device cert for another card", &[(DGI_DEVICE_CERT, for_other_card.der())]);
+        refused(&mut c, "device cert from another CA", &[(DGI_DEVICE_CERT, from_other_ca.der())]);
+        refused(&mut c, "package cert as device cert", &[(DGI_DEVICE_CERT, package.der())]);
+        refused(&mut c, "device cert as package cert", &[(DGI_PACKAGE_SIGNING, good.der())]);
+        // The right one is accepted.
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        assert_eq!(try_store(&mut s, &dgi_data(&[(DGI_DEVICE_CERT, good.der())])), OK);
+    }
+
+    #[test]
+    fn a_data_group_cut_short_at_the_last_block_is_refused() {
+        let (_, ca, _) = issuer_pki().unwrap();
+        let mut c = card();
+        let mut p = Plain(&mut c);
+        let mut s = Script::new(&mut p);
+        open_initial(&mut s).unwrap();
+        let data = dgi_data(&[(DGI_ISSUER_CA, ca.der())]);
+        let cmd = Command::new(0x80, 0xE2, 0x88, 0).with_data(data[..200].to_vec());
+        s.secure(&cmd, StatusWord::INCORRECT_DATA).unwrap();
+    }
+}

@@ -10,6 +10,7 @@
 //! - [`kdf`]: SP 800-108 counter-mode KDF with AES-CMAC, one [`kdf::Label`] per purpose.
 //! - [`keywrap`]: AES-256-GCM key wrap for export, metadata as associated data.
 //! - [`ecdsa`]: ECDSA P-256/SHA-256 keys and signatures, SEC1/SPKI/PKCS#8/DER encodings.
+//! - [`device`]: the labelled structures a card's device key signs (never arbitrary data).
 //! - [`ecdh`]: P-256 Diffie-Hellman with static and ephemeral keys.
 //! - [`x509`]: X.509 certificates, chains, roles and CRLs.
 //! - [`revocation`]: a CRL's issue times, the clock of a party without one.
@@ -24,6 +25,7 @@
 
 pub mod age;
 mod block;
+pub mod device;
 pub mod ecdh;
 pub mod ecdsa;
 mod error;

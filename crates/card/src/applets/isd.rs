@@ -6,16 +6,17 @@
 //! | command | APDU | rule |
 //! |---|---|---|
 //! | GET STATUS | `80\|84 F2 80\|40 02 Lc 4F L prefix [Le]` | the ISD (`80`) or the applications (`40`), tag-coded (`E3` templates); no session needed |
-//! | GET DATA | `00\|80 CA P1 P2 [Le]` | tags `0045` card id, `9F70` life cycle, `0066` card recognition data, `00E0` key information, `00C1` failed-authentication count; no session needed; any life cycle |
+//! | GET DATA | `00\|80 CA P1 P2 [Le]` | tags `0045` card id, `9F70` life cycle, `0066` card recognition data, `00E0` key information, `00C1` failed-authentication count, `7F21` device certificate, `7F49` device public key; no session needed; any life cycle |
 //! | INITIALIZE UPDATE | `80 50 KVN 00 08 host-challenge 00` | starts SCP03; not when TERMINATED; `6983` after [`AUTH_FAILURE_LIMIT`] failed EXTERNAL AUTHENTICATEs |
 //! | EXTERNAL AUTHENTICATE | `84 82 SL 00 10 cryptogram C-MAC` | failure counter incremented and committed **before** the check, reset on success |
 //! | PUT KEY | `84 D8 P1 81 Lc KVN' (88 11 10 key[16] 03 kcv[3])×3` | replaces the key set (ENC, MAC, DEK) with version KVN'; keys encrypted under the current static DEK; answer `KVN' kcv×3` |
-//! | STORE DATA | `84 E2 P1 P2 Lc DGIs` | DGI format; `0101` card id, `8101` PIN, `8102` PUK (the "SET PIN/PUK"); after INSTALL [for personalization] the DGIs go to that applet |
+//! | STORE DATA | `84 E2 P1 P2 Lc DGIs` | DGI format; `0101` card id, `8101` PIN, `8102` PUK (the "SET PIN/PUK"), `0201` issuer CA certificate, `0202` package-signing certificate, `0203` device certificate; a data group may continue in the next block of the sequence; after INSTALL [for personalization] the DGIs go to that applet |
+//! | GENERATE KEY PAIR | `84 46 00 00 Lc nonce [Le]` | OP_READY, card id set; makes the card's device key pair (replacing one made before and its certificate) and answers `7F49 { 86 public-key }` `9E signature`, the proof of possession over the nonce ([`tessera_crypto::device`]) |
 //! | INSTALL [for personalization] | `84 E6 20 00 Lc 00 L AID 00 00 00` | routes the following STORE DATA to applet AID |
 //! | SET STATUS | `84 F0 80 LC` | card life cycle to LC: OP_READY→`0F`; `0F`→`7F`; `7F`→`0F`; any→`FF` |
 //! | VERIFY / CHANGE REFERENCE DATA / RESET RETRY COUNTER | `00 20\|24\|2C ...` | the global PIN ([`crate::pin`] rules); PERSONALIZED only |
 //!
-//! PUT KEY, STORE DATA, INSTALL and SET STATUS need an SCP03 session of at least C-MAC +
+//! PUT KEY, STORE DATA, INSTALL, GENERATE KEY PAIR and SET STATUS need an SCP03 session of at least C-MAC +
 //! C-DECRYPTION (`6982` otherwise). Life cycle: OP_READY accepts everything; PERSONALIZED
 //! refuses the ISD's own STORE DATA groups (card id, PIN, PUK: `6985`); LOCKED accepts only
 //! GET DATA, the SCP03 handshake and SET STATUS; TERMINATED only GET DATA. Going to
@@ -58,6 +59,16 @@ pub const DGI_PIN: u16 = 0x8101;
 /// DGI of the PUK: retry limit (1 byte) || PUK block (8 bytes).
 pub const DGI_PUK: u16 = 0x8102;
 
+/// DGI of the issuer CA certificate (DER): a self-signed CA; replaces the trust anchor.
+pub const DGI_ISSUER_CA: u16 = 0x0201;
+/// DGI of the package-signing certificate (DER), issued by the installed CA.
+pub const DGI_PACKAGE_SIGNING: u16 = 0x0202;
+/// DGI of the device certificate (DER): issued by the installed CA with the device role, for
+/// the device key, subject common name = card id.
+pub const DGI_DEVICE_CERT: u16 = 0x0203;
+/// Shortest and longest nonce GENERATE KEY PAIR accepts.
+pub const POP_NONCE_LEN: std::ops::RangeInclusive<usize> = 16..=64;
+
 /// GET DATA tags.
 pub mod tags {
     /// Card Image Number: the card id.
@@ -70,6 +81,10 @@ pub mod tags {
     pub const KEY_INFO: u16 = 0x00E0;
     /// Failed EXTERNAL AUTHENTICATE attempts (proprietary use of GP's counter tag).
     pub const AUTH_FAILURES: u16 = 0x00C1;
+    /// The device certificate (ISO/IEC 7816-6 cardholder certificate tag).
+    pub const DEVICE_CERT: u16 = 0x7F21;
+    /// The device public key (ISO/IEC 7816-8 public key template, `86` EC point).
+    pub const DEVICE_KEY: u16 = 0x7F49;
 }
 
 const INS_GET_DATA: u8 = 0xCA;
@@ -78,6 +93,7 @@ const INS_PUT_KEY: u8 = 0xD8;
 const INS_STORE_DATA: u8 = 0xE2;
 const INS_INSTALL: u8 = 0xE6;
 const INS_SET_STATUS: u8 = 0xF0;
+const INS_GENERATE_KEY_PAIR: u8 = 0x46;
 const KEY_TYPE_AES: u8 = 0x88;
 
 /// The ISD's persistent state.
@@ -119,6 +135,8 @@ struct IsdVolatile {
     next_block: u8,
     /// The applet receiving STORE DATA after INSTALL [for personalization].
     perso_target: Option<Vec<u8>>,
+    /// The start of a data group that continues in the next STORE DATA block.
+    carry: Vec<u8>,
 }
 
 /// The card-management applet.
@@ -148,7 +166,10 @@ enum IsdCommand {
     StoreData {
         block: u8,
         last: bool,
-        groups: Vec<(u16, Vec<u8>)>,
+        data: Vec<u8>,
+    },
+    GenerateKeyPair {
+        nonce: Vec<u8>,
     },
     InstallForPersonalization {
         aid: Vec<u8>,
@@ -163,23 +184,35 @@ fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], StatusWord> {
     Ok(head)
 }
 
-/// Parses DGI-format data: `tag (2) || length (1, or FF + 2) || value`, repeated.
-fn parse_dgis(mut data: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, StatusWord> {
+/// Parses DGI-format data: `tag (2) || length (1, or FF + 2) || value`, repeated. Returns
+/// the complete groups and the bytes of a last group that is not complete (it continues in
+/// the next block).
+fn parse_dgis(mut data: &[u8]) -> (Vec<(u16, Vec<u8>)>, &[u8]) {
     let mut groups = Vec::new();
     while !data.is_empty() {
-        let tag = take(&mut data, 2)?;
-        let tag = u16::from_be_bytes([tag[0], tag[1]]);
-        let len = match take(&mut data, 1)?[0] {
-            0xFF => {
-                let l = take(&mut data, 2)?;
-                u16::from_be_bytes([l[0], l[1]]) as usize
-            }
-            l => l as usize,
-        };
-        groups.push((tag, take(&mut data, len)?.to_vec()));
+        let start = data;
+        let group = (|| {
+            let tag = take(&mut data, 2)?;
+            let tag = u16::from_be_bytes([tag[0], tag[1]]);
+            let len = match take(&mut data, 1)?[0] {
+                0xFF => {
+                    let l = take(&mut data, 2)?;
+                    u16::from_be_bytes([l[0], l[1]]) as usize
+                }
+                l => l as usize,
+            };
+            Ok::<_, StatusWord>((tag, take(&mut data, len)?.to_vec()))
+        })();
+        match group {
+            Ok(g) => groups.push(g),
+            Err(_) => return (groups, start),
+        }
     }
-    Ok(groups)
+    (groups, data)
 }
+
+/// Longest data group carried over from one STORE DATA block to the next.
+const MAX_CARRY: usize = 4096;
 
 impl IsdCommand {
     fn parse(cmd: &Command) -> Result<IsdCommand, StatusWord> {
@@ -255,8 +288,18 @@ impl IsdCommand {
                 Ok(IsdCommand::StoreData {
                     block: cmd.p2,
                     last: cmd.p1 & 0x80 != 0,
-                    groups: parse_dgis(&cmd.data)?,
+                    data: cmd.data.clone(),
                 })
+            }
+            INS_GENERATE_KEY_PAIR => {
+                require_gp()?;
+                if cmd.p1 != 0 || cmd.p2 != 0 {
+                    return Err(StatusWord::INCORRECT_P1P2);
+                }
+                if !POP_NONCE_LEN.contains(&cmd.data.len()) {
+                    return Err(StatusWord::WRONG_LENGTH);
+                }
+                Ok(IsdCommand::GenerateKeyPair { nonce: cmd.data.clone() })
             }
             INS_INSTALL => {
                 require_gp()?;
@@ -307,6 +350,7 @@ impl IsdCommand {
             IsdCommand::PutKey { .. }
                 | IsdCommand::StoreData { .. }
                 | IsdCommand::InstallForPersonalization { .. }
+                | IsdCommand::GenerateKeyPair { .. }
                 | IsdCommand::SetStatus(_)
         )
     }
@@ -315,7 +359,7 @@ impl IsdCommand {
     fn allowed_in(&self, lc: LifeCycle) -> bool {
         match lc {
             LifeCycle::OpReady => !matches!(self, IsdCommand::Pin(_)),
-            LifeCycle::Personalized => true,
+            LifeCycle::Personalized => !matches!(self, IsdCommand::GenerateKeyPair { .. }),
             LifeCycle::Locked => matches!(
                 self,
                 IsdCommand::GetData(_)
@@ -329,13 +373,22 @@ impl IsdCommand {
     }
 }
 
+/// BER-TLV with a one- or two-byte tag and a definite length (`L`, `81 L` or `82 LL`).
 fn tlv(tag: u16, value: &[u8], out: &mut Vec<u8>) {
     if tag > 0xFF {
         out.extend_from_slice(&tag.to_be_bytes());
     } else {
         out.push(tag as u8);
     }
-    out.push(value.len() as u8);
+    let n = value.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n <= 0xFF {
+        out.extend_from_slice(&[0x81, n as u8]);
+    } else {
+        // Card data is far below 64 KiB (certificates are a few hundred bytes).
+        out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
+    }
     out.extend_from_slice(value);
 }
 
@@ -417,6 +470,21 @@ impl Isd {
                 tlv(0xE0, &inner, &mut out);
             }
             tags::AUTH_FAILURES => tlv(0xC1, &self.state.auth_failures.to_be_bytes(), &mut out),
+            tags::DEVICE_CERT => {
+                let cert = ctx.card().device.certificate();
+                tlv(
+                    tags::DEVICE_CERT,
+                    cert.ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?,
+                    &mut out,
+                );
+            }
+            tags::DEVICE_KEY => {
+                let key = ctx.card().device.public_key();
+                let key = key.ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
+                let mut inner = Vec::new();
+                tlv(0x86, &key.to_sec1_bytes(), &mut inner);
+                tlv(tags::DEVICE_KEY, &inner, &mut out);
+            }
             _ => return Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
         }
         Ok(out)
@@ -430,6 +498,7 @@ impl Isd {
         self.volatile.scp.close();
         self.volatile.next_block = 0;
         self.volatile.perso_target = None;
+        self.volatile.carry.clear();
         if self.state.auth_failures >= AUTH_FAILURE_LIMIT {
             return Err(StatusWord::AUTH_METHOD_BLOCKED);
         }
@@ -559,9 +628,41 @@ impl Isd {
                     self.state.puk = Some(pin);
                 }
             }
+            DGI_ISSUER_CA => ctx.card_mut().device.set_issuer_ca(value)?,
+            DGI_PACKAGE_SIGNING => ctx.card_mut().device.set_package_signing(value)?,
+            DGI_DEVICE_CERT => {
+                let card = ctx.card_mut();
+                card.device.set_certificate(value, &card.card_id)?;
+            }
             _ => return Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
         }
         Ok(())
+    }
+
+    /// GENERATE KEY PAIR: the device key, and the proof of possession over `nonce`.
+    fn generate_key_pair(
+        &mut self,
+        ctx: &mut Context<'_>,
+        nonce: &[u8],
+    ) -> Result<Vec<u8>, StatusWord> {
+        if ctx.card().card_id.is_empty() {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        let mut device = ctx.card().device.clone();
+        let public = device.generate(ctx.rng());
+        let body = tessera_crypto::device::possession_body(nonce, &public);
+        let proof = device.sign(
+            tessera_crypto::device::Purpose::PossessionProof,
+            &ctx.card().card_id,
+            &body,
+        )?;
+        ctx.card_mut().device = device;
+        let mut inner = Vec::new();
+        tlv(0x86, &public.to_sec1_bytes(), &mut inner);
+        let mut out = Vec::new();
+        tlv(tags::DEVICE_KEY, &inner, &mut out);
+        tlv(0x9E, &proof.to_bytes(), &mut out);
+        Ok(out)
     }
 
     fn store_data(
@@ -569,12 +670,19 @@ impl Isd {
         ctx: &mut Context<'_>,
         block: u8,
         last: bool,
-        groups: &[(u16, Vec<u8>)],
+        data: &[u8],
     ) -> Result<(), StatusWord> {
         if block != self.volatile.next_block {
             return Err(StatusWord::INCORRECT_P1P2);
         }
-        for (dgi, value) in groups {
+        let mut joined = self.volatile.carry.clone();
+        joined.extend_from_slice(data);
+        let (groups, rest) = parse_dgis(&joined);
+        if !rest.is_empty() && (last || rest.len() > MAX_CARRY) {
+            return Err(StatusWord::INCORRECT_DATA);
+        }
+        let rest = rest.to_vec();
+        for (dgi, value) in &groups {
             match &self.volatile.perso_target {
                 Some(aid) => {
                     let aid = aid.clone();
@@ -585,6 +693,7 @@ impl Isd {
         }
         // Volatile bookkeeping moves on only when the block was accepted (the runtime restores
         // persistent state on failure; this is set after every group succeeded).
+        self.volatile.carry = rest;
         if last {
             self.volatile.next_block = 0;
             self.volatile.perso_target = None;
@@ -715,8 +824,11 @@ impl Isd {
             IsdCommand::PutKey { replace_kvn, new_kvn, keys, kcvs } => {
                 self.put_key(replace_kvn, new_kvn, &keys, &kcvs).map(Response::ok)
             }
-            IsdCommand::StoreData { block, last, groups } => {
-                self.store_data(ctx, block, last, &groups).map(|()| Response::ok(Vec::new()))
+            IsdCommand::StoreData { block, last, data } => {
+                self.store_data(ctx, block, last, &data).map(|()| Response::ok(Vec::new()))
+            }
+            IsdCommand::GenerateKeyPair { nonce } => {
+                self.generate_key_pair(ctx, &nonce).map(Response::ok)
             }
             IsdCommand::InstallForPersonalization { aid } => {
                 if !ctx.has_peer(&aid) {
@@ -724,6 +836,7 @@ impl Isd {
                 }
                 self.volatile.perso_target = Some(aid);
                 self.volatile.next_block = 0;
+                self.volatile.carry.clear();
                 Ok(Response::ok(vec![0x00]))
             }
             IsdCommand::SetStatus(target) => {

@@ -4,7 +4,15 @@ use tessera_apdu::{Command, StatusWord};
 use tessera_crypto::keys::AesKey;
 use tessera_crypto::scp03::{SecurityLevel, StaticKeys};
 
-use super::{AID, DGI_CARD_ID, DGI_PIN, DGI_PUK, INITIAL_KVN};
+use tessera_crypto::device::{Purpose, possession_body};
+use tessera_crypto::ecdsa::{PublicKey, Signature, SigningKey};
+use tessera_crypto::rng::SeededRng;
+use tessera_crypto::x509::{self, Certificate, IssueRequest, Role, Validity};
+
+use super::{
+    AID, DGI_CARD_ID, DGI_DEVICE_CERT, DGI_ISSUER_CA, DGI_PACKAGE_SIGNING, DGI_PIN, DGI_PUK,
+    INITIAL_KVN,
+};
 use crate::applet::{TearDriver, TearError, TearScenario};
 use crate::pin::PinBlock;
 use crate::script::{Script, put_key_data};
@@ -80,6 +88,163 @@ pub fn personalize(s: &mut Script<'_>) -> Result<(), TearError> {
     store(s, 1, true, &[(DGI_PIN, &pin_dgi(3, PIN)?), (DGI_PUK, &pin_dgi(5, PUK)?)])?;
     s.secure(&Command::new(0x80, 0xF0, 0x80, 0x0F), StatusWord::SUCCESS)?;
     Ok(())
+}
+
+/// The nonce the scenarios send with GENERATE KEY PAIR.
+pub const NONCE: [u8; 16] = [0x4E; 16];
+/// Start of the test PKI's validity (2026-01-01T00:00:00Z).
+pub const PKI_T0: i64 = 1_767_225_600;
+
+fn pki_err(e: tessera_crypto::CryptoError) -> TearError {
+    TearError::Unexpected(format!("test PKI: {e}"))
+}
+
+/// A test issuer PKI, the same every time: CA key, CA certificate, package-signing
+/// certificate.
+pub fn issuer_pki() -> Result<(SigningKey, Certificate, Certificate), TearError> {
+    let mut rng = SeededRng::from_u64(0xCA);
+    let ca_key = SigningKey::generate(&mut rng);
+    let validity = Validity { not_before: PKI_T0, not_after: PKI_T0 + 20 * 365 * 86400 };
+    let ca = x509::self_signed_ca(&ca_key, "test issuer CA", &[1], validity).map_err(pki_err)?;
+    let signing = SigningKey::generate(&mut rng);
+    let package = x509::issue(
+        &ca_key,
+        &ca,
+        &IssueRequest {
+            subject_cn: "test package signing",
+            public_key: &signing.public_key(),
+            roles: &[Role::PackageSigning],
+            serial: &[2],
+            validity,
+            ca_path_len: None,
+        },
+    )
+    .map_err(pki_err)?;
+    Ok((ca_key, ca, package))
+}
+
+/// The device certificate the test issuer makes for `public` (subject = [`CARD_ID`]).
+pub fn device_certificate(
+    ca_key: &SigningKey,
+    ca: &Certificate,
+    public: &PublicKey,
+    subject: &[u8],
+) -> Result<Certificate, TearError> {
+    let cn = std::str::from_utf8(subject).map_err(|_| TearError::Unexpected("card id".into()))?;
+    x509::issue(
+        ca_key,
+        ca,
+        &IssueRequest {
+            subject_cn: cn,
+            public_key: public,
+            roles: &[Role::Device],
+            serial: &[3],
+            validity: Validity { not_before: PKI_T0, not_after: PKI_T0 + 10 * 365 * 86400 },
+            ca_path_len: None,
+        },
+    )
+    .map_err(pki_err)
+}
+
+/// Data groups in DGI format, lengths over 254 as `FF LL LL`.
+pub fn dgi_data(groups: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (dgi, value) in groups {
+        data.extend_from_slice(&dgi.to_be_bytes());
+        if value.len() < 0xFF {
+            data.push(value.len() as u8);
+        } else {
+            data.push(0xFF);
+            data.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        }
+        data.extend_from_slice(value);
+    }
+    data
+}
+
+/// Most STORE DATA bytes per block such that the wrapped command (padding, MAC) still fits a
+/// short APDU.
+pub const STORE_DATA_BLOCK: usize = 224;
+
+/// STORE DATA of `data` (DGI format) in blocks from `first_block`, the last marked last.
+pub fn store_blocks(s: &mut Script<'_>, first_block: u8, data: &[u8]) -> Result<(), TearError> {
+    let chunks: Vec<&[u8]> = data.chunks(STORE_DATA_BLOCK).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let p1 = if last { 0x88 } else { 0x08 };
+        let cmd = Command::new(0x80, 0xE2, p1, first_block.wrapping_add(i as u8))
+            .with_data(chunk.to_vec());
+        s.secure(&cmd, StatusWord::SUCCESS)?;
+    }
+    Ok(())
+}
+
+/// GENERATE KEY PAIR through the open session; returns the device public key and the proof
+/// of possession, after checking the proof over `nonce` and [`CARD_ID`].
+pub fn generate_key_pair(
+    s: &mut Script<'_>,
+    nonce: &[u8],
+) -> Result<(PublicKey, Signature), TearError> {
+    let r = s.secure(
+        &Command::new(0x80, 0x46, 0x00, 0x00).with_data(nonce.to_vec()).with_le(256),
+        StatusWord::SUCCESS,
+    )?;
+    let bad = || TearError::Unexpected(format!("GENERATE KEY PAIR answer {:02X?}", r.data));
+    let d = r.data.as_slice();
+    let (Some(point), Some(sig)) = (d.get(5..70), d.get(72..136)) else { return Err(bad()) };
+    if d.len() != 136 || d[..5] != [0x7F, 0x49, 0x43, 0x86, 0x41] || d[70..72] != [0x9E, 0x40] {
+        return Err(bad());
+    }
+    let public = PublicKey::from_sec1_bytes(point).map_err(|_| bad())?;
+    let sig = Signature::from_bytes(sig).map_err(|_| bad())?;
+    tessera_crypto::device::verify(
+        &public,
+        Purpose::PossessionProof,
+        CARD_ID,
+        &possession_body(nonce, &public),
+        &sig,
+    )
+    .map_err(|_| TearError::Unexpected("proof of possession does not verify".into()))?;
+    Ok((public, sig))
+}
+
+/// Inside an open session on a card with [`CARD_ID`]: device key, trust anchors and device
+/// certificate from [`issuer_pki`], in STORE DATA blocks from `first_block`.
+pub fn install_device_identity(s: &mut Script<'_>, first_block: u8) -> Result<(), TearError> {
+    let (public, _) = generate_key_pair(s, &NONCE)?;
+    let (ca_key, ca, package) = issuer_pki()?;
+    let device = device_certificate(&ca_key, &ca, &public, CARD_ID)?;
+    let data = dgi_data(&[
+        (DGI_ISSUER_CA, ca.der()),
+        (DGI_PACKAGE_SIGNING, package.der()),
+        (DGI_DEVICE_CERT, device.der()),
+    ]);
+    store_blocks(s, first_block, &data)
+}
+
+fn generate_key(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    open_initial(&mut s)?;
+    store(&mut s, 0, true, &[(DGI_CARD_ID, CARD_ID)])?;
+    s.arm();
+    generate_key_pair(&mut s, &NONCE)?;
+    Ok(())
+}
+
+fn store_device_identity(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    open_initial(&mut s)?;
+    store(&mut s, 0, true, &[(DGI_CARD_ID, CARD_ID)])?;
+    let (public, _) = generate_key_pair(&mut s, &NONCE)?;
+    let (ca_key, ca, package) = issuer_pki()?;
+    let device = device_certificate(&ca_key, &ca, &public, CARD_ID)?;
+    let data = dgi_data(&[
+        (DGI_ISSUER_CA, ca.der()),
+        (DGI_PACKAGE_SIGNING, package.der()),
+        (DGI_DEVICE_CERT, device.der()),
+    ]);
+    s.arm();
+    store_blocks(&mut s, 0, &data)
 }
 
 fn verify(value: &[u8]) -> Result<Command, TearError> {
@@ -216,6 +381,11 @@ pub fn all() -> Vec<TearScenario> {
         TearScenario { name: "STORE DATA card id", script: store_card_id },
         TearScenario { name: "STORE DATA set PIN", script: set_pin },
         TearScenario { name: "STORE DATA set PUK", script: set_puk },
+        TearScenario { name: "GENERATE KEY PAIR (device key)", script: generate_key },
+        TearScenario {
+            name: "STORE DATA trust anchors and device certificate (several blocks)",
+            script: store_device_identity,
+        },
         TearScenario {
             name: "SET STATUS OP_READY -> PERSONALIZED",
             script: set_status_personalized,
