@@ -12,6 +12,7 @@ use tessera_host::trace;
 use crate::Output;
 use crate::error::{CliError, sw_meaning};
 
+mod pairing;
 mod platform;
 
 /// One chapter of the demo.
@@ -25,12 +26,12 @@ pub struct Chapter {
 }
 
 /// The chapters, in order.
-pub const CHAPTERS: &[Chapter] = &[platform::CHAPTER];
+pub const CHAPTERS: &[Chapter] = &[platform::CHAPTER, pairing::CHAPTER];
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this chapter (names: platform).
+    /// Run only this chapter (names: platform, pairing).
     #[arg(long, value_name = "NAME")]
     chapter: Option<String>,
 }

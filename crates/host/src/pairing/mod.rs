@@ -18,6 +18,9 @@ pub mod files;
 pub mod service;
 pub mod terminal;
 
+/// The pairing applet's wire formats (`tessera-proto`), for callers of this module.
+pub use tessera_proto::pairing as wire;
+
 use tessera_apdu::StatusWord;
 use tessera_crypto::CryptoError;
 
