@@ -193,6 +193,9 @@ pub enum AdminCommand {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Card keyrings (issue 4): versions on both sides, compromise reports, the policy.
+    #[command(subcommand)]
+    Keyring(crate::keyring::cli::KeyringCommand),
     /// Re-seal every private key under a new master key (offline: stop the servers first).
     RotateMasterKey(RotateArgs),
 }
@@ -438,6 +441,7 @@ fn request_for(cmd: &AdminCommand) -> Result<(Method, String, Option<Value>), Fa
         A::Audit(AuditCommand::Checkpoint) => {
             (Method::POST, "/v1/admin/audit/checkpoint".into(), None)
         }
+        A::Keyring(k) => crate::keyring::cli::request(k)?,
         A::RotateMasterKey(_) => {
             return Err(fail(FailureKind::Usage, "rotate-master-key runs offline"));
         }
@@ -544,6 +548,7 @@ fn human(cmd: &AdminCommand, v: &Value) -> String {
         AdminCommand::Audit(AuditCommand::Checkpoint) => {
             format!("checkpoint signed at entry {}", v["seq"])
         }
+        AdminCommand::Keyring(k) => crate::keyring::cli::human(k, v),
         AdminCommand::RotateMasterKey(_) => String::new(),
     }
 }
@@ -667,6 +672,9 @@ pub async fn sync(
     let report = outcome_report(&last);
     match &last.outcome {
         Some(o) if o.result == "flagged" => Err(fail(FailureKind::Refused, report.human)),
+        // The keyring step: the card must be re-issued, or the sync failed (retry).
+        Some(o) if o.result == "needs-reissue" => Err(fail(FailureKind::Refused, report.human)),
+        Some(o) if o.result == "keyring-error" => Err(fail(FailureKind::Transport, report.human)),
         _ => Ok(report),
     }
 }

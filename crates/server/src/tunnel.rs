@@ -42,13 +42,13 @@ pub enum TunnelState {
         /// The [`crate::issuance::IssuanceSecrets`], sealed under the master key, hex.
         secrets: String,
     },
-    /// Issuance: EXTERNAL AUTHENTICATE and the personalisation commands are out.
-    IssuePerso {
-        /// The card id being personalised.
-        card_id: String,
-        /// The sealed secrets, hex.
-        secrets: String,
-    },
+    /// Issuance: EXTERNAL AUTHENTICATE, the personalisation commands and GENERATE KEY PAIR
+    /// are out.
+    IssueKeygen(crate::issuance::KeygenStep),
+    /// Issuance: the certificates and SET STATUS are out.
+    IssueFinish(crate::issuance::FinishStep),
+    /// The keyring step of a sync: one keyring command out (see [`crate::store::keyring`]).
+    Keyring(crate::store::keyring::KeyringSync),
     /// Nothing more to send.
     Finished,
 }

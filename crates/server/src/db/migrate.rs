@@ -23,13 +23,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_card_keys.sql"),
         include_str!("../../migrations/postgres/0003_card_keys.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_keyring.sql"),
+        include_str!("../../migrations/postgres/0004_keyring.sql"),
+    ),
 ];
 
 /// Every schema version, oldest first.
-pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3];
+pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
 /// Advisory-lock key that serialises migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;

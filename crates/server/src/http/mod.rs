@@ -10,6 +10,7 @@
 //! Bodies are limited in size, requests in time and clients in rate ([`limits`]).
 
 mod admin;
+mod keyring;
 pub mod limits;
 mod metrics;
 mod openapi;
@@ -63,6 +64,7 @@ pub fn router(store: Store, limits: Limits) -> Router {
         .route("/v1/sessions/{id}/exchange", post(tunnel::exchange))
         .route("/v1/issuers/{issuer}/crl", get(admin::crl))
         .merge(admin::routes())
+        .merge(keyring::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -5,6 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::admin::*;
+use super::keyring::*;
 use super::metrics::__path_handler as __path_metrics;
 use super::tunnel::{__path_create_session, __path_exchange};
 use super::{__path_healthz, Health};
@@ -19,6 +20,7 @@ use super::{__path_healthz, Health};
         list_cards, register_card, get_card, revoke_card, start_issuance,
         list_tokens, create_token, revoke_token,
         audit_entries, verify_audit, checkpoint,
+        keyring_status, keyring_compromised, keyring_policy, set_keyring_policy,
     ),
     components(schemas(Health)),
     modifiers(&BearerAuth),

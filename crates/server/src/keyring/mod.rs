@@ -6,12 +6,18 @@
 //! - [`policy`]: the renewal policy per level and the planner.
 //! - [`service`]: [`KeyringService`]: issuance, authentication, renewal with two-phase commit,
 //!   resynchronisation from the next upper level, the SCP03 session with the bottom pair.
+//! - [`replay`]: a sync run step by step through the stateless APDU tunnel.
+//!
+//! The database side (records sealed under the master key, the issuer's policy, audit
+//! entries, the tunnel step) is [`crate::store::keyring`].
 //!
 //! The service drives a card through [`KeyringLink`](tessera_proto::keyring::KeyringLink), the
 //! APDU transport the terminal implements (`tessera_host::keyring`), with the APDUs of
 //! [`tessera_proto::keyring`]. `docs/keyring.md` gives the message sequences.
 
+pub mod cli;
 pub mod policy;
+pub mod replay;
 pub mod service;
 pub mod store;
 

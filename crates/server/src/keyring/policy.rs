@@ -13,7 +13,7 @@ pub const MONTH: u64 = 30 * 24 * 3600;
 pub const YEAR: u64 = 365 * 24 * 3600;
 
 /// How often each level is renewed; per issuer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenewalPolicy {
     /// Interval of level `d` at index `d`, in seconds; `None` (or beyond the list): never by
     /// schedule.

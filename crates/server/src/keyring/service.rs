@@ -193,6 +193,11 @@ impl<S: KeyringStore> KeyringService<S> {
         &mut self.store
     }
 
+    /// Gives the store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     fn load(&self, card_id: &[u8]) -> Result<CardKeys, KeyringError> {
         self.store.load(card_id)?.ok_or(KeyringError::UnknownCard)
     }
@@ -809,6 +814,12 @@ impl<S: KeyringStore> KeyringService<S> {
             keys.pending = None;
             self.run_plan(keys, link, plan, now)?.ok_or(KeyringError::Suspended)?;
             report.renewals.push(plan);
+            // A renewal forced by a compromise report that this one covers is done.
+            let covered = keys.forced_level.and_then(|d| policy::plan_up_to(layout, d, false));
+            if covered.is_some_and(|f| plan.auth.0 <= f.auth.0 && plan.auth.1 <= f.auth.1) {
+                keys.forced_level = None;
+                self.store.save(keys)?;
+            }
         }
         // 2. What the policy says is due, and levels reported compromised.
         let renewed_at = |keys: &CardKeys, d: u8| {

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cards;
 pub mod issuance;
 pub mod issuers;
+pub mod keyring;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -215,6 +216,7 @@ impl Store {
             .await?;
             count += 1;
         }
+        count += Self::reseal_keyrings(&mut tx, &old, &new).await?;
         // Sessions in flight hold secrets sealed under the old key: end them.
         tx.execute(
             "UPDATE sessions SET status = 'expired', live_card = NULL WHERE status = 'active'",

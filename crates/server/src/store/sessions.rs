@@ -347,7 +347,23 @@ impl Store {
                 let card = self.check_card_usable(&mut tx, &s.issuer, card_id).await?;
                 let outcome =
                     self.check_counter(&mut tx, &s.issuer, &card, session_id, kvn, now).await?;
-                (TunnelState::Finished, Vec::new(), Some(outcome), None)
+                let keyring = match outcome.result.as_str() {
+                    "flagged" => None,
+                    _ => {
+                        self.keyring_sync_start(&mut tx, &s.issuer, card_id, session_id, now)
+                            .await?
+                    }
+                };
+                match keyring {
+                    Some((next, apdus, keyring)) => (next, apdus, keyring, s.live_card.clone()),
+                    None => (TunnelState::Finished, Vec::new(), Some(outcome), None),
+                }
+            }
+            TunnelState::Keyring(k) => {
+                let (next, apdus, outcome) = self
+                    .keyring_sync_step(&mut tx, &s.issuer, session_id, k, &responses, now)
+                    .await?;
+                (next, apdus, outcome, s.live_card.clone())
             }
             TunnelState::IssueHello { card_id, host_challenge, secrets } => {
                 let challenge: [u8; 8] = hex::decode(host_challenge)
@@ -355,21 +371,60 @@ impl Store {
                     .and_then(|v| v.try_into().ok())
                     .ok_or_else(|| ServerError::Internal("stored host challenge".into()))?;
                 let opened = self.open_secrets(session_id, secrets)?;
-                let apdus = crate::issuance::perso_apdus(challenge, &responses, card_id, &opened)?;
-                let next =
-                    TunnelState::IssuePerso { card_id: card_id.clone(), secrets: secrets.clone() };
+                let nonce = crate::primitives::random_bytes::<{ crate::issuance::NONCE_LEN }>();
+                let (apdus, hello) =
+                    crate::issuance::perso_apdus(challenge, &responses, card_id, &opened, &nonce)?;
+                let next = TunnelState::IssueKeygen(crate::issuance::KeygenStep {
+                    card_id: card_id.clone(),
+                    secrets: secrets.clone(),
+                    host_challenge: host_challenge.clone(),
+                    card_hello: hex::encode(hello),
+                    nonce: hex::encode(nonce),
+                });
                 (next, apdus, None, s.live_card.clone())
             }
-            TunnelState::IssuePerso { card_id, secrets } => {
-                let opened = self.open_secrets(session_id, secrets)?;
-                crate::issuance::check_perso(&responses, &opened)?;
+            TunnelState::IssueKeygen(step) => {
+                let opened = self.open_secrets(session_id, &step.secrets)?;
+                let public = crate::issuance::check_keygen(&responses, step, &opened)?;
+                let certs =
+                    self.certify_device(&mut tx, &s.issuer, &step.card_id, &public, now).await?;
+                let apdus = crate::issuance::device_apdus(
+                    step,
+                    &opened,
+                    &certs.ca,
+                    &certs.package_signing,
+                    &certs.device,
+                )?;
+                let next = TunnelState::IssueFinish(crate::issuance::FinishStep {
+                    card_id: step.card_id.clone(),
+                    secrets: step.secrets.clone(),
+                    device_cert: hex::encode(certs.device.der()),
+                    device_serial: hex::encode(certs.serial),
+                    commands: apdus.len(),
+                });
+                (next, apdus, None, s.live_card.clone())
+            }
+            TunnelState::IssueFinish(step) => {
+                let opened = self.open_secrets(session_id, &step.secrets)?;
+                crate::issuance::check_device(&responses, step)?;
+                let card_id = &step.card_id;
+                let der = hex::decode(&step.device_cert)
+                    .map_err(|_| ServerError::Internal("stored device certificate".into()))?;
                 self.record_issued(&mut tx, &s.issuer, card_id, session_id, &opened, now).await?;
+                self.record_device_certificate(
+                    &mut tx,
+                    &s.issuer,
+                    card_id,
+                    &step.device_serial,
+                    &der,
+                )
+                .await?;
                 let outcome = Outcome {
                     result: "issued".into(),
                     card_id: Some(card_id.clone()),
-                    message:
-                        "card personalised: new keys, card id, PIN and PUK; life cycle PERSONALIZED"
-                            .into(),
+                    message: "card personalised: new keys, card id, PIN and PUK, device key and \
+                              certificate, issuer trust anchors; life cycle PERSONALIZED"
+                        .into(),
                 };
                 (TunnelState::Finished, Vec::new(), Some(outcome), None)
             }
