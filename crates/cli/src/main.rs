@@ -9,11 +9,13 @@ mod card;
 mod demo;
 mod enroll;
 mod error;
+mod file;
 mod reader;
 mod server;
 mod service;
 mod source;
 mod sync;
+mod vault;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,12 @@ enum Command {
     Issue(sync::IssueCommand),
     /// Run whatever the server has for this card (updates, key renewals…).
     Sync(sync::SyncCommand),
+    /// Card duplication: issue a main/backup pair, back up, recover files (seed 003).
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
+    /// Files in the age format, encrypted to a vault card and decrypted through it.
+    #[command(subcommand)]
+    File(file::FileCommand),
     /// Walk through the platform at work, on an in-memory card (no service needed).
     Demo(demo::DemoArgs),
     /// Certify cards and terminals with a local CA (secure terminal, seed 002).
@@ -124,6 +132,8 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args, out),
         Command::Issue(args) => sync::run_issue(args, out),
         Command::Sync(args) => sync::run_sync(args, out),
+        Command::Vault(cmd) => vault::run(cmd, out),
+        Command::File(cmd) => file::run(cmd, out),
         Command::Demo(args) => demo::run(args, out),
         Command::Enroll(cmd) => enroll::run(cmd, out),
         Command::Service(args) => service::run(args, out),

@@ -14,6 +14,7 @@ use crate::error::{CliError, sw_meaning};
 
 mod pairing;
 mod platform;
+mod vault;
 
 /// One chapter of the demo.
 pub struct Chapter {
@@ -26,12 +27,12 @@ pub struct Chapter {
 }
 
 /// The chapters, in order.
-pub const CHAPTERS: &[Chapter] = &[platform::CHAPTER, pairing::CHAPTER];
+pub const CHAPTERS: &[Chapter] = &[platform::CHAPTER, pairing::CHAPTER, vault::CHAPTER];
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this chapter (names: platform, pairing).
+    /// Run only this chapter (names: platform, pairing, vault).
     #[arg(long, value_name = "NAME")]
     chapter: Option<String>,
 }
