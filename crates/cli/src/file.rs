@@ -22,6 +22,8 @@ pub enum FileCommand {
     Encrypt(EncryptArgs),
     /// Decrypt a file through the card (the card unwraps the file key).
     Decrypt(DecryptArgs),
+    /// Benchmark: encrypt/decrypt against rage, recovery against rage decrypt + re-encrypt.
+    Bench(crate::vault::bench::FilesBenchArgs),
 }
 
 /// `tessera file encrypt`
@@ -68,6 +70,7 @@ fn io_err(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> CliE
 /// Runs a `tessera file` subcommand.
 pub fn run(cmd: FileCommand, out: Output) -> Result<(), CliError> {
     match cmd {
+        FileCommand::Bench(args) => crate::vault::bench::run(args, out),
         FileCommand::Encrypt(a) => {
             let mut keys = Vec::new();
             for r in &a.recipient {

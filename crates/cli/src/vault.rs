@@ -18,6 +18,8 @@ use crate::Output;
 use crate::error::{CliError, Exit};
 use crate::source::{CardSource, PassphraseArg};
 
+pub mod bench;
+
 /// `tessera vault …`
 #[derive(Debug, Subcommand)]
 pub enum VaultCommand {

@@ -1,0 +1,316 @@
+//! `tessera file bench`: `tessera file encrypt|decrypt` against rage on the same files, and
+//! `tessera vault recover` against decrypting and re-encrypting with rage, in the same run.
+//! Numbers, not tests: nothing here asserts a speed. Large files are made here and removed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{Value, json};
+use tessera_card::applets::isd;
+use tessera_card::script::Script;
+use tessera_card::{Card, CardOptions, PowerCut, TearDriver};
+use tessera_crypto::rng::{OsRng, Rng};
+use tessera_host::InProcessChannel;
+use tessera_host::vault::files;
+use tessera_host::vault::issuance::{self, Plan};
+use tessera_host::vault::{VaultCard, backup};
+
+use crate::Output;
+use crate::error::{CliError, Exit};
+
+const MIB: u64 = 1 << 20;
+
+/// Arguments of `tessera file bench`.
+#[derive(Debug, Args)]
+pub struct FilesBenchArgs {
+    /// Sizes (MiB) of the single-file encrypt/decrypt runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,1024")]
+    sizes: Vec<u64>,
+    /// Number of 1 MiB files in the recovery run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    files: usize,
+    /// Work directory (default: a new directory under the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The rage binary.
+    #[arg(long, default_value = "rage")]
+    rage: PathBuf,
+}
+
+fn other(e: impl std::fmt::Display) -> CliError {
+    CliError::new(Exit::Other, e.to_string())
+}
+
+struct Direct<'a>(&'a mut Card);
+impl TearDriver for Direct<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, PowerCut> {
+        Ok(self.0.transmit(apdu))
+    }
+    fn arm(&mut self) {}
+}
+
+/// A card image with an issued card-management applet (the scenario keys and PIN 1234).
+fn issued_image(path: &Path) -> Result<InProcessChannel<Card>, CliError> {
+    let _ = std::fs::remove_file(path);
+    let mut card = Card::create(path, CardOptions::default())?;
+    card.power_on();
+    isd::scenarios::personalize(&mut Script::new(&mut Direct(&mut card)))
+        .map_err(|e| other(format!("{e:?}")))?;
+    Ok(InProcessChannel::new(card))
+}
+
+/// Main and backup card images (backed up) and a new card image; their recipients.
+fn make_cards(dir: &Path) -> Result<(String, String), CliError> {
+    let keys = isd::scenarios::issued_keys();
+    let pin = isd::scenarios::PIN;
+    let (mut m, mut b) =
+        (issued_image(&dir.join("main.img"))?, issued_image(&dir.join("backup.img"))?);
+    issuance::issue_pair(
+        &mut m,
+        &keys,
+        &mut b,
+        &keys,
+        &Plan::issuer_sets_all(1).map_err(other)?,
+        &mut OsRng,
+    )?;
+    let (mut main, mut bk) = (VaultCard::select(m)?, VaultCard::select(b)?);
+    main.verify_pin(pin)?;
+    bk.verify_pin(pin)?;
+    let report = backup::run(&mut main, &mut bk, &[])?;
+    let old = files::recipient_string(&report.public_key.ok_or_else(|| other("no key"))?)?;
+    drop((main, bk));
+    let (mut n, mut nb) =
+        (issued_image(&dir.join("new.img"))?, issued_image(&dir.join("new-b.img"))?);
+    issuance::issue_pair(
+        &mut n,
+        &keys,
+        &mut nb,
+        &keys,
+        &Plan::issuer_sets_all(1).map_err(other)?,
+        &mut OsRng,
+    )?;
+    let mut new = VaultCard::select(n)?;
+    new.verify_pin(pin)?;
+    let new_recipient = files::recipient_string(&new.generate()?)?;
+    Ok((old, new_recipient))
+}
+
+fn run_timed(cmd: &mut Command) -> Result<Duration, CliError> {
+    let start = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| other(format!("cannot run {:?}: {e}", cmd.get_program())))?;
+    let elapsed = start.elapsed();
+    if !out.status.success() {
+        return Err(other(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(elapsed)
+}
+
+fn best_of(
+    n: usize,
+    mut f: impl FnMut() -> Result<Duration, CliError>,
+) -> Result<Duration, CliError> {
+    let mut best = Duration::MAX;
+    for _ in 0..n {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
+
+fn write_random(path: &Path, size: u64) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut block = vec![0u8; MIB as usize];
+    OsRng.fill_random(&mut block);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(other)?);
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        f.write_all(&block[..n]).map_err(other)?;
+        block.rotate_left(1);
+        left -= n as u64;
+    }
+    f.flush().map_err(other)
+}
+
+/// Runs the benchmark.
+pub fn run(args: FilesBenchArgs, out: Output) -> Result<(), CliError> {
+    let exe = std::env::current_exe().map_err(other)?;
+    let bin_dir = exe.parent().ok_or_else(|| other("no executable directory"))?.to_path_buf();
+    let plugin = bin_dir.join("age-plugin-tessera");
+    if !plugin.is_file() {
+        return Err(other(format!(
+            "{} not found: build it next to tessera (cargo build -p age-plugin-tessera)",
+            plugin.display()
+        )));
+    }
+    let path_env = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tessera-file-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir).map_err(other)?;
+    let result = bench(&args, &exe, &plugin, &path_env, &dir, out);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn bench(
+    args: &FilesBenchArgs,
+    exe: &Path,
+    plugin: &Path,
+    path_env: &str,
+    dir: &Path,
+    out: Output,
+) -> Result<(), CliError> {
+    let (recipient, new_recipient) = make_cards(dir)?;
+    let identity = |image: &str| -> Result<PathBuf, CliError> {
+        let o = Command::new(plugin)
+            .args(["--identity", "--image"])
+            .arg(dir.join(image))
+            .output()
+            .map_err(other)?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("AGE-PLUGIN-TESSERA-1"))
+            .ok_or_else(|| other("no identity"))?;
+        let p = dir.join(format!("{image}.identity"));
+        std::fs::write(&p, format!("{line}\n")).map_err(other)?;
+        Ok(p)
+    };
+    let main_id = identity("main.img")?;
+    let backup_id = identity("backup.img")?;
+    let tessera = |a: &[&str]| {
+        let mut c = Command::new(exe);
+        c.args(a).env("TESSERA_PIN", "1234");
+        c
+    };
+    let rage = |a: &[&str]| {
+        let mut c = Command::new(&args.rage);
+        c.args(a).env("TESSERA_PIN", "1234").env("PATH", path_env);
+        c
+    };
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let main_img = s(&dir.join("main.img"));
+    let mut rows: Vec<Value> = Vec::new();
+    let mut lines = Vec::new();
+    for &mib in &args.sizes {
+        let input = dir.join(format!("in-{mib}"));
+        write_random(&input, mib * MIB)?;
+        let (te, re, td, rd) =
+            (dir.join("t.age"), dir.join("r.age"), dir.join("t.out"), dir.join("r.out"));
+        let reps = if mib <= 16 { 5 } else { 1 };
+        let t_enc = best_of(reps, || {
+            run_timed(&mut tessera(&[
+                "file",
+                "encrypt",
+                "-r",
+                &recipient,
+                "-o",
+                &s(&te),
+                &s(&input),
+            ]))
+        })?;
+        let r_enc = best_of(reps, || {
+            run_timed(&mut rage(&["-e", "-r", &recipient, "-o", &s(&re), &s(&input)]))
+        })?;
+        let t_dec = best_of(reps, || {
+            run_timed(&mut tessera(&[
+                "file",
+                "decrypt",
+                "--image",
+                &main_img,
+                "-o",
+                &s(&td),
+                &s(&te),
+            ]))
+        })?;
+        let r_dec = best_of(reps, || {
+            run_timed(&mut rage(&["-d", "-i", &s(&main_id), "-o", &s(&rd), &s(&re)]))
+        })?;
+        for p in [&input, &te, &re, &td, &rd] {
+            let _ = std::fs::remove_file(p);
+        }
+        let mbps = |d: Duration| mib as f64 / d.as_secs_f64();
+        lines.push(format!(
+            "{mib:>5} MiB  encrypt: tessera {:>8.1} MiB/s, rage {:>8.1} MiB/s, ratio {:.2}x   decrypt (through the card): tessera {:>8.1} MiB/s, rage+plugin {:>8.1} MiB/s, ratio {:.2}x",
+            mbps(t_enc), mbps(r_enc), r_enc.as_secs_f64() / t_enc.as_secs_f64(),
+            mbps(t_dec), mbps(r_dec), r_dec.as_secs_f64() / t_dec.as_secs_f64(),
+        ));
+        rows.push(json!({
+            "mib": mib,
+            "encrypt_s": {"tessera": t_enc.as_secs_f64(), "rage": r_enc.as_secs_f64()},
+            "decrypt_s": {"tessera": t_dec.as_secs_f64(), "rage": r_dec.as_secs_f64()},
+        }));
+    }
+    let mut recovery = Value::Null;
+    if args.files > 0 {
+        let (a, b) = (dir.join("rec-tessera"), dir.join("rec-rage"));
+        std::fs::create_dir_all(&a).map_err(other)?;
+        std::fs::create_dir_all(&b).map_err(other)?;
+        let pk = files::parse_recipient(&recipient)?.to_sec1_bytes();
+        let mut block = vec![0u8; MIB as usize];
+        let mut list_a = Vec::new();
+        let mut list_b = Vec::new();
+        for i in 0..args.files {
+            OsRng.fill_random(&mut block[..64]);
+            let mut enc = Vec::with_capacity(block.len() + 4096);
+            files::encrypt(&[pk], block.as_slice(), &mut enc)?;
+            let (pa, pb) = (a.join(format!("{i}.age")), b.join(format!("{i}.age")));
+            std::fs::write(&pa, &enc).map_err(other)?;
+            std::fs::write(&pb, &enc).map_err(other)?;
+            list_a.push(s(&pa));
+            list_b.push(pb);
+        }
+        let mut cmd = tessera(&[
+            "vault",
+            "recover",
+            "--backup-image",
+            &s(&dir.join("backup.img")),
+            "--new-recipient",
+            &new_recipient,
+            "--json",
+        ]);
+        cmd.args(&list_a);
+        let t_rec = run_timed(&mut cmd)?;
+        let start = Instant::now();
+        for p in &list_b {
+            let tmp = p.with_extension("new");
+            let mut dec = rage(&["-d", "-i", &s(&backup_id), &s(p)])
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(other)?;
+            let stdin = dec.stdout.take().ok_or_else(|| other("rage stdout"))?;
+            let enc_status = rage(&["-e", "-r", &new_recipient, "-o", &s(&tmp)])
+                .stdin(stdin)
+                .status()
+                .map_err(other)?;
+            let dec_status = dec.wait().map_err(other)?;
+            if !enc_status.success() || !dec_status.success() {
+                return Err(other(format!("rage failed on {}", p.display())));
+            }
+            std::fs::rename(&tmp, p).map_err(other)?;
+        }
+        let r_rec = start.elapsed();
+        lines.push(format!(
+            "recovery of {} files of 1 MiB: tessera vault recover {:.2} s, rage decrypt + re-encrypt {:.2} s, ratio {:.1}x",
+            args.files,
+            t_rec.as_secs_f64(),
+            r_rec.as_secs_f64(),
+            r_rec.as_secs_f64() / t_rec.as_secs_f64()
+        ));
+        recovery = json!({"files": args.files, "tessera_s": t_rec.as_secs_f64(), "rage_s": r_rec.as_secs_f64()});
+    }
+    out.emit(|| lines.join("\n"), || json!({ "files": rows, "recovery": recovery }));
+    Ok(())
+}
