@@ -337,3 +337,28 @@ fn confirmation_helper_matches_the_card() {
     let r = send(&mut backup, &VaultCommand::ImportWrapped(blob.clone()));
     assert_eq!(r.data, backup_confirmation(&test_components(2), &blob).unwrap().to_vec());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Arbitrary commands to an issued vault (with a key, PIN verified) never panic and
+        /// change nothing unless answered 9000.
+        #[test]
+        fn arbitrary_commands_never_panic_and_change_nothing_unless_9000(
+            ins in prop::sample::select(vec![0x10u8, 0x46, 0x48, 0x4A, 0x4C, 0x4E, 0x50, 0x2A, 0x2C, 0x2E, 0xCA, 0x00, 0xFF]),
+            p1 in any::<u8>(), p2 in any::<u8>(),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let (mut main, _, _) = pair(2);
+            let before = main.persistent_state();
+            let cmd = tessera_apdu::Command::new(0x80, ins, p1, p2).with_data(data);
+            let r = Response::parse(&main.transmit(&cmd.to_bytes().unwrap())).unwrap();
+            if r.sw != StatusWord::SUCCESS {
+                prop_assert_eq!(main.persistent_state(), before);
+            }
+        }
+    }
+}
