@@ -306,6 +306,9 @@ fn recovery_interrupted_at_every_file_leaves_every_file_readable() {
         let mut v = VaultCard::select(flaky).unwrap();
         let r = files::recover(&mut v, &new_pk, &paths, 1, &mut |_| {});
         assert_eq!(r.is_err(), cut < 3, "cut {cut}");
+        for p in &paths {
+            assert!(!files::temp_path(p).exists(), "cut {cut}: stale temporary file");
+        }
         // Each file opens with the backup card or with the new card.
         let mut backup_v = VaultCard::select(&mut backup_chan).unwrap();
         backup_v.verify_pin(PIN).unwrap();

@@ -343,7 +343,15 @@ pub fn recover<C: CardChannel>(
                     };
                     reports.push(FileReport { path: path.clone(), outcome });
                 }
-                Err(VaultError::Channel(e)) => return Err(VaultError::Channel(e)),
+                Err(VaultError::Channel(e)) => {
+                    // The backup card is gone: nothing of this batch is renamed; its
+                    // temporary files go, the originals stay as they were.
+                    for (_, tmp, file) in written {
+                        drop(file);
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    return Err(VaultError::Channel(e));
+                }
                 Err(e) => reports.push(FileReport {
                     path: path.clone(),
                     outcome: FileOutcome::Failed(e.to_string()),
