@@ -105,6 +105,7 @@ async fn issuance_through_the_tunnel(db: TestDb) {
     assert_eq!(s.outcome.unwrap().result, "identified");
     let select = format!("00A4040008{}00", hex::encode_upper(tessera_server::tunnel::ISD_AID));
     assert!(relay(&mut card, &[select])[0].ends_with("9000"));
+    check_device_identity(&store, &mut card, "NEW-1").await;
     let mut block = issuance.initial_pin.as_bytes().to_vec();
     block.resize(8, 0xFF);
     let verify = format!("0020008108{}", hex::encode_upper(&block));
@@ -127,6 +128,98 @@ async fn issuance_through_the_tunnel(db: TestDb) {
 }
 both!(issuance_through_the_tunnel);
 
+/// The card's device certificate: GET DATA returns the one the server recorded (role device,
+/// subject = card id), for the key the card holds, and `openssl verify` accepts its chain to
+/// the issuer CA.
+async fn check_device_identity(store: &tessera_server::store::Store, card: &mut Card, id: &str) {
+    use tessera_crypto::x509::{Certificate, Role, verify_chain};
+    let got = relay(card, &["00CA7F21000000".into(), "00CA7F4900".into()]);
+    let cert = hex::decode(&got[0]).unwrap();
+    assert!(got[0].ends_with("9000") && cert.starts_with(&[0x7F, 0x21, 0x82]), "{}", got[0]);
+    let der = cert[5..cert.len() - 2].to_vec();
+    let key = hex::decode(&got[1]).unwrap();
+    let certs = store.list_certificates(&root(), "acme").await.unwrap();
+    let device: Vec<_> = certs.iter().filter(|c| c.role == "device").collect();
+    assert_eq!(device.len(), 1);
+    assert_eq!(device[0].subject, id);
+    let recorded = Certificate::from_pem(&device[0].pem).unwrap();
+    assert_eq!(recorded.der(), der, "the card holds the certificate the server recorded");
+    let issuer = store.get_issuer(&root(), "acme").await.unwrap();
+    let ca = Certificate::from_pem(&issuer.ca_cert_pem).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        as i64;
+    let info = verify_chain(&recorded, &[], &ca, now, Some(Role::Device)).unwrap();
+    assert_eq!(info.public_key.to_sec1_bytes()[..], key[5..70], "certified key is the card's");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &issuer.ca_cert_pem).unwrap();
+    std::fs::write(dir.path().join("device.pem"), &device[0].pem).unwrap();
+    match std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "ca.pem", "device.pem"])
+        .current_dir(dir.path())
+        .output()
+    {
+        Ok(out) => assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => panic!("openssl is needed for this test (apt-get install openssl): {e}"),
+    }
+}
+
+async fn a_wrong_proof_of_possession_is_refused(db: TestDb) {
+    use tessera_server::store::issuance::StartIssuance;
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    // The card's answer to GENERATE KEY PAIR, tampered three ways: a flipped signature bit,
+    // another public key beside the card's signature, the key and signature of another card.
+    let other = {
+        let issuance = store
+            .start_issuance(&root(), "acme", &StartIssuance { card_id: "OTHER".into() })
+            .await
+            .unwrap();
+        let mut card = Card::in_memory(CardOptions::default());
+        card.power_on();
+        let req = Exchange { step: 0, responses: relay(&mut card, &issuance.session.apdus) };
+        let perso = store.exchange(&issuance.session.session_id, &req).await.unwrap();
+        relay(&mut card, &perso.apdus).pop().unwrap()
+    };
+    for (n, tamper) in [
+        &(|r: &mut Vec<u8>| r[100] ^= 1) as &dyn Fn(&mut Vec<u8>),
+        &|r: &mut Vec<u8>| r[5..70].copy_from_slice(&hex::decode(&other).unwrap()[5..70]),
+        &|r: &mut Vec<u8>| *r = hex::decode(&other).unwrap(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("NEW-{n}");
+        let issuance = store
+            .start_issuance(&root(), "acme", &StartIssuance { card_id: id.clone() })
+            .await
+            .unwrap();
+        let mut card = Card::in_memory(CardOptions::default());
+        card.power_on();
+        let req = Exchange { step: 0, responses: relay(&mut card, &issuance.session.apdus) };
+        let perso = store.exchange(&issuance.session.session_id, &req).await.unwrap();
+        let mut responses = relay(&mut card, &perso.apdus);
+        let mut keygen = hex::decode(responses.last().unwrap()).unwrap();
+        assert_eq!(keygen.len(), 138);
+        tamper(&mut keygen);
+        *responses.last_mut().unwrap() = hex::encode_upper(keygen);
+        let before = store.audit_entries(&root(), 0, 1000).await.unwrap().len();
+        let err =
+            store.exchange(&perso.session_id, &Exchange { step: 1, responses }).await.unwrap_err();
+        assert!(
+            matches!(&err, ServerError::Conflict(m) if m.contains("proof of possession")),
+            "{n}: {err}"
+        );
+        assert_eq!(store.audit_entries(&root(), 0, 1000).await.unwrap().len(), before);
+        assert!(matches!(
+            store.get_card(&root(), "acme", &id).await,
+            Err(ServerError::NotFound(_))
+        ));
+    }
+    let certs = store.list_certificates(&root(), "acme").await.unwrap();
+    assert!(certs.iter().all(|c| c.role != "device"), "no device certificate was recorded");
+}
+both!(a_wrong_proof_of_possession_is_refused);
+
 async fn issuance_aborted_by_the_card_records_nothing(db: TestDb) {
     use tessera_server::store::issuance::StartIssuance;
     let store = db.store().await;
@@ -139,16 +232,20 @@ async fn issuance_aborted_by_the_card_records_nothing(db: TestDb) {
     card.power_on();
     let req = Exchange { step: 0, responses: relay(&mut card, &issuance.session.apdus) };
     let perso = store.exchange(&issuance.session.session_id, &req).await.unwrap();
+    let req = Exchange { step: 1, responses: relay(&mut card, &perso.apdus) };
+    let certs = store.exchange(&perso.session_id, &req).await.unwrap();
     // The terminal reports that the card refused the personalisation (SET STATUS failing).
-    let mut responses = relay(&mut card, &perso.apdus);
+    let mut responses = relay(&mut card, &certs.apdus);
     *responses.last_mut().unwrap() = "6985".into();
-    let req = Exchange { step: 1, responses };
+    let req = Exchange { step: 2, responses };
     let err = store.exchange(&perso.session_id, &req).await.unwrap_err();
     assert!(matches!(&err, ServerError::Conflict(m) if m.contains("SET STATUS")), "{err}");
     assert!(matches!(
         store.get_card(&root(), "acme", "NEW-1").await,
         Err(ServerError::NotFound(_))
     ));
+    let certs = store.list_certificates(&root(), "acme").await.unwrap();
+    assert!(certs.iter().all(|c| c.role != "device"), "no device certificate was recorded");
 }
 both!(issuance_aborted_by_the_card_records_nothing);
 

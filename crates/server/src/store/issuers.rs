@@ -32,6 +32,24 @@ const CRL_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 pub const ROLE_CA: &str = "ca";
 /// Role name of a package-signing certificate.
 pub const ROLE_PACKAGE_SIGNING: &str = "package-signing";
+/// Role name of a card's device certificate.
+pub const ROLE_DEVICE: &str = "device";
+/// Lifetime of a device certificate (10 years, never past the CA's).
+const DEVICE_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// What issuance installs on a card: the issuer's trust anchors and the card's device
+/// certificate.
+#[derive(Clone, Debug)]
+pub struct DeviceCertificates {
+    /// The issuer CA certificate.
+    pub ca: Certificate,
+    /// The issuer's package-signing certificate.
+    pub package_signing: Certificate,
+    /// The device certificate (role device, subject = card id).
+    pub device: Certificate,
+    /// The device certificate's serial number.
+    pub serial: [u8; 16],
+}
 
 pub(crate) fn ca_key_context(issuer: &str) -> String {
     format!("issuer/{issuer}/ca-key")
@@ -67,7 +85,7 @@ pub struct IssuerInfo {
 pub struct CertificateInfo {
     /// Serial number, hex.
     pub serial: String,
-    /// `ca`, `package-signing`, later `device`, `terminal`.
+    /// `ca`, `package-signing`, `device` (subject = card id), later `terminal`.
     pub role: String,
     /// Subject common name.
     pub subject: String,
@@ -101,6 +119,74 @@ impl Store {
         let der =
             self.master.open(blob, context).map_err(|e| ServerError::Internal(e.to_string()))?;
         SigningKey::from_pkcs8_der(&der).map_err(crypto_err)
+    }
+
+    /// Certifies a card's device key with the issuer CA (role device, subject = card id).
+    /// Nothing is written: [`Store::record_device_certificate`] records it once the card has
+    /// accepted it.
+    pub(crate) async fn certify_device(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        public_key: &tessera_crypto::ecdsa::PublicKey,
+        now: i64,
+    ) -> ServerResult<DeviceCertificates> {
+        let row = tx
+            .query_opt(
+                "SELECT ca_cert, ca_key_sealed, signing_cert FROM issuers WHERE id = $1",
+                &[issuer.into()],
+            )
+            .await?
+            .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
+        let ca = Certificate::from_der(row.blob(0)?).map_err(crypto_err)?;
+        let ca_key = self.unseal_key(&row.blob(1)?, &ca_key_context(issuer))?;
+        let package_signing = Certificate::from_der(row.blob(2)?).map_err(crypto_err)?;
+        let ca_end = ca.info().map_err(crypto_err)?.validity.not_after;
+        let serial = x509::random_serial(&mut OsRng);
+        let device = x509::issue(
+            &ca_key,
+            &ca,
+            &IssueRequest {
+                subject_cn: card_id,
+                public_key,
+                roles: &[Role::Device],
+                serial: &serial,
+                validity: Validity {
+                    not_before: now - 3600,
+                    not_after: (now + DEVICE_LIFETIME_SECS).min(ca_end),
+                },
+                ca_path_len: None,
+            },
+        )
+        .map_err(crypto_err)?;
+        Ok(DeviceCertificates { ca, package_signing, device, serial })
+    }
+
+    /// Records a device certificate the card accepted (revocable like any other).
+    pub(crate) async fn record_device_certificate(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        serial_hex: &str,
+        der: &[u8],
+    ) -> ServerResult<()> {
+        tx.execute(
+            "INSERT INTO certificates (issuer_id, serial, role, subject, der) VALUES ($1, $2, $3, $4, $5)",
+            &[issuer.into(), serial_hex.into(), ROLE_DEVICE.into(), card_id.into(), der.into()],
+        )
+        .await?;
+        self.audit(
+            tx,
+            &Principal::system(),
+            Some(issuer),
+            "certificate.issue",
+            serial_hex,
+            serde_json::json!({"role": ROLE_DEVICE, "subject": card_id}),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Creates an issuer with a fresh CA and package-signing key (superuser only).
