@@ -28,6 +28,8 @@ const PYSCARD_SCRIPT: &str = include_str!("../../../scripts/bench/pyscard_roundt
 pub enum BenchCommand {
     /// APDU round trips per second: in process, and through pcscd + vpcd with --pcsc.
     Apdu(ApduBenchArgs),
+    /// Secure terminal: authentication against setup, protected against plain APDUs.
+    Pairing(crate::service::PairingBenchArgs),
 }
 
 /// Arguments of `tessera bench apdu`.
@@ -51,7 +53,10 @@ pub struct ApduBenchArgs {
 
 /// Runs a `tessera bench` subcommand.
 pub fn run(cmd: BenchCommand, out: Output) -> Result<(), CliError> {
-    let BenchCommand::Apdu(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Apdu(args) => args,
+        BenchCommand::Pairing(args) => return crate::service::bench(args, out),
+    };
     if !(args.seconds > 0.0 && args.seconds <= 600.0) {
         return Err(CliError::usage("--seconds must be between 0 and 600"));
     }

@@ -75,3 +75,51 @@ pub fn run(args: ServiceArgs, out: Output) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+/// Arguments of `tessera bench pairing`.
+#[derive(Debug, Args)]
+pub struct PairingBenchArgs {
+    /// Seconds per measurement (four measurements).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+}
+
+/// `tessera bench pairing`: one authentication against one setup, one protected APDU against
+/// the same APDU unprotected, in process, in the same run. Numbers, not tests.
+pub fn bench(args: PairingBenchArgs, out: Output) -> Result<(), CliError> {
+    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+        return Err(CliError::usage("--seconds must be between 0 and 600"));
+    }
+    let r = tessera_host::pairing::bench::run(std::time::Duration::from_secs_f64(args.seconds))
+        .map_err(pairing_error)?;
+    out.emit(
+        || {
+            format!(
+                "In process, in-memory card image, one core:\n  \
+                 setup           {:>10.1} us\n  \
+                 authentication  {:>10.1} us  ({:.4} of setup; target <= 0.05; {} image writes)\n  \
+                 GET DATA plain     {:>7.2} us\n  \
+                 GET DATA level 33  {:>7.2} us  ({:.2}x plain; target <= 3)",
+                r.setup_us,
+                r.authentication_us,
+                r.authentication_over_setup(),
+                r.authentication_writes,
+                r.plain_apdu_us,
+                r.protected_apdu_us,
+                r.protected_over_plain()
+            )
+        },
+        || {
+            json!({
+                "setup_us": r.setup_us,
+                "authentication_us": r.authentication_us,
+                "authentication_over_setup": r.authentication_over_setup(),
+                "authentication_writes": r.authentication_writes,
+                "plain_apdu_us": r.plain_apdu_us,
+                "protected_apdu_us": r.protected_apdu_us,
+                "protected_over_plain": r.protected_over_plain(),
+            })
+        },
+    );
+    Ok(())
+}

@@ -21,7 +21,7 @@
 //!   under static keys derived from the pairing key. The first success commits a staged
 //!   pairing; later ones write nothing.
 //! - **Services** (Fig. 8, claims 2-4): INVOKE inside the session reaches a hosted
-//!   [`service::Service`]. Any unprotected command, any SELECT, a reset or a MAC failure ends
+//!   [`service::Service`]; GET DATA may also run protected. Any unprotected command, any SELECT, a reset or a MAC failure ends
 //!   the session.
 //!
 //! At most [`MAX_PAIRINGS`] pairings, keyed by terminal certificate serial; a new terminal
@@ -662,12 +662,15 @@ impl Applet for PairingApplet {
                     return Err(e.status_word());
                 }
             };
-            let response = if plain.cla == proto::CLA_PROPRIETARY && plain.ins == proto::INS_INVOKE
-            {
-                self.invoke(&plain).unwrap_or_else(Response::status)
-            } else {
-                Response::status(StatusWord::INS_NOT_SUPPORTED)
-            };
+            // Inside the session: INVOKE, and GET DATA (read-only).
+            let response = match (plain.cla, plain.ins, plain.p1) {
+                (proto::CLA_PROPRIETARY, proto::INS_INVOKE, _) => self.invoke(&plain),
+                (proto::CLA_PROPRIETARY, proto::INS_GET_DATA, 0) => {
+                    self.get_data(plain.p2).map(Response::ok)
+                }
+                _ => Err(StatusWord::INS_NOT_SUPPORTED),
+            }
+            .unwrap_or_else(Response::status);
             return self.volatile.scp.wrap_response(&response).map_err(|e| e.status_word());
         }
         // Any unprotected command ends the session.

@@ -4,7 +4,6 @@
 //! new one re-pairs automatically.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::rc::Rc;
 
 use tessera_apdu::{Command, Response};
@@ -89,24 +88,10 @@ fn demo_err(e: impl std::fmt::Display) -> CliError {
     CliError::new(Exit::Other, format!("demo: {e}"))
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn run(n: &mut Narrator) -> Result<(), CliError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("tessera-demo-{}-{nanos}", std::process::id())));
-    let mut ca = LocalCa::init(&dir.0.join("ca"), "tessera demo CA").map_err(pairing_error)?;
+    let mut ca = LocalCa::in_memory("tessera demo CA").map_err(pairing_error)?;
     n.say(
-        "Certification (Fig. 9). A CA (here a local directory; later the server) certifies an \
+        "Certification (Fig. 9). A CA (here in memory; `tessera enroll` keeps one in a directory; later the server) certifies an \
          issued card and two terminals. The card's pairing applet generates its own P-256 key and \
          signs a labelled enrolment structure over the CA's challenge (proof of possession); the \
          CA issues the card certificate (role card); the card stores it and the CA certificate, \

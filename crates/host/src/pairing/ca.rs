@@ -95,7 +95,10 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> Resu
 /// A certification authority kept in a directory: `ca.key` (PKCS#8, mode 0600), `ca.crt`
 /// (PEM) and `revoked.txt` (one hex serial per line).
 pub struct LocalCa {
-    dir: PathBuf,
+    /// `None` for a CA kept in memory only ([`LocalCa::in_memory`]).
+    dir: Option<PathBuf>,
+    /// The revoked serials of an in-memory CA.
+    revoked: Vec<Vec<u8>>,
     key: SigningKey,
     certificate: Certificate,
     challenges: HashSet<[u8; CHALLENGE_LEN]>,
@@ -123,7 +126,27 @@ impl LocalCa {
         write_private(&dir.join(KEY_FILE), &key.to_pkcs8_der()?, true)?;
         write_private(&dir.join(CERT_FILE), certificate.to_pem().as_bytes(), true)?;
         write_private(&dir.join(REVOKED_FILE), b"", true)?;
-        Ok(LocalCa { dir: dir.to_owned(), key, certificate, challenges: HashSet::new() })
+        Ok(LocalCa {
+            dir: Some(dir.to_owned()),
+            revoked: Vec::new(),
+            key,
+            certificate,
+            challenges: HashSet::new(),
+        })
+    }
+
+    /// A CA that lives in memory only (tests, benchmarks, the demo).
+    pub fn in_memory(name: &str) -> Result<LocalCa> {
+        let key = SigningKey::generate(&mut OsRng);
+        let serial = x509::random_serial(&mut OsRng);
+        let t = now();
+        let certificate = self_signed_ca(
+            &key,
+            name,
+            &serial,
+            Validity { not_before: t - 60, not_after: t + CA_LIFETIME },
+        )?;
+        Ok(LocalCa { dir: None, revoked: Vec::new(), key, certificate, challenges: HashSet::new() })
     }
 
     /// Opens the CA in `dir`.
@@ -137,11 +160,18 @@ impl LocalCa {
         if certificate.info()?.public_key != key.public_key() {
             return Err(file_err(&cert_path, "does not match ca.key"));
         }
-        Ok(LocalCa { dir: dir.to_owned(), key, certificate, challenges: HashSet::new() })
+        Ok(LocalCa {
+            dir: Some(dir.to_owned()),
+            revoked: Vec::new(),
+            key,
+            certificate,
+            challenges: HashSet::new(),
+        })
     }
 
     fn revoked(&self) -> Result<Vec<Vec<u8>>> {
-        let path = self.dir.join(REVOKED_FILE);
+        let Some(dir) = &self.dir else { return Ok(self.revoked.clone()) };
+        let path = dir.join(REVOKED_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
@@ -155,8 +185,12 @@ impl LocalCa {
         if !all.iter().any(|s| s == serial) {
             all.push(serial.to_vec());
         }
+        let Some(dir) = &self.dir else {
+            self.revoked = all;
+            return Ok(());
+        };
         let text: String = all.iter().map(|s| format!("{}\n", hex::encode_upper(s))).collect();
-        write_private(&self.dir.join(REVOKED_FILE), text.as_bytes(), false)
+        write_private(&dir.join(REVOKED_FILE), text.as_bytes(), false)
     }
 }
 
