@@ -239,8 +239,15 @@ fn step1_commands(
     ])
 }
 
-/// Step 2's commands: the certificates in STORE DATA blocks, then SET STATUS PERSONALIZED.
-fn step2_commands(ca: &Certificate, package: &Certificate, device: &Certificate) -> Vec<Command> {
+/// Step 2's commands: the certificates in STORE DATA blocks, the keyring's personalisation
+/// (`keyring`, see [`crate::keyring::issuance`]; empty when the issuer's policy installs none),
+/// then SET STATUS PERSONALIZED.
+fn step2_commands(
+    ca: &Certificate,
+    package: &Certificate,
+    device: &Certificate,
+    keyring: &[Command],
+) -> Vec<Command> {
     let data = dgi(&[
         (DGI_ISSUER_CA, ca.der()),
         (DGI_PACKAGE_SIGNING, package.der()),
@@ -255,6 +262,7 @@ fn step2_commands(ca: &Certificate, package: &Certificate, device: &Certificate)
             Command::new(0x80, 0xE2, p1, i as u8).with_data(chunk.to_vec())
         })
         .collect();
+    commands.extend_from_slice(keyring);
     commands.push(Command::new(0x80, 0xF0, 0x80, LC_PERSONALIZED));
     commands
 }
@@ -388,6 +396,7 @@ pub fn device_apdus(
     ca: &Certificate,
     package: &Certificate,
     device: &Certificate,
+    keyring: &[Command],
 ) -> Result<Vec<Vec<u8>>, ServerError> {
     let challenge: [u8; 8] = hex_array(&step.host_challenge, "host challenge")?;
     let nonce: [u8; NONCE_LEN] = hex_array(&step.nonce, "nonce")?;
@@ -399,7 +408,7 @@ pub fn device_apdus(
     for c in &step1_commands(&step.card_id, secrets, &nonce)? {
         host.wrap_command(c).map_err(internal)?;
     }
-    step2_commands(ca, package, device)
+    step2_commands(ca, package, device, keyring)
         .iter()
         .map(|c| bytes(&host.wrap_command(c).map_err(internal)?))
         .collect()

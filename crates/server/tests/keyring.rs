@@ -367,3 +367,63 @@ async fn a_malformed_keyring_step_changes_nothing(db: TestDb) {
     assert_eq!(version(&s, "internal", 3), (1, None));
 }
 both!(a_malformed_keyring_step_changes_nothing);
+
+async fn issuance_installs_the_keyring_of_the_issuer_policy(db: TestDb) {
+    use tessera_server::store::issuance::StartIssuance;
+    for mode in [KeyringMode::Symmetric, KeyringMode::Asymmetric] {
+        let other;
+        let db = match mode {
+            KeyringMode::Symmetric => &db,
+            KeyringMode::Asymmetric => {
+                other = fresh(&db).await;
+                &other
+            }
+        };
+        let store = db.store().await;
+        store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+        let layout = KeyringLayout { mode, internal_slots: 4, external_slots: 2 };
+        let policy = KeyringPolicy { layout: Some(layout), ..KeyringPolicy::default() };
+        store.set_keyring_policy(&root(), "acme", &policy).await.unwrap();
+        let start = StartIssuance { card_id: "NEW-1".into() };
+        let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
+        let mut card = Card::in_memory(CardOptions::default());
+        card.power_on();
+        let mut step = issuance.session.clone();
+        while !step.done {
+            let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+            step = store.exchange(&step.session_id, &req).await.unwrap();
+        }
+        assert_eq!(step.outcome.unwrap().result, "issued");
+        // The server's copy is recorded (audited), every slot at version 1.
+        let s = store.keyring_status(&root(), "acme", "NEW-1").await.unwrap();
+        assert_eq!((s.mode, s.slots.len(), s.state.as_str()), (mode, 6, "ok"));
+        assert!(s.slots.iter().all(|v| v.server_version == 1 && v.card_version.is_none()));
+        // The card's keyring works: the first sync authenticates with the bottom pair, opens
+        // the session and reads the same versions.
+        card.reset();
+        let mut step = store.create_session("acme", &CreateSession::default()).await.unwrap();
+        while !step.done {
+            let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+            step = store.exchange(&step.session_id, &req).await.unwrap();
+        }
+        assert_eq!(step.outcome.unwrap().result, "synced");
+        let s = store.keyring_status(&root(), "acme", "NEW-1").await.unwrap();
+        assert!(s.slots.iter().all(|v| v.card_version == Some(1)), "{s:?}");
+        // Renewal works on it too (4 internal, 2 external: level 1 renews internal 3-4 and
+        // external 2 from internal 2 and external 1).
+        let r = ReportCompromise { kind: "internal".into(), slot: 3 };
+        store.keyring_compromised(&root(), "acme", "NEW-1", &r).await.unwrap();
+        card.reset();
+        let mut step = store.create_session("acme", &CreateSession::default()).await.unwrap();
+        while !step.done {
+            let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+            step = store.exchange(&step.session_id, &req).await.unwrap();
+        }
+        assert_eq!(step.outcome.unwrap().result, "synced");
+        let s = store.keyring_status(&root(), "acme", "NEW-1").await.unwrap();
+        assert_agree(&s);
+        assert_eq!(version(&s, "internal", 3).0, 2);
+        assert!(audit_actions(&store).await.contains(&"keyring.issue".to_owned()));
+    }
+}
+both!(issuance_installs_the_keyring_of_the_issuer_policy);

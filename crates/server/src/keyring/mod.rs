@@ -16,6 +16,7 @@
 //! [`tessera_proto::keyring`]. `docs/keyring.md` gives the message sequences.
 
 pub mod cli;
+pub mod issuance;
 pub mod policy;
 pub mod replay;
 pub mod service;

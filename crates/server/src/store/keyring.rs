@@ -33,6 +33,13 @@ pub(crate) fn record_context(issuer: &str, card_id: &str) -> String {
     format!("card/{issuer}/{card_id}/keyring")
 }
 
+fn issuance_context(session_id: &str) -> String {
+    format!("session/{session_id}/keyring-issue")
+}
+
+/// How long a keyring generated for an issuance that never finished is kept (like sessions).
+const ISSUANCE_RETENTION_SECS: i64 = 7 * 24 * 3600;
+
 fn sync_context(session_id: &str) -> String {
     format!("session/{session_id}/keyring-sync")
 }
@@ -432,7 +439,7 @@ impl Store {
     /// Generates the keyring of a registered card that has none and records it; returns the
     /// personalisation data groups (DGI, value) to send to the card's keyring applet through
     /// its ISD (INSTALL [for personalization], STORE DATA). Issuance through the tunnel does
-    /// this itself ([`crate::keyring::issuance`]); this serves cards personalised elsewhere.
+    /// this itself (the keyring step of [`crate::issuance`]); this serves cards personalised elsewhere.
     pub async fn issue_keyring(
         &self,
         principal: &Principal,
@@ -558,7 +565,73 @@ impl Store {
         self.keyring_status(principal, issuer, card_id).await
     }
 
+    /// The keyring step of an issuance in flight: when the issuer's policy names a layout,
+    /// generates the card's keyring, keeps it sealed with the session until the card confirms
+    /// its personalisation, and returns the commands to wrap into the issuance session before
+    /// SET STATUS ([`crate::keyring::issuance`]). No layout: no commands.
+    pub(crate) async fn keyring_issuance_commands(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        session_id: &str,
+        now: i64,
+    ) -> ServerResult<Vec<tessera_apdu::Command>> {
+        let Some(layout) = self.load_keyring_policy(tx, issuer).await?.layout else {
+            return Ok(Vec::new());
+        };
+        let (groups, keys) = generate_keyring(card_id, layout.to_layout()?, now)?;
+        let sealed = seal_json(&self.master, &keys, &issuance_context(session_id))?;
+        tx.execute(
+            "DELETE FROM keyring_issuances WHERE session_id = $1 OR created_at < $2",
+            &[session_id.into(), (now - ISSUANCE_RETENTION_SECS).into()],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO keyring_issuances (session_id, issuer_id, card_id, sealed_record, master_key_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                session_id.into(),
+                issuer.into(),
+                card_id.into(),
+                sealed.into(),
+                self.master.id().into(),
+                now.into(),
+            ],
+        )
+        .await?;
+        Ok(crate::keyring::issuance::personalisation_commands(&groups))
+    }
+
+    /// Records the keyring of an issuance the card confirmed (audited `keyring.issue`); nothing
+    /// when the issuance installed none.
+    pub(crate) async fn keyring_issuance_record(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        session_id: &str,
+        now: i64,
+    ) -> ServerResult<()> {
+        let row = tx
+            .query_opt(
+                "SELECT issuer_id, card_id, sealed_record FROM keyring_issuances WHERE session_id = $1",
+                &[session_id.into()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(()) };
+        if row.text(0)? != issuer || row.text(1)? != card_id {
+            return Err(internal("an issuance's keyring is filed under another card"));
+        }
+        let keys: CardKeys = open_json(&self.master, &row.blob(2)?, &issuance_context(session_id))?;
+        self.record_new_keyring(tx, &Principal::system(), issuer, card_id, &keys, now).await?;
+        tx.execute("DELETE FROM keyring_issuances WHERE session_id = $1", &[session_id.into()])
+            .await?;
+        Ok(())
+    }
+
     /// Re-seals every keyring record under `new` (master key rotation); returns how many.
+    /// Keyrings of issuances in flight are dropped: rotation ends their sessions.
     pub(crate) async fn reseal_keyrings(
         tx: &mut Tx,
         old: &MasterKey,
@@ -589,6 +662,7 @@ impl Store {
             )
             .await?;
         }
+        tx.execute("DELETE FROM keyring_issuances", &[]).await?;
         Ok(rows.len())
     }
 

@@ -388,12 +388,16 @@ impl Store {
                 let public = crate::issuance::check_keygen(&responses, step, &opened)?;
                 let certs =
                     self.certify_device(&mut tx, &s.issuer, &step.card_id, &public, now).await?;
+                let keyring = self
+                    .keyring_issuance_commands(&mut tx, &s.issuer, &step.card_id, session_id, now)
+                    .await?;
                 let apdus = crate::issuance::device_apdus(
                     step,
                     &opened,
                     &certs.ca,
                     &certs.package_signing,
                     &certs.device,
+                    &keyring,
                 )?;
                 let next = TunnelState::IssueFinish(crate::issuance::FinishStep {
                     card_id: step.card_id.clone(),
@@ -411,6 +415,7 @@ impl Store {
                 let der = hex::decode(&step.device_cert)
                     .map_err(|_| ServerError::Internal("stored device certificate".into()))?;
                 self.record_issued(&mut tx, &s.issuer, card_id, session_id, &opened, now).await?;
+                self.keyring_issuance_record(&mut tx, &s.issuer, card_id, session_id, now).await?;
                 self.record_device_certificate(
                     &mut tx,
                     &s.issuer,
