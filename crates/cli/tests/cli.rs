@@ -293,3 +293,32 @@ fn served_image_is_reached_through_pcscd_and_stops_cleanly() {
     assert_exit(&tessera(&["card", "info", "--image", &path]), 0);
     drop(daemon);
 }
+
+#[test]
+fn issue_count_needs_an_image_dir() {
+    // A reader or an image file holds one card: --count is refused before any server contact.
+    for source in [&["--reader", "any"][..], &["--image", "x.card"]] {
+        let mut args = vec!["issue", "--issuer", "acme", "--card-id", "C", "--count", "2"];
+        args.extend_from_slice(source);
+        let out = tessera(&args);
+        assert_exit(&out, 2);
+        assert!(text(&out.stderr).contains("--count needs --image-dir"), "{}", text(&out.stderr));
+    }
+    // An impossible prefix is refused the same way (33-character ids).
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "P".repeat(28);
+    let d = dir.path().to_str().unwrap();
+    let out = tessera(&[
+        "issue",
+        "--issuer",
+        "acme",
+        "--card-id",
+        &prefix,
+        "--count",
+        "2",
+        "--image-dir",
+        d,
+    ]);
+    assert_exit(&out, 2);
+    assert!(text(&out.stderr).contains("prefix"), "{}", text(&out.stderr));
+}

@@ -2,6 +2,7 @@
 //! tunnel through which the server drives a card, and the hash-chained audit log, over
 //! SQLite (embedded default) or PostgreSQL (several replicas on one database).
 //!
+//! - [`batch`]: batch issuance (ids from a prefix, one card after another).
 //! - [`db`]: connections, transactions, dialects, migrations.
 //! - [`store`]: every operation, one transaction each ([`store::Store`]).
 //! - [`tunnel`]: the APDUs the server sends a card and how it reads the answers.
@@ -12,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod clock;
