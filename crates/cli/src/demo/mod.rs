@@ -12,6 +12,7 @@ use tessera_host::trace;
 use crate::Output;
 use crate::error::{CliError, sw_meaning};
 
+mod keyring;
 mod pairing;
 mod platform;
 mod vault;
@@ -27,12 +28,13 @@ pub struct Chapter {
 }
 
 /// The chapters, in order.
-pub const CHAPTERS: &[Chapter] = &[platform::CHAPTER, pairing::CHAPTER, vault::CHAPTER];
+pub const CHAPTERS: &[Chapter] =
+    &[platform::CHAPTER, pairing::CHAPTER, vault::CHAPTER, keyring::CHAPTER];
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this chapter (names: platform, pairing, vault).
+    /// Run only this chapter (names: platform, pairing, vault, keyring).
     #[arg(long, value_name = "NAME")]
     chapter: Option<String>,
 }
