@@ -354,3 +354,81 @@ fn a_forged_bare_success_is_refused() {
     let e = session.invoke(&LedgerProvider::balance()).unwrap_err();
     assert!(matches!(e, PairingError::Verification(_)), "{e:?}");
 }
+
+/// A card on a disk that loses power during the k-th storage operation counted from PAIR
+/// CONFIRM (so in PAIR CONFIRM or in the first authentication after it).
+struct Tearing {
+    inner: InProcessChannel<Card>,
+    disk: tessera_card::storage::TearingDisk,
+    cut_at: u64,
+}
+
+impl CardChannel for Tearing {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        if command.get(1) == Some(&proto::INS_PAIR_CONFIRM) {
+            self.disk.arm(Some(self.cut_at));
+        }
+        let out = self.inner.transmit_raw(command)?;
+        if self.disk.is_cut() {
+            return Err(ChannelError::CardRemoved);
+        }
+        Ok(out)
+    }
+    fn reset(&mut self) -> Result<Vec<u8>, ChannelError> {
+        self.inner.reset()
+    }
+    fn atr(&mut self) -> Result<Vec<u8>, ChannelError> {
+        self.inner.atr()
+    }
+}
+
+#[test]
+fn a_pairing_cut_by_a_power_loss_never_authenticates_and_the_next_insertion_repairs() {
+    use tessera_card::OpenOptions;
+    use tessera_card::storage::{MemoryStorage, TearMode, TearingDisk};
+    let (_dir, mut ca) = new_ca();
+    let t = terminal(&mut ca, "t");
+    let mut cuts = 0;
+    let mut seen = [0u32; 2];
+    for k in 1.. {
+        let disk = TearingDisk::new(Vec::new(), None, TearMode::ReorderUnflushed { seed: k });
+        let mut card = Card::create_on(Box::new(disk.storage()), CardOptions::default()).unwrap();
+        card.power_on();
+        isd::personalize(&mut Script::new(&mut Plain(&mut card))).unwrap();
+        let mut channel = InProcessChannel::new(card);
+        enrol_card(&mut channel, &mut ca, &pin(), "card").unwrap();
+        channel.reset().unwrap();
+        let mut tearing = Tearing { inner: channel, disk: disk.clone(), cut_at: k };
+        let mut store = PairingStore::in_memory();
+        let (r, _) = connect_counting(&t, &mut tearing, &mut store);
+        if !disk.is_cut() {
+            assert_eq!(r.unwrap().1, Connection::Repaired);
+            break;
+        }
+        cuts += 1;
+        assert!(r.is_err());
+        // Cut during PAIR CONFIRM: the terminal kept nothing. Cut later (during the first
+        // authentication, which commits the staged pairing): the terminal has the pairing.
+        let confirmed = !store.is_empty();
+        seen[usize::from(confirmed)] += 1;
+        // Power back on, whatever the image holds: a terminal without the pairing cannot
+        // authenticate and sets up again (PIN asked); one with it authenticates (no PIN) and
+        // commits the staged pairing then.
+        let card = Card::open_on(
+            Box::new(MemoryStorage::from_bytes(disk.platter())),
+            OpenOptions::default(),
+        )
+        .unwrap();
+        let mut channel = InProcessChannel::new(card);
+        let (r, asked) = connect_counting(&t, &mut channel, &mut store);
+        let expected =
+            if confirmed { (Connection::Authenticated, 0) } else { (Connection::Repaired, 1) };
+        assert_eq!((r.unwrap().1, asked), expected, "cut {k}");
+        select_pairing(&mut channel);
+        let st = channel.transmit(&proto::get_data_command(proto::DATA_STATUS)).unwrap();
+        let st = proto::Status::parse(&st.data).unwrap();
+        assert_eq!((st.committed, st.staged), (1, 0), "cut {k}");
+    }
+    assert!(cuts > 1, "PAIR CONFIRM and the first authentication write the image");
+    assert!(seen[0] > 0 && seen[1] > 0, "cuts in both commands: {seen:?}");
+}
