@@ -464,3 +464,43 @@ fn malformed_commands_change_nothing() {
     }
     assert_eq!(card.persistent_state(), state);
 }
+
+#[test]
+fn arbitrary_commands_never_panic_and_refusals_change_nothing() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use std::cell::RefCell;
+    let (card, _ca, _terminal, _host) = session();
+    let card = RefCell::new(card);
+    let strategy = (
+        prop::sample::select(vec![0x00u8, 0x80, 0x84, 0x90, 0x0C]),
+        prop::sample::select(vec![
+            proto::INS_PAIR_BEGIN,
+            proto::INS_PAIR_CONFIRM,
+            proto::INS_USE_PAIRING,
+            proto::INS_GENERATE_KEY,
+            proto::INS_INSTALL_CERTIFICATE,
+            proto::INS_LOAD_CRL,
+            proto::INS_INVOKE,
+            proto::INS_GET_DATA,
+            0x50,
+            0x82,
+            0x20,
+            0xFF,
+        ]),
+        0u8..4,
+        0u8..4,
+        prop::collection::vec(any::<u8>(), 0..300),
+    );
+    TestRunner::new(Config::with_cases(400))
+        .run(&strategy, |(cla, ins, p1, p2, data)| {
+            let mut card = card.borrow_mut();
+            let before = card.persistent_state();
+            let r = send(&mut card, &Command::new(cla, ins, p1, p2).with_data(data).with_le(256));
+            if r.sw != StatusWord::SUCCESS {
+                prop_assert_eq!(card.persistent_state(), before);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
