@@ -334,3 +334,30 @@ fn recovery_interrupted_at_every_file_leaves_every_file_readable() {
         }
     }
 }
+
+#[test]
+fn key_service_variant_seals_the_key_to_the_main_card_then_backup_moves_it() {
+    // Figs. 28-31: the service generates the key pair; only the main card can open it.
+    let plan = Plan::issuer_sets_all(2).unwrap();
+    let (mut m, mut b) = issued_pair(&plan);
+    let service_key = tessera_crypto::ecdsa::SigningKey::generate(&mut SeededRng::from_u64(42));
+    let transport = m.transport_key().unwrap();
+    let sealed = issuance::seal_key_for_card(
+        &mut SeededRng::from_u64(1),
+        &transport,
+        isd::scenarios::CARD_ID,
+        service_key.to_bytes().as_slice(),
+    )
+    .unwrap();
+    // The backup card (another transport key) cannot open what was sealed to the main card.
+    let err = b.import_sealed(sealed.clone()).unwrap_err();
+    assert!(err.to_string().contains("6A80"), "{err}");
+    let pk = m.import_sealed(sealed).unwrap();
+    assert_eq!(pk, service_key.public_key().to_sec1_bytes());
+    assert_eq!(m.status().unwrap().key, Some(KeyOrigin::Sealed));
+    let report = backup::run(&mut m, &mut b, &[]).unwrap();
+    assert!(!report.steps.iter().any(|s| s.contains("generated")), "{report:?}");
+    assert_eq!(b.public_key().unwrap(), pk);
+    assert_eq!(b.status().unwrap().key, Some(KeyOrigin::Wrapped));
+    assert!(m.status().unwrap().backup_created);
+}
