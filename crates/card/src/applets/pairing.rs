@@ -335,14 +335,14 @@ impl PairingApplet {
         let ca = self.ca()?;
         let crl = Crl::from_der(der.to_vec());
         let times = crl_times(&crl).map_err(|_| StatusWord::INCORRECT_DATA)?;
+        // Verifies signature and issuer; the serial asked for does not matter.
+        crl.is_revoked(&ca, &[1], times.this_update).map_err(|_| REFUSED)?;
         if times.this_update < self.state.crl_this_update
             || (self.state.crl.is_some() && times.this_update == self.state.crl_this_update)
         {
             // An older (or the same) list: never roll revocations back.
             return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
-        // Verifies signature and issuer; the serial asked for does not matter.
-        crl.is_revoked(&ca, &[1], times.this_update).map_err(|_| REFUSED)?;
         let mut revoked = Vec::new();
         for p in &self.state.pairings {
             if crl.is_revoked(&ca, &p.terminal, times.this_update).map_err(|_| REFUSED)? {

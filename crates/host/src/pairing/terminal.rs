@@ -55,7 +55,7 @@ impl Terminal {
     }
 
     /// Setup (Fig. 7) with the card in `channel`: the PIN must be verified and the pairing
-    /// applet selected. Pushes the terminal's CRL to the card first. Records the pairing in
+    /// applet selected. Pushes the terminal's CRL to the card first (best effort). Records the pairing in
     /// `store` only once the card accepted PAIR CONFIRM; returns the card's key id.
     pub fn setup(
         &self,
@@ -64,7 +64,12 @@ impl Terminal {
         rng: &mut dyn Rng,
     ) -> Result<Vec<u8>> {
         if let Some(crl) = &self.identity.crl {
-            load_crl(channel, crl.der())?;
+            // Best effort: a card of another CA refuses the list (and PAIR BEGIN will refuse
+            // the terminal); one holding a newer list keeps it.
+            match load_crl(channel, crl.der()) {
+                Ok(()) | Err(PairingError::Card { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_random(&mut nonce);
