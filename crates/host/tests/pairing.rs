@@ -432,3 +432,32 @@ fn a_pairing_cut_by_a_power_loss_never_authenticates_and_the_next_insertion_repa
     assert!(cuts > 1, "PAIR CONFIRM and the first authentication write the image");
     assert!(seen[0] > 0 && seen[1] > 0, "cuts in both commands: {seen:?}");
 }
+
+#[test]
+fn a_second_authentication_failure_stops_with_a_clear_error() {
+    let (_dir, mut ca) = new_ca();
+    let channel = card(&mut ca);
+    let t = terminal(&mut ca, "t");
+    let mut store = PairingStore::in_memory();
+    // Every INITIALIZE UPDATE answer is altered: the card cryptogram never verifies.
+    let mut wire = Wire { inner: channel, tamper_ins: Some(0x50), lose_ins: None };
+    let (r, asked) = connect_counting(&t, &mut wire, &mut store);
+    assert_eq!(asked, 1, "setup ran once between the two attempts");
+    assert!(matches!(r, Err(PairingError::SecondFailure(_))), "{:?}", r.err());
+}
+
+#[test]
+fn a_terminal_refuses_an_expired_card_certificate() {
+    let (_dir, mut ca) = new_ca();
+    let mut channel = card(&mut ca);
+    let mut t = terminal(&mut ca, "t");
+    t.now += 3 * 365 * 86_400; // past the card certificate's two years
+    let mut store = PairingStore::in_memory();
+    let (r, _) = connect_counting(&t, &mut channel, &mut store);
+    assert!(
+        matches!(&r, Err(PairingError::Certificate(m)) if m.contains("not valid")),
+        "{:?}",
+        r.err()
+    );
+    assert!(store.is_empty());
+}
