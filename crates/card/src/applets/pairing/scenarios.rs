@@ -1,6 +1,6 @@
 //! A test CA and terminal double, enrolment helpers, and the pairing applet's tear scenarios:
 //! every state-changing command (GENERATE KEY, both INSTALL CERTIFICATEs, LOAD CRL, PAIR
-//! CONFIRM, the first authentication that commits a staged pairing, service operations).
+//! CONFIRM, the first authentication that commits a staged pairing, every service write).
 //!
 //! [`TestTerminal`] computes the terminal side of setup and authentication from the same
 //! `tessera-proto` definitions the real terminal (`tessera_host::pairing`) uses; it exists so
@@ -365,6 +365,42 @@ fn note_put(d: &mut dyn TearDriver) -> Result<(), TearError> {
     invoke(&mut s, &put, StatusWord::SUCCESS).map(|_| ())
 }
 
+fn ledger_debit(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    paired(&mut s)?;
+    let credit = ServiceRequest {
+        service: proto::ServiceId::Ledger,
+        op: proto::ledger::OP_CREDIT,
+        data: 500u64.to_be_bytes().to_vec(),
+    };
+    invoke(&mut s, &credit, StatusWord::SUCCESS)?;
+    s.arm();
+    let debit = ServiceRequest {
+        service: proto::ServiceId::Ledger,
+        op: proto::ledger::OP_DEBIT,
+        data: 120u64.to_be_bytes().to_vec(),
+    };
+    invoke(&mut s, &debit, StatusWord::SUCCESS).map(|_| ())
+}
+
+fn note_delete(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    paired(&mut s)?;
+    let put = ServiceRequest {
+        service: proto::ServiceId::Notes,
+        op: proto::notes::OP_PUT,
+        data: b"\x05gone soon".to_vec(),
+    };
+    invoke(&mut s, &put, StatusWord::SUCCESS)?;
+    s.arm();
+    let delete = ServiceRequest {
+        service: proto::ServiceId::Notes,
+        op: proto::notes::OP_DELETE,
+        data: vec![5],
+    };
+    invoke(&mut s, &delete, StatusWord::SUCCESS).map(|_| ())
+}
+
 /// Every state-changing command of the pairing applet, as tear scenarios.
 pub fn all() -> Vec<TearScenario> {
     vec![
@@ -378,6 +414,8 @@ pub fn all() -> Vec<TearScenario> {
             script: first_authentication,
         },
         TearScenario { name: "ledger CREDIT", script: ledger_credit },
+        TearScenario { name: "ledger DEBIT", script: ledger_debit },
         TearScenario { name: "notes PUT", script: note_put },
+        TearScenario { name: "notes DELETE", script: note_delete },
     ]
 }
