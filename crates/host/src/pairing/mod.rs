@@ -8,7 +8,7 @@
 //! - [`files`]: the terminal key file and the pairing store, sealed under a passphrase.
 //! - [`terminal`]: setup (Fig. 7), authentication (Fig. 6), [`terminal::PairedSession`]
 //!   (Fig. 8) and [`terminal::connect`] (Fig. 5).
-//! - [`bench`]: authentication against setup, protected against plain APDUs.
+//! - [`bench`](mod@bench): authentication against setup, protected against plain APDUs.
 //! - [`service`]: the terminal-side service providers behind one trait (claims 2, 3).
 //!
 //! `docs/pairing.md` describes the protocol, its APDUs and every failure.
