@@ -4,7 +4,8 @@
 //! - `enroll card` has the card's pairing applet generate its key, prove possession and
 //!   receive its certificate (role card), the CA certificate and the CRL.
 //! - `enroll terminal --key FILE` makes a terminal key, certifies it (role terminal) and seals
-//!   key, certificate, CA certificate and CRL into FILE under a passphrase.
+//!   key, certificate, CA certificate and CRL into FILE under a passphrase; `enroll crl`
+//!   refreshes that CRL.
 //!
 //! The CA is a local directory until the server's CA endpoint is wired (it will implement the
 //! same `CertificationAuthority` trait). PINs and passphrases never come from argv: a prompt,
@@ -18,8 +19,10 @@ use serde_json::json;
 use tessera_card::pin::PinBlock;
 use tessera_crypto::passphrase::KdfCost;
 use tessera_host::pairing::PairingError;
+use tessera_host::pairing::ca::CertificationAuthority;
 use tessera_host::pairing::ca::LocalCa;
 use tessera_host::pairing::enrol::{enrol_card, enrol_terminal};
+use tessera_host::pairing::files::TerminalIdentity;
 use zeroize::Zeroizing;
 
 use crate::Output;
@@ -59,6 +62,18 @@ pub enum EnrollCommand {
         /// The terminal certificate's subject name.
         #[arg(long, value_name = "NAME", default_value = "tessera terminal")]
         name: String,
+        #[command(flatten)]
+        key_passphrase: KeyPassphraseArg,
+    },
+    /// Refresh a terminal's CRL from the CA (the terminal refuses setups once its CRL is
+    /// past its next update; the local CA's lists last a week).
+    Crl {
+        /// The terminal key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// CA directory.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
         #[command(flatten)]
         key_passphrase: KeyPassphraseArg,
     },
@@ -226,6 +241,21 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
                 &format!("terminal (key file {})", key.display()),
                 &identity.certificate,
             )
+        }
+        EnrollCommand::Crl { key, ca_dir, key_passphrase } => {
+            let mut ca = LocalCa::open(&ca_dir).map_err(pairing_error)?;
+            let passphrase = key_passphrase.read()?;
+            let mut identity = TerminalIdentity::load(&key, &passphrase).map_err(pairing_error)?;
+            if identity.ca != ca.ca_certificate().map_err(pairing_error)? {
+                return Err(CliError::usage("this key file was certified by another CA"));
+            }
+            identity.crl = Some(ca.crl().map_err(pairing_error)?);
+            identity.save(&key, &passphrase, kdf_cost()).map_err(pairing_error)?;
+            out.emit(
+                || format!("refreshed the CRL in {}", key.display()),
+                || json!({ "key": key, "crl": "refreshed" }),
+            );
+            Ok(())
         }
     }
 }

@@ -78,6 +78,11 @@ fn enrol_pair_on_first_use_then_authenticate_without_pin() {
         &["enroll", "terminal", "--key", key, "--ca-dir", ca, "--key-passphrase-file", pass],
         "",
     ));
+    let refreshed = ok(&tessera(
+        &["enroll", "crl", "--key", key, "--ca-dir", ca, "--key-passphrase-file", pass],
+        "",
+    ));
+    assert!(refreshed.contains("refreshed the CRL"), "{refreshed}");
 
     let service = |args: &[&str], stdin: &str| {
         let mut all = vec!["--json", "service"];
