@@ -40,8 +40,8 @@ impl Label {
     pub const KEYRING_SCP03_DEK: Label = Label::new("tessera/keyring/scp03/dek");
     /// Keyring: key confirmation value for a renewed key.
     pub const KEYRING_CONFIRMATION: Label = Label::new("tessera/keyring/confirmation");
-    /// Pairing: the pairing key, from the ECDH shared secret (context: both certificates'
-    /// hashes and both nonces).
+    /// Pairing: the pairing key, from the ECDH shared secret (context: the setup transcript:
+    /// both certificates, both ephemeral public keys and both nonces).
     pub const PAIRING_KEY: Label = Label::new("tessera/pairing/key");
     /// Pairing: SCP03 static K-ENC of a paired session, from the pairing key.
     pub const PAIRING_SCP03_ENC: Label = Label::new("tessera/pairing/scp03/enc");
