@@ -329,6 +329,28 @@ async fn a_rolled_back_card_is_flagged_and_root_compromise_means_reissue(db: Tes
     // A suspended card gets no keyring commands until an administrator acts.
     let o = sync(&store, &mut card).await;
     assert_eq!(o.result, "flagged");
+    // Resynchronisation is refused for a card that is not suspended, and must be approved: the
+    // copy (say, the holder's restored image) is then renewed from the level that still
+    // authenticates, and the other image is the odd one out.
+    let s2 = status(&store).await;
+    assert!(!s2.resync_approved);
+    let approved = store.keyring_approve_resync(&root(), "acme", card_id()).await.unwrap();
+    assert!(approved.resync_approved);
+    let o = sync(&store, &mut copy).await;
+    assert_eq!(o.result, "synced", "{o:?}");
+    assert!(o.message.contains("resynchronised"), "{o:?}");
+    let s3 = status(&store).await;
+    assert_agree(&s3);
+    assert!(!s3.resync_approved);
+    assert!(matches!(
+        store.keyring_approve_resync(&root(), "acme", card_id()).await,
+        Err(ServerError::Conflict(_))
+    ));
+    assert_eq!(sync(&store, &mut card).await.result, "flagged");
+    let actions = audit_actions(&store).await;
+    for a in ["keyring.suspend", "keyring.resync_approved", "keyring.resume"] {
+        assert!(actions.contains(&a.to_owned()), "{a}");
+    }
 
     let store2 = fresh(&db).await;
     let store2 = store2.store().await;
@@ -427,3 +449,77 @@ async fn issuance_installs_the_keyring_of_the_issuer_policy(db: TestDb) {
     }
 }
 both!(issuance_installs_the_keyring_of_the_issuer_policy);
+
+async fn the_admin_api_serves_status_policy_compromise_and_resync(db: TestDb) {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    let store = db.store().await;
+    let root_token = store.bootstrap_superuser().await.unwrap().unwrap().token;
+    let (_card, _) = card_with_keyring(&store, SYM_3X3).await;
+    store.create_issuer(&root(), "globex", "Globex").await.unwrap();
+    let globex = store.create_token(&root(), Some("globex"), "ops", 3600).await.unwrap().token;
+    let app = tessera_server::http::router(store.clone(), Default::default());
+    let call = |method: &str, path: String, token: &str, body: Option<serde_json::Value>| {
+        let app = app.clone();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
+        }
+    };
+    let card = card_id();
+    let status_path = format!("/v1/admin/issuers/acme/cards/{card}/keyring");
+    let (code, v) = call("GET", status_path.clone(), &root_token, None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!((v["mode"].as_str(), v["state"].as_str()), (Some("symmetric"), Some("ok")));
+    assert_eq!(v["slots"].as_array().unwrap().len(), 6);
+    // Another issuer's token sees nothing; no token is refused.
+    assert_eq!(call("GET", status_path.clone(), &globex, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call("GET", status_path.clone(), "nope", None).await.0, StatusCode::UNAUTHORIZED);
+    // Compromise: a bad body is 400 and changes nothing; a good one forces the level.
+    let compromised = format!("{status_path}/compromised");
+    let bad = serde_json::json!({"kind": "internal", "slot": 9});
+    assert_eq!(
+        call("POST", compromised.clone(), &root_token, Some(bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Unknown fields are refused by the JSON extractor (422, as everywhere in the API).
+    let extra = serde_json::json!({"kind": "internal", "slot": 3, "x": 1});
+    assert_eq!(
+        call("POST", compromised.clone(), &root_token, Some(extra)).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let good = serde_json::json!({"kind": "internal", "slot": 3});
+    let (code, v) = call("POST", compromised, &root_token, Some(good)).await;
+    assert_eq!((code, v["forced_level"].as_u64()), (StatusCode::OK, Some(0)));
+    // Resync of a card that is not suspended: 409.
+    let (code, _) = call("POST", format!("{status_path}/resync"), &root_token, None).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    // Policy: read the default, replace it, refuse a bad one.
+    let policy = "/v1/admin/issuers/acme/keyring-policy".to_owned();
+    let (code, v) = call("GET", policy.clone(), &root_token, None).await;
+    assert_eq!((code, v["intervals"].as_array().unwrap().len()), (StatusCode::OK, 2));
+    let new = serde_json::json!({"intervals": [86400], "layout": {"mode": "asymmetric", "internal_slots": 2, "external_slots": 2}});
+    let (code, v) = call("PUT", policy.clone(), &root_token, Some(new)).await;
+    assert_eq!((code, v["layout"]["mode"].as_str()), (StatusCode::OK, Some("asymmetric")));
+    let bad = serde_json::json!({"intervals": [5]});
+    assert_eq!(
+        call("PUT", policy.clone(), &root_token, Some(bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        call("GET", policy, &root_token, None).await.1["intervals"],
+        serde_json::json!([86400])
+    );
+}
+both!(the_admin_api_serves_status_policy_compromise_and_resync);

@@ -16,6 +16,7 @@ pub(super) fn routes() -> Router<AppState> {
             "/v1/admin/issuers/{issuer}/cards/{card}/keyring/compromised",
             post(keyring_compromised),
         )
+        .route("/v1/admin/issuers/{issuer}/cards/{card}/keyring/resync", post(keyring_resync))
         .route(
             "/v1/admin/issuers/{issuer}/keyring-policy",
             get(keyring_policy).put(set_keyring_policy),
@@ -43,6 +44,17 @@ pub(super) async fn keyring_compromised(
     JsonBody(req): JsonBody<ReportCompromise>,
 ) -> ServerResult<Json<KeyringStatus>> {
     Ok(Json(s.store.keyring_compromised(&p, &issuer, &card, &req).await?))
+}
+
+#[utoipa::path(post, path = "/v1/admin/issuers/{issuer}/cards/{card}/keyring/resync", tag = "admin", security(("bearer" = [])),
+    params(("issuer" = String, Path), ("card" = String, Path)),
+    responses((status = 200, body = KeyringStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn keyring_resync(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path((issuer, card)): Path<(String, String)>,
+) -> ServerResult<Json<KeyringStatus>> {
+    Ok(Json(s.store.keyring_approve_resync(&p, &issuer, &card).await?))
 }
 
 #[utoipa::path(get, path = "/v1/admin/issuers/{issuer}/keyring-policy", tag = "admin", security(("bearer" = [])),

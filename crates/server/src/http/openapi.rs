@@ -20,7 +20,7 @@ use super::{__path_healthz, Health};
         list_cards, register_card, get_card, revoke_card, start_issuance,
         list_tokens, create_token, revoke_token,
         audit_entries, verify_audit, checkpoint,
-        keyring_status, keyring_compromised, keyring_policy, set_keyring_policy,
+        keyring_status, keyring_compromised, keyring_resync, keyring_policy, set_keyring_policy,
     ),
     components(schemas(Health)),
     modifiers(&BearerAuth),

@@ -30,6 +30,14 @@ pub enum KeyringCommand {
         /// The slot.
         slot: u8,
     },
+    /// Approve resynchronising a suspended card known to be genuine (a restored old image) at
+    /// its next sync.
+    Resync {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+    },
     /// Show the issuer's keyring policy, or replace it with `--set JSON`.
     Policy {
         /// Issuer id.
@@ -61,6 +69,11 @@ pub fn request(cmd: &KeyringCommand) -> Result<(Method, String, Option<Value>), 
             format!("/v1/admin/issuers/{}/cards/{}/keyring/compromised", seg(issuer)?, seg(card)?),
             Some(json!({"kind": kind, "slot": slot})),
         ),
+        KeyringCommand::Resync { issuer, card } => (
+            Method::POST,
+            format!("/v1/admin/issuers/{}/cards/{}/keyring/resync", seg(issuer)?, seg(card)?),
+            None,
+        ),
         KeyringCommand::Policy { issuer, set: None } => {
             (Method::GET, format!("/v1/admin/issuers/{}/keyring-policy", seg(issuer)?), None)
         }
@@ -77,7 +90,9 @@ pub fn request(cmd: &KeyringCommand) -> Result<(Method, String, Option<Value>), 
 /// The text output of a command's answer.
 pub fn human(cmd: &KeyringCommand, v: &Value) -> String {
     match cmd {
-        KeyringCommand::Status { .. } | KeyringCommand::Compromised { .. } => status_table(v),
+        KeyringCommand::Status { .. }
+        | KeyringCommand::Compromised { .. }
+        | KeyringCommand::Resync { .. } => status_table(v),
         KeyringCommand::Policy { .. } => {
             serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
         }

@@ -172,7 +172,8 @@ pub fn select_command() -> Command {
 }
 
 /// Runs the sync of `snapshot`'s card from the start over `transcript` (see the module
-/// documentation): SELECT the keyring applet, then [`KeyringService::sync`].
+/// documentation): SELECT the keyring applet, then [`KeyringService::sync`], or
+/// [`KeyringService::resynchronise`] for a suspended card an administrator approved.
 pub fn replay_sync(
     seed: [u8; 32],
     snapshot: CardKeys,
@@ -181,6 +182,7 @@ pub fn replay_sync(
     transcript: &[(Vec<u8>, Vec<u8>)],
 ) -> Replay {
     let card_id = snapshot.card_id.clone();
+    let approved = snapshot.suspended && snapshot.resync_approved;
     let mut service = KeyringService::new(
         JournalStore::new(snapshot),
         policy,
@@ -188,6 +190,9 @@ pub fn replay_sync(
     );
     let mut link = ReplayLink::new(transcript);
     let result = match link.exchange(&select_command()) {
+        Ok(r) if r.sw == StatusWord::SUCCESS && approved => {
+            service.resynchronise(&card_id, &mut link, now)
+        }
         Ok(r) if r.sw == StatusWord::SUCCESS => service.sync(&card_id, &mut link, now),
         Ok(r) => Err(KeyringError::Refused { what: "SELECT keyring", sw: r.sw }),
         Err(e) => Err(KeyringError::Link(e)),

@@ -279,6 +279,7 @@ impl<S: KeyringStore> KeyringService<S> {
             needs_reissue: false,
             suspended: false,
             forced_level: None,
+            resync_approved: false,
         })?;
         Ok(groups)
     }
@@ -783,6 +784,7 @@ impl<S: KeyringStore> KeyringService<S> {
             card_keys: None,
         };
         keys.pending = None;
+        keys.resync_approved = false;
         match self.resync_from(&mut keys, link, 1, now, &mut report) {
             Ok(()) => {}
             Err(KeyringError::NeedsReissue) => return Ok(report),

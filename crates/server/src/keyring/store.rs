@@ -104,6 +104,10 @@ pub struct CardKeys {
     pub suspended: bool,
     /// A level reported compromised: it and every level below are renewed at the next sync.
     pub forced_level: Option<u8>,
+    /// An administrator approved resynchronising this suspended card (it is known to be
+    /// genuine): its next sync runs [`super::KeyringService::resynchronise`].
+    #[serde(default)]
+    pub resync_approved: bool,
 }
 
 impl CardKeys {

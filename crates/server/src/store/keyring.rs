@@ -185,6 +185,8 @@ pub struct KeyringStatus {
     pub state: String,
     /// A level reported compromised, renewed at the next sync.
     pub forced_level: Option<u8>,
+    /// A suspended card's resynchronisation is approved for its next sync.
+    pub resync_approved: bool,
     /// When the card last reported its versions (a completed sync), Unix seconds.
     pub card_reported_at: Option<i64>,
     /// Every slot, internal then external.
@@ -283,6 +285,9 @@ fn transitions(
     }
     if before.suspended && !after.suspended {
         out.push(("keyring.resume", serde_json::json!({})));
+    }
+    if !before.resync_approved && after.resync_approved {
+        out.push(("keyring.resync_approved", serde_json::json!({})));
     }
     if !before.needs_reissue && after.needs_reissue {
         out.push(("keyring.needs_reissue", serde_json::json!({})));
@@ -630,6 +635,37 @@ impl Store {
         Ok(())
     }
 
+    /// An administrator's answer to a suspended card known to be genuine (its holder restored
+    /// an old image): its next sync walks up the levels until a pair authenticates and renews
+    /// every level below it, then syncs; if even the root pair fails, the card needs re-issue.
+    /// Refused unless the card is suspended.
+    pub async fn keyring_approve_resync(
+        &self,
+        principal: &Principal,
+        issuer: &str,
+        card_id: &str,
+    ) -> ServerResult<KeyringStatus> {
+        principal.require_issuer(issuer)?;
+        let mut tx = self.begin().await?;
+        self.load_card(&mut tx, issuer, card_id, true).await?;
+        let keys = self
+            .load_keyring(&mut tx, issuer, card_id, true)
+            .await?
+            .ok_or_else(|| ServerError::NotFound(format!("card {card_id} has no keyring")))?;
+        if !keys.suspended || keys.needs_reissue {
+            return Err(ServerError::Conflict(format!(
+                "card {card_id}'s keyring is not suspended"
+            )));
+        }
+        let mut after = keys.clone();
+        after.resync_approved = true;
+        let now = crate::clock::now();
+        self.write_keyring(&mut tx, principal, (issuer, card_id), Some(keys), &[after], now)
+            .await?;
+        tx.commit().await?;
+        self.keyring_status(principal, issuer, card_id).await
+    }
+
     /// Re-seals every keyring record under `new` (master key rotation); returns how many.
     /// Keyrings of issuances in flight are dropped: rotation ends their sessions.
     pub(crate) async fn reseal_keyrings(
@@ -680,7 +716,7 @@ impl Store {
         let Some(keys) = self.load_keyring(tx, issuer, card_id, true).await? else {
             return Ok(None);
         };
-        if keys.needs_reissue || keys.suspended {
+        if keys.needs_reissue || (keys.suspended && !keys.resync_approved) {
             let report = crate::keyring::SyncReport {
                 outcome: if keys.needs_reissue {
                     SyncOutcome::NeedsReissue
@@ -920,6 +956,7 @@ fn status_of(
         mode: layout.mode.into(),
         state: state.into(),
         forced_level: keys.forced_level,
+        resync_approved: keys.resync_approved,
         card_reported_at: reported_at,
         slots,
     })
