@@ -9,9 +9,12 @@
 //! - [`vault`]: the card-duplication applet (key group, wrapped export, age file keys).
 //! - [`pairing`]: the secure-terminal pairing applet (enrolment, setup, per-insertion
 //!   authentication) and the services reachable through it.
+//! - [`update`]: the remote card data update applet (device authentication, signed and
+//!   sealed update packages, receipts).
 
 #![forbid(unsafe_code)]
 
 pub mod keyring;
 pub mod pairing;
+pub mod update;
 pub mod vault;
