@@ -523,3 +523,30 @@ async fn the_admin_api_serves_status_policy_compromise_and_resync(db: TestDb) {
     );
 }
 both!(the_admin_api_serves_status_policy_compromise_and_resync);
+
+async fn an_administrators_change_during_a_sync_is_not_overwritten(db: TestDb) {
+    let store = db.store().await;
+    let (mut card, _) = card_with_keyring(&store, SYM_3X3).await;
+    compromise(&store, "internal", 3).await;
+    card.reset();
+    let mut step = store.create_session("acme", &CreateSession::default()).await.unwrap();
+    // Run until the RENEW is out (phase one stored), then report the root compromised.
+    while !step.apdus.iter().any(|a| a.starts_with("80C4")) {
+        let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+        step = store.exchange(&step.session_id, &req).await.unwrap();
+    }
+    compromise(&store, "internal", 1).await;
+    let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+    let end = store.exchange(&step.session_id, &req).await.unwrap();
+    assert!(end.done);
+    let outcome = end.outcome.unwrap();
+    assert_eq!(outcome.result, "keyring-error", "{outcome:?}");
+    assert!(outcome.message.contains("changed during the sync"), "{outcome:?}");
+    // The re-issue flag survived, and the renewal in flight is still pending.
+    let s = status(&store).await;
+    assert_eq!(s.state, "needs-reissue");
+    let v = s.slots.iter().find(|v| v.kind == "internal" && v.slot == 3).unwrap();
+    assert_eq!(v.pending_version, Some(2));
+    assert_eq!(sync(&store, &mut card).await.result, "needs-reissue");
+}
+both!(an_administrators_change_during_a_sync_is_not_overwritten);

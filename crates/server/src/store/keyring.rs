@@ -791,8 +791,22 @@ impl Store {
             })
             .collect::<ServerResult<Vec<_>>>()?;
         let before = self.load_keyring(tx, issuer, &card_id, true).await?;
+        let snapshot = secrets.snapshot.clone();
         let replay =
             replay_sync(secrets.seed, secrets.snapshot, secrets.policy, state.now, &transcript);
+        // The record must be what this sync last wrote: an administrator's change in between
+        // (a compromise report, a resync approval) must not be overwritten. The sync ends, and
+        // the next one starts from the changed record (a renewal in flight stays pending).
+        let ours = match state.saves {
+            0 => Some(&snapshot),
+            n => replay.saved.get(n - 1),
+        };
+        if before.as_ref() != ours {
+            let e = KeyringError::Store("the keyring record changed during the sync".into());
+            let outcome =
+                self.keyring_outcome(tx, issuer, &card_id, session_id, Err(e), now).await?;
+            return Ok((TunnelState::Finished, Vec::new(), Some(outcome)));
+        }
         let new_saves = replay.saved.get(state.saves..).unwrap_or_default();
         self.write_keyring(tx, &Principal::system(), (issuer, &card_id), before, new_saves, now)
             .await?;
