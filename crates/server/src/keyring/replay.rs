@@ -223,3 +223,79 @@ pub fn describe(report: &SyncReport) -> String {
             .into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tessera_crypto::rng::SeededRng;
+    use tessera_proto::keyring::{Layout, Mode};
+
+    use super::*;
+    use crate::keyring::MemoryStore;
+
+    fn snapshot() -> CardKeys {
+        let mut svc = KeyringService::new(
+            MemoryStore::new(),
+            RenewalPolicy::default(),
+            Box::new(SeededRng::from_u64(3)),
+        );
+        svc.issue(b"CARD", Layout::new(Mode::Symmetric, 2, 2).unwrap(), 0).unwrap();
+        svc.store().load(b"CARD").unwrap().unwrap()
+    }
+
+    fn run(transcript: &[(Vec<u8>, Vec<u8>)]) -> Replay {
+        replay_sync([7; 32], snapshot(), RenewalPolicy::default(), 10, transcript)
+    }
+
+    fn next(r: &Replay) -> Vec<u8> {
+        match &r.stopped {
+            Replayed::Next(c) => c.clone(),
+            Replayed::Done(d) => panic!("done: {d:?}"),
+        }
+    }
+
+    #[test]
+    fn steps_are_deterministic_and_start_with_select() {
+        let select = select_command().to_bytes().unwrap();
+        assert_eq!(next(&run(&[])), select);
+        let ok = vec![0x90, 0x00];
+        let a = next(&run(&[(select.clone(), ok.clone())]));
+        let b = next(&run(&[(select.clone(), ok.clone())]));
+        assert_eq!(a, b, "same seed and responses, same command");
+        assert_eq!(&a[..4], &[0x00, 0x88, 0x00, 0x02], "INTERNAL AUTHENTICATE, bottom slot");
+        let other = replay_sync([8; 32], snapshot(), RenewalPolicy::default(), 10, &[(select, ok)]);
+        assert_ne!(next(&other), a, "another seed, another challenge");
+        assert!(run(&[]).saved.is_empty());
+    }
+
+    #[test]
+    fn a_diverging_transcript_stops_without_a_command() {
+        let mut select = select_command().to_bytes().unwrap();
+        select[2] ^= 1;
+        let r = run(&[(select, vec![0x90, 0x00])]);
+        match r.stopped {
+            Replayed::Done(Err(KeyringError::Link(e))) => assert!(e.0.contains("diverged")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_response_and_wrong_le_are_resolved_one_step_each() {
+        let select = select_command().to_bytes().unwrap();
+        let r = run(&[(select.clone(), vec![0x61, 0x02])]);
+        assert_eq!(next(&r), vec![0x00, 0xC0, 0x00, 0x00, 0x02]);
+        let r = run(&[
+            (select.clone(), vec![0x61, 0x02]),
+            (vec![0x00, 0xC0, 0x00, 0x00, 0x02], vec![0xAA, 0xBB, 0x90, 0x00]),
+        ]);
+        assert_eq!(&next(&r)[..2], &[0x00, 0x88]);
+        let r = run(&[(select.clone(), vec![0x6C, 0x05])]);
+        let again = select_command().with_le(5).to_bytes().unwrap();
+        assert_eq!(next(&r), again);
+        // A card that refuses SELECT ends the sync; a short answer is a link error.
+        let r = run(&[(select.clone(), vec![0x6A, 0x82])]);
+        assert!(matches!(r.stopped, Replayed::Done(Err(KeyringError::Refused { .. }))));
+        let r = run(&[(select, vec![0x90])]);
+        assert!(matches!(r.stopped, Replayed::Done(Err(KeyringError::Link(_)))));
+    }
+}
