@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod ledger;
 pub mod notes;
 pub mod pairing;
+pub mod update;
 pub mod vault;
 
 /// What the applets of a blank card start with.
@@ -38,6 +39,7 @@ pub fn registry(provisioning: &Provisioning) -> Vec<Box<dyn Applet>> {
         Box::new(keyring::Keyring::new()),
         Box::new(pairing::PairingApplet::new()),
         Box::new(vault::Vault::new()),
+        Box::new(update::UpdateApplet::new()),
         // One line per applet; later issues add `update`, `keyring`, `pairing`, ...
     ]
 }
