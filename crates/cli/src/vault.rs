@@ -162,8 +162,8 @@ pub struct RecoverArgs {
     /// Peers' recipient lists to search for the old recipient (reported, not changed).
     #[arg(long, value_name = "F")]
     peers: Vec<PathBuf>,
-    /// Files flushed together (fsync batch).
-    #[arg(long, default_value_t = 64)]
+    /// Files flushed together (fsync batch; each holds an open file until its batch ends).
+    #[arg(long, default_value_t = 256)]
     batch: usize,
     #[command(flatten)]
     passphrase: PassphraseArg,

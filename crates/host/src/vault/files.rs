@@ -358,18 +358,21 @@ pub fn recover<C: CardChannel>(
                 }),
             }
         }
-        // Phase 2: flush them all, then rename each; phase 3: flush the directories.
+        // Phase 2: flush them all, concurrently (the file system commits concurrent flushes
+        // together), then rename each flushed one; phase 3: flush the directories.
+        let flushed = flush_all(&written);
         let mut dirs = BTreeSet::new();
-        for (index, tmp, file) in written {
-            let path = reports[index].path.clone();
-            let done = file.sync_all().and_then(|()| fs::rename(&tmp, &path));
+        for ((index, tmp, _), flushed) in written.iter().zip(flushed) {
+            let path = reports[*index].path.clone();
+            let done = flushed.and_then(|()| fs::rename(tmp, &path));
             if let Err(e) = done {
-                let _ = fs::remove_file(&tmp);
-                reports[index].outcome = FileOutcome::Failed(format!("writing: {e}"));
+                let _ = fs::remove_file(tmp);
+                reports[*index].outcome = FileOutcome::Failed(format!("writing: {e}"));
                 continue;
             }
             dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
         }
+        drop(written);
         for dir in dirs {
             let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
             if let Ok(d) = File::open(&dir) {
@@ -381,6 +384,35 @@ pub fn recover<C: CardChannel>(
         }
     }
     Ok(reports)
+}
+
+/// Most flushes in flight at once.
+const FLUSH_THREADS: usize = 16;
+
+/// `sync_all` of every written file, on up to [`FLUSH_THREADS`] threads; results in order.
+fn flush_all(written: &[(usize, PathBuf, File)]) -> Vec<io::Result<()>> {
+    if written.len() <= 1 {
+        return written.iter().map(|(_, _, f)| f.sync_all()).collect();
+    }
+    let per_thread = written.len().div_ceil(FLUSH_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = written
+            .chunks(per_thread)
+            .map(|chunk| {
+                let handle = scope
+                    .spawn(move || chunk.iter().map(|(_, _, f)| f.sync_all()).collect::<Vec<_>>());
+                (chunk.len(), handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join().unwrap_or_else(|_| {
+                    (0..n).map(|_| Err(io::Error::other("flush thread failed"))).collect()
+                })
+            })
+            .collect()
+    })
 }
 
 fn is_recovered(path: &Path, old: &PublicKey, new: &PublicKey) -> bool {
