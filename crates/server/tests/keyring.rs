@@ -550,3 +550,83 @@ async fn an_administrators_change_during_a_sync_is_not_overwritten(db: TestDb) {
     assert_eq!(sync(&store, &mut card).await.result, "needs-reissue");
 }
 both!(an_administrators_change_during_a_sync_is_not_overwritten);
+
+/// A card on a tearing disk whose image is `platter` (empty: a new card).
+fn torn_card(platter: Vec<u8>) -> (Card, tessera_card::storage::TearingDisk) {
+    use tessera_card::storage::{TearMode, TearingDisk};
+    let fresh = platter.is_empty();
+    let disk = TearingDisk::new(platter, None, TearMode::ReorderUnflushed { seed: 5 });
+    let card = if fresh {
+        Card::create_on(Box::new(disk.storage()), CardOptions::default()).unwrap()
+    } else {
+        Card::open_on(Box::new(disk.storage()), tessera_card::OpenOptions::default()).unwrap()
+    };
+    (card, disk)
+}
+
+async fn a_power_cut_at_every_write_of_a_tunnelled_renewal_is_repaired_by_the_next_sync(
+    db: TestDb,
+) {
+    for mode in [KeyringMode::Symmetric, KeyringMode::Asymmetric] {
+        let other;
+        let db = match mode {
+            KeyringMode::Symmetric => &db,
+            KeyringMode::Asymmetric => {
+                other = fresh(&db).await;
+                &other
+            }
+        };
+        let store = db.store().await;
+        store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+        store.register_card(&root(), "acme", card_id()).await.unwrap();
+        let layout = KeyringLayout { mode, ..SYM_3X3 };
+        let groups = store.issue_keyring(&root(), "acme", card_id(), &layout).await.unwrap();
+        let (mut card, mut disk) = torn_card(Vec::new());
+        card.power_on();
+        {
+            let mut d = Direct(&mut card);
+            let mut s = Script::new(&mut d);
+            isd::personalize(&mut s).unwrap();
+            personalize_keyring(&mut s, &groups).unwrap();
+        }
+        let mut cuts = 0;
+        for k in 1.. {
+            // The bottom pair is due; the card loses power at its k-th write of the RENEW.
+            compromise(&store, "internal", 3).await;
+            card.reset();
+            let mut step = store.create_session("acme", &CreateSession::default()).await.unwrap();
+            let mut cut = false;
+            while !step.done {
+                let renew = step.apdus.iter().any(|a| a.starts_with("80C4"));
+                if renew {
+                    disk.arm(Some(k));
+                }
+                let responses = relay(&mut card, &step.apdus);
+                if disk.is_cut() {
+                    cut = true;
+                    expire(&store, &step.session_id).await;
+                    break;
+                }
+                let req = Exchange { step: step.step, responses };
+                step = store.exchange(&step.session_id, &req).await.unwrap();
+            }
+            if !cut {
+                assert_eq!(step.outcome.unwrap().result, "synced");
+                break;
+            }
+            cuts += 1;
+            assert_eq!(status(&store).await.state, "renewal-pending");
+            // Power comes back on what the disk kept; the next sync repairs.
+            let (c, d) = torn_card(disk.platter());
+            (card, disk) = (c, d);
+            card.power_on();
+            let o = sync(&store, &mut card).await;
+            assert_eq!(o.result, "synced", "{mode:?} cut at {k}: {o:?}");
+            assert!(o.message.contains("resynchronised"), "{o:?}");
+            assert_agree(&status(&store).await);
+        }
+        assert!(cuts >= 2, "{mode:?}: only {cuts} writes");
+        eprintln!("{mode:?}: {cuts} power cuts during tunnelled renewals, each repaired");
+    }
+}
+both!(a_power_cut_at_every_write_of_a_tunnelled_renewal_is_repaired_by_the_next_sync);
