@@ -49,8 +49,7 @@ pub fn recipient_string(public_key: &[u8; PUBLIC_KEY_LEN]) -> Result<String, Vau
 pub fn parse_recipient(s: &str) -> Result<PublicKey, VaultError> {
     let r: age::tag::Recipient =
         s.trim().parse().map_err(|e| file_err(format!("not an age1tag recipient: {e}")))?;
-    let (hrp, data) = bech32::decode(&r.to_string()).map_err(|_| file_err("Bech32"))?;
-    let _ = hrp;
+    let (_, data) = bech32::decode(&r.to_string()).map_err(|_| file_err("Bech32"))?;
     PublicKey::from_sec1_bytes(&data).map_err(|_| file_err("recipient is not a P-256 point"))
 }
 
