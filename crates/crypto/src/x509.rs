@@ -211,14 +211,32 @@ pub struct Crl {
     der: Vec<u8>,
 }
 
-/// rcgen signer backed by our P-256 key, so no second key parser is involved.
+/// A CA's signing key wherever it lives: in memory ([`SigningKey`]) or in a token (a PKCS#11
+/// key behind the server). It signs with ECDSA P-256 / SHA-256 over the message.
+pub trait CaSigner {
+    /// The key's public half.
+    fn public_key(&self) -> PublicKey;
+    /// ECDSA P-256 / SHA-256 signature over `message`.
+    fn sign_message(&self, message: &[u8]) -> Result<Signature>;
+}
+
+impl CaSigner for SigningKey {
+    fn public_key(&self) -> PublicKey {
+        SigningKey::public_key(self)
+    }
+    fn sign_message(&self, message: &[u8]) -> Result<Signature> {
+        Ok(self.sign(message))
+    }
+}
+
+/// rcgen signer backed by a [`CaSigner`], so no second key parser is involved.
 struct Signer<'a> {
-    key: &'a SigningKey,
+    key: &'a dyn CaSigner,
     public: [u8; 65],
 }
 
 impl<'a> Signer<'a> {
-    fn new(key: &'a SigningKey) -> Self {
+    fn new(key: &'a dyn CaSigner) -> Self {
         Self { key, public: key.public_key().to_sec1_bytes() }
     }
 }
@@ -234,7 +252,7 @@ impl rcgen::PublicKeyData for Signer<'_> {
 
 impl rcgen::SigningKey for Signer<'_> {
     fn sign(&self, msg: &[u8]) -> core::result::Result<Vec<u8>, rcgen::Error> {
-        Ok(self.key.sign(msg).to_der())
+        self.key.sign_message(msg).map(|s| s.to_der()).map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 
@@ -324,9 +342,9 @@ fn base_params(cn: &str, serial: &[u8], validity: Validity) -> Result<Certificat
     Ok(p)
 }
 
-/// Makes a self-signed root CA certificate for `key`.
+/// Makes a self-signed root CA certificate for `key` (in memory or in a token).
 pub fn self_signed_ca(
-    key: &SigningKey,
+    key: &dyn CaSigner,
     common_name: &str,
     serial: &[u8],
     validity: Validity,
@@ -345,7 +363,11 @@ pub fn self_signed_ca(
 /// Issues a certificate for `req.public_key`, signed by `ca_key` whose certificate is `ca`.
 ///
 /// Refuses a CA key that does not match `ca`, or an issuer that is not a CA.
-pub fn issue(ca_key: &SigningKey, ca: &Certificate, req: &IssueRequest<'_>) -> Result<Certificate> {
+pub fn issue(
+    ca_key: &dyn CaSigner,
+    ca: &Certificate,
+    req: &IssueRequest<'_>,
+) -> Result<Certificate> {
     issue_with_alt_names(ca_key, ca, req, &[])
 }
 
@@ -353,7 +375,7 @@ pub fn issue(ca_key: &SigningKey, ca: &Certificate, req: &IssueRequest<'_>) -> R
 /// extension). A TLS server certificate needs it: clients match the host they dialled against
 /// these names, not the common name.
 pub fn issue_with_alt_names(
-    ca_key: &SigningKey,
+    ca_key: &dyn CaSigner,
     ca: &Certificate,
     req: &IssueRequest<'_>,
     alt_names: &[AltName],
@@ -582,7 +604,7 @@ pub fn verify_chain(
 
 /// Makes a CRL signed by `ca_key` (whose certificate is `ca`).
 pub fn make_crl(
-    ca_key: &SigningKey,
+    ca_key: &dyn CaSigner,
     ca: &Certificate,
     revoked: &[Revoked],
     this_update: i64,

@@ -91,11 +91,25 @@ pub struct ServerArgs {
     /// Master key file (default DATA/master.key; TESSERA_MASTER_KEY wins over both).
     #[arg(long)]
     pub master_key_file: Option<PathBuf>,
+    /// PKCS#11 module for issuer keys in a token (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, requires = "pkcs11_token")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token.
+    #[arg(long, requires = "pkcs11_module")]
+    pub pkcs11_token: Option<String>,
+    /// File holding the token's user PIN (TESSERA_PKCS11_PIN wins over it).
+    #[arg(long, requires = "pkcs11_module")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
     /// The server options these arguments ask for.
     pub fn options(&self) -> ServerOptions {
+        let pkcs11 = self.pkcs11_module.as_ref().map(|module| crate::server::Pkcs11Options {
+            module: module.clone(),
+            token_label: self.pkcs11_token.clone().unwrap_or_default(),
+            pin_file: self.pkcs11_pin_file.clone(),
+        });
         let mut o = ServerOptions::new(&self.data);
         o.listen = self.listen;
         o.db = self.db.as_deref().map(DbLocation::parse);
@@ -105,6 +119,7 @@ impl ServerArgs {
             _ => TlsMode::Generated,
         };
         o.master_key_file = self.master_key_file.clone();
+        o.pkcs11 = pkcs11;
         o
     }
 }
@@ -211,6 +226,10 @@ pub enum IssuerCommand {
         id: String,
         /// Display name.
         name: String,
+        /// Generate both keys in the server's PKCS#11 token (the server was started with
+        /// --pkcs11-module).
+        #[arg(long)]
+        in_token: bool,
     },
     /// Show an issuer with its certificates (PEM).
     Show {
@@ -383,9 +402,11 @@ fn request_for(cmd: &AdminCommand) -> Result<(Method, String, Option<Value>), Fa
     use AdminCommand as A;
     Ok(match cmd {
         A::Issuers(IssuerCommand::List) => (Method::GET, "/v1/admin/issuers".into(), None),
-        A::Issuers(IssuerCommand::Create { id, name }) => {
-            (Method::POST, "/v1/admin/issuers".into(), Some(json!({"id": id, "name": name})))
-        }
+        A::Issuers(IssuerCommand::Create { id, name, in_token }) => (
+            Method::POST,
+            "/v1/admin/issuers".into(),
+            Some(json!({"id": id, "name": name, "keys_in_token": in_token})),
+        ),
         A::Issuers(IssuerCommand::Show { id }) => {
             (Method::GET, format!("/v1/admin/issuers/{}", seg(id)?), None)
         }

@@ -9,6 +9,8 @@
 //! - [`http`]: the axum router (JSON API, `/healthz`, `/metrics`, `/openapi.json`).
 //! - [`tls`]: the self-signed certificate and the TLS listener (rustls, `ring`).
 //! - [`server`]: configuration and the run loop with graceful shutdown.
+//! - [`pkcs11`]: issuer keys in a PKCS#11 token (SoftHSM2).
+//! - [`update`]: remote card data update (queue, device authentication, receipts).
 //! - [`primitives`]: hashing, sealing and signing helpers awaiting a home in `tessera-crypto`.
 
 #![forbid(unsafe_code)]
@@ -21,11 +23,13 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod issuance;
+pub mod pkcs11;
 pub mod primitives;
 pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tunnel;
+pub mod update;
 
 pub use error::{ServerError, ServerResult};
 pub use store::{Store, StoreConfig};

@@ -64,6 +64,45 @@ pub struct ServerOptions {
     pub sweep_every: Duration,
     /// How often a signed audit checkpoint is taken (besides every N entries).
     pub checkpoint_every: Duration,
+    /// A PKCS#11 token for issuer keys, if any.
+    pub pkcs11: Option<Pkcs11Options>,
+}
+
+/// Environment variable: the PKCS#11 user PIN (wins over `--pkcs11-pin-file`).
+pub const PKCS11_PIN_ENV: &str = "TESSERA_PKCS11_PIN";
+
+/// Where the PKCS#11 token for issuer keys is.
+#[derive(Clone, Debug)]
+pub struct Pkcs11Options {
+    /// The module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// A file holding the user PIN (used when [`PKCS11_PIN_ENV`] is not set).
+    pub pin_file: Option<PathBuf>,
+}
+
+impl Pkcs11Options {
+    /// Opens and logs in to the token.
+    pub fn open(&self) -> Result<crate::pkcs11::Token, StartError> {
+        let pin = match (std::env::var(PKCS11_PIN_ENV), &self.pin_file) {
+            (Ok(pin), _) => pin,
+            (Err(_), Some(path)) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| file_err(path, e))?,
+            (Err(_), None) => {
+                return Err(StartError::Token(format!(
+                    "no PIN: set {PKCS11_PIN_ENV} or give --pkcs11-pin-file"
+                )));
+            }
+        };
+        let config = crate::pkcs11::TokenConfig {
+            module: self.module.clone(),
+            token_label: self.token_label.clone(),
+            pin: pin.into(),
+        };
+        crate::pkcs11::Token::open(&config).map_err(|e| StartError::Token(e.to_string()))
+    }
 }
 
 impl ServerOptions {
@@ -79,6 +118,7 @@ impl ServerOptions {
             store: StoreConfig::default(),
             sweep_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(600),
+            pkcs11: None,
         }
     }
 }
@@ -100,6 +140,9 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Database(String),
+    /// The PKCS#11 token could not be opened.
+    #[error("{0}")]
+    Token(String),
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -163,7 +206,11 @@ pub async fn open_store(opts: &ServerOptions) -> Result<Store, StartError> {
     let location =
         opts.db.clone().unwrap_or_else(|| DbLocation::Sqlite(opts.data_dir.join("tessera.db")));
     let db = Db::open(&location).await.map_err(|e| StartError::Database(e.to_string()))?;
-    Ok(Store::open(db, master, opts.store.clone()).await?)
+    let store = Store::open(db, master, opts.store.clone()).await?;
+    Ok(match &opts.pkcs11 {
+        Some(p) => store.with_token(p.open()?),
+        None => store,
+    })
 }
 
 /// A started server.

@@ -287,3 +287,49 @@ fn openssl_verify_name(root: &Certificate, leaf: &Certificate, args: &[&str], ex
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.success(), expect_ok, "openssl verify {args:?}: {text}");
 }
+
+/// A CA key held elsewhere (a token): signs through the trait; a failing signer fails the
+/// certificate instead of producing one.
+struct External {
+    key: SigningKey,
+    calls: core::cell::Cell<u32>,
+    broken: bool,
+}
+
+impl CaSigner for External {
+    fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+    fn sign_message(&self, message: &[u8]) -> Result<Signature> {
+        self.calls.set(self.calls.get() + 1);
+        if self.broken {
+            return Err(CryptoError::BadSignature);
+        }
+        Ok(self.key.sign(message))
+    }
+}
+
+#[test]
+fn an_external_ca_signer_signs_certificates_and_crls() {
+    let key = SigningKey::generate(&mut SeededRng::from_u64(11));
+    let ext = External { key, calls: core::cell::Cell::new(0), broken: false };
+    let ca = self_signed_ca(&ext, "external CA", &[1], validity()).unwrap();
+    let leaf_key = SigningKey::generate(&mut SeededRng::from_u64(12));
+    let req = IssueRequest {
+        subject_cn: "leaf",
+        public_key: &leaf_key.public_key(),
+        roles: &[Role::Device],
+        serial: &[2],
+        validity: validity(),
+        ca_path_len: None,
+    };
+    let leaf = issue(&ext, &ca, &req).unwrap();
+    verify_chain(&leaf, &[], &ca, T0 + 1, Some(Role::Device)).unwrap();
+    let crl = make_crl(&ext, &ca, &[Revoked { serial: vec![2], revoked_at: T0 }], T0, T0 + YEAR, 1)
+        .unwrap();
+    assert!(crl.is_revoked(&ca, &[2], T0 + 1).unwrap());
+    assert_eq!(ext.calls.get(), 3);
+    let broken = External { broken: true, ..ext };
+    assert!(issue(&broken, &ca, &req).is_err());
+    assert!(self_signed_ca(&broken, "x", &[1], validity()).is_err());
+}

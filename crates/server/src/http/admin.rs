@@ -41,6 +41,10 @@ pub struct CreateIssuer {
     pub id: String,
     /// Display name.
     pub name: String,
+    /// Generate the CA and package-signing keys in the server's PKCS#11 token (400 when the
+    /// server has none).
+    #[serde(default)]
+    pub keys_in_token: bool,
 }
 
 /// `POST /v1/admin/issuers/{issuer}/cards` body.
@@ -111,7 +115,12 @@ pub(super) async fn create_issuer(
     Admin(p): Admin,
     JsonBody(req): JsonBody<CreateIssuer>,
 ) -> ServerResult<(StatusCode, Json<IssuerInfo>)> {
-    Ok((StatusCode::CREATED, Json(s.store.create_issuer(&p, &req.id, &req.name).await?)))
+    let info = if req.keys_in_token {
+        s.store.create_issuer_in_token(&p, &req.id, &req.name).await?
+    } else {
+        s.store.create_issuer(&p, &req.id, &req.name).await?
+    };
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 #[utoipa::path(get, path = "/v1/admin/issuers/{issuer}", tag = "admin", security(("bearer" = [])),

@@ -9,12 +9,17 @@
 //! number, is signed when the issuer is created and at every revocation; `openssl verify`
 //! accepts the chains and the CRL (tested).
 //!
-//! Keys in a PKCS#11 token (SoftHSM2) are a later step; see docs/server.md.
+//! An issuer may instead keep both keys in a PKCS#11 token ([`Store::create_issuer_in_token`],
+//! tested with SoftHSM2): the keys are generated in the token, labelled
+//! `tessera/<issuer>/ca` and `tessera/<issuer>/package-signing`, and the sealed columns hold
+//! the sealed reference `pkcs11:<label>` instead of a PKCS#8 document (which starts with a DER
+//! SEQUENCE byte, so the two never mix). Every signature (certificates, CRLs) then goes
+//! through the token.
 
 use serde::{Deserialize, Serialize};
 use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::OsRng;
-use tessera_crypto::x509::{self, Certificate, IssueRequest, Revoked, Role, Validity};
+use tessera_crypto::x509::{self, CaSigner, Certificate, IssueRequest, Revoked, Role, Validity};
 use utoipa::ToSchema;
 
 use super::Store;
@@ -95,6 +100,37 @@ pub struct CertificateInfo {
     pub revoked_at: Option<i64>,
 }
 
+/// The sealed content of a reference to a key in the PKCS#11 token.
+const TOKEN_REF_PREFIX: &[u8] = b"pkcs11:";
+
+/// An issuer's private key: sealed in the database, or in the PKCS#11 token.
+enum IssuerKey {
+    Soft(SigningKey),
+    Token(crate::pkcs11::TokenKey),
+}
+
+impl x509::CaSigner for IssuerKey {
+    fn public_key(&self) -> tessera_crypto::ecdsa::PublicKey {
+        match self {
+            IssuerKey::Soft(k) => k.public_key(),
+            IssuerKey::Token(k) => k.public_key(),
+        }
+    }
+    fn sign_message(
+        &self,
+        message: &[u8],
+    ) -> Result<tessera_crypto::ecdsa::Signature, tessera_crypto::CryptoError> {
+        match self {
+            IssuerKey::Soft(k) => Ok(k.sign(message)),
+            IssuerKey::Token(k) => k.sign_message(message),
+        }
+    }
+}
+
+fn token_err(e: crate::pkcs11::TokenError) -> ServerError {
+    ServerError::Unavailable(e.to_string())
+}
+
 fn crypto_err(e: tessera_crypto::CryptoError) -> ServerError {
     ServerError::Internal(format!("certificate: {e}"))
 }
@@ -115,10 +151,20 @@ impl Store {
         self.master.seal(secret, context).map_err(|e| ServerError::Internal(e.to_string()))
     }
 
-    fn unseal_key(&self, blob: &[u8], context: &str) -> ServerResult<SigningKey> {
+    fn unseal_key(&self, blob: &[u8], context: &str) -> ServerResult<IssuerKey> {
         let der =
             self.master.open(blob, context).map_err(|e| ServerError::Internal(e.to_string()))?;
-        SigningKey::from_pkcs8_der(&der).map_err(crypto_err)
+        if let Some(label) = der.strip_prefix(TOKEN_REF_PREFIX) {
+            let label = std::str::from_utf8(label)
+                .map_err(|_| ServerError::Internal("token key reference".into()))?;
+            let token = self.token.as_ref().ok_or_else(|| {
+                ServerError::Unavailable(format!(
+                    "the issuer key {label:?} is in a PKCS#11 token this server was not given"
+                ))
+            })?;
+            return token.key(label).map(IssuerKey::Token).map_err(token_err);
+        }
+        SigningKey::from_pkcs8_der(&der).map(IssuerKey::Soft).map_err(crypto_err)
     }
 
     /// Certifies a card's device key with the issuer CA (role device, subject = card id).
@@ -196,6 +242,51 @@ impl Store {
         id: &str,
         name: &str,
     ) -> ServerResult<IssuerInfo> {
+        self.create_issuer_with(principal, id, name, false).await
+    }
+
+    /// [`Store::create_issuer`] with both keys generated in the server's PKCS#11 token (400
+    /// when the server has none; 503 when the token fails). Every later signature of the
+    /// issuer goes through the token.
+    pub async fn create_issuer_in_token(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+    ) -> ServerResult<IssuerInfo> {
+        self.create_issuer_with(principal, id, name, true).await
+    }
+
+    /// A new key pair for `purpose` of issuer `id`, and its sealed form for the database.
+    fn new_issuer_key(
+        &self,
+        id: &str,
+        purpose: &str,
+        context: &str,
+        in_token: bool,
+    ) -> ServerResult<(IssuerKey, Vec<u8>)> {
+        if in_token {
+            let token = self.token.as_ref().ok_or_else(|| {
+                ServerError::BadRequest("this server has no PKCS#11 token configured".into())
+            })?;
+            let label = format!("tessera/{id}/{purpose}");
+            let key = token.generate(&label).map_err(token_err)?;
+            let reference = [TOKEN_REF_PREFIX, label.as_bytes()].concat();
+            Ok((IssuerKey::Token(key), self.seal(&reference, context)?))
+        } else {
+            let key = SigningKey::generate(&mut OsRng);
+            let sealed = self.seal(&key.to_pkcs8_der().map_err(crypto_err)?, context)?;
+            Ok((IssuerKey::Soft(key), sealed))
+        }
+    }
+
+    async fn create_issuer_with(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+        in_token: bool,
+    ) -> ServerResult<IssuerInfo> {
         principal.require_superuser()?;
         if !valid_issuer_id(id) {
             return Err(ServerError::BadRequest(
@@ -210,7 +301,17 @@ impl Store {
         let now = crate::clock::now();
         // Keys and certificates are made before the transaction: nothing is written if that
         // fails, and no database lock is held meanwhile.
-        let ca_key = SigningKey::generate(&mut OsRng);
+        if in_token {
+            // Checked before the token makes keys, so a taken id leaves none behind (a race
+            // with another replica can: the token then holds two unused keys).
+            let mut tx = self.begin().await?;
+            let taken = tx.query_opt("SELECT id FROM issuers WHERE id = $1", &[id.into()]).await?;
+            tx.commit().await?;
+            if taken.is_some() {
+                return Err(ServerError::Conflict(format!("issuer {id} already exists")));
+            }
+        }
+        let (ca_key, ca_sealed) = self.new_issuer_key(id, "ca", &ca_key_context(id), in_token)?;
         let ca_serial = x509::random_serial(&mut OsRng);
         let ca_cn = format!("{name} CA ({id})");
         let ca = x509::self_signed_ca(
@@ -220,7 +321,8 @@ impl Store {
             Validity { not_before: now - 3600, not_after: now + CA_LIFETIME_SECS },
         )
         .map_err(crypto_err)?;
-        let signing_key = SigningKey::generate(&mut OsRng);
+        let (signing_key, signing_sealed) =
+            self.new_issuer_key(id, "package-signing", &signing_key_context(id), in_token)?;
         let signing_serial = x509::random_serial(&mut OsRng);
         let signing_cn = format!("{name} package signing ({id})");
         let signing = x509::issue(
@@ -241,10 +343,6 @@ impl Store {
         .map_err(crypto_err)?;
         let crl = x509::make_crl(&ca_key, &ca, &[], now, now + CRL_LIFETIME_SECS, 1)
             .map_err(crypto_err)?;
-        let ca_sealed =
-            self.seal(&ca_key.to_pkcs8_der().map_err(crypto_err)?, &ca_key_context(id))?;
-        let signing_sealed =
-            self.seal(&signing_key.to_pkcs8_der().map_err(crypto_err)?, &signing_key_context(id))?;
 
         let mut tx = self.begin().await?;
         if tx.query_opt("SELECT id FROM issuers WHERE id = $1", &[id.into()]).await?.is_some() {

@@ -42,11 +42,20 @@ pub struct Store {
     checkpoint_key: Arc<CheckpointKey>,
     checkpoint_public: Arc<Vec<u8>>,
     config: StoreConfig,
+    /// The PKCS#11 token holding issuer keys, when configured.
+    token: Option<crate::pkcs11::Token>,
 }
 
 const CHECKPOINT_KEY_PURPOSE: &str = "audit-checkpoint";
 
 impl Store {
+    /// This store with issuer keys reachable in `token` (see
+    /// [`Store::create_issuer_in_token`]).
+    pub fn with_token(mut self, token: crate::pkcs11::Token) -> Store {
+        self.token = Some(token);
+        self
+    }
+
     /// Opens the store over a migrated database: loads the audit checkpoint key, or creates
     /// it on first start (sealed under `master`).
     pub async fn open(db: Db, master: MasterKey, config: StoreConfig) -> ServerResult<Self> {
@@ -101,6 +110,7 @@ impl Store {
             checkpoint_key: Arc::new(key),
             checkpoint_public: Arc::new(public),
             config,
+            token: None,
         };
         // If another replica won the race above, use its key.
         let mut tx = store.db.begin().await?;
