@@ -159,7 +159,7 @@ fn backup_resumes_after_a_failure_at_every_step() {
 #[test]
 fn backup_refuses_cards_of_another_pair_or_wrong_holder_components() {
     let plan = Plan::shared(2, 1).unwrap();
-    let (mut m, _) = issued_pair(&plan);
+    let (mut m, mut own_backup) = issued_pair(&plan);
     let (_, mut other_backup) = {
         // Another pair: different issuer components.
         let (mut a, mut b) = (blank(5), blank(6));
@@ -171,10 +171,17 @@ fn backup_refuses_cards_of_another_pair_or_wrong_holder_components() {
     let err = backup::run(&mut m, &mut other_backup, &holder(&plan)).unwrap_err();
     assert!(err.to_string().contains("different key groups"), "{err}");
     assert!(!m.status().unwrap().export_pending, "nothing exported");
-    // Holder components differ from what the card already holds.
+    // Nothing was written to either card: the holder's slot is still empty on both.
+    assert_eq!(m.status().unwrap().components[1], None);
+    assert_eq!(other_backup.status().unwrap().components[1], None);
+    // With its own backup card: a first run writes the holder's component; a re-run with
+    // another value is refused (written once) and changes nothing.
+    backup::run(&mut m, &mut own_backup, &holder(&plan)).unwrap();
+    let before = (m.status().unwrap(), own_backup.status().unwrap());
     let wrong = vec![(2u8, [0x01; 32])];
-    let err = backup::run(&mut m, &mut other_backup, &wrong).unwrap_err();
+    let err = backup::run(&mut m, &mut own_backup, &wrong).unwrap_err();
     assert!(err.to_string().contains("different component"), "{err}");
+    assert_eq!((m.status().unwrap(), own_backup.status().unwrap()), before);
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> PathBuf {

@@ -40,6 +40,18 @@ pub fn run<M: CardChannel, B: CardChannel>(
     if ms.config.components != bs.config.components {
         return Err(state("the two cards have different component counts: not a pair"));
     }
+    // Before writing anything (components are written once): slots set on both cards must
+    // hold the same component, or the cards are not a pair.
+    for (slot, (a, b)) in ms.components.iter().zip(&bs.components).enumerate() {
+        if let (Some((_, a)), Some((_, b))) = (a, b)
+            && a != b
+        {
+            return Err(state(format!(
+                "component {} differs between the two cards: they hold different key groups, not a pair (nothing written)",
+                slot + 1
+            )));
+        }
+    }
     // 1. Holder components, on both cards, each write confirmed.
     for (name, card_status, is_main) in [("main", &ms, true), ("backup", &bs, false)] {
         for (slot, value) in holder {
