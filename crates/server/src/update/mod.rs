@@ -1,0 +1,500 @@
+//! The update service (seed 000, issue 5): the server's half of the Fig. 2 chain and the
+//! update queue, as pure logic over a small [`UpdateStore`] trait.
+//!
+//! - **Registration** (after issuance): the card's device certificate must chain to its
+//!   issuer's CA with the device role and name the card; the update key the card generated
+//!   must carry the device key's proof over the server's nonce.
+//! - **Queueing**: the value is HPKE-sealed to the card's update key at queue time, the package
+//!   signed with the issuer's package-signing key and given the card's next sequence number;
+//!   only the package is stored, never the plaintext.
+//! - **Device authentication**: a single-use random with an expiry ([`UpdateService::challenge`]);
+//!   the answer is accepted once, before the expiry, from a card whose device certificate
+//!   chains to its issuer (claims 3, 8, 12); in the privacy variant the card's id arrives
+//!   sealed to the server's HPKE key (claim 9). A card presenting a sequence below what it
+//!   already acknowledged is a rolled-back or cloned image and is refused.
+//! - **Delivery**: the pending packages in sequence order; a package is marked delivered only
+//!   on a receipt whose device signature verifies over its sequence and digest. A package whose
+//!   receipt was lost stays pending and is sent again; the card answers it with an
+//!   "already applied" receipt and applies it no second time.
+//!
+//! The store is a trait with an in-memory implementation ([`MemoryUpdateStore`]); the SQL
+//! store of [`crate::store`] can implement the same trait (table per card: sequence counter,
+//! packages, receipts; challenges with expiry), which is left for the integration with the
+//! HTTP tunnel (see `docs/update.md`, "Status").
+
+use std::collections::BTreeMap;
+
+use tessera_crypto::device::{self, Purpose};
+use tessera_crypto::ecdsa::Signature;
+use tessera_crypto::hash::sha256;
+use tessera_crypto::hpke::{self, HpkePrivateKey, HpkePublicKey};
+use tessera_crypto::rng::Rng;
+use tessera_crypto::x509::{CaSigner, Certificate, Role, verify_chain};
+use tessera_proto::update::{
+    Challenge, DeviceAuthResponse, IDENTITY_INFO, MAX_OBJECT_LEN, Mode, NONCE_LEN, Package,
+    ReadRule, Receipt, SealedIdentity, update_key_body,
+};
+
+/// How long a device-authentication challenge stays valid (seconds).
+pub const CHALLENGE_TTL: u64 = 120;
+
+/// Why the update service refused something. Each check has its own variant so the terminal
+/// can show which one failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// No such card is registered for updates.
+    #[error("card {0} is not registered for updates")]
+    UnknownCard(String),
+    /// No such issuer.
+    #[error("unknown issuer {0}")]
+    UnknownIssuer(String),
+    /// The device certificate does not chain to the issuer's CA, lacks the device role, or
+    /// names another card (claims 3, 12).
+    #[error("device certificate refused: {0}")]
+    DeviceCertificate(String),
+    /// The update key's proof by the device key does not verify.
+    #[error("the update key is not vouched for by the card's device key")]
+    UpdateKeyProof,
+    /// The challenge was never issued, already used, or expired.
+    #[error("challenge unknown, already used or expired")]
+    Challenge,
+    /// The device signature over the challenge does not verify.
+    #[error("device authentication signature does not verify")]
+    DeviceSignature,
+    /// The sealed identity of the privacy variant does not open or parse.
+    #[error("sealed card identity does not open")]
+    SealedIdentity,
+    /// The card reports a sequence below what it acknowledged: a rolled-back or cloned image.
+    #[error(
+        "card reports sequence {reported} below acknowledged {acknowledged}: rolled back or cloned"
+    )]
+    RolledBack {
+        /// What the card says.
+        reported: u64,
+        /// What the server has receipts for.
+        acknowledged: u64,
+    },
+    /// The receipt does not parse, names no pending package, or does not match its digest.
+    #[error("receipt matches no pending package")]
+    ReceiptMismatch,
+    /// The receipt's device signature does not verify.
+    #[error("receipt signature does not verify")]
+    ReceiptSignature,
+    /// The value or name is out of range.
+    #[error("bad update: {0}")]
+    BadUpdate(&'static str),
+    /// A cryptographic operation failed (sealing, signing).
+    #[error("crypto: {0}")]
+    Crypto(String),
+}
+
+/// Result of the update service.
+pub type UpdateResult<T> = Result<T, UpdateError>;
+
+/// A card as the update service knows it.
+#[derive(Debug, Clone)]
+pub struct CardRecord {
+    /// The card id.
+    pub card_id: Vec<u8>,
+    /// The issuer's id.
+    pub issuer: String,
+    /// The card's device certificate (issued by the issuer CA, checked at registration and
+    /// again at each authentication).
+    pub device_certificate: Certificate,
+    /// The card's update key (HPKE).
+    pub update_key: HpkePublicKey,
+}
+
+/// A queued package: the signed, sealed bytes and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedPackage {
+    /// Its sequence for the card.
+    pub sequence: u64,
+    /// The package bytes ([`Package::to_bytes`]).
+    pub bytes: Vec<u8>,
+    /// A valid receipt arrived.
+    pub delivered: bool,
+}
+
+/// What the update service stores. One call per logical step, so a SQL implementation can
+/// make each a transaction.
+pub trait UpdateStore {
+    /// Records a card (replacing an earlier record of the same id).
+    fn put_card(&mut self, card: CardRecord);
+    /// The card's record.
+    fn card(&self, card_id: &[u8]) -> Option<CardRecord>;
+    /// Allocates the card's next sequence number (1, 2, ...) and queues `package` built with
+    /// it by `build`, atomically. Returns the sequence.
+    fn enqueue(
+        &mut self,
+        card_id: &[u8],
+        build: &mut dyn FnMut(u64) -> UpdateResult<Vec<u8>>,
+    ) -> UpdateResult<u64>;
+    /// The card's packages not yet delivered, in sequence order.
+    fn pending(&self, card_id: &[u8]) -> Vec<QueuedPackage>;
+    /// Marks a package delivered; false if there is no such undelivered package.
+    fn mark_delivered(&mut self, card_id: &[u8], sequence: u64) -> bool;
+    /// The highest sequence delivered (receipted) to the card, 0 if none.
+    fn acknowledged(&self, card_id: &[u8]) -> u64;
+    /// Records an issued challenge.
+    fn put_challenge(&mut self, challenge: Challenge);
+    /// Removes and returns the challenge with this nonce (single use).
+    fn take_challenge(&mut self, nonce: &[u8; NONCE_LEN]) -> Option<Challenge>;
+}
+
+#[derive(Debug, Default)]
+struct CardQueue {
+    next: u64,
+    packages: BTreeMap<u64, QueuedPackage>,
+}
+
+/// An in-memory [`UpdateStore`] (tests, demo, benchmarks).
+#[derive(Debug, Default)]
+pub struct MemoryUpdateStore {
+    cards: BTreeMap<Vec<u8>, CardRecord>,
+    queues: BTreeMap<Vec<u8>, CardQueue>,
+    challenges: BTreeMap<[u8; NONCE_LEN], Challenge>,
+}
+
+impl UpdateStore for MemoryUpdateStore {
+    fn put_card(&mut self, card: CardRecord) {
+        self.cards.insert(card.card_id.clone(), card);
+    }
+    fn card(&self, card_id: &[u8]) -> Option<CardRecord> {
+        self.cards.get(card_id).cloned()
+    }
+    fn enqueue(
+        &mut self,
+        card_id: &[u8],
+        build: &mut dyn FnMut(u64) -> UpdateResult<Vec<u8>>,
+    ) -> UpdateResult<u64> {
+        let queue = self.queues.entry(card_id.to_vec()).or_default();
+        let sequence = queue.next + 1;
+        let bytes = build(sequence)?;
+        queue.next = sequence;
+        queue.packages.insert(sequence, QueuedPackage { sequence, bytes, delivered: false });
+        Ok(sequence)
+    }
+    fn pending(&self, card_id: &[u8]) -> Vec<QueuedPackage> {
+        self.queues
+            .get(card_id)
+            .map(|q| q.packages.values().filter(|p| !p.delivered).cloned().collect())
+            .unwrap_or_default()
+    }
+    fn mark_delivered(&mut self, card_id: &[u8], sequence: u64) -> bool {
+        match self.queues.get_mut(card_id).and_then(|q| q.packages.get_mut(&sequence)) {
+            Some(p) if !p.delivered => {
+                p.delivered = true;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn acknowledged(&self, card_id: &[u8]) -> u64 {
+        self.queues
+            .get(card_id)
+            .and_then(|q| q.packages.values().filter(|p| p.delivered).map(|p| p.sequence).max())
+            .unwrap_or(0)
+    }
+    fn put_challenge(&mut self, challenge: Challenge) {
+        self.challenges.insert(challenge.nonce, challenge);
+    }
+    fn take_challenge(&mut self, nonce: &[u8; NONCE_LEN]) -> Option<Challenge> {
+        self.challenges.remove(nonce)
+    }
+}
+
+/// An issuer as the update service needs it: its CA (trust anchor of device certificates)
+/// and its package-signing key and certificate.
+pub struct IssuerKeys {
+    /// The issuer's id.
+    pub id: String,
+    /// The issuer CA certificate.
+    pub ca: Certificate,
+    /// The package-signing key (in memory or in a token).
+    pub package_signer: Box<dyn CaSigner + Send + Sync>,
+}
+
+impl std::fmt::Debug for IssuerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerKeys").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// A card that passed device authentication: the only handle that gives access to its
+/// pending packages and accepts its receipts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedCard {
+    /// The card id.
+    pub card_id: Vec<u8>,
+    /// The sequence the card reported.
+    pub last_sequence: u64,
+}
+
+/// The update service over a store.
+pub struct UpdateService<S: UpdateStore> {
+    store: S,
+    issuers: BTreeMap<String, IssuerKeys>,
+    /// The server's HPKE key for the privacy variant.
+    identity_key: HpkePrivateKey,
+}
+
+impl<S: UpdateStore> UpdateService<S> {
+    /// A service over `store`, with the server's identity key for the privacy variant.
+    pub fn new(store: S, identity_key: HpkePrivateKey) -> Self {
+        Self { store, issuers: BTreeMap::new(), identity_key }
+    }
+
+    /// Adds an issuer.
+    pub fn add_issuer(&mut self, issuer: IssuerKeys) {
+        self.issuers.insert(issuer.id.clone(), issuer);
+    }
+
+    /// The public key cards seal their identity to in the privacy variant.
+    pub fn identity_public_key(&self) -> HpkePublicKey {
+        self.identity_key.public_key()
+    }
+
+    /// The store (read access, for reports and tests).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn issuer(&self, id: &str) -> UpdateResult<&IssuerKeys> {
+        self.issuers.get(id).ok_or_else(|| UpdateError::UnknownIssuer(id.to_string()))
+    }
+
+    fn card(&self, card_id: &[u8]) -> UpdateResult<CardRecord> {
+        self.store
+            .card(card_id)
+            .ok_or_else(|| UpdateError::UnknownCard(String::from_utf8_lossy(card_id).into_owned()))
+    }
+
+    /// Checks the device certificate against the issuer CA at `now` (device role, subject =
+    /// card id) and returns its public key.
+    fn check_device_certificate(
+        &self,
+        issuer: &str,
+        card_id: &[u8],
+        cert: &Certificate,
+        now: i64,
+    ) -> UpdateResult<tessera_crypto::ecdsa::PublicKey> {
+        let ca = &self.issuer(issuer)?.ca;
+        let info = verify_chain(cert, &[], ca, now, Some(Role::Device))
+            .map_err(|e| UpdateError::DeviceCertificate(e.to_string()))?;
+        if info.subject_cn.as_bytes() != card_id {
+            return Err(UpdateError::DeviceCertificate("names another card".into()));
+        }
+        Ok(info.public_key)
+    }
+
+    /// Registers an issued card: its device certificate must chain to `issuer`'s CA and name
+    /// the card; `update_key_answer` (GET DATA of the update key) must carry the device key's
+    /// proof over `nonce` (the nonce the issuance sent with the update key's data group).
+    pub fn register_card(
+        &mut self,
+        issuer: &str,
+        card_id: &[u8],
+        device_certificate: Certificate,
+        nonce: &[u8],
+        update_key_answer: &[u8],
+        now: i64,
+    ) -> UpdateResult<()> {
+        let device_key =
+            self.check_device_certificate(issuer, card_id, &device_certificate, now)?;
+        let (public, sig) = (update_key_answer.get(..65), update_key_answer.get(65..));
+        let (Some(public), Some(sig)) = (public, sig) else {
+            return Err(UpdateError::UpdateKeyProof);
+        };
+        let public: [u8; 65] = public.try_into().map_err(|_| UpdateError::UpdateKeyProof)?;
+        let sig = Signature::from_bytes(sig).map_err(|_| UpdateError::UpdateKeyProof)?;
+        device::verify(
+            &device_key,
+            Purpose::DeviceAuthentication,
+            card_id,
+            &update_key_body(nonce, &public),
+            &sig,
+        )
+        .map_err(|_| UpdateError::UpdateKeyProof)?;
+        let update_key =
+            HpkePublicKey::from_bytes(&public).map_err(|_| UpdateError::UpdateKeyProof)?;
+        self.store.put_card(CardRecord {
+            card_id: card_id.to_vec(),
+            issuer: issuer.to_string(),
+            device_certificate,
+            update_key,
+        });
+        Ok(())
+    }
+
+    /// Queues an update: seals `value` to the card's update key, signs the package with the
+    /// issuer's package-signing key under the card's next sequence. Keeps no plaintext.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queue(
+        &mut self,
+        rng: &mut dyn Rng,
+        card_id: &[u8],
+        name: &[u8],
+        value: &[u8],
+        mode: Mode,
+        rule: ReadRule,
+    ) -> UpdateResult<u64> {
+        if name.is_empty() || name.len() > tessera_proto::update::MAX_NAME_LEN {
+            return Err(UpdateError::BadUpdate("object name: 1 to 32 bytes"));
+        }
+        if value.len() > MAX_OBJECT_LEN {
+            return Err(UpdateError::BadUpdate("value above 64 KiB"));
+        }
+        let card = self.card(card_id)?;
+        let issuer = self
+            .issuers
+            .get(&card.issuer)
+            .ok_or_else(|| UpdateError::UnknownIssuer(card.issuer.clone()))?;
+        let mut build = |sequence: u64| -> UpdateResult<Vec<u8>> {
+            let info = Package::seal_info(card_id, name);
+            let aad = Package::seal_aad(sequence, mode, rule);
+            let sealed = hpke::seal(rng, &card.update_key, &info, &aad, value)
+                .map_err(|e| UpdateError::Crypto(e.to_string()))?;
+            let mut package = Package {
+                card_id: card_id.to_vec(),
+                sequence,
+                mode,
+                rule,
+                name: name.to_vec(),
+                sealed,
+                signature: [0; 64],
+            };
+            package.signature = issuer
+                .package_signer
+                .sign_message(&package.signed_message())
+                .map_err(|e| UpdateError::Crypto(e.to_string()))?
+                .to_bytes();
+            Ok(package.to_bytes())
+        };
+        self.store.enqueue(card_id, &mut build)
+    }
+
+    /// A fresh single-use challenge valid for [`CHALLENGE_TTL`] seconds from `now`.
+    pub fn challenge(&mut self, rng: &mut dyn Rng, now: u64) -> Challenge {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_random(&mut nonce);
+        let challenge = Challenge { nonce, expires: now.saturating_add(CHALLENGE_TTL) };
+        self.store.put_challenge(challenge);
+        challenge
+    }
+
+    fn consume(&mut self, challenge: &Challenge, now: u64) -> UpdateResult<()> {
+        let stored = self.store.take_challenge(&challenge.nonce).ok_or(UpdateError::Challenge)?;
+        if stored != *challenge || now > stored.expires {
+            return Err(UpdateError::Challenge);
+        }
+        Ok(())
+    }
+
+    /// Device authentication (plain mode): the challenge must be one this service issued,
+    /// unused and unexpired (it is used up by this call, whatever the outcome); the card's
+    /// device certificate must still chain to its issuer; the signature must verify; the
+    /// reported sequence must not be below the acknowledged one.
+    pub fn authenticate(
+        &mut self,
+        card_id: &[u8],
+        challenge: &Challenge,
+        answer: &[u8],
+        now: u64,
+    ) -> UpdateResult<AuthenticatedCard> {
+        self.consume(challenge, now)?;
+        let response =
+            DeviceAuthResponse::parse(answer).map_err(|_| UpdateError::DeviceSignature)?;
+        self.check_auth(card_id, challenge, &response, now)
+    }
+
+    /// Device authentication, privacy variant: opens the sealed identity with the server's
+    /// key (bound to the challenge), then checks as [`UpdateService::authenticate`].
+    pub fn authenticate_private(
+        &mut self,
+        challenge: &Challenge,
+        sealed: &[u8],
+        now: u64,
+    ) -> UpdateResult<AuthenticatedCard> {
+        self.consume(challenge, now)?;
+        let plain = hpke::open(&self.identity_key, IDENTITY_INFO, &challenge.to_bytes(), sealed)
+            .map_err(|_| UpdateError::SealedIdentity)?;
+        let identity = SealedIdentity::parse(&plain).map_err(|_| UpdateError::SealedIdentity)?;
+        self.check_auth(&identity.card_id, challenge, &identity.auth, now)
+    }
+
+    fn check_auth(
+        &self,
+        card_id: &[u8],
+        challenge: &Challenge,
+        response: &DeviceAuthResponse,
+        now: u64,
+    ) -> UpdateResult<AuthenticatedCard> {
+        let card = self.card(card_id)?;
+        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+        let device_key =
+            self.check_device_certificate(&card.issuer, card_id, &card.device_certificate, now_i)?;
+        let sig =
+            Signature::from_bytes(&response.signature).map_err(|_| UpdateError::DeviceSignature)?;
+        device::verify(
+            &device_key,
+            Purpose::DeviceAuthentication,
+            card_id,
+            &tessera_proto::update::auth_body(challenge, response.last_sequence),
+            &sig,
+        )
+        .map_err(|_| UpdateError::DeviceSignature)?;
+        let acknowledged = self.store.acknowledged(card_id);
+        if response.last_sequence < acknowledged {
+            return Err(UpdateError::RolledBack { reported: response.last_sequence, acknowledged });
+        }
+        Ok(AuthenticatedCard { card_id: card_id.to_vec(), last_sequence: response.last_sequence })
+    }
+
+    /// The packages to deliver to an authenticated card, in sequence order.
+    pub fn pending(&self, card: &AuthenticatedCard) -> Vec<QueuedPackage> {
+        self.store.pending(&card.card_id)
+    }
+
+    /// Accepts a receipt: it must name a pending package by sequence and digest and carry the
+    /// card's device signature. Marks the package delivered; returns its sequence.
+    pub fn accept_receipt(
+        &mut self,
+        card: &AuthenticatedCard,
+        receipt: &[u8],
+    ) -> UpdateResult<u64> {
+        let receipt = Receipt::parse(receipt).map_err(|_| UpdateError::ReceiptMismatch)?;
+        let pending = self
+            .store
+            .pending(&card.card_id)
+            .into_iter()
+            .find(|p| p.sequence == receipt.sequence)
+            .ok_or(UpdateError::ReceiptMismatch)?;
+        if sha256(&pending.bytes) != receipt.digest {
+            return Err(UpdateError::ReceiptMismatch);
+        }
+        let record = self.card(&card.card_id)?;
+        let device_key = record
+            .device_certificate
+            .info()
+            .map_err(|e| UpdateError::DeviceCertificate(e.to_string()))?
+            .public_key;
+        let sig =
+            Signature::from_bytes(&receipt.signature).map_err(|_| UpdateError::ReceiptSignature)?;
+        device::verify(
+            &device_key,
+            Purpose::DeviceAuthentication,
+            &card.card_id,
+            &Receipt::body(receipt.sequence, &receipt.digest),
+            &sig,
+        )
+        .map_err(|_| UpdateError::ReceiptSignature)?;
+        if !self.store.mark_delivered(&card.card_id, receipt.sequence) {
+            return Err(UpdateError::ReceiptMismatch);
+        }
+        Ok(receipt.sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests;
