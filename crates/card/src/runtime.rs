@@ -360,6 +360,16 @@ mod tests {
                     Err(StatusWord::tries_left(1))
                 }
                 0x04 => Ok(Response::ok(self.0.text.clone())),
+                // Device authentication through the runtime API: the card's device key signs
+                // the labelled structure over the data; answers the public key and signature.
+                0x05 => {
+                    let sig = ctx.device_sign(
+                        tessera_crypto::device::Purpose::DeviceAuthentication,
+                        &cmd.data,
+                    )?;
+                    let key = ctx.card().device.public_key().ok_or(StatusWord::UNKNOWN)?;
+                    Ok(Response::ok([&key.to_sec1_bytes()[..], &sig.to_bytes()].concat()))
+                }
                 _ => Err(StatusWord::INS_NOT_SUPPORTED),
             }
         }
@@ -405,6 +415,38 @@ mod tests {
     fn notes(rt: &mut Runtime) -> Vec<u8> {
         send(rt, Command::new(0, 0xA4, 4, 0).with_data(NOTES_AID.to_vec()));
         send(rt, Command::new(0x80, 0x04, 0, 0).with_le(256)).data
+    }
+
+    #[test]
+    fn applets_sign_device_authentication_through_the_context() {
+        use crate::applets::isd::scenarios::{CARD_ID, NONCE, generate_key_pair};
+        use tessera_crypto::device::{Purpose, verify};
+        use tessera_crypto::ecdsa::{PublicKey, Signature};
+        let mut rt = runtime();
+        let sign = |rt: &mut Runtime| {
+            send(rt, Command::new(0, 0xA4, 4, 0).with_data(NOTES_AID.to_vec()));
+            send(rt, Command::new(0x80, 0x05, 0, 0).with_data(b"challenge".to_vec()).with_le(256))
+        };
+        // No device key yet: 6A88, nothing signed.
+        assert_eq!(sign(&mut rt).sw, StatusWord::REFERENCED_DATA_NOT_FOUND);
+        let public = {
+            let mut d = Direct(&mut rt);
+            let mut s = Script::new(&mut d);
+            open_initial(&mut s).unwrap();
+            store(&mut s, 0, true, &[(crate::applets::isd::DGI_CARD_ID, CARD_ID)]).unwrap();
+            generate_key_pair(&mut s, &NONCE).unwrap().0
+        };
+        let r = sign(&mut rt);
+        assert_eq!(r.sw, StatusWord::SUCCESS);
+        assert_eq!(PublicKey::from_sec1_bytes(&r.data[..65]).unwrap(), public);
+        let sig = Signature::from_bytes(&r.data[65..]).unwrap();
+        verify(&public, Purpose::DeviceAuthentication, CARD_ID, b"challenge", &sig).unwrap();
+        // Bound to this card's id and the purpose: not a signature over the raw challenge.
+        assert!(verify(&public, Purpose::PossessionProof, CARD_ID, b"challenge", &sig).is_err());
+        assert!(
+            verify(&public, Purpose::DeviceAuthentication, b"OTHER", b"challenge", &sig).is_err()
+        );
+        assert!(public.verify(b"challenge", &sig).is_err());
     }
 
     #[test]
