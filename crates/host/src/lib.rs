@@ -7,6 +7,8 @@
 //! - [`SecureChannel`]: a GlobalPlatform SCP03 session over any channel.
 //! - [`pairing`]: the secure terminal (seed 002): certification, pairing with a card,
 //!   per-insertion authentication and the services behind it.
+//! - [`update`]: remote card data update (seed 000): issuer check against a signed issuer
+//!   list, PIN, device authentication relayed to the server, packages and receipts.
 //! - [`pcscd`]: a private pcscd for tests and benchmarks.
 //! - [`vpcd`]: the bridge that puts a [`VirtualCard`] into pcscd's virtual reader (vsmartcard
 //!   vpcd), so every PC/SC program sees it as a card in a reader.
@@ -36,6 +38,7 @@ pub mod pcscd;
 mod reader;
 mod secure;
 pub mod trace;
+pub mod update;
 pub mod vault;
 mod virtual_card;
 pub mod vpcd;

@@ -630,6 +630,75 @@ impl UpdateCommand {
     }
 }
 
+/// Domain of the publisher's signature over an [`IssuerList`].
+pub const ISSUER_LIST_DOMAIN: &[u8] = b"tessera/update/issuer-list-v1\0";
+/// Issuer list magic and version.
+pub const ISSUER_LIST_MAGIC: &[u8; 4] = b"TIL1";
+
+/// The list of issuers a terminal trusts (claims 4, 13): published and signed by the
+/// issuer (ECDSA P-256 over [`ISSUER_LIST_DOMAIN`] followed by [`IssuerList::body`]); the
+/// terminal is configured with the publisher's public key and accepts only a list whose
+/// signature verifies and whose version is not below the one it already holds.
+///
+/// Layout: `"TIL1" version(8) count(1) { len(1) issuer-id len(2) CA certificate DER }*
+/// signature(64)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerList {
+    /// Increases with every publication (a terminal refuses to go back).
+    pub version: u64,
+    /// `(issuer id, issuer CA certificate DER)`.
+    pub issuers: Vec<(String, Vec<u8>)>,
+    /// The publisher's signature.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl IssuerList {
+    /// The signed bytes.
+    pub fn body(&self) -> Vec<u8> {
+        let mut out = ISSUER_LIST_MAGIC.to_vec();
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.push(self.issuers.len() as u8);
+        for (id, ca) in &self.issuers {
+            out.push(id.len() as u8);
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(&(ca.len() as u16).to_be_bytes());
+            out.extend_from_slice(ca);
+        }
+        out
+    }
+    /// What the publisher signs.
+    pub fn signed_message(&self) -> Vec<u8> {
+        [ISSUER_LIST_DOMAIN, &self.body()].concat()
+    }
+    /// Encodes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [&self.body()[..], &self.signature].concat()
+    }
+    /// Parses (structure only; the terminal checks the signature).
+    pub fn parse(data: &[u8]) -> Result<IssuerList> {
+        let mut rest = data;
+        if take_array::<4>(&mut rest, "issuer list magic")? != *ISSUER_LIST_MAGIC {
+            return Err(ProtoError::Value("issuer list magic"));
+        }
+        let version = u64::from_be_bytes(take_array(&mut rest, "issuer list version")?);
+        let [count] = take_array::<1>(&mut rest, "issuer count")?;
+        let mut issuers = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let id = take_short(&mut rest, 64, "issuer id")?;
+            let id = String::from_utf8(id).map_err(|_| ProtoError::Value("issuer id"))?;
+            let len = usize::from(u16::from_be_bytes(take_array(&mut rest, "CA length")?));
+            if len == 0 || rest.len() < len {
+                return Err(ProtoError::Length("issuer CA certificate"));
+            }
+            let (ca, tail) = rest.split_at(len);
+            rest = tail;
+            issuers.push((id, ca.to_vec()));
+        }
+        let signature = to_array(rest, "issuer list signature")?;
+        Ok(IssuerList { version, issuers, signature })
+    }
+}
+
 /// Largest LOAD PACKAGE segment the terminal sends (an extended APDU; the runtime also
 /// assembles ISO chains of short APDUs up to 65535 bytes).
 pub const SEGMENT_LEN: usize = 32 * 1024;
@@ -752,6 +821,13 @@ mod tests {
         };
         assert_eq!(SealedIdentity::parse(&id.to_bytes()).unwrap(), id);
         assert_ne!(auth_body(&challenge, 1), Receipt::body(1, &[0; 32]));
+        let list = IssuerList {
+            version: 4,
+            issuers: vec![("acme".into(), vec![0x30, 1, 2]), ("b".into(), vec![9; 300])],
+            signature: [8; 64],
+        };
+        assert_eq!(IssuerList::parse(&list.to_bytes()).unwrap(), list);
+        assert!(IssuerList::parse(&list.to_bytes()[..20]).is_err());
         let segments = load_commands(&vec![0; SEGMENT_LEN * 2 + 1]);
         assert_eq!(segments.len(), 3);
         assert!(matches!(segments[2], UpdateCommand::LoadPackage { segment: 2, last: true, .. }));
@@ -771,6 +847,7 @@ mod tests {
             let _ = SealedIdentity::parse(&data);
             let _ = ObjectDefinition::parse(&data);
             let _ = Status::parse(&data);
+            let _ = IssuerList::parse(&data);
         }
     }
 }
