@@ -434,3 +434,49 @@ fn an_unissued_applet_refuses_everything_cleanly() {
         Status { last_sequence: 0, has_key: false, legacy_static: false, objects: 0 }
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Arbitrary update-applet commands and damaged packages on an authenticated card:
+        /// never a panic, and whatever is refused changes nothing.
+        #[test]
+        fn refused_commands_and_damaged_packages_change_nothing(
+            cmds in proptest::collection::vec(
+                (prop::sample::select(vec![0xCAu8, 0x88, 0xE8, 0xB0, 0x00, 0x20]), any::<u8>(), any::<u8>(),
+                 proptest::collection::vec(any::<u8>(), 0..200)),
+                1..12),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4),
+        ) {
+            let (mut card, issued) = issued(CARD_ID, 20, false);
+            chain(&mut card);
+            for (ins, p1, p2, data) in cmds {
+                let before = card.persistent_state();
+                let cmd = Command::new(0x80, ins, p1, p2).with_data(data).with_le(256);
+                let out = card.transmit(&cmd.to_bytes().unwrap());
+                let r = Response::parse(&out).unwrap();
+                if r.sw != StatusWord::SUCCESS {
+                    prop_assert_eq!(card.persistent_state(), before);
+                }
+            }
+            // Re-authenticate (a refused command may have dropped nothing, but be sure).
+            chain(&mut card);
+            let good = package_for(&issued, CARD_ID, 1, Mode::Apply, b"value").to_bytes();
+            let mut bad = good.clone();
+            for (at, x) in flips {
+                let at = at % bad.len();
+                bad[at] ^= x;
+            }
+            let before = card.persistent_state();
+            let r = sc::load(&mut Script::new(&mut Plain(&mut card)), &bad).unwrap();
+            prop_assert_ne!(r.sw, StatusWord::SUCCESS);
+            prop_assert_eq!(card.persistent_state(), before);
+            let r = sc::load(&mut Script::new(&mut Plain(&mut card)), &good).unwrap();
+            prop_assert_eq!(r.sw, StatusWord::SUCCESS);
+        }
+    }
+}
