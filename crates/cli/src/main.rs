@@ -6,6 +6,7 @@ mod admin;
 mod apdu;
 mod bench;
 mod card;
+mod data;
 mod demo;
 mod enroll;
 mod error;
@@ -68,6 +69,9 @@ enum Command {
     /// Card duplication: issue a main/backup pair, back up, recover files (seed 003).
     #[command(subcommand)]
     Vault(vault::VaultCommand),
+    /// The card's updatable data objects (remote card data update).
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Files in the age format, encrypted to a vault card and decrypted through it.
     #[command(subcommand)]
     File(file::FileCommand),
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Issue(args) => sync::run_issue(args, out),
         Command::Sync(args) => sync::run_sync(args, out),
         Command::Vault(cmd) => vault::run(cmd, out),
+        Command::Data(cmd) => data::run(cmd, out),
         Command::File(cmd) => file::run(cmd, out),
         Command::Demo(args) => demo::run(args, out),
         Command::Enroll(cmd) => enroll::run(cmd, out),

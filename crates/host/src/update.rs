@@ -211,6 +211,16 @@ impl<C: CardChannel> UpdateTerminal<C> {
         Ok(r)
     }
 
+    /// SELECTs the update applet (ends any authenticated state on the card).
+    pub fn select_applet(&mut self) -> Result<(), UpdateError> {
+        self.select(AID)
+    }
+
+    /// GET DATA of the update applet (selected).
+    pub fn get_data(&mut self, tag: u16) -> Result<Vec<u8>, UpdateError> {
+        Ok(self.call("GET DATA", &UpdateCommand::GetData(tag))?.data)
+    }
+
     /// Issuer client authentication: selects the update applet, reads the card's issuer CA
     /// certificate and looks it up in `trusted`. Returns the issuer id.
     pub fn check_issuer(&mut self, trusted: &TrustedIssuers) -> Result<String, UpdateError> {
