@@ -188,6 +188,11 @@ impl<C: CardChannel> UpdateTerminal<C> {
         Self { channel }
     }
 
+    /// The channel, to reach another applet or inspect it.
+    pub fn channel_mut(&mut self) -> &mut C {
+        &mut self.channel
+    }
+
     /// Gives the channel back.
     pub fn into_channel(self) -> C {
         self.channel

@@ -15,6 +15,7 @@ use crate::error::{CliError, sw_meaning};
 mod keyring;
 mod pairing;
 mod platform;
+mod update;
 mod vault;
 
 /// One chapter of the demo.
@@ -29,12 +30,12 @@ pub struct Chapter {
 
 /// The chapters, in order.
 pub const CHAPTERS: &[Chapter] =
-    &[platform::CHAPTER, pairing::CHAPTER, vault::CHAPTER, keyring::CHAPTER];
+    &[platform::CHAPTER, pairing::CHAPTER, vault::CHAPTER, keyring::CHAPTER, update::CHAPTER];
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this chapter (names: platform, pairing, vault, keyring).
+    /// Run only this chapter (names: platform, pairing, vault, keyring, update).
     #[arg(long, value_name = "NAME")]
     chapter: Option<String>,
 }
