@@ -350,6 +350,32 @@ fn privacy_variant_seals_the_card_id_to_the_server() {
     // Opened under another challenge (aad) it fails: bound to this session.
     let other = Challenge { expires: 1, ..CHALLENGE };
     assert!(hpke::open(&server, proto::IDENTITY_INFO, &other.to_bytes(), &r.data).is_err());
+    // Packages wrapped for delivery (privacy variant) open only on this card.
+    let p = package_for(&issued, CARD_ID, 1, Mode::Apply, b"wrapped");
+    let wrap = |key: &tessera_crypto::hpke::HpkePublicKey, bytes: &[u8]| {
+        let sealed = hpke::seal(
+            &mut SeededRng::from_u64(5),
+            key,
+            proto::DELIVERY_INFO,
+            proto::DELIVERY_MAGIC,
+            bytes,
+        )
+        .unwrap();
+        [&proto::DELIVERY_MAGIC[..], &sealed].concat()
+    };
+    let (_, other) = crate::issued(CARD_B, 30, false);
+    let before = card.persistent_state();
+    let load_raw = |card: &mut Card, bytes: &[u8]| {
+        sc::load(&mut Script::new(&mut Plain(card)), bytes).unwrap().sw
+    };
+    assert_eq!(load_raw(&mut card, &wrap(&other.update_key, &p.to_bytes())), UNDECRYPTABLE);
+    let mut tampered = wrap(&issued.update_key, &p.to_bytes());
+    tampered[100] ^= 1;
+    assert_eq!(load_raw(&mut card, &tampered), UNDECRYPTABLE);
+    assert_eq!(card.persistent_state(), before);
+    let wrapped = wrap(&issued.update_key, &p.to_bytes());
+    assert_eq!(load_raw(&mut card, &wrapped), StatusWord::SUCCESS);
+    assert_eq!(read(&mut card, b"wifi").data, b"wrapped");
     // The terminal can still check the issuer: the CA certificate is readable.
     let ca = send(&mut card, &UpdateCommand::GetData(proto::TAG_ISSUER_CA));
     assert_eq!(ca.data, isd_sc::issuer_pki().unwrap().1.der());

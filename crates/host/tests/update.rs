@@ -61,7 +61,7 @@ impl UpdateServer for Server {
         .map_err(|e| e.to_string())
     }
     fn pending(&mut self, s: &AuthenticatedCard) -> Result<Vec<(u64, Vec<u8>)>, String> {
-        Ok(self.service.pending(s).into_iter().map(|p| (p.sequence, p.bytes)).collect())
+        self.service.deliverable(&mut self.rng, s).map_err(|e| e.to_string())
     }
     fn receipt(&mut self, s: &AuthenticatedCard, receipt: &[u8]) -> Result<(), String> {
         if self.lose_receipts > 0 {
@@ -153,7 +153,7 @@ fn a_session_runs_the_chain_and_delivers_every_pending_update() {
     assert!(report.delivered.is_empty());
 }
 
-/// A channel that keeps every byte the card answered.
+/// A channel that keeps every byte exchanged with the card, both ways.
 struct Recording<C> {
     inner: C,
     answers: Vec<Vec<u8>>,
@@ -162,6 +162,7 @@ struct Recording<C> {
 impl<C: CardChannel> CardChannel for Recording<C> {
     fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, tessera_host::ChannelError> {
         let r = self.inner.transmit_raw(command)?;
+        self.answers.push(command.to_vec());
         self.answers.push(r.clone());
         Ok(r)
     }
@@ -187,7 +188,7 @@ fn the_privacy_variant_never_shows_the_card_id_to_the_terminal() {
     assert!(seen.len() > 5);
     assert!(
         !seen.iter().any(|a| a.windows(CARD_ID.len()).any(|w| w == CARD_ID)),
-        "the card id reached the terminal"
+        "the card id passed through the terminal"
     );
 }
 
@@ -255,7 +256,7 @@ impl UpdateServer for Misrouting<'_> {
         self.inner.authenticate(card_id, challenge, answer)
     }
     fn pending(&mut self, _: &AuthenticatedCard) -> Result<Vec<(u64, Vec<u8>)>, String> {
-        let a = AuthenticatedCard { card_id: self.from.clone(), last_sequence: 0 };
+        let a = AuthenticatedCard { card_id: self.from.clone(), last_sequence: 0, private: false };
         self.inner.pending(&a)
     }
     fn receipt(&mut self, s: &AuthenticatedCard, receipt: &[u8]) -> Result<(), String> {

@@ -49,6 +49,11 @@ pub const PACKAGE_SIGNATURE_DOMAIN: &[u8] = b"tessera/update/package-v1\0";
 pub const SEAL_INFO_DOMAIN: &[u8] = b"tessera/update/object-v1\0";
 /// HPKE `info` of the privacy variant's sealed identity.
 pub const IDENTITY_INFO: &[u8] = b"tessera/update/identity-v1\0";
+/// Magic of a package wrapped for delivery in the privacy variant: `"TUW1" || HPKE(update
+/// key; package)`, so the terminal relaying it never sees the card id the package names.
+pub const DELIVERY_MAGIC: &[u8; 4] = b"TUW1";
+/// HPKE `info` of a wrapped delivery (the `aad` is [`DELIVERY_MAGIC`]).
+pub const DELIVERY_INFO: &[u8] = b"tessera/update/delivery-v1\0";
 /// Sub-label of a device-authentication body.
 pub const AUTH_LABEL: &[u8] = b"update-auth\0";
 /// Sub-label of a receipt body.

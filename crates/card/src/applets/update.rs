@@ -15,7 +15,8 @@
 //! 3. LOAD PACKAGE (before device authentication in this selection `6985`, without the PIN
 //!    `6982`) checks the issuer's package-signing signature (`6300`), the card id (`6A88`),
 //!    the sequence (not above the last one: `6A89`, except the last package itself, answered
-//!    again with its receipt and no change), decrypts (`6984` if the card's key cannot open
+//!    again with its receipt and no change; in the privacy variant the package arrives wrapped
+//!    once more to the update key, so the terminal never sees the card id), decrypts (`6984` if the card's key cannot open
 //!    it), and applies the value atomically (claims 1, 6) or stores it sealed, to be
 //!    decrypted on every read (claims 2, 7); it answers a receipt signed by the device key.
 //!
@@ -271,8 +272,23 @@ impl UpdateApplet {
         self.volatile.next_segment = 0;
     }
 
-    /// Checks and applies one complete package; answers the receipt.
-    fn apply(&mut self, ctx: &mut Context<'_>, bytes: &[u8]) -> Result<Vec<u8>, StatusWord> {
+    /// Checks and applies one complete package (or a package wrapped for delivery in the
+    /// privacy variant, unwrapped first with the update key); answers the receipt.
+    fn apply(&mut self, ctx: &mut Context<'_>, received: &[u8]) -> Result<Vec<u8>, StatusWord> {
+        let unwrapped;
+        let bytes = match received.strip_prefix(proto::DELIVERY_MAGIC.as_slice()) {
+            Some(sealed) => {
+                unwrapped = hpke::open(
+                    &self.update_key()?,
+                    proto::DELIVERY_INFO,
+                    proto::DELIVERY_MAGIC,
+                    sealed,
+                )
+                .map_err(|_| UNDECRYPTABLE)?;
+                unwrapped.as_slice()
+            }
+            None => received,
+        };
         let package = Package::parse(bytes).map_err(|e| e.status_word())?;
         // 1. The issuer's package-signing key (its certificate chained to the issuer CA when
         //    it was installed at issuance).

@@ -102,7 +102,7 @@ impl UpdateServer for Server {
         .map_err(|e| e.to_string())
     }
     fn pending(&mut self, s: &AuthenticatedCard) -> Result<Vec<(u64, Vec<u8>)>, String> {
-        Ok(self.service.pending(s).into_iter().map(|p| (p.sequence, p.bytes)).collect())
+        self.service.deliverable(&mut OsRng, s).map_err(|e| e.to_string())
     }
     fn receipt(&mut self, s: &AuthenticatedCard, receipt: &[u8]) -> Result<(), String> {
         self.service.accept_receipt(s, receipt).map(|_| ()).map_err(|e| e.to_string())
@@ -178,7 +178,8 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
     .map_err(other)?;
     svc.queue(&mut OsRng, isd_sc::CARD_ID, b"sso", b"sso-token-7f3a", Mode::Sealed, ReadRule::Pin)
         .map_err(other)?;
-    let a_handle = AuthenticatedCard { card_id: isd_sc::CARD_ID.to_vec(), last_sequence: 0 };
+    let a_handle =
+        AuthenticatedCard { card_id: isd_sc::CARD_ID.to_vec(), last_sequence: 0, private: false };
     let first =
         svc.pending(&a_handle).into_iter().next().ok_or_else(|| other("nothing pending"))?.bytes;
     n.say(

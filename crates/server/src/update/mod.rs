@@ -31,8 +31,8 @@ use tessera_crypto::hpke::{self, HpkePrivateKey, HpkePublicKey};
 use tessera_crypto::rng::Rng;
 use tessera_crypto::x509::{CaSigner, Certificate, Role, verify_chain};
 use tessera_proto::update::{
-    Challenge, DeviceAuthResponse, IDENTITY_INFO, MAX_OBJECT_LEN, Mode, NONCE_LEN, Package,
-    ReadRule, Receipt, SealedIdentity, update_key_body,
+    Challenge, DELIVERY_INFO, DELIVERY_MAGIC, DeviceAuthResponse, IDENTITY_INFO, MAX_OBJECT_LEN,
+    Mode, NONCE_LEN, Package, ReadRule, Receipt, SealedIdentity, update_key_body,
 };
 
 /// How long a device-authentication challenge stays valid (seconds).
@@ -229,6 +229,9 @@ pub struct AuthenticatedCard {
     pub card_id: Vec<u8>,
     /// The sequence the card reported.
     pub last_sequence: u64,
+    /// Authenticated in the privacy variant: packages are wrapped for delivery so the terminal
+    /// never sees the card id they name.
+    pub private: bool,
 }
 
 /// The update service over a store.
@@ -405,7 +408,7 @@ impl<S: UpdateStore> UpdateService<S> {
         self.consume(challenge, now)?;
         let response =
             DeviceAuthResponse::parse(answer).map_err(|_| UpdateError::DeviceSignature)?;
-        self.check_auth(card_id, challenge, &response, now)
+        self.check_auth(card_id, challenge, &response, now, false)
     }
 
     /// Device authentication, privacy variant: opens the sealed identity with the server's
@@ -420,7 +423,7 @@ impl<S: UpdateStore> UpdateService<S> {
         let plain = hpke::open(&self.identity_key, IDENTITY_INFO, &challenge.to_bytes(), sealed)
             .map_err(|_| UpdateError::SealedIdentity)?;
         let identity = SealedIdentity::parse(&plain).map_err(|_| UpdateError::SealedIdentity)?;
-        self.check_auth(&identity.card_id, challenge, &identity.auth, now)
+        self.check_auth(&identity.card_id, challenge, &identity.auth, now, true)
     }
 
     fn check_auth(
@@ -429,6 +432,7 @@ impl<S: UpdateStore> UpdateService<S> {
         challenge: &Challenge,
         response: &DeviceAuthResponse,
         now: u64,
+        private: bool,
     ) -> UpdateResult<AuthenticatedCard> {
         let card = self.card(card_id)?;
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
@@ -448,12 +452,40 @@ impl<S: UpdateStore> UpdateService<S> {
         if response.last_sequence < acknowledged {
             return Err(UpdateError::RolledBack { reported: response.last_sequence, acknowledged });
         }
-        Ok(AuthenticatedCard { card_id: card_id.to_vec(), last_sequence: response.last_sequence })
+        Ok(AuthenticatedCard {
+            card_id: card_id.to_vec(),
+            last_sequence: response.last_sequence,
+            private,
+        })
     }
 
     /// The packages to deliver to an authenticated card, in sequence order.
     pub fn pending(&self, card: &AuthenticatedCard) -> Vec<QueuedPackage> {
         self.store.pending(&card.card_id)
+    }
+
+    /// The pending packages as they go to the terminal, `(sequence, bytes)` in order: as
+    /// stored, or, for a card authenticated in the privacy variant, each wrapped once more with
+    /// HPKE to the card's update key (`"TUW1" || enc || ct`, info
+    /// `tessera/update/delivery-v1\0`), so the relaying terminal cannot read the card id.
+    pub fn deliverable(
+        &self,
+        rng: &mut dyn Rng,
+        card: &AuthenticatedCard,
+    ) -> UpdateResult<Vec<(u64, Vec<u8>)>> {
+        let pending = self.store.pending(&card.card_id);
+        if !card.private {
+            return Ok(pending.into_iter().map(|p| (p.sequence, p.bytes)).collect());
+        }
+        let key = self.card(&card.card_id)?.update_key;
+        pending
+            .into_iter()
+            .map(|p| {
+                let sealed = hpke::seal(rng, &key, DELIVERY_INFO, DELIVERY_MAGIC, &p.bytes)
+                    .map_err(|e| UpdateError::Crypto(e.to_string()))?;
+                Ok((p.sequence, [&DELIVERY_MAGIC[..], &sealed].concat()))
+            })
+            .collect()
     }
 
     /// Accepts a receipt: it must name a pending package by sequence and digest and carry the

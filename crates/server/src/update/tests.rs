@@ -217,8 +217,15 @@ fn privacy_variant_authenticates_without_naming_the_card() {
     assert_eq!(r.sw, StatusWord::SUCCESS);
     let auth = s.authenticate_private(&challenge, &r.data, NOW).unwrap();
     assert_eq!(auth.card_id, CARD_ID);
-    let p = s.pending(&auth).remove(0);
-    let receipt = deliver(&mut card, &p.bytes);
+    assert!(auth.private);
+    // Wrapped for delivery: the card id the package names is not visible to the terminal.
+    let (seq, wrapped) = s.deliverable(&mut rng, &auth).unwrap().remove(0);
+    assert_eq!(seq, 1);
+    assert!(wrapped.starts_with(b"TUW1"));
+    assert!(!wrapped.windows(CARD_ID.len()).any(|w| w == CARD_ID));
+    assert!(s.pending(&auth)[0].bytes.windows(CARD_ID.len()).any(|w| w == CARD_ID));
+    let receipt = deliver(&mut card, &wrapped);
+    assert_eq!(receipt.sw, StatusWord::SUCCESS);
     s.accept_receipt(&auth, &receipt.data).unwrap();
     assert_eq!(read(&mut card, b"wifi"), b"private-pw");
     // Replayed sealed identity.

@@ -265,6 +265,23 @@ fn apply_mode(mode: Mode, d: &mut dyn TearDriver) -> Result<(), TearError> {
     expect_ok(load(&mut s, &p)?, "LOAD PACKAGE")
 }
 
+fn apply_wrapped(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    let issued = issued_card(&mut s)?;
+    let p = package(&issued, 1, Mode::Apply, b"private")?;
+    let sealed = hpke::seal(
+        &mut SeededRng::from_u64(9),
+        &issued.update_key,
+        proto::DELIVERY_INFO,
+        proto::DELIVERY_MAGIC,
+        &p,
+    )
+    .map_err(|e| unexpected(e.to_string()))?;
+    open_chain(&mut s)?;
+    s.arm();
+    expect_ok(load(&mut s, &[&proto::DELIVERY_MAGIC[..], &sealed].concat())?, "LOAD PACKAGE")
+}
+
 fn apply_now(d: &mut dyn TearDriver) -> Result<(), TearError> {
     apply_mode(Mode::Apply, d)
 }
@@ -302,6 +319,7 @@ pub fn all() -> Vec<TearScenario> {
         TearScenario { name: "personalise update key and object", script: personalise_update_key },
         TearScenario { name: "LOAD PACKAGE apply", script: apply_now },
         TearScenario { name: "LOAD PACKAGE sealed", script: apply_sealed },
+        TearScenario { name: "LOAD PACKAGE wrapped for delivery", script: apply_wrapped },
         TearScenario { name: "LOAD PACKAGE replacing a sealed object", script: apply_after_sealed },
         TearScenario { name: "LOAD PACKAGE redelivered, then the next", script: redelivery },
     ]
