@@ -170,6 +170,15 @@ pub trait UpdateServer {
         challenge: &Challenge,
         answer: &[u8],
     ) -> Result<Self::Session, String>;
+    /// Legacy static authentication (claim 10; replayable). Default: not offered.
+    fn authenticate_legacy_static(
+        &mut self,
+        card_id: &[u8],
+        answer: &[u8],
+    ) -> Result<Self::Session, String> {
+        let _ = (card_id, answer);
+        Err("this server does not accept the legacy static authenticator".into())
+    }
     /// The packages pending for the card, in sequence order, as `(sequence, bytes)`.
     fn pending(&mut self, session: &Self::Session) -> Result<Vec<(u64, Vec<u8>)>, String>;
     /// Hands over a receipt.
@@ -327,6 +336,9 @@ pub enum Identification {
     Plain,
     /// The card seals its id to the server (claim 9); the terminal never learns it.
     Private,
+    /// The legacy static authenticator (claim 10): **replayable** by whoever sees it once;
+    /// only for cards personalised with it (`--legacy-static-auth`).
+    LegacyStatic,
 }
 
 /// What a completed session did.
@@ -350,21 +362,38 @@ pub fn run_session<C: CardChannel, S: UpdateServer>(
 ) -> Result<SessionReport, UpdateError> {
     let issuer = terminal.check_issuer(trusted)?;
     let card_id = match identification {
-        Identification::Plain => Some(terminal.card_id()?),
+        Identification::Plain | Identification::LegacyStatic => Some(terminal.card_id()?),
         Identification::Private => None,
     };
     terminal.verify_pin(pin)?;
-    let challenge = server.challenge().map_err(UpdateError::ServerRefused)?;
-    let mode = match identification {
-        Identification::Plain => AuthMode::Plain,
-        Identification::Private => AuthMode::Private {
-            server_key: server.identity_key().map_err(UpdateError::ServerRefused)?,
-        },
+    let session = match (identification, card_id.as_deref()) {
+        (Identification::LegacyStatic, Some(id)) => {
+            tracing::warn!(
+                "legacy static device authentication: the authenticator is replayable by anyone \
+                 who sees it (claim 10); use challenge-response where the card supports it"
+            );
+            let cmd =
+                UpdateCommand::DeviceAuthenticate { mode: AuthMode::LegacyStatic, challenge: None };
+            let r = terminal.channel.transmit(&cmd.to_command())?;
+            if r.sw != StatusWord::SUCCESS {
+                return Err(UpdateError::DeviceAuthenticationRefused(r.sw));
+            }
+            server.authenticate_legacy_static(id, &r.data).map_err(UpdateError::ServerRefused)?
+        }
+        _ => {
+            let challenge = server.challenge().map_err(UpdateError::ServerRefused)?;
+            let mode = match identification {
+                Identification::Private => AuthMode::Private {
+                    server_key: server.identity_key().map_err(UpdateError::ServerRefused)?,
+                },
+                _ => AuthMode::Plain,
+            };
+            let answer = terminal.device_authenticate(challenge, mode)?;
+            server
+                .authenticate(card_id.as_deref(), &challenge, &answer)
+                .map_err(UpdateError::ServerRefused)?
+        }
     };
-    let answer = terminal.device_authenticate(challenge, mode)?;
-    let session = server
-        .authenticate(card_id.as_deref(), &challenge, &answer)
-        .map_err(UpdateError::ServerRefused)?;
     let mut delivered = Vec::new();
     for (sequence, package) in server.pending(&session).map_err(UpdateError::ServerRefused)? {
         let receipt = terminal.load_package(sequence, &package)?;

@@ -60,6 +60,13 @@ impl UpdateServer for Server {
         }
         .map_err(|e| e.to_string())
     }
+    fn authenticate_legacy_static(
+        &mut self,
+        card_id: &[u8],
+        answer: &[u8],
+    ) -> Result<AuthenticatedCard, String> {
+        self.service.authenticate_legacy_static(card_id, answer, NOW).map_err(|e| e.to_string())
+    }
     fn pending(&mut self, s: &AuthenticatedCard) -> Result<Vec<(u64, Vec<u8>)>, String> {
         self.service.deliverable(&mut self.rng, s).map_err(|e| e.to_string())
     }
@@ -99,9 +106,18 @@ fn send(card: &mut Card, cmd: &Command) -> Response {
 
 /// An issued card registered with `server`.
 fn card(server: &mut Server, card_id: &[u8], seed: u64) -> UpdateTerminal<InProcessChannel<Card>> {
+    card_with(server, card_id, seed, false)
+}
+
+fn card_with(
+    server: &mut Server,
+    card_id: &[u8],
+    seed: u64,
+    legacy: bool,
+) -> UpdateTerminal<InProcessChannel<Card>> {
     let mut card = Card::in_memory(CardOptions::default().rng(Box::new(SeededRng::from_u64(seed))));
     card.power_on();
-    sc::issue(&mut Script::new(&mut Plain(&mut card)), card_id, &[], false).unwrap();
+    sc::issue(&mut Script::new(&mut Plain(&mut card)), card_id, &[], legacy).unwrap();
     Script::new(&mut Plain(&mut card)).select(tessera_card::applets::isd::AID).unwrap();
     let cert = send(&mut card, &Command::new(0x80, 0xCA, 0x7F, 0x21).with_le(65536)).data;
     let cert = Certificate::from_der(cert[5..].to_vec()).unwrap();
@@ -112,6 +128,9 @@ fn card(server: &mut Server, card_id: &[u8], seed: u64) -> UpdateTerminal<InProc
     )
     .data;
     server.service.register_card("test", card_id, cert, &KEY_NONCE, &key, NOW as i64).unwrap();
+    if legacy {
+        server.service.set_legacy_static(card_id, sc::STATIC_AUTH).unwrap();
+    }
     card.power_off();
     card.power_on();
     UpdateTerminal::new(InProcessChannel::new(card))
@@ -297,4 +316,26 @@ fn a_lost_receipt_is_redelivered_once_at_the_next_session() {
         run_session(&mut t, &trusted(), b"1234", Identification::Plain, &mut server).unwrap();
     assert_eq!(report.delivered, vec![1, 2]);
     assert_eq!(t.read(b"wifi").unwrap(), b"pw-2");
+}
+
+#[test]
+fn the_legacy_static_authenticator_works_only_where_personalised_and_is_replayable() {
+    let mut server = server();
+    let mut legacy = card_with(&mut server, CARD_ID, 8, true);
+    let mut modern = card_with(&mut server, CARD_B, 9, false);
+    queue(&mut server, CARD_ID, b"wifi", b"legacy-pw", Mode::Apply);
+    let report =
+        run_session(&mut legacy, &trusted(), b"1234", Identification::LegacyStatic, &mut server)
+            .unwrap();
+    assert_eq!(report.delivered, vec![1]);
+    assert_eq!(legacy.read(b"wifi").unwrap(), b"legacy-pw");
+    // A card without it refuses (6985): no silent downgrade.
+    assert!(matches!(
+        run_session(&mut modern, &trusted(), b"1234", Identification::LegacyStatic, &mut server),
+        Err(UpdateError::DeviceAuthenticationRefused(tessera_apdu::StatusWord(0x6985)))
+    ));
+    // Why it is legacy only: the value seen once authenticates again, with no card at all.
+    assert!(server.service.authenticate_legacy_static(CARD_ID, &sc::STATIC_AUTH, NOW).is_ok());
+    assert!(server.service.authenticate_legacy_static(CARD_ID, &[0; 16], NOW).is_err());
+    assert!(server.service.authenticate_legacy_static(CARD_B, &sc::STATIC_AUTH, NOW).is_err());
 }

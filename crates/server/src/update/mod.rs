@@ -32,7 +32,7 @@ use tessera_crypto::rng::Rng;
 use tessera_crypto::x509::{CaSigner, Certificate, Role, verify_chain};
 use tessera_proto::update::{
     Challenge, DELIVERY_INFO, DELIVERY_MAGIC, DeviceAuthResponse, IDENTITY_INFO, MAX_OBJECT_LEN,
-    Mode, NONCE_LEN, Package, ReadRule, Receipt, SealedIdentity, update_key_body,
+    Mode, NONCE_LEN, Package, ReadRule, Receipt, STATIC_AUTH_LEN, SealedIdentity, update_key_body,
 };
 
 /// How long a device-authentication challenge stays valid (seconds).
@@ -103,6 +103,8 @@ pub struct CardRecord {
     pub device_certificate: Certificate,
     /// The card's update key (HPKE).
     pub update_key: HpkePublicKey,
+    /// The legacy static authenticator (claim 10), for cards personalised with one.
+    pub legacy_static: Option<[u8; STATIC_AUTH_LEN]>,
 }
 
 /// A queued package: the signed, sealed bytes and its state.
@@ -326,6 +328,7 @@ impl<S: UpdateStore> UpdateService<S> {
             issuer: issuer.to_string(),
             device_certificate,
             update_key,
+            legacy_static: None,
         });
         Ok(())
     }
@@ -409,6 +412,42 @@ impl<S: UpdateStore> UpdateService<S> {
         let response =
             DeviceAuthResponse::parse(answer).map_err(|_| UpdateError::DeviceSignature)?;
         self.check_auth(card_id, challenge, &response, now, false)
+    }
+
+    /// Records the legacy static authenticator personalised into a card (claim 10).
+    pub fn set_legacy_static(
+        &mut self,
+        card_id: &[u8],
+        value: [u8; STATIC_AUTH_LEN],
+    ) -> UpdateResult<()> {
+        let mut card = self.card(card_id)?;
+        card.legacy_static = Some(value);
+        self.store.put_card(card);
+        Ok(())
+    }
+
+    /// Legacy device authentication by the static authenticator (claim 10). **Replayable**:
+    /// anyone who saw it once (the terminal, a log) can present it again; accepted only for
+    /// cards registered with one, and logged as a warning every time. The device certificate
+    /// must still chain to the issuer.
+    pub fn authenticate_legacy_static(
+        &mut self,
+        card_id: &[u8],
+        answer: &[u8],
+        now: u64,
+    ) -> UpdateResult<AuthenticatedCard> {
+        let card = self.card(card_id)?;
+        let expected = card.legacy_static.ok_or(UpdateError::DeviceSignature)?;
+        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+        self.check_device_certificate(&card.issuer, card_id, &card.device_certificate, now_i)?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], answer)) {
+            return Err(UpdateError::DeviceSignature);
+        }
+        tracing::warn!(
+            card = %String::from_utf8_lossy(card_id),
+            "legacy static authenticator accepted: it is replayable (claim 10)"
+        );
+        Ok(AuthenticatedCard { card_id: card_id.to_vec(), last_sequence: 0, private: false })
     }
 
     /// Device authentication, privacy variant: opens the sealed identity with the server's
