@@ -506,3 +506,79 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn the_card_holds_at_most_max_objects() {
+    let (mut card, issued) = issued(CARD_ID, 40, false);
+    chain(&mut card);
+    // Two objects from issuance; fill up to the limit.
+    let mut seq = 0;
+    for i in 0..proto::MAX_OBJECTS - 2 {
+        seq += 1;
+        let name = format!("obj-{i}");
+        let p = make_package(
+            &mut SeededRng::from_u64(seq),
+            &package_signer(),
+            &issued.update_key,
+            CARD_ID,
+            seq,
+            Mode::Apply,
+            ReadRule::Free,
+            name.as_bytes(),
+            b"v",
+        )
+        .unwrap();
+        assert_eq!(load(&mut card, &p).sw, StatusWord::SUCCESS, "{name}");
+    }
+    assert_eq!(status(&mut card).objects as usize, proto::MAX_OBJECTS);
+    let before = card.persistent_state();
+    let extra = make_package(
+        &mut SeededRng::from_u64(99),
+        &package_signer(),
+        &issued.update_key,
+        CARD_ID,
+        seq + 1,
+        Mode::Apply,
+        ReadRule::Free,
+        b"one-too-many",
+        b"v",
+    )
+    .unwrap();
+    assert_eq!(load(&mut card, &extra).sw, StatusWord::NOT_ENOUGH_MEMORY);
+    assert_eq!(card.persistent_state(), before);
+    // Replacing an existing object still works at the limit.
+    let p = package_for(&issued, CARD_ID, seq + 1, Mode::Apply, b"replaced");
+    assert_eq!(load(&mut card, &p).sw, StatusWord::SUCCESS);
+}
+
+#[test]
+fn the_update_key_is_not_replaced_while_sealed_values_depend_on_it() {
+    use tessera_crypto::scp03::SecurityLevel;
+    let (mut card, issued) = issued(CARD_ID, 41, false);
+    chain(&mut card);
+    let p = package_for(&issued, CARD_ID, 1, Mode::Sealed, b"sealed");
+    assert_eq!(load(&mut card, &p).sw, StatusWord::SUCCESS);
+    let mut plain = Plain(&mut card);
+    let mut s = Script::new(&mut plain);
+    s.select(tessera_card::applets::isd::AID).unwrap();
+    s.open_session(&isd_sc::issued_keys(), SecurityLevel::CMacCDec).unwrap();
+    sc::install_for_personalization(&mut s).unwrap();
+    let data = isd_sc::dgi_data(&[(proto::DGI_GENERATE_KEY, &sc::KEY_NONCE)]);
+    s.secure(
+        &Command::new(0x80, 0xE2, 0x88, 0x00).with_data(data),
+        StatusWord::CONDITIONS_NOT_SATISFIED,
+    )
+    .unwrap();
+    power_cycle_and_select(&mut card);
+    let pin = tessera_card::pin::PinBlock::from_value(isd_sc::PIN).unwrap();
+    let mut plain = Plain(&mut card);
+    let mut s = Script::new(&mut plain);
+    s.select(tessera_card::applets::isd::AID).unwrap();
+    s.expect(
+        &Command::new(0x00, 0x20, 0x00, 0x81).with_data(pin.as_bytes().to_vec()),
+        StatusWord::SUCCESS,
+    )
+    .unwrap();
+    s.select(AID).unwrap();
+    assert_eq!(read(&mut card, b"wifi").data, b"sealed");
+}

@@ -21,6 +21,8 @@ pub const AID: &[u8] = &[0xF0, 0x54, 0x45, 0x53, 0x53, 0x45, 0x52, 0x41, 0x55, 0
 
 /// Largest value of one data object (64 KiB).
 pub const MAX_OBJECT_LEN: usize = 64 * 1024;
+/// Most objects a card holds (so the card image stays far below its size limit).
+pub const MAX_OBJECTS: usize = 32;
 /// Longest object name.
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest card id (as crypto's device structures allow).

@@ -329,10 +329,20 @@ impl UpdateApplet {
             Mode::Apply => Value::Plain(plain.to_vec()),
             Mode::Sealed => Value::Sealed { sequence: package.sequence, sealed: package.sealed },
         };
-        self.state.objects.insert(package.name, Object { rule: package.rule.code(), value });
+        self.insert_object(package.name, Object { rule: package.rule.code(), value })?;
         self.state.last_sequence = package.sequence;
         self.state.last_digest = Some(digest);
         self.receipt(ctx, Outcome::Applied, package.sequence, digest)
+    }
+
+    /// Adds or replaces an object; a new name beyond [`proto::MAX_OBJECTS`] is `6A84`.
+    fn insert_object(&mut self, name: Vec<u8>, object: Object) -> Result<(), StatusWord> {
+        if !self.state.objects.contains_key(&name) && self.state.objects.len() >= proto::MAX_OBJECTS
+        {
+            return Err(StatusWord::NOT_ENOUGH_MEMORY);
+        }
+        self.state.objects.insert(name, object);
+        Ok(())
     }
 
     fn receipt(
@@ -369,6 +379,10 @@ impl UpdateApplet {
     fn generate_key(&mut self, ctx: &mut Context<'_>, nonce: &[u8]) -> Result<(), StatusWord> {
         if !proto::POP_NONCE_RANGE.contains(&nonce.len()) {
             return Err(StatusWord::INCORRECT_DATA);
+        }
+        // A new key would orphan the values kept sealed to the old one.
+        if self.state.objects.values().any(|o| matches!(o.value, Value::Sealed { .. })) {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
         let key = HpkePrivateKey::generate(ctx.rng());
         let public = key.public_key().to_bytes();
@@ -443,11 +457,10 @@ impl Applet for UpdateApplet {
             proto::DGI_GENERATE_KEY => self.generate_key(ctx, data),
             proto::DGI_OBJECT => {
                 let def = ObjectDefinition::parse(data).map_err(|_| StatusWord::INCORRECT_DATA)?;
-                self.state.objects.insert(
+                self.insert_object(
                     def.name,
                     Object { rule: def.rule.code(), value: Value::Plain(def.value) },
-                );
-                Ok(())
+                )
             }
             proto::DGI_LEGACY_STATIC => {
                 let value: [u8; STATIC_AUTH_LEN] =
