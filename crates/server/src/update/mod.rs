@@ -567,5 +567,6 @@ impl<S: UpdateStore> UpdateService<S> {
     }
 }
 
+pub mod issuance;
 #[cfg(test)]
 mod tests;
