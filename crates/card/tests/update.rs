@@ -63,8 +63,11 @@ fn load(card: &mut Card, package: &Package) -> Response {
     sc::load(&mut Script::new(&mut Plain(card)), &package.to_bytes()).unwrap()
 }
 
+/// READ OBJECT with an extended Le of 65536 (in process there is no frame limit, so the whole
+/// value comes in one answer; hosts use `READ_LE` and GET RESPONSE).
 fn read(card: &mut Card, name: &[u8]) -> Response {
-    send(card, &UpdateCommand::ReadObject(name.to_vec()))
+    let cmd = UpdateCommand::ReadObject(name.to_vec()).to_command().with_le(65536);
+    Response::parse(&card.transmit(&cmd.to_bytes().unwrap())).unwrap()
 }
 
 fn status(card: &mut Card) -> Status {

@@ -607,12 +607,14 @@ impl UpdateCommand {
         }
     }
 
-    /// The command APDU (CLA `80`, Le for the full answer).
+    /// The command APDU (CLA `80`). GET DATA and READ OBJECT ask for at most [`READ_LE`] bytes
+    /// at once; a longer answer follows by GET RESPONSE, so no single response exceeds what PC/SC
+    /// drivers frame (vpcd: 65535 bytes).
     pub fn to_command(&self) -> Command {
         match self {
             UpdateCommand::GetData(tag) => {
                 let [p1, p2] = tag.to_be_bytes();
-                Command::new(0x80, INS_GET_DATA, p1, p2).with_le(65536)
+                Command::new(0x80, INS_GET_DATA, p1, p2).with_le(READ_LE)
             }
             UpdateCommand::DeviceAuthenticate { mode, challenge } => {
                 let ch = challenge.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
@@ -631,7 +633,7 @@ impl UpdateCommand {
                     .with_le(256)
             }
             UpdateCommand::ReadObject(name) => {
-                Command::new(0x80, INS_READ_OBJECT, 0, 0).with_data(name.clone()).with_le(65536)
+                Command::new(0x80, INS_READ_OBJECT, 0, 0).with_data(name.clone()).with_le(READ_LE)
             }
         }
     }
@@ -705,6 +707,9 @@ impl IssuerList {
         Ok(IssuerList { version, issuers, signature })
     }
 }
+
+/// Le of GET DATA and READ OBJECT (32 KiB; see [`UpdateCommand::to_command`]).
+pub const READ_LE: usize = 32 * 1024;
 
 /// Largest LOAD PACKAGE segment the terminal sends (an extended APDU; the runtime also
 /// assembles ISO chains of short APDUs up to 65535 bytes).
