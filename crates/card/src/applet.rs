@@ -32,6 +32,45 @@ pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> 
     postcard::from_bytes(bytes).map_err(|e| StateError(e.to_string()))
 }
 
+/// An applet's persistent state struct, with a flag that records every mutable access.
+///
+/// Reading goes through [`Deref`](std::ops::Deref) and costs nothing; any `&mut` access through
+/// [`DerefMut`](std::ops::DerefMut) marks the state changed, so the runtime encodes and commits
+/// only the states a command may have changed, and rolls back only those. (A mutable access that
+/// changes nothing costs one encoding; the store then sees equal bytes and writes nothing.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persistent<T> {
+    value: T,
+    changed: bool,
+}
+
+impl<T> Persistent<T> {
+    /// Wraps a state that is already committed (or is the fresh state the image will receive).
+    pub fn new(value: T) -> Self {
+        Self { value, changed: false }
+    }
+
+    /// True when the state was accessed mutably since the last call; clears the flag.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+}
+
+impl<T> std::ops::Deref for Persistent<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for Persistent<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.changed = true;
+        &mut self.value
+    }
+}
+
 /// A card application.
 ///
 /// Contract: `select` does not change persistent state. `call` may change the persistent state
@@ -53,6 +92,14 @@ pub trait Applet: Send {
 
     /// Clears the volatile state (reset, power-off, deselection).
     fn clear_volatile(&mut self);
+
+    /// True when the persistent state may have changed since the last call (clears the
+    /// flag): the runtime saves and commits an applet's state after a `9000`, or restores it
+    /// after an error, only then. Applets that keep their state in a [`Persistent`] return its
+    /// [`Persistent::take_changed`]; the default, `true`, always saves.
+    fn take_changed(&mut self) -> bool {
+        true
+    }
 
     /// Called when SELECT picks this applet; returns the FCI (response data) or refuses.
     fn select(&mut self, ctx: &mut Context<'_>) -> Result<Vec<u8>, StatusWord>;
@@ -147,7 +194,7 @@ pub struct SecurityStatus {
 /// What an applet can reach while processing a command.
 pub struct Context<'a> {
     pub(crate) store: &'a mut Store,
-    pub(crate) card: &'a mut CardData,
+    pub(crate) card: &'a mut Persistent<CardData>,
     pub(crate) challenge: &'a mut Option<Vec<u8>>,
     pub(crate) security: &'a mut SecurityStatus,
     pub(crate) rng: &'a mut dyn Rng,
@@ -198,7 +245,7 @@ impl Context<'_> {
     /// The card-wide persistent data, to change: only the card-management applet does.
     /// Changes are committed with the applet's own state.
     pub fn card_mut(&mut self) -> &mut CardData {
-        self.card
+        &mut *self.card
     }
 
     /// The AIDs of the other applets the caller may address (the card-management applet's
@@ -248,9 +295,26 @@ impl Context<'_> {
     /// if the command then fails or power is cut, e.g. a PIN retry counter decremented before
     /// the comparison. `6581` (memory failure) if the image cannot be written.
     pub fn commit(&mut self, applet_state: &[u8]) -> Result<(), StatusWord> {
-        let card = encode_state(&*self.card);
+        let card = encode_state(&**self.card);
         self.store
             .commit(&[(self.aid, applet_state), (CARD_OWNER, &card)])
             .map_err(|_| StatusWord::MEMORY_FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Persistent;
+
+    #[test]
+    fn persistent_state_records_mutable_access_only() {
+        let mut state = Persistent::new(vec![1u8, 2, 3]);
+        assert!(!state.take_changed(), "a freshly wrapped state is the committed one");
+        assert_eq!(state.len(), 3);
+        assert!(!state.take_changed(), "reading does not mark it changed");
+        state.push(4);
+        assert!(state.take_changed(), "a mutation marks it changed");
+        assert!(!state.take_changed(), "taking the flag clears it");
+        assert_eq!(*state, [1, 2, 3, 4]);
     }
 }

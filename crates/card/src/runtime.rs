@@ -15,7 +15,7 @@
 use tessera_apdu::{CardApduLayer, Command, DEFAULT_MAX_CHAIN_DATA, Response, StatusWord};
 use tessera_crypto::rng::Rng;
 
-use crate::applet::{Applet, Context, SecurityStatus, decode_state, encode_state};
+use crate::applet::{Applet, Context, Persistent, SecurityStatus, decode_state, encode_state};
 use crate::error::CardError;
 use crate::lifecycle::CardData;
 use crate::store::{CARD_OWNER, StateMap, Store};
@@ -33,7 +33,7 @@ pub const MAX_CHALLENGE: usize = 256;
 pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) applets: Vec<Box<dyn Applet>>,
-    pub(crate) card: CardData,
+    pub(crate) card: Persistent<CardData>,
     pub(crate) selected: Option<usize>,
     pub(crate) challenge: Option<Vec<u8>>,
     pub(crate) security: SecurityStatus,
@@ -87,10 +87,13 @@ impl Runtime {
                 missing.iter().map(|(a, s)| (*a, s.as_slice())).collect();
             store.commit(&changes)?;
         }
+        for applet in &mut applets {
+            applet.take_changed();
+        }
         let core = Core {
             store,
             applets,
-            card,
+            card: Persistent::new(card),
             selected: None,
             challenge: None,
             security: SecurityStatus::default(),
@@ -177,35 +180,44 @@ impl Core {
         // Peers personalised in this command: absolute indexes (peers start after index 0).
         let mut changed: Vec<usize> = vec![index];
         changed.extend(touched.iter().map(|t| t + 1));
+        // Only the states this command may have changed are encoded, committed or restored.
+        changed.retain(|&i| self.applets[i].take_changed());
+        let card_changed = self.card.take_changed();
+        if changed.is_empty() && !card_changed {
+            return response;
+        }
         if response.sw == StatusWord::SUCCESS {
-            let states: Vec<(&'static [u8], Vec<u8>)> =
+            let mut states: Vec<(&'static [u8], Vec<u8>)> =
                 changed.iter().map(|&i| (self.applets[i].aid(), self.applets[i].save())).collect();
-            let card = encode_state(&self.card);
-            let mut changes: Vec<(&[u8], &[u8])> =
-                states.iter().map(|(aid, state)| (*aid, state.as_slice())).collect();
-            changes.push((CARD_OWNER, &card));
+            if card_changed {
+                states.push((CARD_OWNER, encode_state(&*self.card)));
+            }
+            let changes: Vec<(&[u8], &[u8])> =
+                states.iter().map(|(owner, state)| (*owner, state.as_slice())).collect();
             if self.store.commit(&changes).is_err() {
-                self.rollback(&changed);
+                self.rollback(&changed, card_changed);
                 return Response::status(StatusWord::MEMORY_FAILURE);
             }
             response
         } else {
-            self.rollback(&changed);
+            self.rollback(&changed, card_changed);
             response
         }
     }
 
-    /// Restores the committed persistent state of the given applets and the card-wide data.
-    fn rollback(&mut self, indexes: &[usize]) {
+    /// Restores the committed persistent state of the given applets, and of the card-wide data
+    /// when `card` is set.
+    fn rollback(&mut self, indexes: &[usize], card: bool) {
         for &index in indexes {
             let applet = &mut self.applets[index];
             if let Some(bytes) = self.store.get(applet.aid()) {
                 // These bytes were produced by the applet's own `save`; they decode.
                 let _ = applet.load(bytes);
             }
+            applet.take_changed();
         }
-        if let Some(Ok(card)) = self.store.get(CARD_OWNER).map(decode_state::<CardData>) {
-            self.card = card;
+        if card && let Some(Ok(data)) = self.store.get(CARD_OWNER).map(decode_state::<CardData>) {
+            self.card = Persistent::new(data);
         }
     }
 

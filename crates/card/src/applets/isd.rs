@@ -32,7 +32,9 @@ use tessera_crypto::scp03::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{Applet, Context, StateError, TearScenario, decode_state, encode_state};
+use crate::applet::{
+    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
+};
 use crate::applets::Provisioning;
 use crate::lifecycle::LifeCycle;
 use crate::pin::{Pin, PinBlock, PinCommand, PinRef};
@@ -141,7 +143,7 @@ struct IsdVolatile {
 
 /// The card-management applet.
 pub struct Isd {
-    state: IsdState,
+    state: Persistent<IsdState>,
     volatile: IsdVolatile,
 }
 
@@ -426,7 +428,7 @@ impl Isd {
     pub fn new(provisioning: &Provisioning) -> Isd {
         let keys = &provisioning.isd_keys;
         Isd {
-            state: IsdState {
+            state: Persistent::new(IsdState {
                 kvn: keys.kvn,
                 enc: keys.enc.expose_secret().to_vec(),
                 mac: keys.mac.expose_secret().to_vec(),
@@ -435,7 +437,7 @@ impl Isd {
                 auth_failures: 0,
                 pin: None,
                 puk: None,
-            },
+            }),
             volatile: IsdVolatile::default(),
         }
     }
@@ -859,12 +861,16 @@ impl Applet for Isd {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&self.state)
+        encode_state(&*self.state)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = decode_state(state)?;
+        self.state = Persistent::new(decode_state(state)?);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.state.take_changed()
     }
 
     fn clear_volatile(&mut self) {

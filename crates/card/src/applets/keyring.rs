@@ -39,7 +39,9 @@ use tessera_proto::keyring::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{Applet, Context, StateError, TearScenario, decode_state, encode_state};
+use crate::applet::{
+    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
+};
 
 pub mod rules;
 pub mod scenarios;
@@ -107,7 +109,7 @@ struct Volatile {
 /// The keyring applet.
 #[derive(Default)]
 pub struct Keyring {
-    state: KeyringState,
+    state: Persistent<KeyringState>,
     volatile: Volatile,
 }
 
@@ -631,12 +633,16 @@ impl Applet for Keyring {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&self.state)
+        encode_state(&*self.state)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = decode_state(state)?;
+        self.state = Persistent::new(decode_state(state)?);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.state.take_changed()
     }
 
     fn clear_volatile(&mut self) {

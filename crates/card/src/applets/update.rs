@@ -39,7 +39,9 @@ use tessera_proto::update::{
 };
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::applet::{Applet, Context, StateError, TearScenario, decode_state, encode_state};
+use crate::applet::{
+    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
+};
 
 pub mod scenarios;
 
@@ -126,7 +128,7 @@ struct Volatile {
 /// The update applet.
 #[derive(Default)]
 pub struct UpdateApplet {
-    state: UpdateState,
+    state: Persistent<UpdateState>,
     volatile: Volatile,
 }
 
@@ -406,12 +408,16 @@ impl Applet for UpdateApplet {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&self.state)
+        encode_state(&*self.state)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = decode_state(state)?;
+        self.state = Persistent::new(decode_state(state)?);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.state.take_changed()
     }
 
     fn clear_volatile(&mut self) {

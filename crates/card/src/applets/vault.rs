@@ -37,7 +37,9 @@ use tessera_proto::vault::{
 };
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::applet::{Applet, Context, StateError, TearScenario, decode_state, encode_state};
+use crate::applet::{
+    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
+};
 
 pub mod scenarios;
 
@@ -114,7 +116,7 @@ impl Drop for VaultState {
 /// The vault applet.
 #[derive(Default)]
 pub struct Vault {
-    state: VaultState,
+    state: Persistent<VaultState>,
 }
 
 /// The key-group key, derived keys and check value of a complete key group.
@@ -480,12 +482,16 @@ impl Applet for Vault {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&self.state)
+        encode_state(&*self.state)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = decode_state(state)?;
+        self.state = Persistent::new(decode_state(state)?);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.state.take_changed()
     }
 
     fn clear_volatile(&mut self) {}
