@@ -322,3 +322,82 @@ fn issue_count_needs_an_image_dir() {
     assert_exit(&out, 2);
     assert!(text(&out.stderr).contains("prefix"), "{}", text(&out.stderr));
 }
+
+/// Kills a child process when dropped (a failing assertion must not leave a server running).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn issue_personalises_a_card_in_a_pcsc_reader() {
+    use std::io::{BufRead, BufReader};
+
+    let daemon = match Pcscd::start() {
+        Ok(d) => d,
+        Err(
+            err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
+        ) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {err}");
+            eprintln!("NOTICE: skipping: {err}");
+            return;
+        }
+        Err(err) => panic!("{err}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let image = new_image(dir.path());
+    let _serve = Child(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["card", "serve", "--image", &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let reader = "Virtual PCD 00 00";
+    wait_for_card(reader);
+
+    // The server prints its address, certificate fingerprint and bootstrap token on stdout.
+    let data = dir.path().join("server");
+    let mut server = Child(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["server", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let mut after = |prefix: &str| loop {
+        let line = lines.next().expect("server output ended").unwrap();
+        if let Some(i) = line.find(prefix) {
+            break line[i + prefix.len()..].trim().to_owned();
+        }
+    };
+    let url = after("listening on ");
+    let fingerprint = after("fingerprint: ");
+    let token = after("): ");
+    let with_server = |command: &str, args: &[&str]| {
+        let mut all = vec![command, "--server", &url, "--fingerprint", &fingerprint];
+        all.extend_from_slice(&["--token", &token]);
+        all.extend_from_slice(args);
+        tessera(&all)
+    };
+    assert_exit(&with_server("admin", &["issuers", "create", "acme", "Acme Bank"]), 0);
+    let out =
+        with_server("issue", &["--issuer", "acme", "--card-id", "READER-1", "--reader", reader]);
+    assert_exit(&out, 0);
+    assert!(text(&out.stdout).contains("PERSONALIZED"), "{}", text(&out.stdout));
+
+    // The card in the reader is personalised: its id and life cycle, read through PC/SC.
+    let out = tessera(&["card", "info", "--reader", reader, "--json"]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["life_cycle"]["name"], "PERSONALIZED", "{v}");
+    assert!(v["card_id"].to_string().contains(&hex::encode_upper("READER-1")), "{v}");
+    drop(daemon);
+}
