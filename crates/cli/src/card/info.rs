@@ -158,6 +158,10 @@ fn life_cycle_name(code: u8) -> &'static str {
 fn human(info: &Info) -> String {
     let absent = |sw: &StatusWord| format!("(not available: card answered {sw})");
     let card_id = match &info.card_id {
+        // Issuers' ids are printable ASCII ("ACME-0001"): show them as text beside the hex.
+        Ok(id) if !id.is_empty() && id.iter().all(|b| b.is_ascii_graphic()) => {
+            format!("{} ({})", String::from_utf8_lossy(id), hex::encode_upper(id))
+        }
         Ok(id) => hex::encode_upper(id),
         Err(StatusWord::REFERENCED_DATA_NOT_FOUND) => "(none yet: blank card)".to_owned(),
         Err(sw) => absent(sw),
