@@ -28,13 +28,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_keyring.sql"),
         include_str!("../../migrations/postgres/0004_keyring.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_enrolment.sql"),
+        include_str!("../../migrations/postgres/0005_enrolment.sql"),
+    ),
 ];
 
 /// Every schema version, oldest first.
-pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4];
+pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 4;
+pub const LATEST_VERSION: i64 = 5;
 
 /// Advisory-lock key that serialises migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;

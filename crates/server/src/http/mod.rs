@@ -10,6 +10,7 @@
 //! Bodies are limited in size, requests in time and clients in rate ([`limits`]).
 
 mod admin;
+mod enrolment;
 mod keyring;
 pub mod limits;
 mod metrics;
@@ -64,6 +65,7 @@ pub fn router(store: Store, limits: Limits) -> Router {
         .route("/v1/sessions/{id}/exchange", post(tunnel::exchange))
         .route("/v1/issuers/{issuer}/crl", get(admin::crl))
         .merge(admin::routes())
+        .merge(enrolment::routes())
         .merge(keyring::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))

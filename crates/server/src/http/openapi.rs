@@ -5,6 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::admin::*;
+use super::enrolment::*;
 use super::keyring::*;
 use super::metrics::__path_handler as __path_metrics;
 use super::tunnel::{__path_create_session, __path_exchange};
@@ -19,6 +20,7 @@ use super::{__path_healthz, Health};
         list_issuers, create_issuer, get_issuer, list_certificates, revoke_certificate,
         list_cards, register_card, get_card, revoke_card, start_issuance,
         list_tokens, create_token, revoke_token,
+        enrolment_challenge, enrol,
         audit_entries, verify_audit, checkpoint,
         keyring_status, keyring_compromised, keyring_resync, keyring_policy, set_keyring_policy,
     ),

@@ -90,7 +90,8 @@ pub struct IssuerInfo {
 pub struct CertificateInfo {
     /// Serial number, hex.
     pub serial: String,
-    /// `ca`, `package-signing`, `device` (subject = card id), later `terminal`.
+    /// `ca`, `package-signing`, `device` (subject = card id), `card` or `terminal`
+    /// (enrolment for pairing).
     pub role: String,
     /// Subject common name.
     pub subject: String,
@@ -104,7 +105,7 @@ pub struct CertificateInfo {
 const TOKEN_REF_PREFIX: &[u8] = b"pkcs11:";
 
 /// An issuer's private key: sealed in the database, or in the PKCS#11 token.
-enum IssuerKey {
+pub(super) enum IssuerKey {
     Soft(SigningKey),
     Token(crate::pkcs11::TokenKey),
 }
@@ -151,7 +152,7 @@ impl Store {
         self.master.seal(secret, context).map_err(|e| ServerError::Internal(e.to_string()))
     }
 
-    fn unseal_key(&self, blob: &[u8], context: &str) -> ServerResult<IssuerKey> {
+    pub(super) fn unseal_key(&self, blob: &[u8], context: &str) -> ServerResult<IssuerKey> {
         let der =
             self.master.open(blob, context).map_err(|e| ServerError::Internal(e.to_string()))?;
         if let Some(label) = der.strip_prefix(TOKEN_REF_PREFIX) {

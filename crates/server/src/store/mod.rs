@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cards;
+pub mod enrolment;
 pub mod issuance;
 pub mod issuers;
 pub mod keyring;
