@@ -182,8 +182,12 @@ pub struct FinishStep {
     pub device_cert: String,
     /// Its serial number, hex.
     pub device_serial: String,
-    /// How many commands step 2 sent.
+    /// How many commands step 2 sent (wrapped ones and, last, the two plain commands that
+    /// read the update key).
     pub commands: usize,
+    /// The nonce the update key's proof is bound to, hex (see [`crate::update::issuance`]);
+    /// kept with the issued card.
+    pub update_nonce: String,
 }
 
 /// The host side of the issuance's SCP03 session, as it stands right after EXTERNAL
@@ -241,13 +245,15 @@ fn step1_commands(
 
 /// Step 2's commands: the certificates in STORE DATA blocks, the keyring's personalisation
 /// (`keyring`, see [`crate::keyring::issuance`]; empty when the issuer's policy installs none),
-/// then SET STATUS PERSONALIZED.
+/// the update key's generation over `update_nonce` (see [`crate::update::issuance`]; after the
+/// device identity, which vouches for it), then SET STATUS PERSONALIZED.
 fn step2_commands(
     ca: &Certificate,
     package: &Certificate,
     device: &Certificate,
     keyring: &[Command],
-) -> Vec<Command> {
+    update_nonce: &[u8],
+) -> Result<Vec<Command>, ServerError> {
     let data = dgi(&[
         (DGI_ISSUER_CA, ca.der()),
         (DGI_PACKAGE_SIGNING, package.der()),
@@ -263,8 +269,10 @@ fn step2_commands(
         })
         .collect();
     commands.extend_from_slice(keyring);
-    commands.push(Command::new(0x80, 0xF0, 0x80, LC_PERSONALIZED));
     commands
+        .extend(crate::update::issuance::personalisation_commands(update_nonce).map_err(internal)?);
+    commands.push(Command::new(0x80, 0xF0, 0x80, LC_PERSONALIZED));
+    Ok(commands)
 }
 
 fn hex_array<const N: usize>(h: &str, what: &str) -> Result<[u8; N], ServerError> {
@@ -388,8 +396,10 @@ fn parse_keygen(data: &[u8]) -> Result<(PublicKey, Signature), ServerError> {
     Ok((public, proof))
 }
 
-/// Step 2: the certificates and SET STATUS, wrapped in the session of step 1 (rebuilt from the
-/// stored hello and step 1's commands).
+/// Step 2: the certificates, the keyring, the update key and SET STATUS, wrapped in the
+/// session of step 1 (rebuilt from the stored hello and step 1's commands); then, plain (the
+/// session has ended with PERSONALIZED), SELECT update and GET DATA of the update key.
+#[allow(clippy::too_many_arguments)]
 pub fn device_apdus(
     step: &KeygenStep,
     secrets: &IssuanceSecrets,
@@ -397,6 +407,7 @@ pub fn device_apdus(
     package: &Certificate,
     device: &Certificate,
     keyring: &[Command],
+    update_nonce: &[u8],
 ) -> Result<Vec<Vec<u8>>, ServerError> {
     let challenge: [u8; 8] = hex_array(&step.host_challenge, "host challenge")?;
     let nonce: [u8; NONCE_LEN] = hex_array(&step.nonce, "nonce")?;
@@ -408,17 +419,24 @@ pub fn device_apdus(
     for c in &step1_commands(&step.card_id, secrets, &nonce)? {
         host.wrap_command(c).map_err(internal)?;
     }
-    step2_commands(ca, package, device, keyring)
+    let mut out = step2_commands(ca, package, device, keyring, update_nonce)?
         .iter()
         .map(|c| bytes(&host.wrap_command(c).map_err(internal)?))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    for c in crate::update::issuance::read_key_commands() {
+        out.push(bytes(&c)?);
+    }
+    Ok(out)
 }
 
-/// Checks the card's answers to [`device_apdus`]: `9000` each.
-pub fn check_device(responses: &[Vec<u8>], step: &FinishStep) -> Result<(), ServerError> {
-    let mut names = vec!["STORE DATA certificates"; step.commands.saturating_sub(1)];
-    names.push("SET STATUS PERSONALIZED");
-    all_ok(responses, &names, "certificate").map(|_| ())
+/// Checks the card's answers to [`device_apdus`]: `9000` each. Returns the card's answer to
+/// GET DATA of the update key (`public key || proof`, for
+/// [`crate::update::verify_update_key`]).
+pub fn check_device(responses: &[Vec<u8>], step: &FinishStep) -> Result<Vec<u8>, ServerError> {
+    let mut names = vec!["STORE DATA personalisation"; step.commands.saturating_sub(3)];
+    names.extend(["SET STATUS PERSONALIZED", "SELECT update", "GET DATA update key"]);
+    let mut parsed = all_ok(responses, &names, "certificate")?;
+    Ok(parsed.pop().map(|r| r.data).unwrap_or_default())
 }
 
 fn all_ok(responses: &[Vec<u8>], names: &[&str], step: &str) -> Result<Vec<Response>, ServerError> {

@@ -106,6 +106,17 @@ async fn issuance_through_the_tunnel(db: TestDb) {
     let select = format!("00A4040008{}00", hex::encode_upper(tessera_server::tunnel::ISD_AID));
     assert!(relay(&mut card, &[select])[0].ends_with("9000"));
     check_device_identity(&store, &mut card, "NEW-1").await;
+    // The card has an update key, vouched for by its device key and registered at issuance.
+    let update_aid = hex::encode_upper(tessera_proto::update::AID);
+    let answers = relay(
+        &mut card,
+        &[format!("00A40400{:02X}{update_aid}00", update_aid.len() / 2), "80CA010200".into()],
+    );
+    assert!(answers[0].ends_with("9000") && answers[1].ends_with("9000"), "{answers:?}");
+    let registered = store.update_key(&root(), "acme", "NEW-1").await.unwrap().unwrap();
+    assert_eq!(hex::encode_upper(&registered), answers[1][..130]);
+    let select = format!("00A4040008{}00", hex::encode_upper(tessera_server::tunnel::ISD_AID));
+    assert!(relay(&mut card, &[select])[0].ends_with("9000"));
     let mut block = issuance.initial_pin.as_bytes().to_vec();
     block.resize(8, 0xFF);
     let verify = format!("0020008108{}", hex::encode_upper(&block));
@@ -234,9 +245,11 @@ async fn issuance_aborted_by_the_card_records_nothing(db: TestDb) {
     let perso = store.exchange(&issuance.session.session_id, &req).await.unwrap();
     let req = Exchange { step: 1, responses: relay(&mut card, &perso.apdus) };
     let certs = store.exchange(&perso.session_id, &req).await.unwrap();
-    // The terminal reports that the card refused the personalisation (SET STATUS failing).
+    // The terminal reports that the card refused the personalisation (SET STATUS failing;
+    // the last two commands read the update key).
     let mut responses = relay(&mut card, &certs.apdus);
-    *responses.last_mut().unwrap() = "6985".into();
+    let n = responses.len();
+    responses[n - 3] = "6985".into();
     let req = Exchange { step: 2, responses };
     let err = store.exchange(&perso.session_id, &req).await.unwrap_err();
     assert!(matches!(&err, ServerError::Conflict(m) if m.contains("SET STATUS")), "{err}");
@@ -283,3 +296,35 @@ async fn responses_replayed_into_another_issuance_are_refused(db: TestDb) {
     assert_eq!(next.apdus.len(), 5);
 }
 both!(responses_replayed_into_another_issuance_are_refused);
+
+async fn an_update_key_without_the_device_proof_is_refused(db: TestDb) {
+    use tessera_server::store::issuance::StartIssuance;
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let issuance = store
+        .start_issuance(&root(), "acme", &StartIssuance { card_id: "NEW-1".into() })
+        .await
+        .unwrap();
+    let mut card = Card::in_memory(CardOptions::default());
+    card.power_on();
+    let req = Exchange { step: 0, responses: relay(&mut card, &issuance.session.apdus) };
+    let perso = store.exchange(&issuance.session.session_id, &req).await.unwrap();
+    let req = Exchange { step: 1, responses: relay(&mut card, &perso.apdus) };
+    let certs = store.exchange(&perso.session_id, &req).await.unwrap();
+    // A terminal substitutes its own key for the card's update key: the proof (the device
+    // key's signature over the server's nonce and the key) no longer verifies.
+    let mut responses = relay(&mut card, &certs.apdus);
+    let last = responses.last_mut().unwrap();
+    assert_eq!(last.len(), (65 + 64 + 2) * 2);
+    let other = tessera_crypto::hpke::HpkePrivateKey::generate(&mut tessera_crypto::rng::OsRng);
+    last.replace_range(..130, &hex::encode_upper(other.public_key().to_bytes()));
+    let req = Exchange { step: 2, responses };
+    let err = store.exchange(&perso.session_id, &req).await.unwrap_err();
+    assert!(matches!(&err, ServerError::Conflict(m) if m.contains("update key")), "{err}");
+    assert!(store.update_key(&root(), "acme", "NEW-1").await.unwrap().is_none());
+    assert!(matches!(
+        store.get_card(&root(), "acme", "NEW-1").await,
+        Err(ServerError::NotFound(_))
+    ));
+}
+both!(an_update_key_without_the_device_proof_is_refused);

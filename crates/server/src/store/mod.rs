@@ -13,6 +13,7 @@ pub mod issuance;
 pub mod issuers;
 pub mod keyring;
 pub mod sessions;
+pub mod update;
 
 use std::sync::Arc;
 

@@ -391,6 +391,7 @@ impl Store {
                 let keyring = self
                     .keyring_issuance_commands(&mut tx, &s.issuer, &step.card_id, session_id, now)
                     .await?;
+                let update_nonce = crate::primitives::random_bytes::<32>();
                 let apdus = crate::issuance::device_apdus(
                     step,
                     &opened,
@@ -398,6 +399,7 @@ impl Store {
                     &certs.package_signing,
                     &certs.device,
                     &keyring,
+                    &update_nonce,
                 )?;
                 let next = TunnelState::IssueFinish(crate::issuance::FinishStep {
                     card_id: step.card_id.clone(),
@@ -405,15 +407,18 @@ impl Store {
                     device_cert: hex::encode(certs.device.der()),
                     device_serial: hex::encode(certs.serial),
                     commands: apdus.len(),
+                    update_nonce: hex::encode(update_nonce),
                 });
                 (next, apdus, None, s.live_card.clone())
             }
             TunnelState::IssueFinish(step) => {
                 let opened = self.open_secrets(session_id, &step.secrets)?;
-                crate::issuance::check_device(&responses, step)?;
+                let update_key = crate::issuance::check_device(&responses, step)?;
                 let card_id = &step.card_id;
                 let der = hex::decode(&step.device_cert)
                     .map_err(|_| ServerError::Internal("stored device certificate".into()))?;
+                let update_nonce = hex::decode(&step.update_nonce)
+                    .map_err(|_| ServerError::Internal("stored update key nonce".into()))?;
                 self.record_issued(&mut tx, &s.issuer, card_id, session_id, &opened, now).await?;
                 self.keyring_issuance_record(&mut tx, &s.issuer, card_id, session_id, now).await?;
                 self.record_device_certificate(
@@ -422,6 +427,16 @@ impl Store {
                     card_id,
                     &step.device_serial,
                     &der,
+                )
+                .await?;
+                self.update_register_card(
+                    &mut tx,
+                    &s.issuer,
+                    card_id,
+                    &der,
+                    &update_nonce,
+                    &update_key,
+                    now,
                 )
                 .await?;
                 let outcome = Outcome {

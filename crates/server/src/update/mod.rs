@@ -206,6 +206,163 @@ impl UpdateStore for MemoryUpdateStore {
     }
 }
 
+/// The device key of a card: `cert` must verify up to `ca` at `now` with the device role and
+/// name `card_id` (claims 3, 12).
+pub fn device_key(
+    ca: &Certificate,
+    card_id: &[u8],
+    cert: &Certificate,
+    now: i64,
+) -> UpdateResult<tessera_crypto::ecdsa::PublicKey> {
+    let info = verify_chain(cert, &[], ca, now, Some(Role::Device))
+        .map_err(|e| UpdateError::DeviceCertificate(e.to_string()))?;
+    if info.subject_cn.as_bytes() != card_id {
+        return Err(UpdateError::DeviceCertificate("names another card".into()));
+    }
+    Ok(info.public_key)
+}
+
+/// Checks an update's object name (1 to 32 bytes) and value (at most 64 KiB).
+pub fn check_update(name: &[u8], value: &[u8]) -> UpdateResult<()> {
+    if name.is_empty() || name.len() > tessera_proto::update::MAX_NAME_LEN {
+        return Err(UpdateError::BadUpdate("object name: 1 to 32 bytes"));
+    }
+    if value.len() > MAX_OBJECT_LEN {
+        return Err(UpdateError::BadUpdate("value above 64 KiB"));
+    }
+    Ok(())
+}
+
+/// The card and sequence a package is made for.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageTarget<'a> {
+    /// The card id the package names.
+    pub card_id: &'a [u8],
+    /// The card's update key the value is sealed to.
+    pub update_key: &'a HpkePublicKey,
+    /// The card's sequence number for this package.
+    pub sequence: u64,
+}
+
+/// Builds a package: `value` sealed with HPKE to the card's update key (bound to the card id,
+/// name, sequence, mode and rule), the whole signed by the issuer's package-signing key.
+/// Returns [`Package::to_bytes`]; the plaintext goes nowhere else.
+pub fn seal_package(
+    rng: &mut dyn Rng,
+    signer: &dyn CaSigner,
+    target: &PackageTarget<'_>,
+    name: &[u8],
+    value: &[u8],
+    mode: Mode,
+    rule: ReadRule,
+) -> UpdateResult<Vec<u8>> {
+    check_update(name, value)?;
+    let info = Package::seal_info(target.card_id, name);
+    let aad = Package::seal_aad(target.sequence, mode, rule);
+    let sealed = hpke::seal(rng, target.update_key, &info, &aad, value)
+        .map_err(|e| UpdateError::Crypto(e.to_string()))?;
+    let mut package = Package {
+        card_id: target.card_id.to_vec(),
+        sequence: target.sequence,
+        mode,
+        rule,
+        name: name.to_vec(),
+        sealed,
+        signature: [0; 64],
+    };
+    package.signature = signer
+        .sign_message(&package.signed_message())
+        .map_err(|e| UpdateError::Crypto(e.to_string()))?
+        .to_bytes();
+    Ok(package.to_bytes())
+}
+
+/// Checks the card's answer to DEVICE AUTHENTICATE (plain): the device key's signature over
+/// the challenge and the sequence the card reports.
+pub fn verify_device_auth(
+    device_key: &tessera_crypto::ecdsa::PublicKey,
+    card_id: &[u8],
+    challenge: &Challenge,
+    response: &DeviceAuthResponse,
+) -> UpdateResult<()> {
+    let sig =
+        Signature::from_bytes(&response.signature).map_err(|_| UpdateError::DeviceSignature)?;
+    device::verify(
+        device_key,
+        Purpose::DeviceAuthentication,
+        card_id,
+        &tessera_proto::update::auth_body(challenge, response.last_sequence),
+        &sig,
+    )
+    .map_err(|_| UpdateError::DeviceSignature)
+}
+
+/// Checks a receipt's device signature (the key of `device_certificate`, checked to chain at
+/// registration and authentication). The caller checks its sequence and digest against the
+/// pending package.
+pub fn verify_receipt(
+    device_certificate: &Certificate,
+    card_id: &[u8],
+    receipt: &Receipt,
+) -> UpdateResult<()> {
+    let device_key = device_certificate
+        .info()
+        .map_err(|e| UpdateError::DeviceCertificate(e.to_string()))?
+        .public_key;
+    let sig =
+        Signature::from_bytes(&receipt.signature).map_err(|_| UpdateError::ReceiptSignature)?;
+    device::verify(
+        &device_key,
+        Purpose::DeviceAuthentication,
+        card_id,
+        &Receipt::body(receipt.sequence, &receipt.digest),
+        &sig,
+    )
+    .map_err(|_| UpdateError::ReceiptSignature)
+}
+
+/// Wraps a package once more to the card's update key for delivery in the privacy variant
+/// (`"TUW1" || HPKE(update key; package)`), fresh each time.
+pub fn wrap_for_delivery(
+    rng: &mut dyn Rng,
+    update_key: &HpkePublicKey,
+    package: &[u8],
+) -> UpdateResult<Vec<u8>> {
+    let sealed = hpke::seal(rng, update_key, DELIVERY_INFO, DELIVERY_MAGIC, package)
+        .map_err(|e| UpdateError::Crypto(e.to_string()))?;
+    Ok([&DELIVERY_MAGIC[..], &sealed].concat())
+}
+
+/// Checks a card's update key as issuance reads it (GET DATA `0102`: `public key (65) ||
+/// proof (64)`): `device_certificate` must verify up to `ca` at `now` with the device role and
+/// name `card_id`, and the proof must be its device key's signature over `nonce` and the key.
+/// Returns the update key.
+pub fn verify_update_key(
+    ca: &Certificate,
+    card_id: &[u8],
+    device_certificate: &Certificate,
+    nonce: &[u8],
+    update_key_answer: &[u8],
+    now: i64,
+) -> UpdateResult<HpkePublicKey> {
+    let device_key = device_key(ca, card_id, device_certificate, now)?;
+    let (Some(public), Some(sig)) = (update_key_answer.get(..65), update_key_answer.get(65..))
+    else {
+        return Err(UpdateError::UpdateKeyProof);
+    };
+    let public: [u8; 65] = public.try_into().map_err(|_| UpdateError::UpdateKeyProof)?;
+    let sig = Signature::from_bytes(sig).map_err(|_| UpdateError::UpdateKeyProof)?;
+    device::verify(
+        &device_key,
+        Purpose::DeviceAuthentication,
+        card_id,
+        &update_key_body(nonce, &public),
+        &sig,
+    )
+    .map_err(|_| UpdateError::UpdateKeyProof)?;
+    HpkePublicKey::from_bytes(&public).map_err(|_| UpdateError::UpdateKeyProof)
+}
+
 /// An issuer as the update service needs it: its CA (trust anchor of device certificates)
 /// and its package-signing key and certificate.
 pub struct IssuerKeys {
@@ -284,13 +441,7 @@ impl<S: UpdateStore> UpdateService<S> {
         cert: &Certificate,
         now: i64,
     ) -> UpdateResult<tessera_crypto::ecdsa::PublicKey> {
-        let ca = &self.issuer(issuer)?.ca;
-        let info = verify_chain(cert, &[], ca, now, Some(Role::Device))
-            .map_err(|e| UpdateError::DeviceCertificate(e.to_string()))?;
-        if info.subject_cn.as_bytes() != card_id {
-            return Err(UpdateError::DeviceCertificate("names another card".into()));
-        }
-        Ok(info.public_key)
+        device_key(&self.issuer(issuer)?.ca, card_id, cert, now)
     }
 
     /// Registers an issued card: its device certificate must chain to `issuer`'s CA and name
@@ -305,24 +456,9 @@ impl<S: UpdateStore> UpdateService<S> {
         update_key_answer: &[u8],
         now: i64,
     ) -> UpdateResult<()> {
-        let device_key =
-            self.check_device_certificate(issuer, card_id, &device_certificate, now)?;
-        let (public, sig) = (update_key_answer.get(..65), update_key_answer.get(65..));
-        let (Some(public), Some(sig)) = (public, sig) else {
-            return Err(UpdateError::UpdateKeyProof);
-        };
-        let public: [u8; 65] = public.try_into().map_err(|_| UpdateError::UpdateKeyProof)?;
-        let sig = Signature::from_bytes(sig).map_err(|_| UpdateError::UpdateKeyProof)?;
-        device::verify(
-            &device_key,
-            Purpose::DeviceAuthentication,
-            card_id,
-            &update_key_body(nonce, &public),
-            &sig,
-        )
-        .map_err(|_| UpdateError::UpdateKeyProof)?;
+        let ca = &self.issuer(issuer)?.ca;
         let update_key =
-            HpkePublicKey::from_bytes(&public).map_err(|_| UpdateError::UpdateKeyProof)?;
+            verify_update_key(ca, card_id, &device_certificate, nonce, update_key_answer, now)?;
         self.store.put_card(CardRecord {
             card_id: card_id.to_vec(),
             issuer: issuer.to_string(),
@@ -345,37 +481,15 @@ impl<S: UpdateStore> UpdateService<S> {
         mode: Mode,
         rule: ReadRule,
     ) -> UpdateResult<u64> {
-        if name.is_empty() || name.len() > tessera_proto::update::MAX_NAME_LEN {
-            return Err(UpdateError::BadUpdate("object name: 1 to 32 bytes"));
-        }
-        if value.len() > MAX_OBJECT_LEN {
-            return Err(UpdateError::BadUpdate("value above 64 KiB"));
-        }
+        check_update(name, value)?;
         let card = self.card(card_id)?;
         let issuer = self
             .issuers
             .get(&card.issuer)
             .ok_or_else(|| UpdateError::UnknownIssuer(card.issuer.clone()))?;
         let mut build = |sequence: u64| -> UpdateResult<Vec<u8>> {
-            let info = Package::seal_info(card_id, name);
-            let aad = Package::seal_aad(sequence, mode, rule);
-            let sealed = hpke::seal(rng, &card.update_key, &info, &aad, value)
-                .map_err(|e| UpdateError::Crypto(e.to_string()))?;
-            let mut package = Package {
-                card_id: card_id.to_vec(),
-                sequence,
-                mode,
-                rule,
-                name: name.to_vec(),
-                sealed,
-                signature: [0; 64],
-            };
-            package.signature = issuer
-                .package_signer
-                .sign_message(&package.signed_message())
-                .map_err(|e| UpdateError::Crypto(e.to_string()))?
-                .to_bytes();
-            Ok(package.to_bytes())
+            let target = PackageTarget { card_id, update_key: &card.update_key, sequence };
+            seal_package(rng, issuer.package_signer.as_ref(), &target, name, value, mode, rule)
         };
         self.store.enqueue(card_id, &mut build)
     }
@@ -477,16 +591,7 @@ impl<S: UpdateStore> UpdateService<S> {
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
         let device_key =
             self.check_device_certificate(&card.issuer, card_id, &card.device_certificate, now_i)?;
-        let sig =
-            Signature::from_bytes(&response.signature).map_err(|_| UpdateError::DeviceSignature)?;
-        device::verify(
-            &device_key,
-            Purpose::DeviceAuthentication,
-            card_id,
-            &tessera_proto::update::auth_body(challenge, response.last_sequence),
-            &sig,
-        )
-        .map_err(|_| UpdateError::DeviceSignature)?;
+        verify_device_auth(&device_key, card_id, challenge, response)?;
         let acknowledged = self.store.acknowledged(card_id);
         if response.last_sequence < acknowledged {
             return Err(UpdateError::RolledBack { reported: response.last_sequence, acknowledged });
@@ -519,11 +624,7 @@ impl<S: UpdateStore> UpdateService<S> {
         let key = self.card(&card.card_id)?.update_key;
         pending
             .into_iter()
-            .map(|p| {
-                let sealed = hpke::seal(rng, &key, DELIVERY_INFO, DELIVERY_MAGIC, &p.bytes)
-                    .map_err(|e| UpdateError::Crypto(e.to_string()))?;
-                Ok((p.sequence, [&DELIVERY_MAGIC[..], &sealed].concat()))
-            })
+            .map(|p| Ok((p.sequence, wrap_for_delivery(rng, &key, &p.bytes)?)))
             .collect()
     }
 
@@ -545,21 +646,7 @@ impl<S: UpdateStore> UpdateService<S> {
             return Err(UpdateError::ReceiptMismatch);
         }
         let record = self.card(&card.card_id)?;
-        let device_key = record
-            .device_certificate
-            .info()
-            .map_err(|e| UpdateError::DeviceCertificate(e.to_string()))?
-            .public_key;
-        let sig =
-            Signature::from_bytes(&receipt.signature).map_err(|_| UpdateError::ReceiptSignature)?;
-        device::verify(
-            &device_key,
-            Purpose::DeviceAuthentication,
-            &card.card_id,
-            &Receipt::body(receipt.sequence, &receipt.digest),
-            &sig,
-        )
-        .map_err(|_| UpdateError::ReceiptSignature)?;
+        verify_receipt(&record.device_certificate, &card.card_id, &receipt)?;
         if !self.store.mark_delivered(&card.card_id, receipt.sequence) {
             return Err(UpdateError::ReceiptMismatch);
         }

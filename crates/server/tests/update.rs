@@ -1,0 +1,250 @@
+//! The update service on the database (SQLite and PostgreSQL): a card issued through the
+//! tunnel (which registers its update key), updates queued sealed and signed, the card's
+//! session (PIN, device authentication, packages, receipts), exactly-once delivery, and the
+//! server-side refusals.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestDb, root};
+use tessera_apdu::{Command, Response, StatusWord};
+use tessera_card::{Card, CardOptions};
+use tessera_proto::update::{AuthMode, Challenge, UpdateCommand, load_commands};
+use tessera_server::ServerError;
+use tessera_server::db::Db;
+use tessera_server::store::Store;
+use tessera_server::store::issuance::StartIssuance;
+use tessera_server::store::sessions::Exchange;
+use tessera_server::store::update::QueueUpdate;
+
+fn relay(card: &mut Card, apdus: &[String]) -> Vec<String> {
+    apdus.iter().map(|a| hex::encode_upper(card.transmit(&hex::decode(a).unwrap()))).collect()
+}
+
+fn send(card: &mut Card, cmd: &Command) -> Response {
+    Response::parse(&card.transmit(&cmd.to_bytes().unwrap())).unwrap()
+}
+
+/// Issues a blank in-memory card as `card_id` through the tunnel; returns it and its PIN.
+async fn issue(store: &Store, card_id: &str) -> (Card, String) {
+    let start = StartIssuance { card_id: card_id.into() };
+    let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
+    let mut card = Card::in_memory(CardOptions::default());
+    card.power_on();
+    let mut step = issuance.session.clone();
+    while !step.done {
+        let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+        step = store.exchange(&step.session_id, &req).await.unwrap();
+    }
+    assert_eq!(step.outcome.unwrap().result, "issued");
+    card.reset();
+    (card, issuance.initial_pin)
+}
+
+/// VERIFY PIN at the ISD, then SELECT the update applet.
+fn pin(card: &mut Card, pin: &str) {
+    let isd = Command::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(tessera_server::tunnel::ISD_AID.to_vec())
+        .with_le(256);
+    assert_eq!(send(card, &isd).sw, StatusWord::SUCCESS);
+    let mut block = pin.as_bytes().to_vec();
+    block.resize(8, 0xFF);
+    let verify = Command::new(0x00, 0x20, 0x00, 0x81).with_data(block);
+    assert_eq!(send(card, &verify).sw, StatusWord::SUCCESS);
+    let select = Command::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(tessera_proto::update::AID.to_vec())
+        .with_le(256);
+    assert_eq!(send(card, &select).sw, StatusWord::SUCCESS);
+}
+
+fn device_auth(card: &mut Card, challenge: Challenge) -> Vec<u8> {
+    let cmd =
+        UpdateCommand::DeviceAuthenticate { mode: AuthMode::Plain, challenge: Some(challenge) };
+    let r = send(card, &cmd.to_command());
+    assert_eq!(r.sw, StatusWord::SUCCESS);
+    r.data
+}
+
+fn deliver(card: &mut Card, package: &[u8]) -> Response {
+    let mut last = Response::status(StatusWord::UNKNOWN);
+    for cmd in load_commands(package) {
+        last = send(card, &cmd.to_command());
+        if last.sw != StatusWord::SUCCESS {
+            break;
+        }
+    }
+    last
+}
+
+fn read(card: &mut Card, name: &str) -> Vec<u8> {
+    let r = send(card, &UpdateCommand::ReadObject(name.as_bytes().to_vec()).to_command());
+    assert_eq!(r.sw, StatusWord::SUCCESS);
+    r.data
+}
+
+fn update(object: &str, value: &[u8], sealed: bool) -> QueueUpdate {
+    QueueUpdate { object: object.into(), value_hex: hex::encode(value), sealed, free_read: false }
+}
+
+/// Every stored byte of the update tables, for the no-plaintext check.
+async fn stored_bytes(db: &TestDb) -> Vec<u8> {
+    let db = Db::open(&db.location).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let rows = tx.query("SELECT package, object_name FROM update_packages", &[]).await.unwrap();
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(r.blob(0).unwrap());
+        out.extend(r.text(1).unwrap().into_bytes());
+    }
+    let audit = tx.query("SELECT detail FROM audit_log", &[]).await.unwrap();
+    for r in audit {
+        out.extend(r.text(0).unwrap().into_bytes());
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn queued_updates_are_sealed_sequenced_and_delivered_on_receipts(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    let (_, _) = issue(&store, "CARD-B").await;
+
+    let queue = async |card: &str, object: &str, value: &[u8], sealed: bool| {
+        store.queue_update(&root(), "acme", card, &update(object, value, sealed)).await.unwrap()
+    };
+    assert_eq!(queue("CARD-A", "wifi", b"pw-one", false).await.sequence, 1);
+    assert_eq!(queue("CARD-A", "sso", b"tok-two", true).await.sequence, 2);
+    // Sequences are per card.
+    assert_eq!(queue("CARD-B", "wifi", b"pw-b", false).await.sequence, 1);
+    // No plaintext anywhere: packages, names aside, and the audit log.
+    let stored = stored_bytes(&db).await;
+    for secret in [&b"pw-one"[..], b"tok-two", b"pw-b", hex::encode(b"pw-one").as_bytes()] {
+        assert!(!contains(&stored, secret), "{secret:?} is stored in the clear");
+    }
+    // Refusals change nothing.
+    assert!(matches!(
+        store.queue_update(&root(), "acme", "NOPE", &update("wifi", b"x", false)).await,
+        Err(ServerError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.queue_update(&root(), "acme", "CARD-A", &update("", b"x", false)).await,
+        Err(ServerError::BadRequest(_))
+    ));
+
+    // The card's session.
+    pin(&mut card, &card_pin);
+    let challenge = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, challenge);
+    let auth = store.update_authenticate("acme", "CARD-A", &challenge, &answer).await.unwrap();
+    let pending = store.update_pending("acme", &auth).await.unwrap();
+    assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+    for (sequence, package) in &pending {
+        let r = deliver(&mut card, package);
+        assert_eq!(r.sw, StatusWord::SUCCESS);
+        // A receipt with a flipped byte is refused and marks nothing.
+        let mut forged = r.data.clone();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        assert!(matches!(
+            store.update_receipt("acme", &auth, &forged).await,
+            Err(ServerError::Conflict(_))
+        ));
+        assert_eq!(store.update_receipt("acme", &auth, &r.data).await.unwrap(), *sequence);
+        // The same receipt again: nothing pending matches it.
+        assert!(store.update_receipt("acme", &auth, &r.data).await.is_err());
+    }
+    assert!(store.update_pending("acme", &auth).await.unwrap().is_empty());
+    assert_eq!(read(&mut card, "wifi"), b"pw-one");
+    assert_eq!(read(&mut card, "sso"), b"tok-two");
+    let listed = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    assert!(listed.iter().all(|e| e.delivered_at.is_some()));
+    assert_eq!(listed[1].mode, "sealed");
+    // Card B's queue is untouched.
+    let b = store.list_updates(&root(), "acme", "CARD-B").await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert!(b[0].delivered_at.is_none());
+
+    let audit = store.audit_entries(&root(), 0, 1000).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "update.register").count(), 2);
+    assert_eq!(actions.iter().filter(|a| **a == "update.queue").count(), 3);
+    assert_eq!(actions.iter().filter(|a| **a == "update.deliver").count(), 2);
+    assert!(store.verify_audit(None).await.unwrap().ok);
+}
+both!(queued_updates_are_sealed_sequenced_and_delivered_on_receipts);
+
+async fn challenges_are_single_use_and_bound_to_the_card(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    issue(&store, "CARD-B").await;
+    pin(&mut card, &card_pin);
+    let challenge = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, challenge);
+    // Card A's answer presented as card B's: refused, and the challenge is used up.
+    assert!(matches!(
+        store.update_authenticate("acme", "CARD-B", &challenge, &answer).await,
+        Err(ServerError::Conflict(m)) if m.contains("signature")
+    ));
+    assert!(matches!(
+        store.update_authenticate("acme", "CARD-A", &challenge, &answer).await,
+        Err(ServerError::Conflict(m)) if m.contains("challenge")
+    ));
+    // A made-up challenge, and a real one with its expiry altered.
+    let made_up = Challenge { nonce: [7; 32], expires: challenge.expires };
+    let answer = device_auth(&mut card, made_up);
+    assert!(store.update_authenticate("acme", "CARD-A", &made_up, &answer).await.is_err());
+    let real = store.update_challenge().await.unwrap();
+    let altered = Challenge { nonce: real.nonce, expires: real.expires + 1000 };
+    let answer = device_auth(&mut card, altered);
+    assert!(store.update_authenticate("acme", "CARD-A", &altered, &answer).await.is_err());
+    let answer = device_auth(&mut card, real);
+    assert!(store.update_authenticate("acme", "CARD-A", &real, &answer).await.is_err());
+    // A fresh one works, once.
+    let fresh = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, fresh);
+    store.update_authenticate("acme", "CARD-A", &fresh, &answer).await.unwrap();
+    assert!(store.update_authenticate("acme", "CARD-A", &fresh, &answer).await.is_err());
+}
+both!(challenges_are_single_use_and_bound_to_the_card);
+
+async fn a_lost_receipt_is_redelivered_and_applied_once(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+
+    // First session: the card applies the package, the receipt never reaches the server.
+    pin(&mut card, &card_pin);
+    let c = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, c);
+    let auth = store.update_authenticate("acme", "CARD-A", &c, &answer).await.unwrap();
+    let (_, package) = store.update_pending("acme", &auth).await.unwrap().remove(0);
+    assert_eq!(deliver(&mut card, &package).sw, StatusWord::SUCCESS);
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-2", false)).await.unwrap();
+
+    // Next session: the package is still pending; the card answers "already applied" and
+    // does not apply it again; then the newer one.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let c = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, c);
+    let auth = store.update_authenticate("acme", "CARD-A", &c, &answer).await.unwrap();
+    assert_eq!(auth.last_sequence, 1);
+    let pending = store.update_pending("acme", &auth).await.unwrap();
+    assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+    let again = deliver(&mut card, &pending[0].1);
+    assert_eq!(again.sw, StatusWord::SUCCESS);
+    assert_eq!(again.data[0], 1, "already applied");
+    store.update_receipt("acme", &auth, &again.data).await.unwrap();
+    let next = deliver(&mut card, &pending[1].1);
+    store.update_receipt("acme", &auth, &next.data).await.unwrap();
+    assert_eq!(read(&mut card, "wifi"), b"pw-2");
+    assert!(store.update_pending("acme", &auth).await.unwrap().is_empty());
+}
+both!(a_lost_receipt_is_redelivered_and_applied_once);
