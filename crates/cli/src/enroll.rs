@@ -1,4 +1,5 @@
-//! `tessera enroll …`: certification (seed 002, Fig. 9) with a local CA directory.
+//! `tessera enroll …`: certification (seed 002, Fig. 9) by a local CA directory
+//! (`--ca-dir`) or by an issuer's CA on a tessera server (`--server URL --issuer ID`).
 //!
 //! - `enroll ca init --ca-dir DIR` makes the CA; `enroll ca revoke` lists a serial in its CRL.
 //! - `enroll card` has the card's pairing applet generate its key, prove possession and
@@ -7,22 +8,30 @@
 //!   key, certificate, CA certificate and CRL into FILE under a passphrase; `enroll crl`
 //!   refreshes that CRL.
 //!
-//! The CA is a local directory until the server's CA endpoint is wired (it will implement the
-//! same `CertificationAuthority` trait). PINs and passphrases never come from argv: a prompt,
+//! Both CAs implement `CertificationAuthority`. With `--server` the enrolment station
+//! authenticates with a bearer token of the issuer (`--token`, `--token-file` or
+//! `TESSERA_TOKEN`) and pins the server certificate (`--fingerprint` or
+//! `TESSERA_FINGERPRINT`), as `tessera admin` does; the HTTP transport is
+//! `tessera_server::client::IssuerCa`. PINs and passphrases never come from argv: a prompt,
 //! stdin or a file descriptor (PIN), a prompt or a file (passphrase).
 
+use std::cell::Cell;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 use tessera_card::pin::PinBlock;
 use tessera_crypto::passphrase::KdfCost;
+use tessera_crypto::x509::{Certificate, Crl, Role, verify_chain};
 use tessera_host::pairing::PairingError;
-use tessera_host::pairing::ca::CertificationAuthority;
-use tessera_host::pairing::ca::LocalCa;
+use tessera_host::pairing::ca::{self, CertificationAuthority, CertificationRequest, LocalCa};
 use tessera_host::pairing::enrol::{enrol_card, enrol_terminal};
 use tessera_host::pairing::files::TerminalIdentity;
+use tessera_proto::pairing::CHALLENGE_LEN;
+use tessera_server::client::{ApiClient, ApiError, ClientError, IssuerCa};
+use tessera_server::store::enrolment::{EnrolmentRequest, ROLE_CARD, ROLE_TERMINAL};
 use zeroize::Zeroizing;
 
 use crate::Output;
@@ -42,9 +51,8 @@ pub enum EnrollCommand {
         source: CardSource,
         #[command(flatten)]
         passphrase: PassphraseArg,
-        /// CA directory (`tessera enroll ca init`).
-        #[arg(long, value_name = "DIR")]
-        ca_dir: PathBuf,
+        #[command(flatten)]
+        ca: CaSource,
         /// The card certificate's subject name.
         #[arg(long, value_name = "NAME", default_value = "tessera card")]
         subject: String,
@@ -56,9 +64,8 @@ pub enum EnrollCommand {
         /// The terminal key file to create.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// CA directory.
-        #[arg(long, value_name = "DIR")]
-        ca_dir: PathBuf,
+        #[command(flatten)]
+        ca: CaSource,
         /// The terminal certificate's subject name.
         #[arg(long, value_name = "NAME", default_value = "tessera terminal")]
         name: String,
@@ -71,12 +78,155 @@ pub enum EnrollCommand {
         /// The terminal key file.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// CA directory.
-        #[arg(long, value_name = "DIR")]
-        ca_dir: PathBuf,
+        #[command(flatten)]
+        ca: CaSource,
         #[command(flatten)]
         key_passphrase: KeyPassphraseArg,
     },
+}
+
+/// The certification authority: a local CA directory, or an issuer's CA on a server.
+#[derive(Debug, Args, Clone)]
+pub struct CaSource {
+    /// CA directory (`tessera enroll ca init`).
+    #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
+    pub ca_dir: Option<PathBuf>,
+    /// A tessera server whose issuer CA certifies (`https://host:port`).
+    #[arg(long, value_name = "URL", requires = "issuer")]
+    pub server: Option<String>,
+    /// The issuer id on the server.
+    #[arg(long, value_name = "ID", requires = "server")]
+    pub issuer: Option<String>,
+    /// SHA-256 fingerprint of the server certificate, as `tessera server` prints it (env
+    /// TESSERA_FINGERPRINT).
+    #[arg(long, value_name = "HEX", requires = "server")]
+    pub fingerprint: Option<String>,
+    /// Bearer token of the issuer: the enrolment station's credential (env TESSERA_TOKEN).
+    #[arg(long, requires = "server")]
+    pub token: Option<String>,
+    /// Read the bearer token from this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "token", requires = "server")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl CaSource {
+    /// Opens the CA these options name, with the exit class of its last server failure
+    /// (see [`OpenedCa::error`]).
+    pub fn open(&self) -> Result<OpenedCa, CliError> {
+        let (Some(server), Some(issuer)) = (&self.server, &self.issuer) else {
+            let dir =
+                self.ca_dir.as_ref().ok_or_else(|| CliError::usage("give --ca-dir or --server"))?;
+            let ca = LocalCa::open(dir).map_err(pairing_error)?;
+            return Ok(OpenedCa { ca: Box::new(ca), failure: Rc::default() });
+        };
+        let env = |v: &Option<String>, name: &str| v.clone().or_else(|| std::env::var(name).ok());
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => env(&self.token, "TESSERA_TOKEN"),
+        };
+        let fingerprint = env(&self.fingerprint, "TESSERA_FINGERPRINT");
+        let client = ApiClient::new(server, fingerprint.as_deref(), token)
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        let ca =
+            IssuerCa::new(client, issuer).map_err(|e| CliError::new(Exit::Other, e.to_string()))?;
+        let failure = Rc::<Cell<Option<Exit>>>::default();
+        let ca = ServerCa { ca, anchor: std::cell::OnceCell::new(), failure: failure.clone() };
+        Ok(OpenedCa { ca: Box::new(ca), failure })
+    }
+}
+
+/// An opened CA and how its last server failure should end the command: a refusal by the
+/// server like a card's refusal (exit 1), an unreachable server like a reader (3), as
+/// `tessera admin` does.
+pub struct OpenedCa {
+    /// The CA.
+    pub ca: Box<dyn CertificationAuthority>,
+    failure: Rc<Cell<Option<Exit>>>,
+}
+
+impl OpenedCa {
+    /// Maps a failure of a flow that used this CA to the tool's exit codes.
+    pub fn error(&self, err: PairingError) -> CliError {
+        match (&err, self.failure.get()) {
+            (PairingError::Ca(_), Some(exit)) => CliError::new(exit, err.to_string()),
+            _ => pairing_error(err),
+        }
+    }
+}
+
+/// An issuer's CA on a server as a [`CertificationAuthority`]. Every certificate it hands
+/// back is checked here: it must chain to the issuer CA, carry the role asked for and
+/// certify the key that proved possession.
+struct ServerCa {
+    ca: IssuerCa,
+    anchor: std::cell::OnceCell<Certificate>,
+    failure: Rc<Cell<Option<Exit>>>,
+}
+
+impl ServerCa {
+    fn server_err(&self, e: ApiError) -> PairingError {
+        self.failure.set(Some(match e {
+            ApiError::Client(ClientError::Transport(_)) => Exit::Transport,
+            ApiError::Client(ClientError::Usage(_)) => Exit::Usage,
+            ApiError::Server { .. } => Exit::CardSaidNo,
+            ApiError::Card(_) | ApiError::Protocol(_) => Exit::Other,
+        }));
+        PairingError::Ca(format!("server: {e}"))
+    }
+}
+
+impl CertificationAuthority for ServerCa {
+    fn ca_certificate(&self) -> tessera_host::pairing::Result<Certificate> {
+        if let Some(c) = self.anchor.get() {
+            return Ok(c.clone());
+        }
+        let c = self.ca.ca_certificate().map_err(|e| self.server_err(e))?;
+        Ok(self.anchor.get_or_init(|| c).clone())
+    }
+
+    fn crl(&mut self) -> tessera_host::pairing::Result<Crl> {
+        self.ca.crl().map_err(|e| self.server_err(e))
+    }
+
+    fn challenge(&mut self) -> tessera_host::pairing::Result<[u8; CHALLENGE_LEN]> {
+        self.ca.challenge().map_err(|e| self.server_err(e))
+    }
+
+    fn certify(
+        &mut self,
+        request: &CertificationRequest,
+    ) -> tessera_host::pairing::Result<Certificate> {
+        let role = match request.role {
+            Role::Card => ROLE_CARD,
+            Role::Terminal => ROLE_TERMINAL,
+            _ => return Err(PairingError::Ca("only card and terminal certificates".into())),
+        };
+        let issued = self
+            .ca
+            .enrol(&EnrolmentRequest {
+                role: role.to_owned(),
+                subject: request.subject.clone(),
+                holder_id: hex::encode(&request.holder_id),
+                public_key: hex::encode(request.public_key),
+                challenge: hex::encode(request.challenge),
+                proof: hex::encode(request.proof),
+            })
+            .map_err(|e| self.server_err(e))?;
+        let cert = Certificate::from_pem(&issued.pem)
+            .map_err(|e| PairingError::Ca(format!("server's certificate: {e}")))?;
+        let anchor = self.ca_certificate()?;
+        let info = verify_chain(&cert, &[], &anchor, ca::now(), Some(request.role))
+            .map_err(|e| PairingError::Ca(format!("server's certificate: {e}")))?;
+        if info.public_key.to_sec1_bytes() != request.public_key {
+            return Err(PairingError::Ca("the server certified another key".into()));
+        }
+        Ok(cert)
+    }
 }
 
 /// `tessera enroll ca` subcommands.
@@ -221,20 +371,21 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
             out.emit(|| format!("revoked {hex}"), || json!({ "revoked": hex }));
             Ok(())
         }
-        EnrollCommand::Card { source, passphrase, ca_dir, subject, pin } => {
-            let mut ca = LocalCa::open(&ca_dir).map_err(pairing_error)?;
+        EnrollCommand::Card { source, passphrase, ca, subject, pin } => {
+            let mut ca = ca.open()?;
             let mut channel = source.open(&passphrase)?;
             let pin = pin.read()?;
-            let cert = enrol_card(&mut channel, &mut ca, &pin, &subject).map_err(pairing_error)?;
+            let cert = enrol_card(&mut channel, ca.ca.as_mut(), &pin, &subject)
+                .map_err(|e| ca.error(e))?;
             report_certificate(out, "card", &cert)
         }
-        EnrollCommand::Terminal { key, ca_dir, name, key_passphrase } => {
+        EnrollCommand::Terminal { key, ca, name, key_passphrase } => {
             if key.exists() {
                 return Err(CliError::usage(format!("{} exists", key.display())));
             }
-            let mut ca = LocalCa::open(&ca_dir).map_err(pairing_error)?;
+            let mut ca = ca.open()?;
             let passphrase = key_passphrase.read()?;
-            let identity = enrol_terminal(&mut ca, &name).map_err(pairing_error)?;
+            let identity = enrol_terminal(ca.ca.as_mut(), &name).map_err(|e| ca.error(e))?;
             identity.save(&key, &passphrase, kdf_cost()).map_err(pairing_error)?;
             report_certificate(
                 out,
@@ -242,14 +393,19 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
                 &identity.certificate,
             )
         }
-        EnrollCommand::Crl { key, ca_dir, key_passphrase } => {
-            let mut ca = LocalCa::open(&ca_dir).map_err(pairing_error)?;
+        EnrollCommand::Crl { key, ca, key_passphrase } => {
+            let mut ca = ca.open()?;
             let passphrase = key_passphrase.read()?;
             let mut identity = TerminalIdentity::load(&key, &passphrase).map_err(pairing_error)?;
-            if identity.ca != ca.ca_certificate().map_err(pairing_error)? {
-                return Err(CliError::usage("this key file was certified by another CA"));
+            let crl = ca.ca.crl().map_err(|e| ca.error(e))?;
+            // The list must be signed by the key file's CA and current (checked without
+            // a token: the CRL is public).
+            if crl.is_revoked(&identity.ca, &[0], ca::now()).is_err() {
+                return Err(CliError::usage(
+                    "this CRL is not a current list of the key file's CA (another CA?)",
+                ));
             }
-            identity.crl = Some(ca.crl().map_err(pairing_error)?);
+            identity.crl = Some(crl);
             identity.save(&key, &passphrase, kdf_cost()).map_err(pairing_error)?;
             out.emit(
                 || format!("refreshed the CRL in {}", key.display()),

@@ -14,7 +14,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use crate::store::enrolment::{EnrolledCertificate, EnrolmentChallenge, EnrolmentRequest};
 use crate::store::issuance::Issuance;
+use crate::store::issuers::IssuerInfo;
 use crate::store::sessions::{Exchange, TunnelStep};
 use crate::tls::pinned_client_config;
 
@@ -95,6 +97,19 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), ClientError> {
+        let (status, bytes) = self.request_bytes(method, path, body).await?;
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status, value))
+    }
+
+    /// Sends one request; returns the status and the raw body (a CRL, for example).
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let transport = |e: &dyn std::fmt::Display| {
             ClientError::Transport(format!("{}:{}: {e}", self.host, self.port))
         };
@@ -134,9 +149,7 @@ impl ApiClient {
         let status = resp.status();
         let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE);
         let bytes = limited.collect().await.map_err(|e| transport(&e))?.to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok((status, value))
+        Ok((status, bytes))
     }
 }
 
@@ -174,18 +187,53 @@ impl ApiClient {
         path: &str,
         body: &Value,
     ) -> Result<T, ApiError> {
-        let (status, value) = self.request(method, path, Some(body)).await?;
+        self.call_opt(method, path, Some(body)).await
+    }
+
+    async fn call_opt<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        let (status, value) = self.request(method, path, body).await?;
         if !status.is_success() {
-            return Err(ApiError::Server {
-                status,
-                code: value["error"].as_str().unwrap_or_default().to_owned(),
-                message: value["message"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| value.to_string()),
-            });
+            return Err(server_error(status, &value));
         }
         serde_json::from_value(value).map_err(|e| ApiError::Protocol(e.to_string()))
+    }
+
+    /// An issuer's public parts (its CA certificate among them); a token of the issuer needed.
+    pub async fn issuer(&self, issuer: &str) -> Result<IssuerInfo, ApiError> {
+        self.call_opt(Method::GET, &format!("/v1/admin/issuers/{issuer}"), None).await
+    }
+
+    /// The issuer's current CRL (DER; public, no token needed).
+    pub async fn issuer_crl(&self, issuer: &str) -> Result<Vec<u8>, ApiError> {
+        let path = format!("/v1/issuers/{issuer}/crl");
+        let (status, bytes) = self.request_bytes(Method::GET, &path, None).await?;
+        if !status.is_success() {
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(server_error(status, &value));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// A single-use enrolment challenge of `issuer`'s CA, bound to this client's token.
+    pub async fn enrolment_challenge(&self, issuer: &str) -> Result<EnrolmentChallenge, ApiError> {
+        let path = format!("/v1/admin/issuers/{issuer}/enrolment/challenges");
+        self.call_opt(Method::POST, &path, None).await
+    }
+
+    /// Asks `issuer`'s CA for a card or terminal certificate (proof of possession in `req`).
+    pub async fn enrol(
+        &self,
+        issuer: &str,
+        req: &EnrolmentRequest,
+    ) -> Result<EnrolledCertificate, ApiError> {
+        let body = serde_json::to_value(req).map_err(|e| ApiError::Protocol(e.to_string()))?;
+        let path = format!("/v1/admin/issuers/{issuer}/enrolment/certificates");
+        self.call(Method::POST, &path, &body).await
     }
 
     /// Opens a tunnel session with a card of `issuer` (`card_id` optional).
@@ -242,6 +290,68 @@ impl ApiClient {
                 self.exchange(&step.session_id, &Exchange { step: step.step, responses }).await?;
         }
         Ok(step)
+    }
+}
+
+/// One issuer's certification authority on the server, seen from an enrolment station, with
+/// blocking calls (each runs on a private current-thread runtime): what a synchronous
+/// `CertificationAuthority` (the CLI's `tessera enroll --server`) needs.
+pub struct IssuerCa {
+    runtime: tokio::runtime::Runtime,
+    client: ApiClient,
+    issuer: String,
+}
+
+impl std::fmt::Debug for IssuerCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IssuerCa({:?}, {})", self.client, self.issuer)
+    }
+}
+
+impl IssuerCa {
+    /// The CA of `issuer` on the server `client` talks to (a token of the issuer is needed for
+    /// everything but [`IssuerCa::crl`]).
+    pub fn new(client: ApiClient, issuer: &str) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Transport(format!("cannot start the async runtime: {e}")))?;
+        Ok(IssuerCa { runtime, client, issuer: issuer.to_owned() })
+    }
+
+    /// The issuer CA certificate.
+    pub fn ca_certificate(&self) -> Result<tessera_crypto::x509::Certificate, ApiError> {
+        let info = self.runtime.block_on(self.client.issuer(&self.issuer))?;
+        tessera_crypto::x509::Certificate::from_pem(&info.ca_cert_pem)
+            .map_err(|e| ApiError::Protocol(format!("CA certificate: {e}")))
+    }
+
+    /// The issuer's current CRL.
+    pub fn crl(&self) -> Result<tessera_crypto::x509::Crl, ApiError> {
+        let der = self.runtime.block_on(self.client.issuer_crl(&self.issuer))?;
+        Ok(tessera_crypto::x509::Crl::from_der(der))
+    }
+
+    /// A single-use enrolment challenge.
+    pub fn challenge(&self) -> Result<[u8; 16], ApiError> {
+        let c = self.runtime.block_on(self.client.enrolment_challenge(&self.issuer))?;
+        hex::decode(&c.challenge)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ApiError::Protocol("challenge: not 16 hex bytes".into()))
+    }
+
+    /// Sends a request with its proof of possession; returns the issued certificate.
+    pub fn enrol(&self, req: &EnrolmentRequest) -> Result<EnrolledCertificate, ApiError> {
+        self.runtime.block_on(self.client.enrol(&self.issuer, req))
+    }
+}
+
+fn server_error(status: StatusCode, value: &Value) -> ApiError {
+    ApiError::Server {
+        status,
+        code: value["error"].as_str().unwrap_or_default().to_owned(),
+        message: value["message"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()),
     }
 }
 
