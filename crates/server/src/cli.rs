@@ -211,6 +211,9 @@ pub enum AdminCommand {
     /// Card keyrings (issue 4): versions on both sides, compromise reports, the policy.
     #[command(subcommand)]
     Keyring(crate::keyring::cli::KeyringCommand),
+    /// Remote data updates (issue 5): queue an update for a card, list its queue.
+    #[command(subcommand)]
+    Update(crate::update::cli::UpdateAdminCommand),
     /// Re-seal every private key under a new master key (offline: stop the servers first).
     RotateMasterKey(RotateArgs),
 }
@@ -463,6 +466,7 @@ fn request_for(cmd: &AdminCommand) -> Result<(Method, String, Option<Value>), Fa
             (Method::POST, "/v1/admin/audit/checkpoint".into(), None)
         }
         A::Keyring(k) => crate::keyring::cli::request(k)?,
+        A::Update(u) => crate::update::cli::request(u)?,
         A::RotateMasterKey(_) => {
             return Err(fail(FailureKind::Usage, "rotate-master-key runs offline"));
         }
@@ -570,6 +574,7 @@ fn human(cmd: &AdminCommand, v: &Value) -> String {
             format!("checkpoint signed at entry {}", v["seq"])
         }
         AdminCommand::Keyring(k) => crate::keyring::cli::human(k, v),
+        AdminCommand::Update(u) => crate::update::cli::human(u, v),
         AdminCommand::RotateMasterKey(_) => String::new(),
     }
 }

@@ -16,6 +16,7 @@ pub mod limits;
 mod metrics;
 mod openapi;
 mod tunnel;
+mod update;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub fn router(store: Store, limits: Limits) -> Router {
         .merge(admin::routes())
         .merge(enrolment::routes())
         .merge(keyring::routes())
+        .merge(update::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -9,6 +9,7 @@ use super::enrolment::*;
 use super::keyring::*;
 use super::metrics::__path_handler as __path_metrics;
 use super::tunnel::{__path_create_session, __path_exchange};
+use super::update::*;
 use super::{__path_healthz, Health};
 
 /// The server's OpenAPI description.
@@ -23,6 +24,7 @@ use super::{__path_healthz, Health};
         enrolment_challenge, enrol,
         audit_entries, verify_audit, checkpoint,
         keyring_status, keyring_compromised, keyring_resync, keyring_policy, set_keyring_policy,
+        queue_update, list_updates,
     ),
     components(schemas(Health)),
     modifiers(&BearerAuth),

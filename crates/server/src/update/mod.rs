@@ -654,6 +654,7 @@ impl<S: UpdateStore> UpdateService<S> {
     }
 }
 
+pub mod cli;
 pub mod issuance;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,124 @@
+//! The update service from the command line against a running server over HTTPS:
+//! `tessera admin update put|list`, the value reaching the card.
+
+#![allow(clippy::unwrap_used)]
+
+use clap::Parser;
+use tessera_apdu::{Command, Response, StatusWord};
+use tessera_card::{Card, CardOptions};
+use tessera_proto::update::{AuthMode, UpdateCommand, load_commands};
+use tessera_server::cli::{AdminArgs, FailureKind, admin};
+use tessera_server::server::{ServerOptions, start};
+use tessera_server::store::Store;
+use tessera_server::store::auth::Principal;
+use tessera_server::store::issuance::StartIssuance;
+use tessera_server::store::sessions::Exchange;
+
+#[derive(Parser)]
+struct Admin {
+    #[command(flatten)]
+    args: AdminArgs,
+}
+
+fn root() -> Principal {
+    Principal { token_id: "test".into(), issuer: None }
+}
+
+fn send(card: &mut Card, cmd: &Command) -> Response {
+    Response::parse(&card.transmit(&cmd.to_bytes().unwrap())).unwrap()
+}
+
+async fn issue(store: &Store, card_id: &str) -> (Card, String) {
+    let start = StartIssuance { card_id: card_id.into() };
+    let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
+    let mut card = Card::in_memory(CardOptions::default());
+    card.power_on();
+    let mut step = issuance.session.clone();
+    while !step.done {
+        let responses = step
+            .apdus
+            .iter()
+            .map(|a| hex::encode_upper(card.transmit(&hex::decode(a).unwrap())))
+            .collect();
+        step = store
+            .exchange(&step.session_id, &Exchange { step: step.step, responses })
+            .await
+            .unwrap();
+    }
+    card.reset();
+    (card, issuance.initial_pin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_update_put_and_list_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ServerOptions::new(dir.path());
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    let server = start(opts, std::future::pending()).await.unwrap();
+    let url = format!("https://{}", server.addr);
+    let fp = server.fingerprint.clone().unwrap();
+    let token = server.bootstrap_token.clone().unwrap();
+    server.store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, pin) = issue(&server.store, "CARD-A").await;
+    let run = |rest: &[&str]| {
+        let mut argv = vec!["admin", "--server", &url, "--fingerprint", &fp, "--token", &token];
+        argv.extend_from_slice(rest);
+        Admin::try_parse_from(argv).map(|a| a.args)
+    };
+
+    let r = admin(&run(&["update", "put", "acme", "CARD-A", "wifi", "--value", "pw-1"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.human, "queued wifi for card CARD-A as sequence 1 (apply)");
+    let file = dir.path().join("cert.der");
+    std::fs::write(&file, [0x30, 0x82, 0x00, 0xFF]).unwrap();
+    let f = file.to_str().unwrap();
+    let put = ["update", "put", "acme", "CARD-A", "cert", "--file", f, "--sealed", "--free-read"];
+    let r = admin(&run(&put).unwrap()).await.unwrap();
+    assert_eq!((r.json["sequence"].as_i64(), r.json["mode"].as_str()), (Some(2), Some("sealed")));
+    // Exactly one of --file and --value.
+    assert!(run(&["update", "put", "acme", "CARD-A", "x"]).is_err());
+    assert!(run(&["update", "put", "acme", "CARD-A", "x", "--value", "v", "--file", f]).is_err());
+    let err = admin(&run(&["update", "put", "acme", "NOPE", "wifi", "--value", "v"]).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("404"), "{}", err.message);
+    let err = admin(&run(&["update", "put", "acme", "CARD-A", "", "--value", "v"]).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Refused, "{}", err.message);
+    let r = admin(&run(&["update", "list", "acme", "CARD-A"]).unwrap()).await.unwrap();
+    let lines: Vec<&str> = r.human.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", r.human);
+    assert!(lines[1].starts_with("1\twifi\tapply\t") && lines[1].ends_with("\t-"), "{}", r.human);
+    assert!(lines[2].starts_with("2\tcert\tsealed\t"), "{}", r.human);
+
+    // The queued values reach the card.
+    let select =
+        |aid: &[u8]| Command::new(0x00, 0xA4, 0x04, 0x00).with_data(aid.to_vec()).with_le(256);
+    assert_eq!(send(&mut card, &select(tessera_server::tunnel::ISD_AID)).sw, StatusWord::SUCCESS);
+    let mut block = pin.into_bytes();
+    block.resize(8, 0xFF);
+    let verify = Command::new(0x00, 0x20, 0x00, 0x81).with_data(block);
+    assert_eq!(send(&mut card, &verify).sw, StatusWord::SUCCESS);
+    assert_eq!(send(&mut card, &select(tessera_proto::update::AID)).sw, StatusWord::SUCCESS);
+    let c = server.store.update_challenge().await.unwrap();
+    let auth = UpdateCommand::DeviceAuthenticate { mode: AuthMode::Plain, challenge: Some(c) };
+    let answer = send(&mut card, &auth.to_command()).data;
+    let authed = server.store.update_authenticate("acme", "CARD-A", &c, &answer).await.unwrap();
+    for (_, package) in server.store.update_pending("acme", &authed).await.unwrap() {
+        let mut last = Response::status(StatusWord::UNKNOWN);
+        for cmd in load_commands(&package) {
+            last = send(&mut card, &cmd.to_command());
+        }
+        server.store.update_receipt("acme", &authed, &last.data).await.unwrap();
+    }
+    let read = |card: &mut Card, name: &str| {
+        send(card, &UpdateCommand::ReadObject(name.as_bytes().to_vec()).to_command()).data
+    };
+    assert_eq!(read(&mut card, "wifi"), b"pw-1");
+    assert_eq!(read(&mut card, "cert"), [0x30, 0x82, 0x00, 0xFF]);
+    let r = admin(&run(&["update", "list", "acme", "CARD-A"]).unwrap()).await.unwrap();
+    assert!(!r.human.contains("\t-"), "{}", r.human);
+    server.shutdown().await.unwrap();
+}
