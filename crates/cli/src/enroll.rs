@@ -27,9 +27,9 @@ use tessera_crypto::passphrase::KdfCost;
 use tessera_crypto::x509::{Certificate, Crl, Role, verify_chain};
 use tessera_host::pairing::PairingError;
 use tessera_host::pairing::ca::{self, CertificationAuthority, CertificationRequest, LocalCa};
-use tessera_host::pairing::enrol::{enrol_card, enrol_terminal};
+use tessera_host::pairing::enrol::{enrol_card, enrol_terminal, load_crl, select};
 use tessera_host::pairing::files::TerminalIdentity;
-use tessera_proto::pairing::CHALLENGE_LEN;
+use tessera_proto::pairing::{AID as PAIRING_AID, CHALLENGE_LEN};
 use tessera_server::client::{ApiClient, ApiError, ClientError, IssuerCa};
 use tessera_server::store::enrolment::{EnrolmentRequest, ROLE_CARD, ROLE_TERMINAL};
 use zeroize::Zeroizing;
@@ -82,6 +82,17 @@ pub enum EnrollCommand {
         ca: CaSource,
         #[command(flatten)]
         key_passphrase: KeyPassphraseArg,
+    },
+    /// Load the CA's current CRL on a card (the card drops its pairings with terminals the
+    /// list revokes and refuses them at setup). No PIN needed; a card of another CA refuses
+    /// the list.
+    CardCrl {
+        #[command(flatten)]
+        source: CardSource,
+        #[command(flatten)]
+        passphrase: PassphraseArg,
+        #[command(flatten)]
+        ca: CaSource,
     },
 }
 
@@ -410,6 +421,19 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
             out.emit(
                 || format!("refreshed the CRL in {}", key.display()),
                 || json!({ "key": key, "crl": "refreshed" }),
+            );
+            Ok(())
+        }
+        EnrollCommand::CardCrl { source, passphrase, ca } => {
+            let mut ca = ca.open()?;
+            let crl = ca.ca.crl().map_err(|e| ca.error(e))?;
+            let mut channel = source.open(&passphrase)?;
+            select(&mut channel, PAIRING_AID, "SELECT of the pairing applet")
+                .and_then(|()| load_crl(&mut channel, crl.der()))
+                .map_err(pairing_error)?;
+            out.emit(
+                || "loaded the CRL on the card (or it held this or a newer one)".to_owned(),
+                || json!({ "card_crl": "loaded" }),
             );
             Ok(())
         }

@@ -1,9 +1,9 @@
 //! Enrolment through a running `tessera server` (issue 6 item 1, Fig. 9) end to end, as a
 //! user runs it: the issuer's CA certifies a card and two terminals (`tessera enroll …
 //! --server URL --issuer ID`, the server certificate pinned, an issuer token), both terminals
-//! pair and use a service, terminal B is revoked at the server, B loads the new CRL from the
-//! server (`tessera enroll crl --server`), and the card then refuses to pair with B while A
-//! keeps working.
+//! pair and use a service, terminal B is revoked at the server, the card loads the new CRL
+//! from the server (`tessera enroll card-crl --server`) and then refuses to pair with B while
+//! A keeps working; B's key file takes the new CRL too (`tessera enroll crl --server`).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Write};
@@ -183,9 +183,31 @@ fn enrol_through_the_server_pair_revoke_and_refuse() {
     let out = ok(&service(&keys[1], &["ledger", "balance", "--pin-stdin"], "1234\n"));
     assert!(out.contains("balance 100"), "{out}");
 
-    // Revoke terminal B at the server; B loads the new CRL from the server (no token: the
-    // CRL is public), and its next setup pushes it to the card, which refuses B.
+    // Revoke terminal B at the server and load the new CRL on the card from the server (no
+    // token: the CRL is public). The card drops its pairing with B: B's next insertion fails
+    // to authenticate, runs setup, and the card refuses B's certificate (6984).
     ok(&admin(acme_token, &["issuers", "revoke-cert", "acme", &serials[1]]));
+    let loaded = ok(&tessera(
+        &[
+            "enroll",
+            "card-crl",
+            "--image",
+            &image,
+            "--server",
+            &url,
+            "--issuer",
+            "acme",
+            "--fingerprint",
+            &fingerprint,
+        ],
+        "",
+    ));
+    assert!(loaded.contains("loaded the CRL"), "{loaded}");
+    let refused = service(&keys[1], &["ledger", "balance", "--pin-stdin"], "1234\n");
+    let why = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(why.contains("PAIR BEGIN") && why.contains("6984"), "{why}");
+    // B refreshes its own CRL from the server too (a current list of its CA).
     let crl = ok(&tessera(
         &[
             "enroll",
@@ -204,13 +226,8 @@ fn enrol_through_the_server_pair_revoke_and_refuse() {
         "",
     ));
     assert!(crl.contains("refreshed the CRL"), "{crl}");
-    // Forget B's pairing so the next insertion runs setup again.
-    std::fs::remove_file(dir.path().join("b").join("pairings.store")).unwrap();
     let refused = service(&keys[1], &["ledger", "balance", "--pin-stdin"], "1234\n");
-    let why = text(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{why}");
-    // 6984: the card refused B's certificate (revoked by the CRL B itself delivered).
-    assert!(why.contains("PAIR BEGIN") && why.contains("6984"), "{why}");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     // A (already paired) still works; the card was not changed by B's attempt.
     let out = ok(&service(&keys[0], &["ledger", "balance", "--pin-fd", "999"], ""));
     assert!(out.contains("balance 100"), "{out}");

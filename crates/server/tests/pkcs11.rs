@@ -177,6 +177,27 @@ async fn in_token() {
     let device_cert = Certificate::from_pem(&device.pem).unwrap();
     verify_chain(&device_cert, &[], &ca, now, Some(Role::Device)).unwrap();
 
+    // Enrolment for pairing (store::enrolment): a terminal certificate signed in the token.
+    let key = tessera_crypto::ecdsa::SigningKey::generate(&mut tessera_crypto::rng::OsRng);
+    let public = key.public_key().to_sec1_bytes();
+    let challenge = store.enrolment_challenge(&root(), "acme").await.unwrap().challenge;
+    let message = tessera_proto::pairing::enrolment_message(
+        b"till",
+        &public,
+        &hex::decode(&challenge).unwrap(),
+    );
+    let request = tessera_server::store::enrolment::EnrolmentRequest {
+        role: "terminal".into(),
+        subject: "till".into(),
+        holder_id: hex::encode(b"till"),
+        public_key: hex::encode(public),
+        challenge,
+        proof: hex::encode(key.sign(&message).to_bytes()),
+    };
+    let enrolled = store.enrol(&root(), "acme", &request).await.unwrap();
+    let terminal = Certificate::from_pem(&enrolled.pem).unwrap();
+    verify_chain(&terminal, &[], &ca, now, Some(Role::Terminal)).unwrap();
+
     // Revocation: the CRL is signed in the token too.
     store.revoke_certificate(&root(), "acme", &device.serial).await.unwrap();
     let crl = Crl::from_der(store.issuer_crl("acme").await.unwrap());
