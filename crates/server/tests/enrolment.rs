@@ -298,3 +298,45 @@ async fn refusals(db: TestDb) {
     assert_eq!(enrolled_count(&s).await, 1);
 }
 both!(refusals);
+
+async fn expired_challenges_are_refused_and_swept(db: TestDb) {
+    use tessera_server::db::Value;
+    let s = setup(&db).await;
+    let key = SigningKey::generate(&mut OsRng);
+    // A challenge as the server made it, its lifetime over (the row's expiry moved back).
+    let c = challenge(&s.app, "acme", &s.acme).await;
+    let mut tx = s.store.db().begin().await.unwrap();
+    let past = tessera_server::clock::now() - 1;
+    tx.execute(
+        "UPDATE enrolment_challenges SET expires_at = $1 WHERE challenge = $2",
+        &[Value::Int(past), Value::from(c.as_str())],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (status, body) =
+        call(&s.app, CERTS, Some(&s.acme), Some(request(&key, "card", "card", b"C1", &c))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(enrolled_count(&s).await, 0);
+
+    // Expired challenges are deleted when the next one is made; live ones stay.
+    let stale = challenge(&s.app, "acme", &s.acme).await;
+    let mut tx = s.store.db().begin().await.unwrap();
+    tx.execute(
+        "UPDATE enrolment_challenges SET expires_at = $1 WHERE challenge = $2",
+        &[Value::Int(past), Value::from(stale.as_str())],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let live = challenge(&s.app, "acme", &s.acme).await;
+    let mut tx = s.store.db().begin().await.unwrap();
+    let rows = tx.query("SELECT challenge FROM enrolment_challenges", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let left: Vec<String> = rows.iter().map(|r| r.text(0).unwrap()).collect();
+    assert_eq!(left, vec![live.clone()]);
+    let (status, body) =
+        call(&s.app, CERTS, Some(&s.acme), Some(request(&key, "card", "card", b"C1", &live))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+both!(expired_challenges_are_refused_and_swept);

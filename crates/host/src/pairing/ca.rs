@@ -6,9 +6,10 @@
 //! CA checks that signature before issuing. A card builds and signs that structure itself
 //! (GENERATE KEY), so it never signs a digest it is handed.
 //!
-//! [`LocalCa`] is a CA in a local directory, for a single site and for tests, until the
-//! server's CA endpoint implements [`CertificationAuthority`] (its enrolment station then
-//! authenticates with an admin token).
+//! [`LocalCa`] is a CA in a local directory, for a single site and for tests. An issuer's CA
+//! on the server implements [`CertificationAuthority`] too (the CLI's `ServerCa` over
+//! `tessera_server::client::IssuerCa`); its enrolment station authenticates with an admin
+//! token of the issuer.
 
 use std::collections::HashSet;
 use std::io::Write;
