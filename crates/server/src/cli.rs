@@ -637,6 +637,73 @@ pub struct SyncArgs {
     /// The card id, if known (else the card tells the server).
     #[arg(long)]
     pub card_id: Option<String>,
+    /// File holding the card's PIN, for the update step (`/dev/fd/N` for a descriptor
+    /// inherited from a login hook). Else --pin-stdin, else the TESSERA_PIN environment
+    /// variable; never an argument. Without a PIN, pending updates wait for a sync with one.
+    #[arg(long, value_name = "F", conflicts_with = "pin_stdin")]
+    pub pin_file: Option<std::path::PathBuf>,
+    /// Read the card's PIN from the first line of standard input.
+    #[arg(long)]
+    pub pin_stdin: bool,
+}
+
+impl SyncArgs {
+    /// The PIN from --pin-file, --pin-stdin or TESSERA_PIN, if any (trailing newline removed).
+    fn pin(&self) -> Result<Option<zeroize::Zeroizing<String>>, Failure> {
+        let local = |e: std::io::Error| fail(FailureKind::Local, format!("reading the PIN: {e}"));
+        let text = if let Some(path) = &self.pin_file {
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(local)?)
+        } else if self.pin_stdin {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line).map_err(local)?;
+            line
+        } else {
+            match std::env::var("TESSERA_PIN") {
+                Ok(v) => zeroize::Zeroizing::new(v),
+                Err(_) => return Ok(None),
+            }
+        };
+        Ok(Some(zeroize::Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned())))
+    }
+}
+
+/// Verifies the PIN on the card (SELECT ISD, VERIFY `81`) before the tunnel: the update
+/// applet refuses device authentication until it is. The PIN never leaves the terminal.
+fn verify_pin(
+    pin: &str,
+    transmit: &mut impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<(), Failure> {
+    use tessera_apdu::{Command, Response, StatusWord};
+    if !(4..=8).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(fail(FailureKind::Usage, "the PIN is 4 to 8 digits"));
+    }
+    let mut send = |c: Command| -> Result<Response, Failure> {
+        let raw = c.to_bytes().map_err(|e| fail(FailureKind::Local, e.to_string()))?;
+        let answer = transmit(&raw).map_err(|e| fail(FailureKind::Transport, e))?;
+        Response::parse(&answer)
+            .ok_or_else(|| fail(FailureKind::Transport, "the card's answer is too short"))
+    };
+    let select = Command::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(crate::tunnel::ISD_AID.to_vec())
+        .with_le(256);
+    let r = send(select)?;
+    if r.sw != StatusWord::SUCCESS {
+        return Err(fail(
+            FailureKind::Refused,
+            format!("SELECT: the card answered {:04X}", r.sw.0),
+        ));
+    }
+    let mut block = zeroize::Zeroizing::new(pin.as_bytes().to_vec());
+    block.resize(8, 0xFF);
+    let r = send(Command::new(0x00, 0x20, 0x00, 0x81).with_data(block.to_vec()))?;
+    match r.sw.0 {
+        0x9000 => Ok(()),
+        sw @ 0x63C0..=0x63CF => {
+            Err(fail(FailureKind::Refused, format!("wrong PIN: {} tries left", sw & 0x0F)))
+        }
+        0x6983 => Err(fail(FailureKind::Refused, "the PIN is blocked: unblock it with the PUK")),
+        sw => Err(fail(FailureKind::Refused, format!("VERIFY PIN: the card answered {sw:04X}"))),
+    }
 }
 
 /// `tessera issue`: personalise a blank card through the server.
@@ -687,9 +754,12 @@ fn outcome_report(step: &crate::store::sessions::TunnelStep) -> Report {
 /// command APDU in, the response APDU out). A card the server flags as a clone fails.
 pub async fn sync(
     args: &SyncArgs,
-    transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+    mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<Report, Failure> {
     let client = args.tunnel.client(None)?;
+    if let Some(pin) = args.pin()? {
+        verify_pin(&pin, &mut transmit)?;
+    }
     let first = client
         .open_session(&args.tunnel.issuer, args.card_id.as_deref())
         .await
@@ -701,6 +771,10 @@ pub async fn sync(
         // The keyring step: the card must be re-issued, or the sync failed (retry).
         Some(o) if o.result == "needs-reissue" => Err(fail(FailureKind::Refused, report.human)),
         Some(o) if o.result == "keyring-error" => Err(fail(FailureKind::Transport, report.human)),
+        // The update step: a refusal (the package stays pending).
+        Some(o) if o.result == crate::store::update::UPDATE_ERROR => {
+            Err(fail(FailureKind::Refused, report.human))
+        }
         _ => Ok(report),
     }
 }

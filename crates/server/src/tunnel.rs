@@ -49,6 +49,9 @@ pub enum TunnelState {
     IssueFinish(crate::issuance::FinishStep),
     /// The keyring step of a sync: one keyring command out (see [`crate::store::keyring`]).
     Keyring(crate::store::keyring::KeyringSync),
+    /// The update step of a sync: device authentication, then one package at a time (see
+    /// [`crate::store::update`]).
+    Update(crate::store::update::UpdateSync),
     /// Nothing more to send.
     Finished,
 }

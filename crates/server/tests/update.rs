@@ -248,3 +248,83 @@ async fn a_lost_receipt_is_redelivered_and_applied_once(db: TestDb) {
     assert!(store.update_pending("acme", &auth).await.unwrap().is_empty());
 }
 both!(a_lost_receipt_is_redelivered_and_applied_once);
+
+/// Runs a sync session to its end; `lose` drops the card's responses to the first step that
+/// loads a package (the card applied it, the server never hears), ending the sync there.
+async fn sync(
+    store: &Store,
+    card: &mut Card,
+    lose: bool,
+) -> Option<tessera_server::store::sessions::Outcome> {
+    use tessera_server::store::sessions::CreateSession;
+    let mut step = store.create_session("acme", &CreateSession::default()).await.unwrap();
+    while !step.done {
+        let responses = relay(card, &step.apdus);
+        if lose && step.apdus.iter().any(|a| a.starts_with("80E8")) {
+            return None;
+        }
+        step = store
+            .exchange(&step.session_id, &Exchange { step: step.step, responses })
+            .await
+            .unwrap();
+    }
+    step.outcome
+}
+
+async fn sync_delivers_pending_updates_exactly_once_after_an_interruption(db: TestDb) {
+    use tessera_server::StoreConfig;
+    let store = db.store_with(StoreConfig { session_ttl_secs: 1, ..StoreConfig::default() }).await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    // Nothing pending: the sync is as before, no update step.
+    let o = sync(&store, &mut card, false).await.unwrap();
+    assert_eq!(o.result, "identified");
+    assert!(!o.message.contains("updates"), "{}", o.message);
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    store.queue_update(&root(), "acme", "CARD-A", &update("sso", b"tok", true)).await.unwrap();
+
+    // Without the PIN the card refuses device authentication: the updates wait.
+    card.reset();
+    let o = sync(&store, &mut card, false).await.unwrap();
+    assert_eq!(o.result, "identified");
+    assert!(o.message.contains("PIN"), "{}", o.message);
+    let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    assert!(queue.iter().all(|e| e.delivered_at.is_none()));
+
+    // With the PIN, but the card's answer to the first package is lost.
+    card.reset();
+    pin(&mut card, &card_pin);
+    assert!(sync(&store, &mut card, true).await.is_none());
+    let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    assert!(queue.iter().all(|e| e.delivered_at.is_none()));
+    // The interrupted session holds the card until it expires.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+
+    // The next sync redelivers it: the card answers "already applied", then takes the next.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let o = sync(&store, &mut card, false).await.unwrap();
+    assert_eq!(o.result, "identified", "{}", o.message);
+    assert!(o.message.ends_with("updates: 2 delivered"), "{}", o.message);
+    let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    assert!(queue.iter().all(|e| e.delivered_at.is_some()));
+    let audit = store.audit_entries(&root(), 0, 1000).await.unwrap();
+    let delivered: Vec<&str> =
+        audit.iter().filter(|e| e.action == "update.deliver").map(|e| e.detail.as_str()).collect();
+    assert_eq!(delivered.len(), 2);
+    assert!(delivered[0].contains("already applied"), "{}", delivered[0]);
+    assert!(delivered[1].contains("\"applied\""), "{}", delivered[1]);
+    read_after_pin(&mut card, &card_pin, "wifi", b"pw-1");
+    read_after_pin(&mut card, &card_pin, "sso", b"tok");
+    // A later sync has nothing to do.
+    card.reset();
+    let o = sync(&store, &mut card, false).await.unwrap();
+    assert!(!o.message.contains("updates"), "{}", o.message);
+}
+both!(sync_delivers_pending_updates_exactly_once_after_an_interruption);
+
+fn read_after_pin(card: &mut Card, card_pin: &str, name: &str, expected: &[u8]) {
+    card.reset();
+    pin(card, card_pin);
+    assert_eq!(read(card, name), expected);
+}

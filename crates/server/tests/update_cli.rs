@@ -7,7 +7,7 @@ use clap::Parser;
 use tessera_apdu::{Command, Response, StatusWord};
 use tessera_card::{Card, CardOptions};
 use tessera_proto::update::{AuthMode, UpdateCommand, load_commands};
-use tessera_server::cli::{AdminArgs, FailureKind, admin};
+use tessera_server::cli::{AdminArgs, FailureKind, SyncArgs, admin, sync};
 use tessera_server::server::{ServerOptions, start};
 use tessera_server::store::Store;
 use tessera_server::store::auth::Principal;
@@ -18,6 +18,12 @@ use tessera_server::store::sessions::Exchange;
 struct Admin {
     #[command(flatten)]
     args: AdminArgs,
+}
+
+#[derive(Parser)]
+struct Sync {
+    #[command(flatten)]
+    args: SyncArgs,
 }
 
 fn root() -> Principal {
@@ -97,6 +103,7 @@ async fn admin_update_put_and_list_against_a_running_server() {
     let select =
         |aid: &[u8]| Command::new(0x00, 0xA4, 0x04, 0x00).with_data(aid.to_vec()).with_le(256);
     assert_eq!(send(&mut card, &select(tessera_server::tunnel::ISD_AID)).sw, StatusWord::SUCCESS);
+    let pin_text = pin.clone();
     let mut block = pin.into_bytes();
     block.resize(8, 0xFF);
     let verify = Command::new(0x00, 0x20, 0x00, 0x81).with_data(block);
@@ -120,5 +127,38 @@ async fn admin_update_put_and_list_against_a_running_server() {
     assert_eq!(read(&mut card, "cert"), [0x30, 0x82, 0x00, 0xFF]);
     let r = admin(&run(&["update", "list", "acme", "CARD-A"]).unwrap()).await.unwrap();
     assert!(!r.human.contains("\t-"), "{}", r.human);
+
+    // tessera sync: a periodic change reaches the card at its next sync, PIN from a file.
+    admin(&run(&["update", "put", "acme", "CARD-A", "wifi", "--value", "pw-2"]).unwrap())
+        .await
+        .unwrap();
+    let sync_args = |extra: &[&str]| {
+        let mut argv = vec!["sync", "--server", &url, "--fingerprint", &fp, "--issuer", "acme"];
+        argv.extend_from_slice(extra);
+        Sync::try_parse_from(argv).unwrap().args
+    };
+    // The PIN is never an argument.
+    assert!(Sync::try_parse_from(["sync", "--issuer", "acme", "--pin", "1234"]).is_err());
+    card.reset();
+    let r = sync(&sync_args(&[]), |apdu| Ok(card.transmit(apdu))).await.unwrap();
+    assert!(r.human.contains("PIN"), "{}", r.human);
+    let wrong = dir.path().join("wrong-pin");
+    std::fs::write(&wrong, "000000\n").unwrap();
+    card.reset();
+    let err =
+        sync(&sync_args(&["--pin-file", wrong.to_str().unwrap()]), |apdu| Ok(card.transmit(apdu)))
+            .await
+            .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Refused);
+    assert!(err.message.contains("wrong PIN"), "{}", err.message);
+    let right = dir.path().join("pin");
+    std::fs::write(&right, format!("{pin_text}\n")).unwrap();
+    card.reset();
+    let r =
+        sync(&sync_args(&["--pin-file", right.to_str().unwrap()]), |apdu| Ok(card.transmit(apdu)))
+            .await
+            .unwrap();
+    assert!(r.human.contains("updates: 1 delivered"), "{}", r.human);
+    assert_eq!(read(&mut card, "wifi"), b"pw-2");
     server.shutdown().await.unwrap();
 }

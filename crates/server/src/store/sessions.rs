@@ -356,6 +356,16 @@ impl Store {
                 };
                 match keyring {
                     Some((next, apdus, keyring)) => (next, apdus, keyring, s.live_card.clone()),
+                    None if outcome.result != "flagged" => {
+                        // The update step, when the card has updates pending.
+                        match self
+                            .update_sync_start(&mut tx, &s.issuer, card_id, outcome.clone(), now)
+                            .await?
+                        {
+                            Some((next, apdus, o)) => (next, apdus, o, s.live_card.clone()),
+                            None => (TunnelState::Finished, Vec::new(), Some(outcome), None),
+                        }
+                    }
                     None => (TunnelState::Finished, Vec::new(), Some(outcome), None),
                 }
             }
@@ -363,7 +373,25 @@ impl Store {
                 let (next, apdus, outcome) = self
                     .keyring_sync_step(&mut tx, &s.issuer, session_id, k, &responses, now)
                     .await?;
-                (next, apdus, outcome, s.live_card.clone())
+                // After a successful keyring step, the update step.
+                let update = match (&next, &outcome) {
+                    (TunnelState::Finished, Some(o)) if o.result == "synced" => {
+                        self.update_sync_start(&mut tx, &s.issuer, &k.card_id, o.clone(), now)
+                            .await?
+                    }
+                    _ => None,
+                };
+                match update {
+                    Some((next, apdus, o)) => (next, apdus, o, s.live_card.clone()),
+                    None => (next, apdus, outcome, s.live_card.clone()),
+                }
+            }
+            TunnelState::Update(u) => {
+                let (next, apdus, outcome) =
+                    self.update_sync_step(&mut tx, &s.issuer, u, &responses, now).await?;
+                let live =
+                    if matches!(next, TunnelState::Finished) { None } else { s.live_card.clone() };
+                (next, apdus, outcome, live)
             }
             TunnelState::IssueHello { card_id, host_challenge, secrets } => {
                 let challenge: [u8; 8] = hex::decode(host_challenge)

@@ -27,8 +27,10 @@ use utoipa::ToSchema;
 use super::Store;
 use super::auth::Principal;
 use super::issuers::signing_key_context;
+use super::sessions::Outcome;
 use crate::db::Tx;
 use crate::error::{ServerError, ServerResult};
+use crate::tunnel::TunnelState;
 use crate::update::{
     AuthenticatedCard, CHALLENGE_TTL, PackageTarget, UpdateError, check_update, device_key,
     seal_package, verify_device_auth, verify_receipt, verify_update_key,
@@ -291,17 +293,21 @@ impl Store {
     /// A fresh single-use device-authentication challenge, valid [`CHALLENGE_TTL`] seconds
     /// (expired ones are swept in the same transaction).
     pub async fn update_challenge(&self) -> ServerResult<Challenge> {
-        let now = crate::clock::now();
+        let mut tx = self.begin().await?;
+        let challenge = self.update_new_challenge(&mut tx, crate::clock::now()).await?;
+        tx.commit().await?;
+        Ok(challenge)
+    }
+
+    async fn update_new_challenge(&self, tx: &mut Tx, now: i64) -> ServerResult<Challenge> {
         let nonce = crate::primitives::random_bytes::<NONCE_LEN>();
         let expires = u64::try_from(now).unwrap_or(0).saturating_add(CHALLENGE_TTL);
-        let mut tx = self.begin().await?;
         tx.execute("DELETE FROM update_challenges WHERE expires < $1", &[now.into()]).await?;
         tx.execute(
             "INSERT INTO update_challenges (nonce, expires) VALUES ($1, $2)",
             &[nonce.to_vec().into(), i64::try_from(expires).unwrap_or(i64::MAX).into()],
         )
         .await?;
-        tx.commit().await?;
         Ok(Challenge { nonce, expires })
     }
 
@@ -339,15 +345,28 @@ impl Store {
         if taken != 1 || u64::try_from(now).unwrap_or(u64::MAX) > challenge.expires {
             return Err(update_err(UpdateError::Challenge));
         }
+        let mut tx = self.begin().await?;
+        let card = self.update_check_auth(&mut tx, issuer, card_id, challenge, answer, now).await?;
+        tx.commit().await?;
+        Ok(card)
+    }
+
+    /// The checks of device authentication after the challenge was used up.
+    async fn update_check_auth(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        challenge: &Challenge,
+        answer: &[u8],
+        now: i64,
+    ) -> ServerResult<AuthenticatedCard> {
         let response = DeviceAuthResponse::parse(answer)
             .map_err(|_| update_err(UpdateError::DeviceSignature))?;
-
-        let mut tx = self.begin().await?;
-        let (ca, device) = self.update_card_certs(&mut tx, issuer, card_id).await?;
+        let (ca, device) = self.update_card_certs(tx, issuer, card_id).await?;
         let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(update_err)?;
         verify_device_auth(&key, card_id.as_bytes(), challenge, &response).map_err(update_err)?;
-        let acknowledged = self.update_acknowledged(&mut tx, issuer, card_id).await?;
-        tx.commit().await?;
+        let acknowledged = self.update_acknowledged(tx, issuer, card_id).await?;
         if response.last_sequence < acknowledged {
             return Err(update_err(UpdateError::RolledBack {
                 reported: response.last_sequence,
@@ -434,13 +453,26 @@ impl Store {
         card: &AuthenticatedCard,
         receipt: &[u8],
     ) -> ServerResult<u64> {
+        let now = crate::clock::now();
+        let mut tx = self.begin().await?;
+        let sequence = self.update_accept_receipt(&mut tx, issuer, card, receipt, now).await?;
+        tx.commit().await?;
+        Ok(sequence)
+    }
+
+    async fn update_accept_receipt(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card: &AuthenticatedCard,
+        receipt: &[u8],
+        now: i64,
+    ) -> ServerResult<u64> {
         let card_id = card_str(card)?;
         let receipt =
             Receipt::parse(receipt).map_err(|_| update_err(UpdateError::ReceiptMismatch))?;
         let sequence = i64::try_from(receipt.sequence)
             .map_err(|_| update_err(UpdateError::ReceiptMismatch))?;
-        let now = crate::clock::now();
-        let mut tx = self.begin().await?;
         let row = tx
             .query_opt(
                 &format!(
@@ -455,7 +487,7 @@ impl Store {
         if sha256(&row.blob(0)?) != receipt.digest {
             return Err(update_err(UpdateError::ReceiptMismatch));
         }
-        let (_, device) = self.update_card_certs(&mut tx, issuer, card_id).await?;
+        let (_, device) = self.update_card_certs(tx, issuer, card_id).await?;
         verify_receipt(&device, card_id.as_bytes(), &receipt).map_err(update_err)?;
         let marked = tx
             .execute(
@@ -468,7 +500,7 @@ impl Store {
             return Err(update_err(UpdateError::ReceiptMismatch));
         }
         self.audit(
-            &mut tx,
+            tx,
             &Principal::system(),
             Some(issuer),
             "update.deliver",
@@ -482,7 +514,6 @@ impl Store {
             }),
         )
         .await?;
-        tx.commit().await?;
         Ok(receipt.sequence)
     }
 
@@ -503,6 +534,209 @@ impl Store {
             .await?;
         tx.commit().await?;
         row.map(|r| r.blob(0)).transpose().map_err(Into::into)
+    }
+}
+
+/// Where a sync's update step is, kept in the tunnel session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateSync {
+    /// The card.
+    pub card_id: String,
+    /// The challenge sent with DEVICE AUTHENTICATE ([`Challenge::to_bytes`]), hex.
+    pub challenge: String,
+    /// Once the card authenticated: the sequence it reported.
+    pub authenticated: Option<u64>,
+    /// The sequence of the package out, once authenticated.
+    pub sequence: Option<u64>,
+    /// Packages delivered in this sync so far.
+    pub delivered: u64,
+    /// The outcome of the sync's earlier steps, reported at the end with this step's.
+    pub before: Outcome,
+}
+
+/// What a tunnel step answers: the next state, its APDUs, the outcome when finished.
+pub(crate) type Step = (TunnelState, Vec<Vec<u8>>, Option<Outcome>);
+
+fn apdu(cmd: &tessera_apdu::Command) -> ServerResult<Vec<u8>> {
+    cmd.to_bytes().map_err(|e| ServerError::Internal(format!("update step: {e}")))
+}
+
+fn package_apdus(package: &[u8]) -> ServerResult<Vec<Vec<u8>>> {
+    tessera_proto::update::load_commands(package).iter().map(|c| apdu(&c.to_command())).collect()
+}
+
+fn finish(sync: &UpdateSync, result: Option<&str>, note: String) -> Step {
+    let outcome = Outcome {
+        result: result.unwrap_or(&sync.before.result).to_owned(),
+        card_id: Some(sync.card_id.clone()),
+        message: format!("{}; updates: {note}", sync.before.message),
+    };
+    (TunnelState::Finished, Vec::new(), Some(outcome))
+}
+
+/// The result of an update step that stopped on a refusal (the card's or the server's).
+pub const UPDATE_ERROR: &str = "update-error";
+
+impl Store {
+    /// Starts the update step of a sync whose earlier steps ended with `before`: when the
+    /// card is registered for updates and has packages pending, a challenge and the APDUs
+    /// SELECT update, DEVICE AUTHENTICATE; else `None` (the sync ends as it was).
+    pub(crate) async fn update_sync_start(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        before: Outcome,
+        now: i64,
+    ) -> ServerResult<Option<Step>> {
+        let pending = tx
+            .query_opt(
+                "SELECT MIN(sequence) FROM update_packages \
+                 WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL",
+                &[issuer.into(), card_id.into()],
+            )
+            .await?
+            .map(|r| r.opt_int(0))
+            .transpose()?
+            .flatten();
+        if pending.is_none() {
+            return Ok(None);
+        }
+        let challenge = self.update_new_challenge(tx, now).await?;
+        let select = tessera_apdu::Command::new(0x00, 0xA4, 0x04, 0x00)
+            .with_data(tessera_proto::update::AID.to_vec())
+            .with_le(256);
+        let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
+            mode: tessera_proto::update::AuthMode::Plain,
+            challenge: Some(challenge),
+        };
+        let sync = UpdateSync {
+            card_id: card_id.to_owned(),
+            challenge: hex::encode(challenge.to_bytes()),
+            authenticated: None,
+            sequence: None,
+            delivered: 0,
+            before,
+        };
+        Ok(Some((TunnelState::Update(sync), vec![apdu(&select)?, apdu(&auth.to_command())?], None)))
+    }
+
+    /// One exchange of a sync's update step. Refusals end the sync with result
+    /// [`UPDATE_ERROR`] (the transaction commits: a challenge is used up whatever the
+    /// outcome); an undelivered package stays pending for the next sync.
+    pub(crate) async fn update_sync_step(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        sync: &UpdateSync,
+        responses: &[Vec<u8>],
+        now: i64,
+    ) -> ServerResult<Step> {
+        let parsed: Vec<tessera_apdu::Response> = responses
+            .iter()
+            .map(|r| {
+                tessera_apdu::Response::parse(r).ok_or_else(|| {
+                    ServerError::BadRequest(
+                        "update step: response shorter than a status word".into(),
+                    )
+                })
+            })
+            .collect::<ServerResult<_>>()?;
+        let card_id = sync.card_id.as_str();
+        let mut next = sync.clone();
+        match sync.authenticated {
+            None => {
+                let [_, answer] = parsed.as_slice() else {
+                    return Err(ServerError::BadRequest(format!(
+                        "expected 2 responses to the update step, got {}",
+                        parsed.len()
+                    )));
+                };
+                let challenge = hex::decode(&sync.challenge)
+                    .ok()
+                    .and_then(|b| Challenge::parse(&b).ok())
+                    .ok_or_else(|| ServerError::Internal("stored challenge".into()))?;
+                let taken = tx
+                    .execute(
+                        "DELETE FROM update_challenges WHERE nonce = $1",
+                        &[challenge.nonce.to_vec().into()],
+                    )
+                    .await?;
+                if answer.sw == tessera_apdu::StatusWord(0x6982) {
+                    return Ok(finish(
+                        sync,
+                        None,
+                        "pending; the card wants its PIN first (--pin-file, --pin-stdin or TESSERA_PIN)"
+                            .into(),
+                    ));
+                }
+                if answer.sw != tessera_apdu::StatusWord::SUCCESS {
+                    return Ok(finish(
+                        sync,
+                        Some(UPDATE_ERROR),
+                        format!("DEVICE AUTHENTICATE: the card answered {:04X}", answer.sw.0),
+                    ));
+                }
+                let checked = match taken {
+                    1 if u64::try_from(now).unwrap_or(u64::MAX) <= challenge.expires => {
+                        self.update_check_auth(tx, issuer, card_id, &challenge, &answer.data, now)
+                            .await
+                    }
+                    _ => Err(update_err(UpdateError::Challenge)),
+                };
+                match checked {
+                    Ok(card) => next.authenticated = Some(card.last_sequence),
+                    Err(e) => return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string())),
+                }
+            }
+            Some(_) => {
+                let Some(sequence) = sync.sequence else {
+                    return Err(ServerError::Internal("update step without a package out".into()));
+                };
+                let failed = parsed.iter().find(|r| r.sw != tessera_apdu::StatusWord::SUCCESS);
+                if let Some(r) = failed {
+                    return Ok(finish(
+                        sync,
+                        Some(UPDATE_ERROR),
+                        format!("the card refused package {sequence}: {:04X}", r.sw.0),
+                    ));
+                }
+                let receipt = parsed.last().map(|r| r.data.as_slice()).unwrap_or_default();
+                let card = AuthenticatedCard {
+                    card_id: card_id.as_bytes().to_vec(),
+                    last_sequence: sync.authenticated.unwrap_or(0),
+                    private: false,
+                };
+                match self.update_accept_receipt(tx, issuer, &card, receipt, now).await {
+                    Ok(s) if s == sequence => next.delivered += 1,
+                    Ok(s) => {
+                        return Ok(finish(
+                            sync,
+                            Some(UPDATE_ERROR),
+                            format!("receipt for {s}, package {sequence} was out"),
+                        ));
+                    }
+                    Err(e) => return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string())),
+                }
+            }
+        }
+        // The next pending package, if any.
+        let row = tx
+            .query_opt(
+                "SELECT sequence, package FROM update_packages WHERE issuer_id = $1 AND card_id = $2 \
+                 AND delivered_at IS NULL ORDER BY sequence LIMIT 1",
+                &[issuer.into(), card_id.into()],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(finish(&next, None, format!("{} delivered", next.delivered)));
+        };
+        next.sequence = Some(
+            u64::try_from(row.int(0)?)
+                .map_err(|_| ServerError::Internal("stored sequence".into()))?,
+        );
+        let apdus = package_apdus(&row.blob(1)?)?;
+        Ok((TunnelState::Update(next), apdus, None))
     }
 }
 
