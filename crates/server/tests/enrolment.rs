@@ -340,3 +340,21 @@ async fn expired_challenges_are_refused_and_swept(db: TestDb) {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 both!(expired_challenges_are_refused_and_swept);
+
+#[tokio::test]
+async fn the_openapi_document_describes_enrolment() {
+    let db = TestDb::sqlite();
+    let app = router(db.store().await, Limits::default());
+    let req = Request::builder().uri("/openapi.json").body(Body::empty()).unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let doc: Value = serde_json::from_slice(&bytes).unwrap();
+    for path in [
+        "/v1/admin/issuers/{issuer}/enrolment/challenges",
+        "/v1/admin/issuers/{issuer}/enrolment/certificates",
+    ] {
+        assert!(doc["paths"][path]["post"]["security"].is_array(), "{path} in {doc}");
+    }
+    assert!(doc["components"]["schemas"]["EnrolmentRequest"]["properties"]["proof"].is_object());
+}
