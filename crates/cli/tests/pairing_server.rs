@@ -233,3 +233,33 @@ fn enrol_through_the_server_pair_revoke_and_refuse() {
     let out = ok(&service(&keys[0], &["ledger", "balance", "--pin-fd", "999"], ""));
     assert!(out.contains("balance 100"), "{out}");
 }
+
+#[test]
+fn the_ca_is_a_directory_or_a_server_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("t.key");
+    let key = key.to_str().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    let pass = pass.to_str().unwrap();
+    let base = ["enroll", "terminal", "--key", key, "--key-passphrase-file", pass];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        tessera(&args, "")
+    };
+    // Neither, both, a server without an issuer, a token without a server: usage (2).
+    for extra in [
+        &[][..],
+        &["--ca-dir", "x", "--server", "http://127.0.0.1:1", "--issuer", "acme"][..],
+        &["--server", "http://127.0.0.1:1"][..],
+        &["--ca-dir", "x", "--token", "tsr_x"][..],
+    ] {
+        let out = run(extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", text(&out.stderr));
+    }
+    // A server that does not answer: exit 3, and no key file is written.
+    let out = run(&["--server", "http://127.0.0.1:1", "--issuer", "acme", "--token", "tsr_x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(!Path::new(key).exists());
+}
