@@ -7,8 +7,9 @@
 //! sign [`tessera_proto::pairing::enrolment_message`] (its holder id, the public key, the
 //! challenge; a card's pairing applet builds and signs that structure itself, a terminal's
 //! key signs the same structure with its subject name as holder id), and sends the result
-//! ([`Store::enrol`]). The challenge is consumed before anything is checked, so a refused
-//! request cannot be retried with it. The certificate (role card or terminal) is recorded in
+//! ([`Store::enrol`]). A well-formed request consumes its challenge before the proof is
+//! checked, so a refused proof cannot be retried with it (a malformed one is refused first and
+//! leaves it). The certificate (role card or terminal) is recorded in
 //! `certificates`, revocable and listed in the issuer's CRL like any other.
 
 use serde::{Deserialize, Serialize};
