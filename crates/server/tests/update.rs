@@ -328,3 +328,44 @@ fn read_after_pin(card: &mut Card, card_pin: &str, name: &str, expected: &[u8]) 
     pin(card, card_pin);
     assert_eq!(read(card, name), expected);
 }
+
+async fn a_rolled_back_card_image_is_refused(db: TestDb) {
+    use tessera_card::OpenOptions;
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    // The card in an image file; a copy of the file kept aside after issuance.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, old) = (dir.path().join("card.img"), dir.path().join("old.img"));
+    let start = StartIssuance { card_id: "CARD-A".into() };
+    let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
+    let mut card = Card::create(&path, CardOptions::default()).unwrap();
+    card.power_on();
+    let mut step = issuance.session.clone();
+    while !step.done {
+        let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+        step = store.exchange(&step.session_id, &req).await.unwrap();
+    }
+    card.power_off();
+    drop(card);
+    std::fs::copy(&path, &old).unwrap();
+    let mut card = Card::open(&path, OpenOptions::default()).unwrap();
+    card.power_on();
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"new", false)).await.unwrap();
+    pin(&mut card, &issuance.initial_pin);
+    let c = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, c);
+    let auth = store.update_authenticate("acme", "CARD-A", &c, &answer).await.unwrap();
+    let (_, package) = store.update_pending("acme", &auth).await.unwrap().remove(0);
+    let receipt = deliver(&mut card, &package).data;
+    store.update_receipt("acme", &auth, &receipt).await.unwrap();
+
+    // The old image authenticates with a valid signature but reports sequence 0.
+    let mut copy = Card::open(&old, OpenOptions::default()).unwrap();
+    copy.power_on();
+    pin(&mut copy, &issuance.initial_pin);
+    let c = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut copy, c);
+    let err = store.update_authenticate("acme", "CARD-A", &c, &answer).await.unwrap_err();
+    assert!(matches!(&err, ServerError::Conflict(m) if m.contains("rolled back")), "{err}");
+}
+both!(a_rolled_back_card_image_is_refused);

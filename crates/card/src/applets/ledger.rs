@@ -10,7 +10,7 @@ use tessera_proto::pairing::ledger::{
     Entry, MAX_ENTRIES, OP_BALANCE, OP_CREDIT, OP_DEBIT, OP_HISTORY, parse_amount,
 };
 
-use crate::applet::{StateError, decode_state, encode_state};
+use crate::applet::{Persistent, StateError, decode_state, encode_state};
 use crate::applets::pairing::service::{Caller, Service};
 
 /// One entry as stored.
@@ -33,7 +33,7 @@ struct LedgerState {
 /// The ledger service.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    state: LedgerState,
+    state: Persistent<LedgerState>,
 }
 
 impl Ledger {
@@ -43,17 +43,18 @@ impl Ledger {
     }
 
     fn record(&mut self, caller: Caller<'_>, credit: bool, amount: u64, balance: u64) {
-        self.state.next_seq = self.state.next_seq.saturating_add(1);
-        self.state.balance = balance;
-        self.state.entries.push(StoredEntry {
-            seq: self.state.next_seq,
+        let state = &mut *self.state;
+        state.next_seq = state.next_seq.saturating_add(1);
+        state.balance = balance;
+        state.entries.push(StoredEntry {
+            seq: state.next_seq,
             credit,
             amount,
             balance,
             terminal: caller.terminal.to_vec(),
         });
-        if self.state.entries.len() > MAX_ENTRIES {
-            self.state.entries.remove(0);
+        if state.entries.len() > MAX_ENTRIES {
+            state.entries.remove(0);
         }
     }
 }
@@ -64,12 +65,16 @@ impl Service for Ledger {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&self.state)
+        encode_state(&*self.state)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = decode_state(state)?;
+        self.state = Persistent::new(decode_state(state)?);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.state.take_changed()
     }
 
     fn invoke(&mut self, caller: Caller<'_>, op: u8, data: &[u8]) -> Result<Vec<u8>, StatusWord> {

@@ -12,7 +12,7 @@ use tessera_proto::pairing::notes::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{StateError, decode_state, encode_state};
+use crate::applet::{Persistent, StateError, decode_state, encode_state};
 use crate::applets::pairing::service::{Caller, Service};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,12 +31,12 @@ impl Drop for NotesState {
 /// The note store.
 #[derive(Debug)]
 pub struct Notes {
-    state: NotesState,
+    state: Persistent<NotesState>,
 }
 
 impl Default for Notes {
     fn default() -> Self {
-        Notes { state: NotesState { slots: vec![None; usize::from(MAX_NOTES)] } }
+        Notes { state: Persistent::new(NotesState { slots: vec![None; usize::from(MAX_NOTES)] }) }
     }
 }
 
@@ -58,7 +58,7 @@ impl Service for Notes {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&self.state)
+        encode_state(&*self.state)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
@@ -66,8 +66,12 @@ impl Service for Notes {
         if decoded.slots.len() != usize::from(MAX_NOTES) {
             return Err(StateError("notes: wrong slot count".into()));
         }
-        self.state = decoded;
+        self.state = Persistent::new(decoded);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.state.take_changed()
     }
 
     fn invoke(&mut self, _caller: Caller<'_>, op: u8, data: &[u8]) -> Result<Vec<u8>, StatusWord> {

@@ -50,7 +50,9 @@ use tessera_proto::pairing::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{Applet, Context, StateError, TearScenario, decode_state, encode_state};
+use crate::applet::{
+    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
+};
 
 pub mod scenarios;
 pub mod service;
@@ -144,7 +146,7 @@ struct Volatile {
 
 /// The pairing applet.
 pub struct PairingApplet {
-    state: PairingState,
+    state: Persistent<PairingState>,
     services: Vec<Box<dyn Service>>,
     volatile: Volatile,
 }
@@ -209,7 +211,7 @@ impl PairingApplet {
     /// An applet awaiting enrolment, with the registered services.
     pub fn new() -> PairingApplet {
         PairingApplet {
-            state: PairingState::default(),
+            state: Persistent::default(),
             services: services(),
             volatile: Volatile::default(),
         }
@@ -428,7 +430,8 @@ impl PairingApplet {
     /// Stores a new staged pairing, replacing this terminal's old one, else (when full) the
     /// oldest staged one, else the least recently set up or first used.
     fn store_pairing(&mut self, mut pairing: Pairing) {
-        let pairings = &mut self.state.pairings;
+        let state = &mut *self.state;
+        let pairings = &mut state.pairings;
         pairings.retain(|p| p.terminal != pairing.terminal);
         if pairings.len() >= MAX_PAIRINGS {
             let victim = pairings
@@ -440,8 +443,8 @@ impl PairingApplet {
                 pairings.remove(i);
             }
         }
-        pairing.order = self.state.next_order;
-        self.state.next_order = self.state.next_order.saturating_add(1);
+        pairing.order = state.next_order;
+        state.next_order = state.next_order.saturating_add(1);
         pairings.push(pairing);
     }
 
@@ -614,7 +617,7 @@ impl Applet for PairingApplet {
 
     fn save(&self) -> Vec<u8> {
         encode_state(&Saved {
-            state: self.state.clone(),
+            state: (*self.state).clone(),
             services: self.services.iter().map(|s| (s.id().code(), s.save())).collect(),
         })
     }
@@ -629,8 +632,13 @@ impl Applet for PairingApplet {
                 service.load(bytes)?;
             }
         }
-        self.state = saved.state;
+        self.state = Persistent::new(saved.state);
         Ok(())
+    }
+
+    fn take_changed(&mut self) -> bool {
+        // Every flag is taken (no short circuit), so none stays set for the next command.
+        self.services.iter_mut().fold(self.state.take_changed(), |any, s| s.take_changed() | any)
     }
 
     fn clear_volatile(&mut self) {

@@ -6,7 +6,8 @@
 //! card); the CA certificate and then the card certificate are installed (INSTALL
 //! CERTIFICATE), which ends the card's one-time enrolment state; the current CRL is loaded.
 //!
-//! Terminal: a new key is generated here, proves possession the same way, and the
+//! Terminal: a new key is generated here (or in a PKCS#11 token, [`enrol_terminal_key`]),
+//! proves possession the same way, and the
 //! certificate (role terminal), CA certificate and CRL become a [`TerminalIdentity`] that the
 //! caller seals into the key file.
 
@@ -21,7 +22,7 @@ use tessera_proto::pairing::{
 };
 
 use super::ca::{CertificationAuthority, CertificationRequest};
-use super::files::TerminalIdentity;
+use super::files::{TerminalIdentity, TerminalKey};
 use super::{PairingError, Result};
 use crate::channel::CardChannel;
 
@@ -117,15 +118,24 @@ pub fn enrol_card(
     Ok(certificate)
 }
 
-/// Makes and certifies a new terminal key named `subject`.
+/// Makes and certifies a new terminal key (kept in the key file) named `subject`.
 pub fn enrol_terminal(
     ca: &mut dyn CertificationAuthority,
     subject: &str,
 ) -> Result<TerminalIdentity> {
-    let key = SigningKey::generate(&mut OsRng);
+    enrol_terminal_key(ca, subject, SigningKey::generate(&mut OsRng).into())
+}
+
+/// Certifies an existing terminal key (e.g. one just generated in a PKCS#11 token) named
+/// `subject`: the key signs the enrolment structure over the CA's challenge.
+pub fn enrol_terminal_key(
+    ca: &mut dyn CertificationAuthority,
+    subject: &str,
+    key: TerminalKey,
+) -> Result<TerminalIdentity> {
     let public_key = key.public_key().to_sec1_bytes();
     let challenge = ca.challenge()?;
-    let proof = key.sign(&enrolment_message(subject.as_bytes(), &public_key, &challenge));
+    let proof = key.sign(&enrolment_message(subject.as_bytes(), &public_key, &challenge))?;
     let certificate = ca.certify(&CertificationRequest {
         role: Role::Terminal,
         subject: subject.to_owned(),

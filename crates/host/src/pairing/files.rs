@@ -2,22 +2,26 @@
 //! crate's passphrase module): the key file ([`TerminalIdentity`]) and the pairing store
 //! ([`PairingStore`]). Each is written whole to a temporary file and renamed, mode 0600.
 //!
-//! A PKCS#11 token in place of the key file is future work: the identity's only private
-//! operation is [`TerminalIdentity::sign`].
+//! The terminal's key ([`TerminalKey`]) is either in the key file (sealed PKCS#8) or in a
+//! PKCS#11 token ([`super::pkcs11`]); then the key file holds only `pkcs11:<key label>` next to
+//! the certificates, and loading it needs the open token ([`TerminalIdentity::load_with_token`]).
 
 use std::path::{Path, PathBuf};
 
-use tessera_crypto::ecdsa::{Signature, SigningKey};
+use tessera_crypto::ecdsa::{PublicKey, Signature, SigningKey};
 use tessera_crypto::keys::AesKey;
 use tessera_crypto::passphrase::{KdfCost, KdfParams, PassphraseKey};
 use tessera_crypto::rng::OsRng;
 use tessera_crypto::x509::{Certificate, Crl};
 
 use super::ca::write_private;
+use super::pkcs11::{Token, TokenKey};
 use super::{PairingError, Result};
 
 /// Associated data of the key file.
 const KEY_FILE_AAD: &[u8] = b"tessera/terminal-key/v1";
+/// How the key file names a key kept in a PKCS#11 token: this prefix, then its label.
+const TOKEN_KEY_PREFIX: &[u8] = b"pkcs11:";
 /// Associated data of the pairing store.
 const STORE_AAD: &[u8] = b"tessera/pairing-store/v1";
 
@@ -64,10 +68,59 @@ fn open(path: &Path, passphrase: &str, aad: &[u8]) -> Result<Vec<Vec<u8>>> {
     decode(&plain).ok_or_else(|| file_err(path, "corrupt content"))
 }
 
+/// The terminal's signing key, used for proof of possession at enrolment and for the setup
+/// transcript signature; signing is its only private operation.
+#[derive(Clone)]
+pub enum TerminalKey {
+    /// A key kept (sealed) in the key file.
+    File(SigningKey),
+    /// A key kept in a PKCS#11 token, never leaving it; the key file holds its label.
+    Token(TokenKey),
+}
+
+impl std::fmt::Debug for TerminalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TerminalKey::File(_) => f.write_str("TerminalKey::File(..)"),
+            TerminalKey::Token(k) => write!(f, "TerminalKey::Token({:?})", k.label()),
+        }
+    }
+}
+
+impl From<SigningKey> for TerminalKey {
+    fn from(key: SigningKey) -> Self {
+        TerminalKey::File(key)
+    }
+}
+
+impl From<TokenKey> for TerminalKey {
+    fn from(key: TokenKey) -> Self {
+        TerminalKey::Token(key)
+    }
+}
+
+impl TerminalKey {
+    /// The public key.
+    pub fn public_key(&self) -> PublicKey {
+        match self {
+            TerminalKey::File(k) => k.public_key(),
+            TerminalKey::Token(k) => k.public_key(),
+        }
+    }
+
+    /// ECDSA P-256 / SHA-256 over `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Signature> {
+        match self {
+            TerminalKey::File(k) => Ok(k.sign(message)),
+            TerminalKey::Token(k) => k.sign(message),
+        }
+    }
+}
+
 /// A terminal's key, its certificate (role terminal), the CA certificate and the latest CRL.
 #[derive(Clone)]
 pub struct TerminalIdentity {
-    key: SigningKey,
+    key: TerminalKey,
     /// The terminal certificate.
     pub certificate: Certificate,
     /// The CA certificate (trust anchor for card certificates).
@@ -79,6 +132,7 @@ pub struct TerminalIdentity {
 impl std::fmt::Debug for TerminalIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TerminalIdentity")
+            .field("key", &self.key)
             .field("certificate", &self.certificate)
             .finish_non_exhaustive()
     }
@@ -87,11 +141,12 @@ impl std::fmt::Debug for TerminalIdentity {
 impl TerminalIdentity {
     /// An identity from its parts; fails if the certificate is not for `key`.
     pub fn new(
-        key: SigningKey,
+        key: impl Into<TerminalKey>,
         certificate: Certificate,
         ca: Certificate,
         crl: Option<Crl>,
     ) -> Result<Self> {
+        let key = key.into();
         if certificate.info()?.public_key != key.public_key() {
             return Err(PairingError::Certificate("certificate is not for this key".into()));
         }
@@ -103,25 +158,58 @@ impl TerminalIdentity {
         Ok(self.certificate.info()?.serial)
     }
 
+    /// The terminal's signing key.
+    pub fn key(&self) -> &TerminalKey {
+        &self.key
+    }
+
     /// Signs a labelled structure the terminal built.
-    pub fn sign(&self, message: &[u8]) -> Signature {
+    pub fn sign(&self, message: &[u8]) -> Result<Signature> {
         self.key.sign(message)
     }
 
-    /// Writes the sealed key file.
+    /// Writes the sealed key file (for a key in a token: its label, not the key).
     pub fn save(&self, path: &Path, passphrase: &str, cost: KdfCost) -> Result<()> {
-        let key = self.key.to_pkcs8_der()?;
+        let key = match &self.key {
+            TerminalKey::File(k) => k.to_pkcs8_der()?.to_vec(),
+            TerminalKey::Token(k) => [TOKEN_KEY_PREFIX, k.label().as_bytes()].concat(),
+        };
         let crl = self.crl.as_ref().map(|c| c.der().to_vec()).unwrap_or_default();
         let plain = encode(&[&key, self.certificate.der(), self.ca.der(), &crl]);
         seal(path, passphrase, cost, KEY_FILE_AAD, &plain)
     }
 
-    /// Reads a sealed key file.
+    /// Reads a sealed key file whose key is in the file.
     pub fn load(path: &Path, passphrase: &str) -> Result<Self> {
+        Self::load_with_token(path, passphrase, None)
+    }
+
+    /// Reads a sealed key file; a key file naming a key in a PKCS#11 token needs that token
+    /// (open and logged in), and one holding its own key refuses a token (a mix-up).
+    pub fn load_with_token(path: &Path, passphrase: &str, token: Option<&Token>) -> Result<Self> {
         let fields = open(path, passphrase, KEY_FILE_AAD)?;
         let [key, cert, ca, crl] =
             <[Vec<u8>; 4]>::try_from(fields).map_err(|_| file_err(path, "corrupt content"))?;
-        let key = SigningKey::from_pkcs8_der(&key).map_err(|e| file_err(path, e))?;
+        let key: TerminalKey = match (key.strip_prefix(TOKEN_KEY_PREFIX), token) {
+            (Some(label), Some(token)) => {
+                let label = std::str::from_utf8(label)
+                    .map_err(|_| file_err(path, "corrupt key label"))?;
+                token.key(label)?.into()
+            }
+            (Some(label), None) => {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "the terminal key is in a PKCS#11 token (key label {:?}); give the token",
+                        String::from_utf8_lossy(label)
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(file_err(path, "the key is in this file, not in a PKCS#11 token"));
+            }
+            (None, None) => SigningKey::from_pkcs8_der(&key).map_err(|e| file_err(path, e))?.into(),
+        };
         let crl = (!crl.is_empty()).then(|| Crl::from_der(crl));
         Self::new(key, Certificate::from_der(cert)?, Certificate::from_der(ca)?, crl)
     }

@@ -5,7 +5,9 @@
 //!   ([`ca::LocalCa`]); the server's CA endpoint will implement the same trait.
 //! - [`enrol`]: enrolling a card (the pairing applet generates its key and proves possession)
 //!   and a terminal key.
-//! - [`files`]: the terminal key file and the pairing store, sealed under a passphrase.
+//! - [`files`]: the terminal key file and the pairing store, sealed under a passphrase, and
+//!   the terminal's signing key ([`files::TerminalKey`]: in the key file or in a token).
+//! - [`pkcs11`]: the terminal key in a PKCS#11 token.
 //! - [`terminal`]: setup (Fig. 7), authentication (Fig. 6), [`terminal::PairedSession`]
 //!   (Fig. 8) and [`terminal::connect`] (Fig. 5).
 //! - [`bench`](mod@bench): authentication against setup, protected against plain APDUs.
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod ca;
 pub mod enrol;
 pub mod files;
+pub mod pkcs11;
 pub mod service;
 pub mod terminal;
 
@@ -68,6 +71,9 @@ pub enum PairingError {
     /// A local file (key file, pairing store, CA directory) could not be used.
     #[error("{0}")]
     File(String),
+    /// The PKCS#11 token (module, token, login, key) failed.
+    #[error("PKCS#11 token: {0}")]
+    Token(String),
     /// The certification authority refused or failed.
     #[error("certification authority: {0}")]
     Ca(String),

@@ -108,7 +108,7 @@ impl Terminal {
             return Err(PairingError::Verification("the card's key confirmation".into()));
         }
         let confirm = PairConfirm {
-            signature: self.identity.sign(&transcript.terminal_message()).to_bytes(),
+            signature: self.identity.sign(&transcript.terminal_message())?.to_bytes(),
             confirmation: terminal_confirmation,
         };
         let r = channel.transmit(&confirm.command())?;

@@ -33,6 +33,12 @@ pub trait Service: Send {
     /// Replaces the persistent state with a decoded committed state.
     fn load(&mut self, state: &[u8]) -> Result<(), StateError>;
 
+    /// True when the persistent state may have changed since the last call (clears the flag);
+    /// see [`Applet::take_changed`](crate::Applet::take_changed). Default: always.
+    fn take_changed(&mut self) -> bool {
+        true
+    }
+
     /// Runs one operation; the answer's data, or the status word of the refusal. A refusal
     /// changes nothing (the runtime restores the committed state).
     fn invoke(&mut self, caller: Caller<'_>, op: u8, data: &[u8]) -> Result<Vec<u8>, StatusWord>;
