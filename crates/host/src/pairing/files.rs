@@ -192,8 +192,8 @@ impl TerminalIdentity {
             <[Vec<u8>; 4]>::try_from(fields).map_err(|_| file_err(path, "corrupt content"))?;
         let key: TerminalKey = match (key.strip_prefix(TOKEN_KEY_PREFIX), token) {
             (Some(label), Some(token)) => {
-                let label = std::str::from_utf8(label)
-                    .map_err(|_| file_err(path, "corrupt key label"))?;
+                let label =
+                    std::str::from_utf8(label).map_err(|_| file_err(path, "corrupt key label"))?;
                 token.key(label)?.into()
             }
             (Some(label), None) => {

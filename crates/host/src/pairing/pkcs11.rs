@@ -1,0 +1,229 @@
+//! The terminal key in a PKCS#11 token (tested with SoftHSM2): an ECDSA P-256 key pair
+//! generated in the token, its private half sensitive and never extractable, signing with
+//! CKM_ECDSA over a SHA-256 digest computed here.
+//!
+//! The server keeps issuer keys in a token with the same operations (`tessera-server`'s
+//! `pkcs11` module). They are not shared yet because that crate was being changed in
+//! parallel; moving the generic part into `tessera-crypto` and using it from both is a small
+//! follow-up (the two modules have the same shape on purpose).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tessera_crypto::ecdsa::{PublicKey, Signature};
+use tessera_crypto::hash;
+use zeroize::Zeroizing;
+
+use super::{PairingError, Result};
+
+/// DER of the named curve prime256v1 (1.2.840.10045.3.1.7), the key pairs' CKA_EC_PARAMS.
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+
+/// Where the token is and how to log in.
+#[derive(Clone)]
+pub struct TokenConfig {
+    /// The PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The user PIN.
+    pub pin: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .finish_non_exhaustive()
+    }
+}
+
+fn token_err(what: &str) -> impl Fn(cryptoki::error::Error) -> PairingError + '_ {
+    move |e| PairingError::Token(format!("{what}: {e}"))
+}
+
+struct Inner {
+    // Field order: the session closes before the library is finalised.
+    session: Mutex<Session>,
+    _ctx: Pkcs11,
+}
+
+/// An open, logged-in token. Cheap to clone.
+#[derive(Clone)]
+pub struct Token {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Loads the module, finds the token by label and logs in as the user.
+    pub fn open(config: &TokenConfig) -> Result<Token> {
+        let ctx = Pkcs11::new(&config.module).map_err(token_err("cannot load the module"))?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(token_err("C_Initialize"))?;
+        let slot = find_slot(&ctx, &config.token_label)?;
+        let session = ctx.open_rw_session(slot).map_err(token_err("C_OpenSession"))?;
+        let pin = AuthPin::new(config.pin.as_str().into());
+        session.login(UserType::User, Some(&pin)).map_err(token_err("C_Login"))?;
+        Ok(Token { inner: Arc::new(Inner { session: Mutex::new(session), _ctx: ctx }) })
+    }
+
+    fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        let session = self
+            .inner
+            .session
+            .lock()
+            .map_err(|_| PairingError::Token("session lock poisoned".into()))?;
+        f(&session)
+    }
+
+    /// Generates a P-256 key pair labelled `label` in the token (refusing a label in use).
+    /// The private key is sensitive and not extractable.
+    pub fn generate(&self, label: &str) -> Result<TokenKey> {
+        self.with_session(|s| {
+            if !find(s, label, ObjectClass::PRIVATE_KEY)?.is_empty() {
+                return Err(PairingError::Token(format!("the token already has a key {label:?}")));
+            }
+            let common = [
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(label.as_bytes().to_vec()),
+            ];
+            let mut public = common.to_vec();
+            public.extend([Attribute::EcParams(P256_PARAMS.to_vec()), Attribute::Verify(true)]);
+            let mut private = common.to_vec();
+            private.extend([
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+            ]);
+            s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                .map_err(token_err("C_GenerateKeyPair"))?;
+            Ok(())
+        })?;
+        self.key(label)
+    }
+
+    /// The key pair labelled `label`.
+    pub fn key(&self, label: &str) -> Result<TokenKey> {
+        let public = self.with_session(|s| {
+            let handle = *find(s, label, ObjectClass::PUBLIC_KEY)?
+                .first()
+                .ok_or_else(|| PairingError::Token(format!("the token has no key {label:?}")))?;
+            let attrs = s
+                .get_attributes(handle, &[AttributeType::EcPoint])
+                .map_err(token_err("C_GetAttributeValue"))?;
+            let point = attrs.iter().find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p.clone()),
+                _ => None,
+            });
+            point.and_then(|p| parse_point(&p)).ok_or_else(|| {
+                PairingError::Token(format!("key {label:?} is not a P-256 public key"))
+            })
+        })?;
+        Ok(TokenKey { token: self.clone(), label: label.into(), public })
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
+    let slots = ctx.get_slots_with_initialized_token().map_err(token_err("C_GetSlotList"))?;
+    for slot in slots {
+        let info = ctx.get_token_info(slot).map_err(token_err("C_GetTokenInfo"))?;
+        if info.label().trim_end() == label {
+            return Ok(slot);
+        }
+    }
+    Err(PairingError::Token(format!("no initialised token labelled {label:?}")))
+}
+
+fn find(s: &Session, label: &str, class: ObjectClass) -> Result<Vec<ObjectHandle>> {
+    s.find_objects(&[
+        Attribute::Class(class),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+    .map_err(token_err("C_FindObjects"))
+}
+
+/// CKA_EC_POINT: the DER OCTET STRING of the SEC1 point (PKCS#11 2.40), or the bare point.
+fn parse_point(p: &[u8]) -> Option<PublicKey> {
+    let raw = match p {
+        [0x04, 0x41, rest @ ..] if rest.len() == 65 => rest,
+        _ => p,
+    };
+    PublicKey::from_sec1_bytes(raw).ok()
+}
+
+/// A P-256 key pair in the token.
+#[derive(Clone, Debug)]
+pub struct TokenKey {
+    token: Token,
+    label: String,
+    public: PublicKey,
+}
+
+impl TokenKey {
+    /// The key's label in the token.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn private_handle(&self, s: &Session) -> Result<ObjectHandle> {
+        find(s, &self.label, ObjectClass::PRIVATE_KEY)?
+            .first()
+            .copied()
+            .ok_or_else(|| PairingError::Token(format!("the token has no key {:?}", self.label)))
+    }
+
+    /// The private key's CKA_EXTRACTABLE and CKA_SENSITIVE, as the token reports them.
+    pub fn extractable_and_sensitive(&self) -> Result<(bool, bool)> {
+        self.token.with_session(|s| {
+            let key = self.private_handle(s)?;
+            let attrs = s
+                .get_attributes(key, &[AttributeType::Extractable, AttributeType::Sensitive])
+                .map_err(token_err("C_GetAttributeValue"))?;
+            let (mut extractable, mut sensitive) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Extractable(v) => extractable = Some(v),
+                    Attribute::Sensitive(v) => sensitive = Some(v),
+                    _ => {}
+                }
+            }
+            extractable.zip(sensitive).ok_or_else(|| {
+                PairingError::Token("the token does not report CKA_EXTRACTABLE".into())
+            })
+        })
+    }
+
+    /// CKM_ECDSA over the SHA-256 digest of `message` (hashed here), answered as `r || s`
+    /// and checked against the public key (a token signing with another key is caught here).
+    pub fn sign(&self, message: &[u8]) -> Result<Signature> {
+        let digest = hash::sha256(message);
+        let raw = self.token.with_session(|s| {
+            let key = self.private_handle(s)?;
+            s.sign(&Mechanism::Ecdsa, key, &digest).map_err(token_err("C_Sign"))
+        })?;
+        let signature = Signature::from_bytes(&raw)?;
+        self.public.verify(message, &signature)?;
+        Ok(signature)
+    }
+}
