@@ -384,6 +384,24 @@ pub async fn admin(args: &AdminArgs) -> Result<Report, Failure> {
         return rotate(r).await;
     }
     let client = args.client()?;
+    if let AdminCommand::Update(u @ crate::update::cli::UpdateAdminCommand::PutCsv { .. }) =
+        &args.command
+    {
+        use std::io::{IsTerminal, Write};
+        let tty = std::io::stderr().is_terminal();
+        let answers = crate::update::cli::put_csv(&client, u, |done, total| {
+            if tty {
+                let mut err = std::io::stderr();
+                let _ = write!(err, "\rqueued {done}/{total}");
+                if done == total {
+                    let _ = writeln!(err);
+                }
+            }
+        })
+        .await?;
+        let value = Value::Array(answers);
+        return Ok(Report { human: human(&args.command, &value), json: value });
+    }
     let (method, path, body) = request_for(&args.command)?;
     let (status, value) = client.request(method, &path, body.as_ref()).await?;
     if !status.is_success() {

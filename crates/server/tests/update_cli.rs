@@ -166,5 +166,23 @@ async fn admin_update_put_and_list_against_a_running_server() {
             .unwrap();
     assert!(r.human.contains("updates: 1 delivered"), "{}", r.human);
     assert_eq!(read(&mut card, "wifi"), b"pw-2");
+
+    // The bulk form: one update per CSV line; the first refusal stops it.
+    let csv = dir.path().join("updates.csv");
+    std::fs::write(&csv, "card,object,value\nCARD-A,a,one\nCARD-A,b,two,with comma\n").unwrap();
+    let c = csv.to_str().unwrap();
+    let r = admin(&run(&["update", "put-csv", "acme", c, "--sealed"]).unwrap()).await.unwrap();
+    assert_eq!(r.human, "CARD-A\ta\t5\tsealed\nCARD-A\tb\t6\tsealed");
+    std::fs::write(&csv, "CARD-A,c,3\nNOPE,d,4\nCARD-A,e,5\n").unwrap();
+    let err = admin(&run(&["update", "put-csv", "acme", c]).unwrap()).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Refused);
+    assert!(err.message.starts_with("line 2 (card NOPE)"), "{}", err.message);
+    std::fs::write(&csv, "CARD-A,f,6\nCARD-A,,7\n").unwrap();
+    let err = admin(&run(&["update", "put-csv", "acme", c]).unwrap()).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Usage, "nothing sent: {}", err.message);
+    let r = admin(&run(&["update", "list", "acme", "CARD-A"]).unwrap()).await.unwrap();
+    let objects: Vec<&str> =
+        r.human.lines().skip(1).map(|l| l.split('\t').nth(1).unwrap()).collect();
+    assert_eq!(objects, ["wifi", "cert", "big", "wifi", "a", "b", "c"]);
     server.shutdown().await.unwrap();
 }

@@ -35,6 +35,22 @@ pub enum UpdateAdminCommand {
         #[arg(long)]
         free_read: bool,
     },
+    /// Queue one update per line of a CSV file `card,object,value` (the value is the rest of
+    /// the line, as text; a first line `card,object,value` is a header). Every line is checked
+    /// before anything is sent; the first refusal stops the batch (the lines before it stay
+    /// queued). Progress on standard error when it is a terminal.
+    PutCsv {
+        /// Issuer id.
+        issuer: String,
+        /// The CSV file.
+        file: PathBuf,
+        /// Store every value sealed on the card.
+        #[arg(long)]
+        sealed: bool,
+        /// Anyone may read the objects (default: only after the PIN).
+        #[arg(long)]
+        free_read: bool,
+    },
     /// A card's update queue: sequence, object, mode, queued and delivered times.
     List {
         /// Issuer id.
@@ -78,6 +94,12 @@ pub fn request(cmd: &UpdateAdminCommand) -> Result<(Method, String, Option<Value
                 })),
             )
         }
+        UpdateAdminCommand::PutCsv { .. } => {
+            return Err(Failure {
+                kind: FailureKind::Usage,
+                message: "put-csv sends one request per line (see update::cli::put_csv)".into(),
+            });
+        }
         UpdateAdminCommand::List { issuer, card } => (
             Method::GET,
             format!("/v1/admin/issuers/{}/cards/{}/updates", seg(issuer)?, seg(card)?),
@@ -107,6 +129,100 @@ fn read_value(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Fai
     Ok(out)
 }
 
+/// One line of a `put-csv` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvUpdate {
+    /// Line number in the file, from 1.
+    pub line: usize,
+    /// Card id.
+    pub card: String,
+    /// Object name.
+    pub object: String,
+    /// The value (text).
+    pub value: zeroize::Zeroizing<String>,
+}
+
+/// Parses a `put-csv` file: `card,object,value` per line (the value is the rest of the line);
+/// blank lines skipped, a first line `card,object,value` taken as a header. Every line is
+/// checked (ids, name 1 to 32 bytes, value at most 64 KiB) before anything is sent.
+pub fn parse_csv(text: &str) -> Result<Vec<CsvUpdate>, Failure> {
+    let usage = |line: usize, m: &str| Failure {
+        kind: FailureKind::Usage,
+        message: format!("line {line}: {m}"),
+    };
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let raw = raw.trim_end_matches('\r');
+        if raw.trim().is_empty() || (line == 1 && raw.trim() == "card,object,value") {
+            continue;
+        }
+        let mut fields = raw.splitn(3, ',');
+        let (Some(card), Some(object), Some(value)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(usage(line, "expected card,object,value"));
+        };
+        seg(card).map_err(|_| usage(line, "not a valid card id"))?;
+        if object.is_empty() || object.len() > tessera_proto::update::MAX_NAME_LEN {
+            return Err(usage(line, "object name: 1 to 32 bytes"));
+        }
+        if value.len() as u64 > MAX_VALUE {
+            return Err(usage(line, "value above 64 KiB"));
+        }
+        out.push(CsvUpdate {
+            line,
+            card: card.to_owned(),
+            object: object.to_owned(),
+            value: zeroize::Zeroizing::new(value.to_owned()),
+        });
+    }
+    if out.is_empty() {
+        return Err(usage(0, "no updates in the file"));
+    }
+    Ok(out)
+}
+
+/// Runs `put-csv`: one `POST …/updates` per line in order, `progress(done, total)` after
+/// each. Stops at the first refusal, naming its line; returns the answers.
+pub async fn put_csv(
+    client: &crate::client::ApiClient,
+    cmd: &UpdateAdminCommand,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Value>, Failure> {
+    let UpdateAdminCommand::PutCsv { issuer, file, sealed, free_read } = cmd else {
+        return Err(Failure { kind: FailureKind::Usage, message: "not put-csv".into() });
+    };
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(file).map_err(|e| Failure {
+        kind: FailureKind::Local,
+        message: format!("{}: {e}", file.display()),
+    })?);
+    let rows = parse_csv(&text)?;
+    let issuer = seg(issuer)?;
+    let mut answers = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let body = json!({
+            "object": row.object, "value_hex": hex::encode(row.value.as_bytes()),
+            "sealed": sealed, "free_read": free_read,
+        });
+        let path = format!("/v1/admin/issuers/{issuer}/cards/{}/updates", row.card);
+        let (status, value) = client.request(Method::POST, &path, Some(&body)).await?;
+        if !status.is_success() {
+            let msg =
+                value["message"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+            return Err(Failure {
+                kind: FailureKind::Refused,
+                message: format!(
+                    "line {} (card {}): server answered {status}: {msg}; the {i} line(s) before it are queued",
+                    row.line, row.card
+                ),
+            });
+        }
+        answers.push(value);
+        progress(i + 1, rows.len());
+    }
+    Ok(answers)
+}
+
 /// The text output of a command's answer.
 pub fn human(cmd: &UpdateAdminCommand, v: &Value) -> String {
     let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
@@ -118,6 +234,22 @@ pub fn human(cmd: &UpdateAdminCommand, v: &Value) -> String {
             v["sequence"],
             s(&v["mode"]),
         ),
+        UpdateAdminCommand::PutCsv { .. } => v
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}\t{}\t{}\t{}",
+                    s(&q["card_id"]),
+                    s(&q["object"]),
+                    q["sequence"],
+                    s(&q["mode"])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         UpdateAdminCommand::List { .. } => {
             let mut out = String::from("sequence\tobject\tmode\tqueued\tdelivered");
             for e in v.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -176,6 +308,23 @@ mod tests {
         let missing = dir.path().join("missing");
         assert_eq!(request(&put(Some(missing), None)).unwrap_err().kind, FailureKind::Local);
         assert_eq!(request(&put(None, None)).unwrap_err().kind, FailureKind::Usage);
+    }
+
+    #[test]
+    fn csv_lines_are_checked_before_anything_is_sent() {
+        let rows =
+            parse_csv("card,object,value\nC-1,wifi,pw,with,commas\r\n\nC-2,sso,t\n").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].line, rows[0].card.as_str(), rows[0].value.as_str()),
+            (2, "C-1", "pw,with,commas")
+        );
+        assert_eq!((rows[1].line, rows[1].object.as_str()), (4, "sso"));
+        for bad in ["C-1,wifi", "a/b,wifi,v", "C-1,,v", "", "card,object,value\n"] {
+            assert_eq!(parse_csv(bad).unwrap_err().kind, FailureKind::Usage, "{bad:?}");
+        }
+        let long = format!("C-1,{},v", "n".repeat(33));
+        assert!(parse_csv(&long).unwrap_err().message.starts_with("line 1:"));
     }
 
     #[test]
