@@ -8,6 +8,11 @@
 //!   key, certificate, CA certificate and CRL into FILE under a passphrase; `enroll crl`
 //!   refreshes that CRL.
 //!
+//! With `--pkcs11-module PATH --pkcs11-token LABEL --key-label L` the terminal key is
+//! generated in a PKCS#11 token and never leaves it; FILE then holds the key's label with the
+//! certificates, and every command that loads FILE takes the same module and token options.
+//! The token's user PIN comes from `--pkcs11-pin-file`, `TESSERA_PKCS11_PIN` or a prompt.
+//!
 //! Both CAs implement `CertificationAuthority`. With `--server` the enrolment station
 //! authenticates with a bearer token of the issuer (`--token`, `--token-file` or
 //! `TESSERA_TOKEN`) and pins the server certificate (`--fingerprint` or
@@ -27,8 +32,11 @@ use tessera_crypto::passphrase::KdfCost;
 use tessera_crypto::x509::{Certificate, Crl, Role, verify_chain};
 use tessera_host::pairing::PairingError;
 use tessera_host::pairing::ca::{self, CertificationAuthority, CertificationRequest, LocalCa};
-use tessera_host::pairing::enrol::{enrol_card, enrol_terminal, load_crl, select};
+use tessera_host::pairing::enrol::{
+    enrol_card, enrol_terminal, enrol_terminal_key, load_crl, select,
+};
 use tessera_host::pairing::files::TerminalIdentity;
+use tessera_host::pairing::pkcs11::{Token, TokenConfig};
 use tessera_proto::pairing::{AID as PAIRING_AID, CHALLENGE_LEN};
 use tessera_server::client::{ApiClient, ApiError, ClientError, IssuerCa};
 use tessera_server::store::enrolment::{EnrolmentRequest, ROLE_CARD, ROLE_TERMINAL};
@@ -59,11 +67,17 @@ pub enum EnrollCommand {
         #[command(flatten)]
         pin: PinArgs,
     },
-    /// Enrol a terminal: a new key, certified (role terminal), sealed into FILE.
+    /// Enrol a terminal: a new key, certified (role terminal), sealed into FILE (or generated
+    /// in a PKCS#11 token, FILE then naming it).
     Terminal {
         /// The terminal key file to create.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        #[command(flatten)]
+        token: TokenArgs,
+        /// The label of the key to generate in the PKCS#11 token (required with the token).
+        #[arg(long, value_name = "L", requires = "pkcs11_module")]
+        key_label: Option<String>,
         #[command(flatten)]
         ca: CaSource,
         /// The terminal certificate's subject name.
@@ -78,6 +92,8 @@ pub enum EnrollCommand {
         /// The terminal key file.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        #[command(flatten)]
+        token: TokenArgs,
         #[command(flatten)]
         ca: CaSource,
         #[command(flatten)]
@@ -94,6 +110,52 @@ pub enum EnrollCommand {
         #[command(flatten)]
         ca: CaSource,
     },
+}
+
+/// A PKCS#11 token holding the terminal key in place of the key file.
+#[derive(Debug, Args, Clone)]
+pub struct TokenArgs {
+    /// The PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so) of the token holding the
+    /// terminal key.
+    #[arg(long, value_name = "PATH", requires = "pkcs11_token")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The token's label.
+    #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+    pub pkcs11_token: Option<String>,
+    /// File whose first line is the token's user PIN (default: env TESSERA_PKCS11_PIN, else a
+    /// prompt).
+    #[arg(long, value_name = "FILE", requires = "pkcs11_module")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// Opens and logs in to the token these options name, if any.
+    pub fn open(&self) -> Result<Option<Token>, CliError> {
+        let (Some(module), Some(label)) = (&self.pkcs11_module, &self.pkcs11_token) else {
+            return Ok(None);
+        };
+        let pin = match (&self.pkcs11_pin_file, std::env::var("TESSERA_PKCS11_PIN")) {
+            (Some(path), _) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+                first_line(std::io::BufReader::new(file), "token PIN")?
+            }
+            (None, Ok(pin)) if !pin.is_empty() => Zeroizing::new(pin),
+            (None, _) => prompt("PKCS#11 token PIN")?,
+        };
+        let config = TokenConfig { module: module.clone(), token_label: label.clone(), pin };
+        Token::open(&config).map(Some).map_err(pairing_error)
+    }
+}
+
+/// Reads a terminal key file, with the token its key is in when the options name one.
+pub fn load_identity(
+    key: &Path,
+    passphrase: &str,
+    token: &TokenArgs,
+) -> Result<TerminalIdentity, CliError> {
+    let token = token.open()?;
+    TerminalIdentity::load_with_token(key, passphrase, token.as_ref()).map_err(pairing_error)
 }
 
 /// The certification authority: a local CA directory, or an issuer's CA on a server.
@@ -390,13 +452,29 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
                 .map_err(|e| ca.error(e))?;
             report_certificate(out, "card", &cert)
         }
-        EnrollCommand::Terminal { key, ca, name, key_passphrase } => {
+        EnrollCommand::Terminal { key, token, key_label, ca, name, key_passphrase } => {
             if key.exists() {
                 return Err(CliError::usage(format!("{} exists", key.display())));
             }
+            if token.pkcs11_module.is_some() && key_label.is_none() {
+                return Err(CliError::usage("a key in a PKCS#11 token needs --key-label"));
+            }
             let mut ca = ca.open()?;
             let passphrase = key_passphrase.read()?;
-            let identity = enrol_terminal(ca.ca.as_mut(), &name).map_err(|e| ca.error(e))?;
+            let identity = match (token.open()?, key_label) {
+                (Some(token), Some(label)) => {
+                    let generated = token.generate(&label).map_err(pairing_error)?;
+                    match enrol_terminal_key(ca.ca.as_mut(), &name, generated.clone().into()) {
+                        Ok(identity) => identity,
+                        Err(e) => {
+                            // Best effort: a failed enrolment leaves the label free for a retry.
+                            let _ = generated.destroy();
+                            return Err(ca.error(e));
+                        }
+                    }
+                }
+                _ => enrol_terminal(ca.ca.as_mut(), &name).map_err(|e| ca.error(e))?,
+            };
             identity.save(&key, &passphrase, kdf_cost()).map_err(pairing_error)?;
             report_certificate(
                 out,
@@ -404,10 +482,10 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
                 &identity.certificate,
             )
         }
-        EnrollCommand::Crl { key, ca, key_passphrase } => {
+        EnrollCommand::Crl { key, token, ca, key_passphrase } => {
             let mut ca = ca.open()?;
             let passphrase = key_passphrase.read()?;
-            let mut identity = TerminalIdentity::load(&key, &passphrase).map_err(pairing_error)?;
+            let mut identity = load_identity(&key, &passphrase, &token)?;
             let crl = ca.ca.crl().map_err(|e| ca.error(e))?;
             // The list must be signed by the key file's CA and current (checked without
             // a token: the CRL is public).

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use tessera_host::pairing::files::{PairingStore, TerminalIdentity};
+use tessera_host::pairing::files::PairingStore;
 use tessera_host::pairing::service::{provider, providers};
 use tessera_host::pairing::terminal::{Connection, Terminal, connect};
 
 use crate::Output;
-use crate::enroll::{KeyPassphraseArg, PinArgs, default_store, kdf_cost, pairing_error};
+use crate::enroll::{
+    KeyPassphraseArg, PinArgs, TokenArgs, default_store, kdf_cost, load_identity, pairing_error,
+};
 use crate::error::{CliError, Exit};
 use crate::source::{CardSource, PassphraseArg};
 
@@ -35,6 +37,8 @@ pub struct ServiceArgs {
     /// The terminal key file (`tessera enroll terminal`).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
+    #[command(flatten)]
+    token: TokenArgs,
     /// The pairing store (default: pairings.store next to the key file).
     #[arg(long, value_name = "FILE")]
     store: Option<PathBuf>,
@@ -52,7 +56,7 @@ pub fn run(args: ServiceArgs, out: Output) -> Result<(), CliError> {
     })?;
     let request = service.request(&args.op).map_err(CliError::usage)?;
     let passphrase = args.key_passphrase.read()?;
-    let identity = TerminalIdentity::load(&args.key, &passphrase).map_err(pairing_error)?;
+    let identity = load_identity(&args.key, &passphrase, &args.token)?;
     let store_path = args.store.clone().unwrap_or_else(|| default_store(&args.key));
     let mut store = PairingStore::open(&store_path, &passphrase).map_err(pairing_error)?;
     let terminal = Terminal::new(identity);

@@ -214,6 +214,18 @@ impl TokenKey {
         })
     }
 
+    /// Deletes the key pair from the token (an enrolment that failed leaves no key behind).
+    pub fn destroy(self) -> Result<()> {
+        self.token.with_session(|s| {
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                for handle in find(s, &self.label, class)? {
+                    s.destroy_object(handle).map_err(token_err("C_DestroyObject"))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// CKM_ECDSA over the SHA-256 digest of `message` (hashed here), answered as `r || s`
     /// and checked against the public key (a token signing with another key is caught here).
     pub fn sign(&self, message: &[u8]) -> Result<Signature> {
