@@ -686,7 +686,10 @@ impl Store {
                 };
                 match checked {
                     Ok(card) => next.authenticated = Some(card.last_sequence),
-                    Err(e) => return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string())),
+                    Err(e) if refusal(&e) => {
+                        return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string()));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             Some(_) => {
@@ -716,7 +719,10 @@ impl Store {
                             format!("receipt for {s}, package {sequence} was out"),
                         ));
                     }
-                    Err(e) => return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string())),
+                    Err(e) if refusal(&e) => {
+                        return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string()));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -738,6 +744,12 @@ impl Store {
         let apdus = package_apdus(&row.blob(1)?)?;
         Ok((TunnelState::Update(next), apdus, None))
     }
+}
+
+/// A refusal of the card's answer (ends the sync with an outcome), as opposed to a failure of
+/// the server (the exchange fails and can be retried).
+fn refusal(e: &ServerError) -> bool {
+    matches!(e, ServerError::Conflict(_) | ServerError::NotFound(_) | ServerError::BadRequest(_))
 }
 
 fn card_str(card: &AuthenticatedCard) -> ServerResult<&str> {
