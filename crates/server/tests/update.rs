@@ -369,3 +369,29 @@ async fn a_rolled_back_card_image_is_refused(db: TestDb) {
     assert!(matches!(&err, ServerError::Conflict(m) if m.contains("rolled back")), "{err}");
 }
 both!(a_rolled_back_card_image_is_refused);
+
+async fn a_package_the_card_refuses_ends_the_sync_and_stays_pending(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    // The stored package is altered (its last signature byte): the card refuses it.
+    let raw = Db::open(&db.location).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    let row = tx.query_opt("SELECT package FROM update_packages", &[]).await.unwrap().unwrap();
+    let mut package = row.blob(0).unwrap();
+    let n = package.len();
+    package[n - 1] ^= 1;
+    tx.execute("UPDATE update_packages SET package = $1", &[package.into()]).await.unwrap();
+    tx.commit().await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    let o = sync(&store, &mut card, false).await.unwrap();
+    assert_eq!(o.result, "update-error", "{}", o.message);
+    assert!(o.message.contains("refused package 1"), "{}", o.message);
+    let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    assert!(queue[0].delivered_at.is_none());
+    let r = send(&mut card, &UpdateCommand::ReadObject(b"wifi".to_vec()).to_command());
+    assert_ne!(r.sw, StatusWord::SUCCESS, "nothing was applied");
+}
+both!(a_package_the_card_refuses_ends_the_sync_and_stays_pending);
