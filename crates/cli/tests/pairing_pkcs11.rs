@@ -125,6 +125,15 @@ fn terminal_key_in_a_token_enrols_pairs_and_uses_a_service() {
     assert_ne!(wrong_pin.status.code(), Some(0));
     assert!(text(&wrong_pin.stderr).contains("C_Login"), "{}", text(&wrong_pin.stderr));
     assert!(!Path::new(key).exists());
+    // A CA that does not answer after the key was generated in the token: exit 3, no key
+    // file, and the key is deleted again (the label is free for the retry below).
+    let mut down = vec!["enroll", "terminal", "--key", key, "--key-passphrase-file", pass];
+    down.extend_from_slice(&["--server", "http://127.0.0.1:1", "--issuer", "acme"]);
+    down.extend_from_slice(&["--token", "tsr_x", "--key-label", "terminal 1"]);
+    down.extend_from_slice(&token);
+    let out = tessera(&down, Some("123456"), "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(!Path::new(key).exists());
     // Enrolment with the key generated in the token (PIN from a file).
     let out = ok(&enrol(key, &["--pkcs11-pin-file", pin_file], None));
     assert!(out.contains("enrolled terminal"), "{out}");
