@@ -17,10 +17,11 @@
 //!   receipt was lost stays pending and is sent again; the card answers it with an
 //!   "already applied" receipt and applies it no second time.
 //!
-//! The store is a trait with an in-memory implementation ([`MemoryUpdateStore`]); the SQL
-//! store of [`crate::store`] can implement the same trait (table per card: sequence counter,
-//! packages, receipts; challenges with expiry), which is left for the integration with the
-//! HTTP tunnel (see `docs/update.md`, "Status").
+//! The checks are free functions ([`verify_update_key`], [`device_key`], [`seal_package`],
+//! [`verify_device_auth`], [`verify_receipt`], [`wrap_for_delivery`]) shared by two stores:
+//! [`UpdateService`] over the [`UpdateStore`] trait with an in-memory implementation
+//! ([`MemoryUpdateStore`]: tests, demo) and the database side in [`crate::store::update`]
+//! (registration at issuance, the queue, challenges, the update step of `tessera sync`).
 
 use std::collections::BTreeMap;
 
