@@ -1,7 +1,7 @@
 //! The update service's database side (issue 5; the checks and the package format are in
 //! [`crate::update`]). Each operation is one transaction:
 //!
-//! - **Registration** at issuance ([`Store::update_register_card`]): the update key, the nonce
+//! - **Registration** at issuance (`Store::update_register_card`): the update key, the nonce
 //!   its proof is bound to and the device certificate, sequence counter 0.
 //! - **Queueing** ([`Store::queue_update`]): the card's row is locked, the value sealed to its
 //!   update key and the package signed by the issuer's package-signing key under the next
