@@ -38,9 +38,14 @@ pub(crate) fn is_protected_status(sw: tessera_apdu::StatusWord) -> bool {
     sw.0 == 0x9000 || sw.sw1() == 0x62 || sw.sw1() == 0x63
 }
 
-/// The state of an authenticated session: keys, level, MAC chaining value, encryption counter.
+/// The state of an authenticated session: the session keys (expanded once), level, MAC chaining
+/// value, encryption counter.
 pub(crate) struct SecureMessaging {
-    keys: SessionKeys,
+    /// S-ENC expanded once per session.
+    enc: AesCipher,
+    /// Keyed, unfed C-MAC and R-MAC computations, cloned for each APDU.
+    mac: AesCmac,
+    rmac: AesCmac,
     level: SecurityLevel,
     mac_chain: [u8; 16],
     counter: u64,
@@ -55,7 +60,10 @@ impl Drop for SecureMessaging {
 impl SecureMessaging {
     /// A session just after EXTERNAL AUTHENTICATE, whose C-MAC is the first chaining value.
     pub(crate) fn new(keys: SessionKeys, level: SecurityLevel, ext_auth_mac: [u8; 16]) -> Self {
-        Self { keys, level, mac_chain: ext_auth_mac, counter: 0 }
+        let enc = AesCipher::new(&keys.s_enc);
+        let mac = AesCmac::new(&keys.s_mac);
+        let rmac = AesCmac::new(&keys.s_rmac);
+        Self { enc, mac, rmac, level, mac_chain: ext_auth_mac, counter: 0 }
     }
 
     pub(crate) fn level(&self) -> SecurityLevel {
@@ -70,18 +78,18 @@ impl SecureMessaging {
         if response {
             block[0] = 0x80;
         }
-        AesCipher::new(&self.keys.s_enc).encrypt_block(&mut block);
+        self.enc.encrypt_block(&mut block);
         block
     }
 
     fn c_mac(&self, cla: u8, cmd: &Command, lc: u8, data: &[u8]) -> [u8; 16] {
-        let mut m = AesCmac::new(&self.keys.s_mac);
+        let mut m = self.mac.clone();
         m.update(&self.mac_chain).update(&[mac_cla(cla), cmd.ins, cmd.p1, cmd.p2, lc]).update(data);
         m.finalize()
     }
 
     fn r_mac(&self, data: &[u8], sw: [u8; 2]) -> [u8; 16] {
-        let mut m = AesCmac::new(&self.keys.s_rmac);
+        let mut m = self.rmac.clone();
         m.update(&self.mac_chain).update(data).update(&sw);
         m.finalize()
     }
@@ -100,7 +108,7 @@ impl SecureMessaging {
         if self.level.c_decryption() && !data.is_empty() {
             data = pad_iso9797_m2(&data);
             let icv = self.icv(next_counter, false);
-            AesCipher::new(&self.keys.s_enc).cbc_encrypt(&icv, &mut data)?;
+            self.enc.cbc_encrypt(&icv, &mut data)?;
         }
         let lc = data.len() + MAC_LEN;
         if lc > SHORT_MAX_NC {
@@ -143,8 +151,7 @@ impl SecureMessaging {
             .ok_or(CryptoError::ChannelState("encryption counter exhausted"))?;
         let data = if self.level.c_decryption() && !body.is_empty() {
             let mut buf = body.to_vec();
-            AesCipher::new(&self.keys.s_enc)
-                .cbc_decrypt(&self.icv(self.counter, false), &mut buf)?;
+            self.enc.cbc_decrypt(&self.icv(self.counter, false), &mut buf)?;
             let plain = unpad_iso9797_m2(&buf)?.to_vec();
             buf.zeroize();
             plain
@@ -169,8 +176,7 @@ impl SecureMessaging {
         let mut data = resp.data.clone();
         if self.level.r_encryption() && !data.is_empty() {
             data = pad_iso9797_m2(&data);
-            AesCipher::new(&self.keys.s_enc)
-                .cbc_encrypt(&self.icv(self.counter, true), &mut data)?;
+            self.enc.cbc_encrypt(&self.icv(self.counter, true), &mut data)?;
         }
         if self.level.r_mac() {
             let mac = self.r_mac(&data, resp.sw.to_bytes());
@@ -205,8 +211,7 @@ impl SecureMessaging {
         }
         let data = if self.level.r_encryption() && !data.is_empty() {
             let mut buf = data.to_vec();
-            AesCipher::new(&self.keys.s_enc)
-                .cbc_decrypt(&self.icv(self.counter, true), &mut buf)?;
+            self.enc.cbc_decrypt(&self.icv(self.counter, true), &mut buf)?;
             let plain = unpad_iso9797_m2(&buf)?.to_vec();
             buf.zeroize();
             plain
