@@ -144,7 +144,7 @@ impl TokenArgs {
             (None, _) => prompt("PKCS#11 token PIN")?,
         };
         let config = TokenConfig { module: module.clone(), token_label: label.clone(), pin };
-        Token::open(&config).map(Some).map_err(pairing_error)
+        Token::open(&config).map(Some).map_err(|e| pairing_error(e.into()))
     }
 }
 
@@ -463,7 +463,7 @@ pub fn run(cmd: EnrollCommand, out: Output) -> Result<(), CliError> {
             let passphrase = key_passphrase.read()?;
             let identity = match (token.open()?, key_label) {
                 (Some(token), Some(label)) => {
-                    let generated = token.generate(&label).map_err(pairing_error)?;
+                    let generated = token.generate(&label).map_err(|e| pairing_error(e.into()))?;
                     match enrol_terminal_key(ca.ca.as_mut(), &name, generated.clone().into()) {
                         Ok(identity) => identity,
                         Err(e) => {

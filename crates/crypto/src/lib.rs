@@ -36,6 +36,7 @@ pub mod keys;
 pub mod keywrap;
 pub mod mac;
 pub mod passphrase;
+pub mod pkcs11;
 pub mod revocation;
 pub mod rng;
 pub mod scp03;

@@ -18,11 +18,10 @@ use tessera_card::pin::PinBlock;
 use tessera_card::script::Script;
 use tessera_card::{Card, CardOptions, PowerCut, TearDriver};
 use tessera_crypto::passphrase::KdfCost;
-use tessera_host::pairing::PairingError;
 use tessera_host::pairing::ca::LocalCa;
 use tessera_host::pairing::enrol::{enrol_card, enrol_terminal_key};
 use tessera_host::pairing::files::{PairingStore, TerminalIdentity, TerminalKey};
-use tessera_host::pairing::pkcs11::{Token, TokenConfig};
+use tessera_host::pairing::pkcs11::{Token, TokenConfig, TokenError};
 use tessera_host::pairing::service::LedgerProvider;
 use tessera_host::pairing::terminal::{Connection, Terminal, connect};
 use tessera_host::{CardChannel, InProcessChannel};
@@ -109,14 +108,14 @@ fn in_token() {
     let dir = Path::new(&dir);
 
     // A wrong PIN does not open the token.
-    assert!(matches!(Token::open(&config("000000")), Err(PairingError::Token(_))));
+    assert!(matches!(Token::open(&config("000000")), Err(TokenError::Token(_))));
     let token = Token::open(&config(PIN)).unwrap();
 
     // The key is generated in the token: sensitive, never extractable; a label in use is
     // refused.
     let key = token.generate("terminal 1").unwrap();
     assert_eq!(key.extractable_and_sensitive().unwrap(), (false, true));
-    assert!(matches!(token.generate("terminal 1"), Err(PairingError::Token(_))));
+    assert!(matches!(token.generate("terminal 1"), Err(TokenError::Exists(_))));
 
     // Enrolment: the token key proves possession; the certificate certifies it.
     let mut ca = LocalCa::init(&dir.join("ca"), "tessera test CA").unwrap();

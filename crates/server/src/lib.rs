@@ -23,7 +23,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod issuance;
-pub mod pkcs11;
+pub use tessera_crypto::pkcs11;
 pub mod primitives;
 pub mod server;
 pub mod store;

@@ -95,7 +95,6 @@ struct Admin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_token() {
     use clap::Parser;
-    use tessera_crypto::x509::CaSigner;
     use tessera_server::server::{Pkcs11Options, ServerOptions, open_store, start};
 
     let work = std::path::PathBuf::from(std::env::var(CHILD).expect("run by the parent test"));

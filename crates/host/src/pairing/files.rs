@@ -112,7 +112,7 @@ impl TerminalKey {
     pub fn sign(&self, message: &[u8]) -> Result<Signature> {
         match self {
             TerminalKey::File(k) => Ok(k.sign(message)),
-            TerminalKey::Token(k) => k.sign(message),
+            TerminalKey::Token(k) => Ok(k.sign(message)?),
         }
     }
 }

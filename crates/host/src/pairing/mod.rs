@@ -19,7 +19,7 @@ pub mod bench;
 pub mod ca;
 pub mod enrol;
 pub mod files;
-pub mod pkcs11;
+pub use tessera_crypto::pkcs11;
 pub mod service;
 pub mod terminal;
 
@@ -72,8 +72,8 @@ pub enum PairingError {
     #[error("{0}")]
     File(String),
     /// The PKCS#11 token (module, token, login, key) failed.
-    #[error("PKCS#11 token: {0}")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] tessera_crypto::pkcs11::TokenError),
     /// The certification authority refused or failed.
     #[error("certification authority: {0}")]
     Ca(String),

@@ -1,26 +1,24 @@
-//! The terminal key in a PKCS#11 token (tested with SoftHSM2): an ECDSA P-256 key pair
-//! generated in the token, its private half sensitive and never extractable, signing with
-//! CKM_ECDSA over a SHA-256 digest computed here.
+//! Keys in a PKCS#11 token (tested with SoftHSM2): ECDSA P-256 key pairs generated in the token
+//! (private half sensitive and never extractable), signing with CKM_ECDSA over a SHA-256 digest
+//! computed here, and a [`CaSigner`], so certificates and CRLs are made without the private key
+//! leaving the token. The server keeps issuer keys here, the terminal its pairing key.
 //!
-//! The server keeps issuer keys in a token with the same operations (`tessera-server`'s
-//! `pkcs11` module). They are not shared yet because that crate was being changed in
-//! parallel; moving the generic part into `tessera-crypto` and using it from both is a small
-//! follow-up (the two modules have the same shape on purpose).
+//! [`Token::open`] loads the module, finds the token by its label and logs in as the user with
+//! the PIN given; one session serves every operation.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::ecdsa::{PublicKey, Signature};
+use crate::x509::CaSigner;
+use crate::{CryptoError, hash};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use tessera_crypto::ecdsa::{PublicKey, Signature};
-use tessera_crypto::hash;
 use zeroize::Zeroizing;
-
-use super::{PairingError, Result};
 
 /// DER of the named curve prime256v1 (1.2.840.10045.3.1.7), the key pairs' CKA_EC_PARAMS.
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
@@ -45,8 +43,22 @@ impl std::fmt::Debug for TokenConfig {
     }
 }
 
-fn token_err(what: &str) -> impl Fn(cryptoki::error::Error) -> PairingError + '_ {
-    move |e| PairingError::Token(format!("{what}: {e}"))
+/// A failure talking to the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The module, the token or the login failed.
+    #[error("PKCS#11 token: {0}")]
+    Token(String),
+    /// No key with that label in the token.
+    #[error("PKCS#11 token has no key {0:?}")]
+    NoKey(String),
+    /// A key with that label is already in the token.
+    #[error("PKCS#11 token already has a key {0:?}")]
+    Exists(String),
+}
+
+fn token_err(what: &str) -> impl Fn(cryptoki::error::Error) -> TokenError + '_ {
+    move |e| TokenError::Token(format!("{what}: {e}"))
 }
 
 struct Inner {
@@ -69,7 +81,7 @@ impl std::fmt::Debug for Token {
 
 impl Token {
     /// Loads the module, finds the token by label and logs in as the user.
-    pub fn open(config: &TokenConfig) -> Result<Token> {
+    pub fn open(config: &TokenConfig) -> Result<Token, TokenError> {
         let ctx = Pkcs11::new(&config.module).map_err(token_err("cannot load the module"))?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(token_err("C_Initialize"))?;
@@ -80,21 +92,23 @@ impl Token {
         Ok(Token { inner: Arc::new(Inner { session: Mutex::new(session), _ctx: ctx }) })
     }
 
-    fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
         let session = self
             .inner
             .session
             .lock()
-            .map_err(|_| PairingError::Token("session lock poisoned".into()))?;
+            .map_err(|_| TokenError::Token("session lock poisoned".into()))?;
         f(&session)
     }
 
     /// Generates a P-256 key pair labelled `label` in the token (refusing a label in use).
-    /// The private key is sensitive and not extractable.
-    pub fn generate(&self, label: &str) -> Result<TokenKey> {
+    pub fn generate(&self, label: &str) -> Result<TokenKey, TokenError> {
         self.with_session(|s| {
             if !find(s, label, ObjectClass::PRIVATE_KEY)?.is_empty() {
-                return Err(PairingError::Token(format!("the token already has a key {label:?}")));
+                return Err(TokenError::Exists(label.into()));
             }
             let common = [
                 Attribute::Token(true),
@@ -118,11 +132,11 @@ impl Token {
     }
 
     /// The key pair labelled `label`.
-    pub fn key(&self, label: &str) -> Result<TokenKey> {
+    pub fn key(&self, label: &str) -> Result<TokenKey, TokenError> {
         let public = self.with_session(|s| {
             let handle = *find(s, label, ObjectClass::PUBLIC_KEY)?
                 .first()
-                .ok_or_else(|| PairingError::Token(format!("the token has no key {label:?}")))?;
+                .ok_or_else(|| TokenError::NoKey(label.into()))?;
             let attrs = s
                 .get_attributes(handle, &[AttributeType::EcPoint])
                 .map_err(token_err("C_GetAttributeValue"))?;
@@ -131,14 +145,14 @@ impl Token {
                 _ => None,
             });
             point.and_then(|p| parse_point(&p)).ok_or_else(|| {
-                PairingError::Token(format!("key {label:?} is not a P-256 public key"))
+                TokenError::Token(format!("key {label:?} is not a P-256 public key"))
             })
         })?;
         Ok(TokenKey { token: self.clone(), label: label.into(), public })
     }
 }
 
-fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
+fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
     let slots = ctx.get_slots_with_initialized_token().map_err(token_err("C_GetSlotList"))?;
     for slot in slots {
         let info = ctx.get_token_info(slot).map_err(token_err("C_GetTokenInfo"))?;
@@ -146,10 +160,10 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
             return Ok(slot);
         }
     }
-    Err(PairingError::Token(format!("no initialised token labelled {label:?}")))
+    Err(TokenError::Token(format!("no initialised token labelled {label:?}")))
 }
 
-fn find(s: &Session, label: &str, class: ObjectClass) -> Result<Vec<ObjectHandle>> {
+fn find(s: &Session, label: &str, class: ObjectClass) -> Result<Vec<ObjectHandle>, TokenError> {
     s.find_objects(&[
         Attribute::Class(class),
         Attribute::KeyType(KeyType::EC),
@@ -167,7 +181,7 @@ fn parse_point(p: &[u8]) -> Option<PublicKey> {
     PublicKey::from_sec1_bytes(raw).ok()
 }
 
-/// A P-256 key pair in the token.
+/// A key pair in the token, usable as a CA key.
 #[derive(Clone, Debug)]
 pub struct TokenKey {
     token: Token,
@@ -186,15 +200,15 @@ impl TokenKey {
         self.public
     }
 
-    fn private_handle(&self, s: &Session) -> Result<ObjectHandle> {
+    fn private_handle(&self, s: &Session) -> Result<ObjectHandle, TokenError> {
         find(s, &self.label, ObjectClass::PRIVATE_KEY)?
             .first()
             .copied()
-            .ok_or_else(|| PairingError::Token(format!("the token has no key {:?}", self.label)))
+            .ok_or_else(|| TokenError::NoKey(self.label.clone()))
     }
 
     /// The private key's CKA_EXTRACTABLE and CKA_SENSITIVE, as the token reports them.
-    pub fn extractable_and_sensitive(&self) -> Result<(bool, bool)> {
+    pub fn extractable_and_sensitive(&self) -> Result<(bool, bool), TokenError> {
         self.token.with_session(|s| {
             let key = self.private_handle(s)?;
             let attrs = s
@@ -209,13 +223,13 @@ impl TokenKey {
                 }
             }
             extractable.zip(sensitive).ok_or_else(|| {
-                PairingError::Token("the token does not report CKA_EXTRACTABLE".into())
+                TokenError::Token("the token does not report CKA_EXTRACTABLE".into())
             })
         })
     }
 
     /// Deletes the key pair from the token (an enrolment that failed leaves no key behind).
-    pub fn destroy(self) -> Result<()> {
+    pub fn destroy(self) -> Result<(), TokenError> {
         self.token.with_session(|s| {
             for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
                 for handle in find(s, &self.label, class)? {
@@ -226,16 +240,28 @@ impl TokenKey {
         })
     }
 
-    /// CKM_ECDSA over the SHA-256 digest of `message` (hashed here), answered as `r || s`
-    /// and checked against the public key (a token signing with another key is caught here).
-    pub fn sign(&self, message: &[u8]) -> Result<Signature> {
+    /// CKM_ECDSA over the SHA-256 digest of `message` (hashed here), answered as `r || s` and
+    /// checked against the public key: a token that signs with another key than it reports is
+    /// caught here, not by a relying party later.
+    pub fn sign(&self, message: &[u8]) -> Result<Signature, TokenError> {
         let digest = hash::sha256(message);
         let raw = self.token.with_session(|s| {
             let key = self.private_handle(s)?;
             s.sign(&Mechanism::Ecdsa, key, &digest).map_err(token_err("C_Sign"))
         })?;
-        let signature = Signature::from_bytes(&raw)?;
-        self.public.verify(message, &signature)?;
+        let bad = |e: CryptoError| TokenError::Token(format!("the token's signature: {e}"));
+        let signature = Signature::from_bytes(&raw).map_err(bad)?;
+        self.public.verify(message, &signature).map_err(bad)?;
         Ok(signature)
+    }
+}
+
+impl CaSigner for TokenKey {
+    fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn sign_message(&self, message: &[u8]) -> Result<Signature, CryptoError> {
+        self.sign(message).map_err(|_| CryptoError::BadSignature)
     }
 }
