@@ -56,6 +56,28 @@ impl<T> Persistent<T> {
     }
 }
 
+impl<T: Serialize + DeserializeOwned> Persistent<T> {
+    /// The canonical encoding of the state (what [`Applet::save`] returns).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_state(&self.value)
+    }
+
+    /// Replaces the state with a committed encoding (what [`Applet::load`] does); the state is
+    /// then unchanged.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        *self = Self::new(decode_state(bytes)?);
+        Ok(())
+    }
+}
+
+/// The FCI an applet answers to SELECT when it has nothing more to say than its name:
+/// `6F L { 84 L AID }`.
+pub fn fci(aid: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x6F, aid.len() as u8 + 2, 0x84, aid.len() as u8];
+    out.extend_from_slice(aid);
+    out
+}
+
 impl<T> std::ops::Deref for Persistent<T> {
     type Target = T;
 

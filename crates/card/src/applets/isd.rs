@@ -32,9 +32,7 @@ use tessera_crypto::scp03::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{
-    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
-};
+use crate::applet::{Applet, Context, Persistent, StateError, TearScenario};
 use crate::applets::Provisioning;
 use crate::lifecycle::LifeCycle;
 use crate::pin::{Pin, PinBlock, PinCommand, PinRef};
@@ -861,12 +859,11 @@ impl Applet for Isd {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&*self.state)
+        self.state.encode()
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = Persistent::new(decode_state(state)?);
-        Ok(())
+        self.state.load(state)
     }
 
     fn take_changed(&mut self) -> bool {

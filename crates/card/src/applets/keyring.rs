@@ -39,9 +39,7 @@ use tessera_proto::keyring::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{
-    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
-};
+use crate::applet::{Applet, Context, Persistent, StateError, TearScenario, fci};
 
 pub mod rules;
 pub mod scenarios;
@@ -633,12 +631,11 @@ impl Applet for Keyring {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&*self.state)
+        self.state.encode()
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = Persistent::new(decode_state(state)?);
-        Ok(())
+        self.state.load(state)
     }
 
     fn take_changed(&mut self) -> bool {
@@ -651,9 +648,7 @@ impl Applet for Keyring {
 
     fn select(&mut self, _ctx: &mut Context<'_>) -> Result<Vec<u8>, StatusWord> {
         // FCI: 6F { 84 AID }.
-        let mut fci = vec![0x6F, AID.len() as u8 + 2, 0x84, AID.len() as u8];
-        fci.extend_from_slice(AID);
-        Ok(fci)
+        Ok(fci(AID))
     }
 
     fn call(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Response, StatusWord> {

@@ -10,7 +10,7 @@ use tessera_proto::pairing::ledger::{
     Entry, MAX_ENTRIES, OP_BALANCE, OP_CREDIT, OP_DEBIT, OP_HISTORY, parse_amount,
 };
 
-use crate::applet::{Persistent, StateError, decode_state, encode_state};
+use crate::applet::{Persistent, StateError};
 use crate::applets::pairing::service::{Caller, Service};
 
 /// One entry as stored.
@@ -65,12 +65,11 @@ impl Service for Ledger {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&*self.state)
+        self.state.encode()
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = Persistent::new(decode_state(state)?);
-        Ok(())
+        self.state.load(state)
     }
 
     fn take_changed(&mut self) -> bool {

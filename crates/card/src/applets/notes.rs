@@ -12,7 +12,7 @@ use tessera_proto::pairing::notes::{
 };
 use zeroize::Zeroize;
 
-use crate::applet::{Persistent, StateError, decode_state, encode_state};
+use crate::applet::{Persistent, StateError, decode_state};
 use crate::applets::pairing::service::{Caller, Service};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ impl Service for Notes {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&*self.state)
+        self.state.encode()
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {

@@ -51,7 +51,7 @@ use tessera_proto::pairing::{
 use zeroize::Zeroize;
 
 use crate::applet::{
-    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
+    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state, fci,
 };
 
 pub mod scenarios;
@@ -647,9 +647,7 @@ impl Applet for PairingApplet {
 
     fn select(&mut self, _ctx: &mut Context<'_>) -> Result<Vec<u8>, StatusWord> {
         // FCI: 6F { 84 AID }.
-        let mut fci = vec![0x6F, AID.len() as u8 + 2, 0x84, AID.len() as u8];
-        fci.extend_from_slice(AID);
-        Ok(fci)
+        Ok(fci(AID))
     }
 
     fn call(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Response, StatusWord> {

@@ -39,9 +39,7 @@ use tessera_proto::update::{
 };
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::applet::{
-    Applet, Context, Persistent, StateError, TearScenario, decode_state, encode_state,
-};
+use crate::applet::{Applet, Context, Persistent, StateError, TearScenario, fci};
 
 pub mod scenarios;
 
@@ -408,12 +406,11 @@ impl Applet for UpdateApplet {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(&*self.state)
+        self.state.encode()
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), StateError> {
-        self.state = Persistent::new(decode_state(state)?);
-        Ok(())
+        self.state.load(state)
     }
 
     fn take_changed(&mut self) -> bool {
@@ -425,9 +422,7 @@ impl Applet for UpdateApplet {
     }
 
     fn select(&mut self, _ctx: &mut Context<'_>) -> Result<Vec<u8>, StatusWord> {
-        let mut fci = vec![0x6F, AID.len() as u8 + 2, 0x84, AID.len() as u8];
-        fci.extend_from_slice(AID);
-        Ok(fci)
+        Ok(fci(AID))
     }
 
     fn call(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Response, StatusWord> {
