@@ -17,6 +17,8 @@
 //! - [`hpke`]: RFC 9180 base mode, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM.
 //! - [`age`]: the age format's `p256tag` stanza (HPKE with ChaCha20-Poly1305) and header MAC.
 //! - [`scp03`]: GlobalPlatform SCP03 secure messaging, host and card side.
+//! - [`tls`]: what a card or terminal computes of TLS itself (CertificateVerify content, record
+//!   protection with handed-over keys).
 //!
 //! All fallible operations return [`CryptoError`]. Secrets zeroise on drop, secret comparisons
 //! are constant-time, and no function takes randomness from anywhere but its `rng` argument.
@@ -40,6 +42,7 @@ pub mod pkcs11;
 pub mod revocation;
 pub mod rng;
 pub mod scp03;
+pub mod tls;
 pub mod x509;
 
 pub use error::{CryptoError, Result};
