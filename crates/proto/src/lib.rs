@@ -9,12 +9,17 @@
 //! - [`vault`]: the card-duplication applet (key group, wrapped export, age file keys).
 //! - [`pairing`]: the secure-terminal pairing applet (enrolment, setup, per-insertion
 //!   authentication) and the services reachable through it.
+//! - [`proxy`]: the proxy's key handover (traffic keys the home server hands to the terminal).
 //! - [`update`]: the remote card data update applet (device authentication, signed and
 //!   sealed update packages, receipts).
+//! - [`control`]: the proxy's control channel between terminal and home server (market
+//!   sessions, PIN2, handed-over keys, relayed bytes).
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod keyring;
 pub mod pairing;
+pub mod proxy;
 pub mod update;
 pub mod vault;
