@@ -1,0 +1,125 @@
+//! Market sessions through the home server: relay mode end to end against an in-process
+//! market that requires a client certificate; faults of the market.
+
+#[path = "control_support.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use support::*;
+use tessera_crypto::x509::Role;
+use tessera_home::registry::Registry;
+use tessera_home::server::{Identity, ManualClock, RelayMarkets, SoftwareHomeCard};
+use tessera_home::terminal::http::{self, Request};
+use tessera_home::terminal::{OpenedSession, Terminal, TerminalError};
+use tessera_proto::control::{ErrorCode, Mode};
+
+#[test]
+fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("alice home card", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots()));
+    let clock = Arc::new(ManualClock::default());
+    let (_server, running) =
+        start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock);
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.certificate(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+
+    // Two sessions over one control connection, one after the other.
+    for (i, body) in [b"first".as_slice(), b"second".as_slice()].into_iter().enumerate() {
+        let (session, opened) = c.open("localhost", market.port(), Mode::Relay, false).unwrap();
+        assert!(matches!(opened, OpenedSession::Opened(ref cert) if cert.is_empty()));
+        let request = Request {
+            method: "POST".into(),
+            host: format!("localhost:{}", market.port()),
+            target: format!("/buy?n={i}"),
+            headers: vec![("X-Test".into(), "1".into())],
+            body: body.to_vec(),
+        };
+        let resp = http::exchange(&mut c.relay_stream(session), &request).unwrap();
+        assert_eq!(resp.status, 200);
+        let text = String::from_utf8(resp.body).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "POST /buy?n={i} HTTP/1.1\nclient=alice home card\n{}",
+                String::from_utf8_lossy(body)
+            )
+        );
+    }
+    assert_eq!(card.signatures(), 2, "the home card signed each market handshake");
+}
+
+#[test]
+fn market_faults_are_reported_per_session() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let stranger_ca = Ca::new("not trusted");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let untrusted = start_market(&rt, &stranger_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("home", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots()));
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        card,
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.certificate(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+
+    let code = |r: Result<_, TerminalError>| match r {
+        Err(TerminalError::Refused { code, .. }) => code,
+        other => panic!("{other:?}"),
+    };
+    // A market certificate that does not validate.
+    assert_eq!(
+        code(c.open("localhost", untrusted.port(), Mode::Relay, false)),
+        ErrorCode::MarketHandshake
+    );
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert_eq!(code(c.open("localhost", closed, Mode::Relay, false)), ErrorCode::MarketUnreachable);
+    // A market that closes the connection in the middle of the handshake.
+    let rude = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rude_port = rude.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = rude.accept().unwrap();
+        let mut b = [0u8; 10];
+        let _ = std::io::Read::read(&mut s, &mut b);
+    });
+    assert_eq!(
+        code(c.open("localhost", rude_port, Mode::Relay, false)),
+        ErrorCode::MarketHandshake
+    );
+    // The control connection survives all of that.
+    let (session, _) = c.open("localhost", market.port(), Mode::Relay, false).unwrap();
+    let req = Request {
+        method: "GET".into(),
+        host: "localhost".into(),
+        target: "/".into(),
+        headers: vec![],
+        body: vec![],
+    };
+    assert_eq!(http::exchange(&mut c.relay_stream(session), &req).unwrap().status, 200);
+}
