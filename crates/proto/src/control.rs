@@ -14,6 +14,8 @@
 //! session, a non-zero number the terminal picks when it sends [`Frame::OpenMarket`]. A frame
 //! is parsed once, here, into [`Frame`]; anything malformed is an error and nothing else.
 
+use crate::proxy::TrafficKeys;
+
 /// Largest body of one [`Frame::Data`] (the relayed TCP bytes are cut into pieces this size).
 pub const MAX_DATA_LEN: usize = 64 * 1024;
 /// Largest frame (type and body) the codec accepts: a data frame plus its header.
@@ -187,13 +189,13 @@ pub enum Frame {
         /// The home card's client certificate (partial mode), or empty.
         certificate: Vec<u8>,
     },
-    /// Home → terminal: the handshake is done; these are the connection's traffic keys
-    /// (`tessera_proto::proxy::TrafficKeys`, in its encoding).
+    /// Home → terminal: the handshake is done; these are the connection's traffic keys and
+    /// sequence numbers (encoded as [`TrafficKeys::to_bytes`], behind a u16 length).
     HandedOver {
         /// The session.
         session: u32,
-        /// The encoded traffic keys and sequence numbers.
-        keys: Vec<u8>,
+        /// The traffic keys.
+        keys: TrafficKeys,
     },
     /// Either way: TCP bytes of a market session (TLS records in handover and partial mode,
     /// application plaintext in relay mode).
@@ -215,8 +217,8 @@ pub enum Frame {
     KeysUpdated {
         /// The session.
         session: u32,
-        /// The encoded traffic keys.
-        keys: Vec<u8>,
+        /// The updated traffic keys.
+        keys: TrafficKeys,
     },
     /// Terminal → home (partial mode): sign a TLS 1.3 client CertificateVerify for this
     /// transcript hash with the home card.
@@ -300,6 +302,10 @@ impl<'a> Reader<'a> {
         }
         Ok(self.take(n, what)?.to_vec())
     }
+    fn keys(&mut self) -> Result<TrafficKeys, ControlError> {
+        let b = self.bytes16("keys", 256)?;
+        TrafficKeys::parse(&b).map_err(|e| ControlError::Value(e.0))
+    }
     fn end(&self) -> Result<(), ControlError> {
         if self.0.is_empty() { Ok(()) } else { Err(ControlError::Length("trailing bytes")) }
     }
@@ -369,16 +375,13 @@ impl Frame {
             }
             Frame::HandedOver { session, keys } | Frame::KeysUpdated { session, keys } => {
                 check_session(*session)?;
-                if keys.len() > u16::MAX.into() {
-                    return Err(ControlError::Value("keys"));
-                }
                 out.push(if matches!(self, Frame::HandedOver { .. }) {
                     tag::HANDED_OVER
                 } else {
                     tag::KEYS_UPDATED
                 });
                 out.extend_from_slice(&session.to_be_bytes());
-                put16(&mut out, keys);
+                put16(&mut out, &keys.to_bytes());
             }
             Frame::Data { session, bytes } | Frame::PostHandshake { session, bytes } => {
                 check_session(*session)?;
@@ -473,11 +476,11 @@ impl Frame {
             }
             tag::HANDED_OVER => {
                 let session = r.session()?;
-                Frame::HandedOver { session, keys: r.bytes16("keys", u16::MAX.into())? }
+                Frame::HandedOver { session, keys: r.keys()? }
             }
             tag::KEYS_UPDATED => {
                 let session = r.session()?;
-                Frame::KeysUpdated { session, keys: r.bytes16("keys", u16::MAX.into())? }
+                Frame::KeysUpdated { session, keys: r.keys()? }
             }
             tag::DATA => {
                 let session = r.session()?;
@@ -551,6 +554,20 @@ mod tests {
         assert_eq!(&Frame::parse(&wire[4..]).unwrap(), f);
     }
 
+    fn keys(seq: u64) -> TrafficKeys {
+        use crate::proxy::{CipherSuite, DirectionKeys, TlsVersion};
+        TrafficKeys::new(
+            TlsVersion::Tls13,
+            CipherSuite::ALL
+                .into_iter()
+                .find(|s| s.version() == TlsVersion::Tls13 && s.aead().key_len() == 16)
+                .unwrap(),
+            DirectionKeys::new(&[1; 16], [2; 12], seq).unwrap(),
+            DirectionKeys::new(&[3; 16], [4; 12], seq + 1).unwrap(),
+        )
+        .unwrap()
+    }
+
     fn samples() -> Vec<Frame> {
         vec![
             Frame::OpenMarket {
@@ -561,10 +578,10 @@ mod tests {
                 cache_allowed: true,
             },
             Frame::Opened { session: 1, certificate: vec![0x30, 0x82] },
-            Frame::HandedOver { session: 2, keys: vec![1, 2, 3] },
+            Frame::HandedOver { session: 2, keys: keys(0) },
             Frame::Data { session: 3, bytes: vec![0x17; MAX_DATA_LEN] },
             Frame::PostHandshake { session: 3, bytes: vec![4, 0, 0, 1, 0] },
-            Frame::KeysUpdated { session: 3, keys: vec![9; 80] },
+            Frame::KeysUpdated { session: 3, keys: keys(5) },
             Frame::SignRequest { session: 4, transcript_hash: [0xAB; 32] },
             Frame::SignResponse { session: 4, signature: vec![0x30; 71] },
             Frame::Pin2 { pin: b"1234".to_vec() },
