@@ -81,15 +81,13 @@ impl AesCipher {
     }
 }
 
-/// ISO/IEC 9797-1 padding method 2: append `80`, then `00` up to a multiple of `BLOCK`.
-pub(crate) fn pad_iso9797_m2(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity((data.len() / BLOCK + 1) * BLOCK);
-    out.extend_from_slice(data);
-    out.push(0x80);
-    while !out.len().is_multiple_of(BLOCK) {
-        out.push(0);
-    }
-    out
+/// ISO/IEC 9797-1 padding method 2, in place: append `80`, then `00` up to a multiple of
+/// `BLOCK`.
+pub(crate) fn pad_iso9797_m2(data: &mut Vec<u8>) {
+    let padded = (data.len() / BLOCK + 1) * BLOCK;
+    data.reserve_exact(padded - data.len());
+    data.push(0x80);
+    data.resize(padded, 0);
 }
 
 /// Removes ISO/IEC 9797-1 method 2 padding; the `80` must lie in the last block.
@@ -168,7 +166,8 @@ mod tests {
     fn padding_round_trip_and_rejects() {
         for n in 0..40 {
             let d: Vec<u8> = (0..n as u8).collect();
-            let p = pad_iso9797_m2(&d);
+            let mut p = d.clone();
+            pad_iso9797_m2(&mut p);
             assert_eq!(p.len() % 16, 0);
             assert!(p.len() > d.len());
             assert_eq!(unpad_iso9797_m2(&p).unwrap(), &d[..]);

@@ -312,7 +312,7 @@ impl Scp03Card {
     /// Protects the response to the last unwrapped command (R-ENCRYPTION and R-MAC as the
     /// level says). Error statuses (other than `9000`, `62xx`, `63xx`) go out bare.
     pub fn wrap_response(&mut self, resp: &Response) -> Result<Response> {
-        let State::Open { sm, .. } = &self.state else {
+        let State::Open { sm, .. } = &mut self.state else {
             return Err(CryptoError::ChannelState("no secure channel session"));
         };
         sm.wrap_response(resp)

@@ -96,7 +96,7 @@ impl Scp03Host {
     /// Verifies the R-MAC and decrypts the response as the level says. Any failure ends the
     /// session.
     pub fn unwrap_response(&mut self, resp: &Response) -> Result<Response> {
-        let sm = self.sm.as_ref().ok_or(CryptoError::ChannelState("session closed"))?;
+        let sm = self.sm.as_mut().ok_or(CryptoError::ChannelState("session closed"))?;
         let r = sm.unwrap_response(resp);
         if r.is_err() {
             self.sm = None;

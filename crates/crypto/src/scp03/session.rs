@@ -43,7 +43,7 @@ pub(crate) fn is_protected_status(sw: tessera_apdu::StatusWord) -> bool {
 pub(crate) struct SecureMessaging {
     /// S-ENC expanded once per session.
     enc: AesCipher,
-    /// Keyed, unfed C-MAC and R-MAC computations, cloned for each APDU.
+    /// Keyed C-MAC and R-MAC computations, reset after each MAC.
     mac: AesCmac,
     rmac: AesCmac,
     level: SecurityLevel,
@@ -82,16 +82,31 @@ impl SecureMessaging {
         block
     }
 
-    fn c_mac(&self, cla: u8, cmd: &Command, lc: u8, data: &[u8]) -> [u8; 16] {
-        let mut m = self.mac.clone();
-        m.update(&self.mac_chain).update(&[mac_cla(cla), cmd.ins, cmd.p1, cmd.p2, lc]).update(data);
-        m.finalize()
+    fn c_mac(&mut self, cla: u8, cmd: &Command, lc: u8, data: &[u8]) -> [u8; 16] {
+        let header = [mac_cla(cla), cmd.ins, cmd.p1, cmd.p2, lc];
+        self.mac.update(&self.mac_chain).update(&header).update(data).finalize_reset()
     }
 
-    fn r_mac(&self, data: &[u8], sw: [u8; 2]) -> [u8; 16] {
-        let mut m = self.rmac.clone();
-        m.update(&self.mac_chain).update(data).update(&sw);
-        m.finalize()
+    fn r_mac(&mut self, data: &[u8], sw: [u8; 2]) -> [u8; 16] {
+        self.rmac.update(&self.mac_chain).update(data).update(&sw).finalize_reset()
+    }
+
+    /// Decrypts `data` in place under the ICV of `counter` and removes the padding.
+    fn decrypt(&self, counter: u64, response: bool, data: &mut Vec<u8>) -> Result<()> {
+        let icv = self.icv(counter, response);
+        let plain_len =
+            self.enc.cbc_decrypt(&icv, data).and_then(|()| unpad_iso9797_m2(data).map(<[u8]>::len));
+        match plain_len {
+            Ok(n) => {
+                data[n..].zeroize();
+                data.truncate(n);
+                Ok(())
+            }
+            Err(e) => {
+                data.zeroize();
+                Err(e)
+            }
+        }
     }
 
     /// Host: protects a plain command (C-DECRYPTION if the level says so, then C-MAC).
@@ -104,15 +119,18 @@ impl SecureMessaging {
             .counter
             .checked_add(1)
             .ok_or(CryptoError::ChannelState("encryption counter exhausted"))?;
-        let mut data = cmd.data.clone();
-        if self.level.c_decryption() && !data.is_empty() {
-            data = pad_iso9797_m2(&data);
-            let icv = self.icv(next_counter, false);
-            self.enc.cbc_encrypt(&icv, &mut data)?;
-        }
-        let lc = data.len() + MAC_LEN;
+        let encrypt = self.level.c_decryption() && !cmd.data.is_empty();
+        let body_len = if encrypt { (cmd.data.len() / BLOCK + 1) * BLOCK } else { cmd.data.len() };
+        let lc = body_len + MAC_LEN;
         if lc > SHORT_MAX_NC {
             return Err(CryptoError::InvalidLength("wrapped command data longer than 255 bytes"));
+        }
+        let mut data = Vec::with_capacity(lc);
+        data.extend_from_slice(&cmd.data);
+        if encrypt {
+            pad_iso9797_m2(&mut data);
+            let icv = self.icv(next_counter, false);
+            self.enc.cbc_encrypt(&icv, &mut data)?;
         }
         let mac = self.c_mac(cmd.cla, cmd, lc as u8, &data);
         // Commit only now that nothing can fail.
@@ -149,15 +167,10 @@ impl SecureMessaging {
             .counter
             .checked_add(1)
             .ok_or(CryptoError::ChannelState("encryption counter exhausted"))?;
-        let data = if self.level.c_decryption() && !body.is_empty() {
-            let mut buf = body.to_vec();
-            self.enc.cbc_decrypt(&self.icv(self.counter, false), &mut buf)?;
-            let plain = unpad_iso9797_m2(&buf)?.to_vec();
-            buf.zeroize();
-            plain
-        } else {
-            body.to_vec()
-        };
+        let mut data = body.to_vec();
+        if self.level.c_decryption() && !data.is_empty() {
+            self.decrypt(self.counter, false, &mut data)?;
+        }
         Ok(Command {
             cla: cmd.cla & !CLA_SM,
             ins: cmd.ins,
@@ -169,56 +182,57 @@ impl SecureMessaging {
     }
 
     /// Card: protects a response (R-ENCRYPTION, then R-MAC) if the level says so.
-    pub(crate) fn wrap_response(&self, resp: &Response) -> Result<Response> {
+    pub(crate) fn wrap_response(&mut self, resp: &Response) -> Result<Response> {
         if !is_protected_status(resp.sw) {
             return Ok(Response::status(resp.sw));
         }
-        let mut data = resp.data.clone();
-        if self.level.r_encryption() && !data.is_empty() {
-            data = pad_iso9797_m2(&data);
+        let encrypt = self.level.r_encryption() && !resp.data.is_empty();
+        let body_len =
+            if encrypt { (resp.data.len() / BLOCK + 1) * BLOCK } else { resp.data.len() };
+        let len = body_len + if self.level.r_mac() { MAC_LEN } else { 0 };
+        if len > EXTENDED_MAX_NE {
+            return Err(CryptoError::InvalidLength("wrapped response longer than 65536 bytes"));
+        }
+        let mut data = Vec::with_capacity(len);
+        data.extend_from_slice(&resp.data);
+        if encrypt {
+            pad_iso9797_m2(&mut data);
             self.enc.cbc_encrypt(&self.icv(self.counter, true), &mut data)?;
         }
         if self.level.r_mac() {
             let mac = self.r_mac(&data, resp.sw.to_bytes());
             data.extend_from_slice(&mac[..MAC_LEN]);
         }
-        if data.len() > EXTENDED_MAX_NE {
-            return Err(CryptoError::InvalidLength("wrapped response longer than 65536 bytes"));
-        }
         Ok(Response { data, sw: resp.sw })
     }
 
     /// Host: checks the R-MAC and removes the protection of a response. Any error here ends the
     /// session (the caller drops this state).
-    pub(crate) fn unwrap_response(&self, resp: &Response) -> Result<Response> {
-        if !is_protected_status(resp.sw) {
+    pub(crate) fn unwrap_response(&mut self, resp: &Response) -> Result<Response> {
+        let sw = resp.sw;
+        if !is_protected_status(sw) {
             if resp.data.is_empty() {
-                return Ok(resp.clone());
+                return Ok(Response::status(sw));
             }
             return Err(CryptoError::Malformed("data in a response with an error status"));
         }
-        let mut data: &[u8] = &resp.data;
+        let mut body: &[u8] = &resp.data;
         if self.level.r_mac() {
-            if data.len() < MAC_LEN {
+            if body.len() < MAC_LEN {
                 return Err(CryptoError::Malformed("response shorter than its R-MAC"));
             }
-            let (body, tag) = data.split_at(data.len() - MAC_LEN);
-            let mac = self.r_mac(body, resp.sw.to_bytes());
+            let (b, tag) = body.split_at(body.len() - MAC_LEN);
+            let mac = self.r_mac(b, sw.to_bytes());
             if !bool::from(mac[..MAC_LEN].ct_eq(tag)) {
                 return Err(CryptoError::AuthenticationFailed);
             }
-            data = body;
+            body = b;
         }
-        let data = if self.level.r_encryption() && !data.is_empty() {
-            let mut buf = data.to_vec();
-            self.enc.cbc_decrypt(&self.icv(self.counter, true), &mut buf)?;
-            let plain = unpad_iso9797_m2(&buf)?.to_vec();
-            buf.zeroize();
-            plain
-        } else {
-            data.to_vec()
-        };
-        Ok(Response { data, sw: resp.sw })
+        let mut data = body.to_vec();
+        if self.level.r_encryption() && !data.is_empty() {
+            self.decrypt(self.counter, true, &mut data)?;
+        }
+        Ok(Response { data, sw })
     }
 }
 
