@@ -9,6 +9,8 @@
 //!
 //! - [`control`]: the control channel's TLS set-up (client key in a card, pinned server
 //!   certificate, registered access cards only) and its frame I/O.
+//! - [`handover`]: the proxied market handshake and key handover, the session cache, relay
+//!   mode and partial proxying.
 //! - [`registry`]: the access cards the home server admits (claim 8).
 //! - [`server`]: `tessera home serve`: control connections, PIN2 relay, the home card's idle
 //!   fallback, market sessions.
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod handover;
 pub mod registry;
 pub mod server;
 pub mod terminal;
