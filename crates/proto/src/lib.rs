@@ -12,12 +12,16 @@
 //! - [`proxy`]: the proxy's key handover (traffic keys the home server hands to the terminal).
 //! - [`update`]: the remote card data update applet (device authentication, signed and
 //!   sealed update packages, receipts).
+//! - [`home`]: the home card (proxy TLS key, PIN1/PIN2 states, e-money wallet).
+//! - [`access`]: the access card (control-channel TLS key, pinned home server, profiles).
 //! - [`control`]: the proxy's control channel between terminal and home server (market
 //!   sessions, PIN2, handed-over keys, relayed bytes).
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod control;
+pub mod home;
 pub mod keyring;
 pub mod pairing;
 pub mod proxy;

@@ -9,6 +9,8 @@ use tessera_crypto::scp03::StaticKeys;
 
 use crate::applet::{Applet, TearScenario};
 
+pub mod access;
+pub mod home;
 pub mod isd;
 pub mod keyring;
 pub mod ledger;
@@ -40,6 +42,8 @@ pub fn registry(provisioning: &Provisioning) -> Vec<Box<dyn Applet>> {
         Box::new(pairing::PairingApplet::new()),
         Box::new(vault::Vault::new()),
         Box::new(update::UpdateApplet::new()),
+        Box::new(home::HomeApplet::new()),
+        Box::new(access::AccessApplet::new()),
         // One line per applet; later issues add `update`, `keyring`, `pairing`, ...
     ]
 }
