@@ -63,6 +63,15 @@ fn load(card: &mut Card, package: &Package) -> Response {
     sc::load(&mut Script::new(&mut Plain(card)), &package.to_bytes()).unwrap()
 }
 
+/// DEVICE AUTHENTICATE again, then [`load`]: any refusal ends the device authentication (the
+/// card stops a batch at its first refusal), so each attempt after one needs it.
+fn authed_load(card: &mut Card, package: &Package) -> Response {
+    let auth =
+        UpdateCommand::DeviceAuthenticate { mode: AuthMode::Plain, challenge: Some(CHALLENGE) };
+    assert_eq!(send(card, &auth).sw, StatusWord::SUCCESS);
+    load(card, package)
+}
+
 /// READ OBJECT with an extended Le of 65536 (in process there is no frame limit, so the whole
 /// value comes in one answer; hosts use `READ_LE` and GET RESPONSE).
 fn read(card: &mut Card, name: &[u8]) -> Response {
@@ -175,20 +184,20 @@ fn a_package_for_card_a_fails_on_card_b() {
     let before = b.persistent_state();
     // Delivered as is: names card A.
     let for_a = package_for(&issued_a, CARD_ID, 1, Mode::Apply, b"a-secret");
-    assert_eq!(load(&mut b, &for_a).sw, WRONG_CARD);
+    assert_eq!(authed_load(&mut b, &for_a).sw, WRONG_CARD);
     // Its card id rewritten to B: the signature no longer verifies.
     let mut retargeted = for_a.clone();
     retargeted.card_id = CARD_B.to_vec();
-    assert_eq!(load(&mut b, &retargeted).sw, SIGNATURE_INVALID);
+    assert_eq!(authed_load(&mut b, &retargeted).sw, SIGNATURE_INVALID);
     // Even signed for B by the issuer, a value sealed to A's key does not open on B.
     let mut resigned = retargeted.clone();
     resigned.signature = package_signer().sign(&resigned.signed_message()).to_bytes();
-    assert_eq!(load(&mut b, &resigned).sw, UNDECRYPTABLE);
+    assert_eq!(authed_load(&mut b, &resigned).sw, UNDECRYPTABLE);
     assert_eq!(b.persistent_state(), before);
     assert_eq!(read(&mut b, b"wifi").data, b"old");
     // B's own package applies.
     let for_b = package_for(&issued_b, CARD_B, 1, Mode::Apply, b"b-secret");
-    assert_eq!(load(&mut b, &for_b).sw, StatusWord::SUCCESS);
+    assert_eq!(authed_load(&mut b, &for_b).sw, StatusWord::SUCCESS);
 }
 
 #[test]
@@ -200,13 +209,13 @@ fn wrong_signature_card_id_or_sequence_and_forgeries_are_refused() {
 
     let mut bad_sig = good.clone();
     bad_sig.signature[10] ^= 1;
-    assert_eq!(load(&mut card, &bad_sig).sw, SIGNATURE_INVALID);
+    assert_eq!(authed_load(&mut card, &bad_sig).sw, SIGNATURE_INVALID);
     let mut bad_seq = good.clone();
     bad_seq.sequence = 4;
-    assert_eq!(load(&mut card, &bad_seq).sw, SIGNATURE_INVALID);
+    assert_eq!(authed_load(&mut card, &bad_seq).sw, SIGNATURE_INVALID);
     let mut bad_value = good.clone();
     bad_value.sealed[70] ^= 1;
-    assert_eq!(load(&mut card, &bad_value).sw, SIGNATURE_INVALID);
+    assert_eq!(authed_load(&mut card, &bad_value).sw, SIGNATURE_INVALID);
 
     // Forged with the card's public update key alone, signed by someone else's key (or by the
     // CA key, which is not the package-signing key).
@@ -224,11 +233,11 @@ fn wrong_signature_card_id_or_sequence_and_forgeries_are_refused() {
         b"attacker",
     )
     .unwrap();
-    assert_eq!(load(&mut card, &forged).sw, SIGNATURE_INVALID);
+    assert_eq!(authed_load(&mut card, &forged).sw, SIGNATURE_INVALID);
     let (ca_key, _, _) = isd_sc::issuer_pki().unwrap();
     let mut by_ca = forged.clone();
     by_ca.signature = ca_key.sign(&by_ca.signed_message()).to_bytes();
-    assert_eq!(load(&mut card, &by_ca).sw, SIGNATURE_INVALID);
+    assert_eq!(authed_load(&mut card, &by_ca).sw, SIGNATURE_INVALID);
 
     // Signed by the issuer but the value sealed under another object's info: no decryption.
     let mut rng = SeededRng::from_u64(7);
@@ -246,15 +255,18 @@ fn wrong_signature_card_id_or_sequence_and_forgeries_are_refused() {
     .unwrap();
     moved.name = b"wifi".to_vec();
     moved.signature = package_signer().sign(&moved.signed_message()).to_bytes();
-    assert_eq!(load(&mut card, &moved).sw, UNDECRYPTABLE);
+    assert_eq!(authed_load(&mut card, &moved).sw, UNDECRYPTABLE);
     // Malformed.
     let mut bytes = good.to_bytes();
     bytes.truncate(40);
+    let auth =
+        UpdateCommand::DeviceAuthenticate { mode: AuthMode::Plain, challenge: Some(CHALLENGE) };
+    assert_eq!(send(&mut card, &auth).sw, StatusWord::SUCCESS);
     let r = sc::load(&mut Script::new(&mut Plain(&mut card)), &bytes).unwrap();
     assert_eq!(r.sw, StatusWord::WRONG_LENGTH);
 
     assert_eq!(card.persistent_state(), before);
-    assert_eq!(load(&mut card, &good).sw, StatusWord::SUCCESS);
+    assert_eq!(authed_load(&mut card, &good).sw, StatusWord::SUCCESS);
 }
 
 #[test]
@@ -264,23 +276,23 @@ fn replays_and_reordering_are_refused_and_redelivery_is_acknowledged_once() {
     let p1 = package_for(&issued, CARD_ID, 1, Mode::Apply, b"password-1");
     let p2 = package_for(&issued, CARD_ID, 2, Mode::Apply, b"password-2");
     let p3 = package_for(&issued, CARD_ID, 3, Mode::Apply, b"password-3");
-    assert_eq!(load(&mut card, &p1).sw, StatusWord::SUCCESS);
-    assert_eq!(load(&mut card, &p3).sw, StatusWord::SUCCESS);
+    assert_eq!(authed_load(&mut card, &p1).sw, StatusWord::SUCCESS);
+    assert_eq!(authed_load(&mut card, &p3).sw, StatusWord::SUCCESS);
     // Reordered: 2 after 3.
-    assert_eq!(load(&mut card, &p2).sw, STALE_SEQUENCE);
+    assert_eq!(authed_load(&mut card, &p2).sw, STALE_SEQUENCE);
     // The old password coming back.
-    assert_eq!(load(&mut card, &p1).sw, STALE_SEQUENCE);
+    assert_eq!(authed_load(&mut card, &p1).sw, STALE_SEQUENCE);
     assert_eq!(read(&mut card, b"wifi").data, b"password-3");
     // The last package again (its receipt was lost): acknowledged, nothing changes.
     let generation = card.generation();
-    let r = load(&mut card, &p3);
+    let r = authed_load(&mut card, &p3);
     assert_eq!(r.sw, StatusWord::SUCCESS);
     let receipt = Receipt::parse(&r.data).unwrap();
     assert_eq!((receipt.outcome, receipt.sequence), (Outcome::AlreadyApplied, 3));
     assert_eq!(card.generation(), generation);
     // A different package reusing sequence 3 is a replay, not a redelivery.
     let other3 = package_for(&issued, CARD_ID, 3, Mode::Apply, b"evil");
-    assert_eq!(load(&mut card, &other3).sw, STALE_SEQUENCE);
+    assert_eq!(authed_load(&mut card, &other3).sw, STALE_SEQUENCE);
     assert_eq!(read(&mut card, b"wifi").data, b"password-3");
 }
 
@@ -321,7 +333,9 @@ fn the_chain_is_enforced_in_order() {
     };
     assert_eq!(send(&mut card, &part(0, false, &bytes[..50])).sw, StatusWord::SUCCESS);
     assert_eq!(send(&mut card, &part(2, true, &bytes[50..])).sw, StatusWord::INCORRECT_P1P2);
-    assert_eq!(send(&mut card, &part(1, true, &bytes[50..])).sw, StatusWord::INCORRECT_P1P2);
+    // Any refusal ends the device authentication (a batch stops at its first refusal).
+    assert_eq!(send(&mut card, &part(1, true, &bytes[50..])).sw, NOT_AUTHENTICATED);
+    assert_eq!(send(&mut card, &auth).sw, StatusWord::SUCCESS);
     assert_eq!(send(&mut card, &part(0, false, &bytes[..50])).sw, StatusWord::SUCCESS);
     assert_eq!(send(&mut card, &part(1, true, &bytes[50..])).sw, StatusWord::SUCCESS);
     assert_eq!(read(&mut card, b"wifi").data, b"v");
@@ -371,12 +385,16 @@ fn privacy_variant_seals_the_card_id_to_the_server() {
     let load_raw = |card: &mut Card, bytes: &[u8]| {
         sc::load(&mut Script::new(&mut Plain(card)), bytes).unwrap().sw
     };
+    let auth =
+        UpdateCommand::DeviceAuthenticate { mode: AuthMode::Plain, challenge: Some(CHALLENGE) };
     assert_eq!(load_raw(&mut card, &wrap(&other.update_key, &p.to_bytes())), UNDECRYPTABLE);
     let mut tampered = wrap(&issued.update_key, &p.to_bytes());
     tampered[100] ^= 1;
+    assert_eq!(send(&mut card, &auth).sw, StatusWord::SUCCESS);
     assert_eq!(load_raw(&mut card, &tampered), UNDECRYPTABLE);
     assert_eq!(card.persistent_state(), before);
     let wrapped = wrap(&issued.update_key, &p.to_bytes());
+    assert_eq!(send(&mut card, &auth).sw, StatusWord::SUCCESS);
     assert_eq!(load_raw(&mut card, &wrapped), StatusWord::SUCCESS);
     assert_eq!(read(&mut card, b"wifi").data, b"wrapped");
     // The terminal can still check the issuer: the CA certificate is readable.
@@ -504,6 +522,9 @@ mod properties {
             let r = sc::load(&mut Script::new(&mut Plain(&mut card)), &bad).unwrap();
             prop_assert_ne!(r.sw, StatusWord::SUCCESS);
             prop_assert_eq!(card.persistent_state(), before);
+            // The refusal ended the device authentication: the good package needs a new one.
+            prop_assert_eq!(load(&mut card, &Package::parse(&good).unwrap()).sw, NOT_AUTHENTICATED);
+            chain(&mut card);
             let r = sc::load(&mut Script::new(&mut Plain(&mut card)), &good).unwrap();
             prop_assert_eq!(r.sw, StatusWord::SUCCESS);
         }
@@ -551,7 +572,7 @@ fn the_card_holds_at_most_max_objects() {
     assert_eq!(card.persistent_state(), before);
     // Replacing an existing object still works at the limit.
     let p = package_for(&issued, CARD_ID, seq + 1, Mode::Apply, b"replaced");
-    assert_eq!(load(&mut card, &p).sw, StatusWord::SUCCESS);
+    assert_eq!(authed_load(&mut card, &p).sw, StatusWord::SUCCESS);
 }
 
 #[test]
@@ -584,4 +605,22 @@ fn the_update_key_is_not_replaced_while_sealed_values_depend_on_it() {
     .unwrap();
     s.select(AID).unwrap();
     assert_eq!(read(&mut card, b"wifi").data, b"sealed");
+}
+
+#[test]
+fn a_batch_stops_at_the_first_refusal() {
+    // Packages 1, 2 (altered: refused) and 3 sent in one batch, as the server does: 1
+    // applies, 2 is refused, and 3, although valid, is refused too (6985): nothing applies
+    // past the gap until a new device authentication.
+    let (mut card, issued) = issued(CARD_ID, 12, false);
+    chain(&mut card);
+    let p1 = package_for(&issued, CARD_ID, 1, Mode::Apply, b"one");
+    let mut p2 = package_for(&issued, CARD_ID, 2, Mode::Apply, b"two");
+    p2.signature[3] ^= 1;
+    let p3 = package_for(&issued, CARD_ID, 3, Mode::Apply, b"three");
+    assert_eq!(load(&mut card, &p1).sw, StatusWord::SUCCESS);
+    assert_eq!(load(&mut card, &p2).sw, SIGNATURE_INVALID);
+    assert_eq!(load(&mut card, &p3).sw, NOT_AUTHENTICATED);
+    assert_eq!(status(&mut card).last_sequence, 1);
+    assert_eq!(read(&mut card, b"wifi").data, b"one");
 }

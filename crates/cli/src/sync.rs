@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tessera_apdu::Command;
 use tessera_card::{Card, CardOptions};
+use tessera_host::update::{TrustedIssuers, UpdateError, UpdateTerminal};
 use tessera_host::{CardChannel, InProcessChannel};
 
 use crate::Output;
-use crate::error::CliError;
+use crate::error::{CliError, Exit};
 use crate::server::cli_error;
 use crate::source::{CardSource, PassphraseArg};
 
@@ -62,9 +63,93 @@ fn relay(channel: &mut dyn CardChannel, apdu: &[u8]) -> Result<Vec<u8>, String> 
     channel.transmit(&command).map(|r| r.to_bytes()).map_err(|e| e.to_string())
 }
 
+/// The publisher's key, from its certificate (PEM).
+fn publisher_key(path: &Path) -> Result<tessera_crypto::ecdsa::PublicKey, CliError> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    tessera_crypto::x509::Certificate::from_pem(&pem)
+        .and_then(|c| c.info())
+        .map(|i| i.public_key)
+        .map_err(|e| {
+            CliError::usage(format!("{}: not a publisher certificate (PEM): {e}", path.display()))
+        })
+}
+
+/// The terminal's issuer error as the CLI shows it: each check its own message (and the
+/// refusals exit 1).
+fn update_error(e: UpdateError) -> CliError {
+    let exit = match &e {
+        UpdateError::Channel(_) => Exit::Transport,
+        _ => Exit::CardSaidNo,
+    };
+    let what = match &e {
+        UpdateError::IssuerListSignature => "issuer list refused",
+        UpdateError::IssuerListOlder { .. } => "issuer list refused",
+        UpdateError::IssuerNotTrusted => "issuer not trusted",
+        UpdateError::Malformed(_) => "issuer list malformed",
+        _ => "issuer check failed",
+    };
+    CliError::new(exit, format!("{what}: {e}"))
+}
+
+/// Issuer client authentication (claims 4, 13), before the PIN: the issuer list held in
+/// `--issuer-list` and/or fetched from the server must verify under `--publisher-key` (never
+/// going back to an older version; the fresh list is written back), and the card's issuer CA
+/// certificate must be on it, for the sync's `--issuer`. Returns the issuer checked, or `None`
+/// without `--publisher-key`.
+fn check_issuer(
+    args: &tessera_server::cli::SyncArgs,
+    channel: &mut dyn CardChannel,
+) -> Result<Option<String>, CliError> {
+    let Some(key) = &args.publisher_key else { return Ok(None) };
+    let mut trusted = TrustedIssuers::new(publisher_key(key)?);
+    let mut held = false;
+    if let Some(path) = args.issuer_list.as_deref().filter(|p| p.exists()) {
+        let bytes =
+            std::fs::read(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        trusted.install(&bytes).map_err(|e| {
+            let mut e = update_error(e);
+            e.message = format!("{} (the list held in {})", e.message, path.display());
+            e
+        })?;
+        held = true;
+    }
+    if !args.offline_issuer_list {
+        match tessera_server::cli::run_fetch_issuer_list(args) {
+            Ok(fresh) => {
+                trusted.install(&fresh).map_err(update_error)?;
+                if let Some(path) = &args.issuer_list {
+                    let tmp = path.with_extension("new");
+                    std::fs::write(&tmp, &fresh)
+                        .and_then(|()| std::fs::rename(&tmp, path))
+                        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+                }
+            }
+            Err(f) if f.kind == tessera_server::cli::FailureKind::Transport && held => {
+                tracing::warn!(error = %f, "issuer list not refreshed; using the list held");
+            }
+            Err(f) => return Err(cli_error(f)),
+        }
+    } else if !held {
+        return Err(CliError::usage("--offline-issuer-list: no list held in --issuer-list yet"));
+    }
+    let issuer = UpdateTerminal::new(&mut *channel).check_issuer(&trusted).map_err(update_error)?;
+    if issuer != args.tunnel.issuer {
+        return Err(CliError::new(
+            Exit::CardSaidNo,
+            format!(
+                "issuer not trusted: the card is of issuer {issuer}, this sync is for {}",
+                args.tunnel.issuer
+            ),
+        ));
+    }
+    Ok(Some(issuer))
+}
+
 /// Runs `tessera sync`.
 pub fn run_sync(args: SyncCommand, out: Output) -> Result<(), CliError> {
     let mut channel = args.card.open(&args.passphrase)?;
+    check_issuer(&args.server, &mut *channel)?;
     let report = tessera_server::cli::run_sync(&args.server, |apdu| relay(&mut *channel, apdu))
         .map_err(cli_error)?;
     out.emit(|| report.human.clone(), || report.json.clone());

@@ -663,6 +663,23 @@ pub struct SyncArgs {
     /// Read the card's PIN from the first line of standard input.
     #[arg(long)]
     pub pin_stdin: bool,
+    /// The issuer-list publisher's certificate (PEM: the issuer's package-signing
+    /// certificate, `tessera admin issuers show`). With it, the card's issuer CA certificate is
+    /// checked against the issuer list the publisher signed, before the PIN is used (claims 4,
+    /// 13); a card of an issuer not on the list stops the sync.
+    #[arg(long, value_name = "PEM")]
+    pub publisher_key: Option<PathBuf>,
+    /// Where this terminal keeps the issuer list it trusts: read when present, refreshed from
+    /// the server (never to an older version), written back.
+    #[arg(long, value_name = "FILE", requires = "publisher_key")]
+    pub issuer_list: Option<PathBuf>,
+    /// Use the list held in --issuer-list as it is, without asking the server.
+    #[arg(long, requires = "issuer_list")]
+    pub offline_issuer_list: bool,
+    /// The privacy variant (claim 9): only the update step, the card's id sealed to the
+    /// server; neither this terminal nor the network learns it. Needs the PIN.
+    #[arg(long, conflicts_with = "card_id")]
+    pub private: bool,
 }
 
 impl SyncArgs {
@@ -775,13 +792,22 @@ pub async fn sync(
     mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<Report, Failure> {
     let client = args.tunnel.client(None)?;
-    if let Some(pin) = args.pin()? {
-        verify_pin(&pin, &mut transmit)?;
+    let pin = args.pin()?;
+    if let Some(pin) = &pin {
+        verify_pin(pin, &mut transmit)?;
     }
-    let first = client
-        .open_session(&args.tunnel.issuer, args.card_id.as_deref())
-        .await
-        .map_err(api_failure)?;
+    let first = if args.private {
+        if pin.is_none() {
+            return Err(fail(
+                FailureKind::Usage,
+                "--private runs only the update step, which needs the PIN (--pin-file, --pin-stdin or TESSERA_PIN)",
+            ));
+        }
+        client.open_private_update_session(&args.tunnel.issuer).await
+    } else {
+        client.open_session(&args.tunnel.issuer, args.card_id.as_deref()).await
+    }
+    .map_err(api_failure)?;
     let last = client.relay(first, transmit).await.map_err(api_failure)?;
     let report = outcome_report(&last);
     match &last.outcome {
@@ -830,6 +856,18 @@ pub fn run_sync(
     transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<Report, Failure> {
     current_thread_runtime()?.block_on(sync(args, transmit))
+}
+
+/// The issuer list the sync's issuer publishes (`GET /v1/issuers/{issuer}/update/issuer-list`),
+/// unverified: the terminal checks it against its configured publisher key.
+pub async fn fetch_issuer_list(args: &SyncArgs) -> Result<Vec<u8>, Failure> {
+    let client = args.tunnel.client(None)?;
+    client.issuer_list(&args.tunnel.issuer).await.map_err(api_failure)
+}
+
+/// [`fetch_issuer_list`] for a synchronous caller (the `tessera` binary).
+pub fn run_fetch_issuer_list(args: &SyncArgs) -> Result<Vec<u8>, Failure> {
+    current_thread_runtime()?.block_on(fetch_issuer_list(args))
 }
 
 /// [`issue`] for a synchronous caller (the `tessera` binary).

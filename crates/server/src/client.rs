@@ -208,6 +208,15 @@ impl ApiClient {
         self.call_opt(Method::GET, &format!("/v1/admin/issuers/{issuer}"), None).await
     }
 
+    /// The issuer list `issuer` publishes for terminals (public, no token needed): the bytes
+    /// of a [`tessera_proto::update::IssuerList`]; the caller verifies its signature.
+    pub async fn issuer_list(&self, issuer: &str) -> Result<Vec<u8>, ApiError> {
+        let body: crate::store::update::IssuerListBody = self
+            .call_opt(Method::GET, &format!("/v1/issuers/{issuer}/update/issuer-list"), None)
+            .await?;
+        hex::decode(&body.list_hex).map_err(|_| ApiError::Protocol("issuer list: not hex".into()))
+    }
+
     /// The issuer's current CRL (DER; public, no token needed).
     pub async fn issuer_crl(&self, issuer: &str) -> Result<Vec<u8>, ApiError> {
         let path = format!("/v1/issuers/{issuer}/crl");
@@ -244,6 +253,12 @@ impl ApiClient {
     ) -> Result<TunnelStep, ApiError> {
         let body = serde_json::json!({ "card_id": card_id });
         self.call(Method::POST, &format!("/v1/issuers/{issuer}/sessions"), &body).await
+    }
+
+    /// Opens an update-only session of `issuer` in the privacy variant: no card named.
+    pub async fn open_private_update_session(&self, issuer: &str) -> Result<TunnelStep, ApiError> {
+        let body = serde_json::json!({ "mode": "private" });
+        self.call(Method::POST, &format!("/v1/issuers/{issuer}/update/sessions"), &body).await
     }
 
     /// Starts issuing card `card_id` (admin token of the issuer needed).

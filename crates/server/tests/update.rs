@@ -312,8 +312,11 @@ async fn sync_delivers_pending_updates_exactly_once_after_an_interruption(db: Te
     let delivered: Vec<&str> =
         audit.iter().filter(|e| e.action == "update.deliver").map(|e| e.detail.as_str()).collect();
     assert_eq!(delivered.len(), 2);
-    assert!(delivered[0].contains("already applied"), "{}", delivered[0]);
-    assert!(delivered[1].contains("\"applied\""), "{}", delivered[1]);
+    // Both packages went in one batch and were applied; the card's signed device
+    // authentication reports sequence 2, which acknowledges 1; 2 is sent again and answered
+    // "already applied".
+    assert!(delivered[0].contains("acknowledged by device authentication"), "{}", delivered[0]);
+    assert!(delivered[1].contains("already applied"), "{}", delivered[1]);
     read_after_pin(&mut card, &card_pin, "wifi", b"pw-1");
     read_after_pin(&mut card, &card_pin, "sso", b"tok");
     // A later sync has nothing to do.
@@ -388,10 +391,209 @@ async fn a_package_the_card_refuses_ends_the_sync_and_stays_pending(db: TestDb) 
     pin(&mut card, &card_pin);
     let o = sync(&store, &mut card, false).await.unwrap();
     assert_eq!(o.result, "update-error", "{}", o.message);
-    assert!(o.message.contains("refused package 1"), "{}", o.message);
+    assert!(o.message.contains("refused (package-signature): update 1"), "{}", o.message);
     let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
     assert!(queue[0].delivered_at.is_none());
     let r = send(&mut card, &UpdateCommand::ReadObject(b"wifi".to_vec()).to_command());
     assert_ne!(r.sw, StatusWord::SUCCESS, "nothing was applied");
 }
 both!(a_package_the_card_refuses_ends_the_sync_and_stays_pending);
+
+/// Runs a session from `first` to its end through `card`; `tamper` sees each command (hex)
+/// and may alter the card's response. Returns the outcome and everything the terminal sent
+/// and received (APDUs, responses, the server's answers as JSON), and how many exchanges
+/// carried LOAD PACKAGE commands.
+async fn run_session(
+    store: &Store,
+    card: &mut Card,
+    first: tessera_server::store::sessions::TunnelStep,
+    mut tamper: impl FnMut(&str, &mut Vec<u8>),
+) -> (tessera_server::store::sessions::Outcome, String, usize) {
+    let mut trace = serde_json::to_string(&first).unwrap();
+    let mut loads = 0;
+    let mut step = first;
+    while !step.done {
+        if step.apdus.iter().any(|a| a.starts_with("80E8")) {
+            loads += 1;
+        }
+        let mut responses = Vec::new();
+        for a in &step.apdus {
+            let mut r = card.transmit(&hex::decode(a).unwrap());
+            tamper(a, &mut r);
+            responses.push(hex::encode_upper(r));
+        }
+        let req = Exchange { step: step.step, responses };
+        trace.push_str(&serde_json::to_string(&req).unwrap());
+        step = store.exchange(&step.session_id, &req).await.unwrap();
+        trace.push_str(&serde_json::to_string(&step).unwrap());
+    }
+    (step.outcome.unwrap(), trace, loads)
+}
+
+async fn plain_session(store: &Store) -> tessera_server::store::sessions::TunnelStep {
+    use tessera_server::store::sessions::CreateSession;
+    store.create_session("acme", &CreateSession::default()).await.unwrap()
+}
+
+async fn private_session(store: &Store) -> tessera_server::store::sessions::TunnelStep {
+    use tessera_server::store::update::CreateUpdateSession;
+    let req = CreateUpdateSession { mode: "private".into() };
+    store.create_update_session("acme", &req).await.unwrap()
+}
+
+async fn a_batch_goes_in_one_exchange_and_stops_at_the_first_refusal(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    for (object, value) in [("a", b"1"), ("b", b"2"), ("c", b"3")] {
+        store.queue_update(&root(), "acme", "CARD-A", &update(object, value, false)).await.unwrap();
+    }
+    // Three packages, one exchange.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = plain_session(&store).await;
+    let (o, _, loads) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert!(o.message.ends_with("updates: 3 delivered"), "{}", o.message);
+    assert_eq!(loads, 1);
+    // Three more, the middle one altered in the database: the first is applied and
+    // receipted, the card refuses the second and, although valid, the third.
+    for (object, value) in [("a", b"4"), ("b", b"5"), ("c", b"6")] {
+        store.queue_update(&root(), "acme", "CARD-A", &update(object, value, false)).await.unwrap();
+    }
+    let raw = Db::open(&db.location).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    let row = tx
+        .query_opt("SELECT package FROM update_packages WHERE sequence = 5", &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let mut package = row.blob(0).unwrap();
+    let n = package.len();
+    package[n - 1] ^= 1;
+    tx.execute("UPDATE update_packages SET package = $1 WHERE sequence = 5", &[package.into()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = plain_session(&store).await;
+    let (o, _, loads) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert_eq!((o.result.as_str(), loads), ("update-error", 1), "{}", o.message);
+    assert!(
+        o.message.ends_with("1 delivered, then refused (package-signature): update 5: the package signature does not verify (6300)"),
+        "{}",
+        o.message
+    );
+    let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    let delivered: Vec<bool> = queue.iter().map(|e| e.delivered_at.is_some()).collect();
+    assert_eq!(delivered, [true, true, true, true, false, false]);
+    read_after_pin(&mut card, &card_pin, "a", b"4");
+    read_after_pin(&mut card, &card_pin, "b", b"2");
+    read_after_pin(&mut card, &card_pin, "c", b"3");
+}
+both!(a_batch_goes_in_one_exchange_and_stops_at_the_first_refusal);
+
+async fn the_private_variant_never_shows_the_card_id_to_the_terminal(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let id = "CARD-PRIVATE-7";
+    let (mut card, card_pin) = issue(&store, id).await;
+    store.queue_update(&root(), "acme", id, &update("wifi", b"pw-1", false)).await.unwrap();
+    store.queue_update(&root(), "acme", id, &update("sso", b"tok", true)).await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = private_session(&store).await;
+    let (o, trace, loads) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert_eq!(o.result, "private", "{}", o.message);
+    assert!(o.message.ends_with("updates: 2 delivered"), "{}", o.message);
+    assert_eq!((o.card_id, loads), (None, 1));
+    // Nothing the terminal sent or received names the card: not as text, not as hex.
+    let upper = trace.to_uppercase();
+    for needle in [id.to_uppercase(), hex::encode_upper(id)] {
+        assert!(!upper.contains(&needle), "{needle} in the trace");
+    }
+    // The packages went wrapped (TUW1), never as stored (TUP1 names the card).
+    assert!(upper.contains(&hex::encode_upper(b"TUW1")));
+    assert!(!upper.contains(&hex::encode_upper(b"TUP1")));
+    read_after_pin(&mut card, &card_pin, "wifi", b"pw-1");
+    read_after_pin(&mut card, &card_pin, "sso", b"tok");
+    let queue = store.list_updates(&root(), "acme", id).await.unwrap();
+    assert!(queue.iter().all(|e| e.delivered_at.is_some()));
+
+    // A sealed identity altered in transit does not open.
+    store.queue_update(&root(), "acme", id, &update("wifi", b"pw-2", false)).await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = private_session(&store).await;
+    let (o, _, _) = run_session(&store, &mut card, first, |apdu, r| {
+        if apdu.starts_with("80880100") {
+            r[10] ^= 1;
+        }
+    })
+    .await;
+    assert_eq!(o.result, "update-error");
+    assert!(o.message.contains("refused (sealed-identity)"), "{}", o.message);
+    // Without the PIN the card does not answer at all.
+    card.reset();
+    let first = private_session(&store).await;
+    let (o, _, _) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert_eq!(o.result, "update-error");
+    assert!(o.message.contains("PIN"), "{}", o.message);
+    assert!(!o.message.contains(id), "{}", o.message);
+}
+both!(the_private_variant_never_shows_the_card_id_to_the_terminal);
+
+async fn each_failing_check_ends_the_sync_with_its_own_error(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let mut run = async |tamper: &dyn Fn(&str, &mut Vec<u8>)| {
+        card.reset();
+        pin(&mut card, &card_pin);
+        let first = plain_session(&store).await;
+        let (o, _, _) = run_session(&store, &mut card, first, tamper).await;
+        assert_eq!(o.result, "update-error", "{}", o.message);
+        o.message
+    };
+    // The device signature over the challenge.
+    let m = run(&|a, r| {
+        if a.starts_with("80880000") {
+            r[20] ^= 1;
+        }
+    })
+    .await;
+    assert!(m.contains("refused (device-signature)"), "{m}");
+    // The card refuses device authentication.
+    let m = run(&|a, r| {
+        if a.starts_with("80880000") {
+            *r = vec![0x6A, 0x88];
+        }
+    })
+    .await;
+    assert!(m.contains("refused (device-authentication-refused)") && m.contains("6A88"), "{m}");
+    // The receipt's signature, then its digest (the card applied the package: the next
+    // sync gets "already applied").
+    let m = run(&|a, r| {
+        if a.starts_with("80E880") {
+            let n = r.len();
+            r[n - 3] ^= 1;
+        }
+    })
+    .await;
+    assert!(m.contains("refused (receipt-signature)"), "{m}");
+    let m = run(&|a, r| {
+        if a.starts_with("80E880") {
+            r[12] ^= 1;
+        }
+    })
+    .await;
+    assert!(m.contains("refused (receipt-mismatch)"), "{m}");
+    assert!(store.list_updates(&root(), "acme", "CARD-A").await.unwrap()[0].delivered_at.is_none());
+    let first = plain_session(&store).await;
+    card.reset();
+    pin(&mut card, &card_pin);
+    let (o, _, _) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert!(o.message.ends_with("updates: 1 delivered"), "{}", o.message);
+}
+both!(each_failing_check_ends_the_sync_with_its_own_error);

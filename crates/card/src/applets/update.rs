@@ -232,7 +232,26 @@ impl UpdateApplet {
         })
     }
 
+    /// One LOAD PACKAGE segment. Any refusal also ends the device authentication of this
+    /// selection, so in a batch of packages the card stops at the first one it refuses: every
+    /// later LOAD PACKAGE is `6985` until a new DEVICE AUTHENTICATE, and none of them can apply
+    /// past a gap.
     fn load_segment(
+        &mut self,
+        ctx: &mut Context<'_>,
+        segment: u8,
+        last: bool,
+        data: &[u8],
+    ) -> Result<Vec<u8>, StatusWord> {
+        let result = self.load_segment_checked(ctx, segment, last, data);
+        if result.is_err() {
+            self.volatile.authenticated = false;
+            self.reset_buffer();
+        }
+        result
+    }
+
+    fn load_segment_checked(
         &mut self,
         ctx: &mut Context<'_>,
         segment: u8,

@@ -24,7 +24,7 @@ use super::{__path_healthz, Health};
         enrolment_challenge, enrol,
         audit_entries, verify_audit, checkpoint,
         keyring_status, keyring_compromised, keyring_resync, keyring_policy, set_keyring_policy,
-        queue_update, list_updates,
+        queue_update, list_updates, issuer_list, create_update_session,
     ),
     components(schemas(Health)),
     modifiers(&BearerAuth),

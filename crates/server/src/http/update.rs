@@ -6,13 +6,19 @@ use axum::{Json, Router};
 
 use super::{Admin, AppState, JsonBody};
 use crate::error::{ErrorBody, ServerResult};
-use crate::store::update::{QueueUpdate, QueuedUpdate, UpdateEntry};
+use crate::store::sessions::TunnelStep;
+use crate::store::update::{
+    CreateUpdateSession, IssuerListBody, QueueUpdate, QueuedUpdate, UpdateEntry,
+};
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/v1/admin/issuers/{issuer}/cards/{card}/updates",
-        get(list_updates).post(queue_update),
-    )
+    Router::new()
+        .route(
+            "/v1/admin/issuers/{issuer}/cards/{card}/updates",
+            get(list_updates).post(queue_update),
+        )
+        .route("/v1/issuers/{issuer}/update/issuer-list", get(issuer_list))
+        .route("/v1/issuers/{issuer}/update/sessions", axum::routing::post(create_update_session))
 }
 
 #[utoipa::path(post, path = "/v1/admin/issuers/{issuer}/cards/{card}/updates", tag = "admin", security(("bearer" = [])),
@@ -36,4 +42,29 @@ pub(super) async fn list_updates(
     Path((issuer, card)): Path<(String, String)>,
 ) -> ServerResult<Json<Vec<UpdateEntry>>> {
     Ok(Json(s.store.list_updates(&p, &issuer, &card).await?))
+}
+
+#[utoipa::path(get, path = "/v1/issuers/{issuer}/update/issuer-list", tag = "pki",
+    params(("issuer" = String, Path)),
+    responses((status = 200, body = IssuerListBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn issuer_list(
+    State(s): State<AppState>,
+    Path(issuer): Path<String>,
+) -> ServerResult<Json<IssuerListBody>> {
+    Ok(Json(s.store.update_issuer_list(&issuer).await?))
+}
+
+/// Opens an update-only session in the privacy variant (claim 9): no card named; the answer
+/// holds SELECT update and DEVICE AUTHENTICATE with the session's key; continue with
+/// `/v1/sessions/{id}/exchange`.
+#[utoipa::path(post, path = "/v1/issuers/{issuer}/update/sessions", tag = "tunnel",
+    params(("issuer" = String, Path)), request_body = CreateUpdateSession,
+    responses((status = 201, body = TunnelStep), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn create_update_session(
+    State(s): State<AppState>,
+    Path(issuer): Path<String>,
+    JsonBody(req): JsonBody<CreateUpdateSession>,
+) -> ServerResult<(axum::http::StatusCode, Json<TunnelStep>)> {
+    let step = s.store.create_update_session(&issuer, &req).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(step)))
 }

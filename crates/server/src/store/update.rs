@@ -20,7 +20,7 @@ use tessera_crypto::hpke::HpkePublicKey;
 use tessera_crypto::rng::OsRng;
 use tessera_crypto::x509::Certificate;
 use tessera_proto::update::{
-    Challenge, DeviceAuthResponse, MAX_OBJECT_LEN, Mode, NONCE_LEN, ReadRule, Receipt,
+    Challenge, DeviceAuthResponse, IssuerList, MAX_OBJECT_LEN, Mode, NONCE_LEN, ReadRule, Receipt,
 };
 use utoipa::ToSchema;
 
@@ -92,11 +92,34 @@ pub struct UpdateEntry {
     pub delivered_at: Option<i64>,
 }
 
+/// `GET /v1/issuers/{issuer}/update/issuer-list`: the signed issuer list
+/// ([`IssuerList`], docs/update.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IssuerListBody {
+    /// The list's version (its signing time, Unix seconds).
+    pub version: u64,
+    /// The list ([`IssuerList::to_bytes`]), hex.
+    pub list_hex: String,
+}
+
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Apply => "apply",
         Mode::Sealed => "sealed",
     }
+}
+
+/// A failed check with its refusal code ([`refusal_code`]), or a server failure (code
+/// `server`).
+type Checked<T> = Result<T, (ServerError, &'static str)>;
+
+fn check_err(e: UpdateError) -> (ServerError, &'static str) {
+    let code = refusal_code(&e);
+    (update_err(e), code)
+}
+
+fn server_err(e: impl Into<ServerError>) -> (ServerError, &'static str) {
+    (e.into(), "server")
 }
 
 /// An update-service refusal as a server error: the card's or the caller's fault is a
@@ -346,7 +369,10 @@ impl Store {
             return Err(update_err(UpdateError::Challenge));
         }
         let mut tx = self.begin().await?;
-        let card = self.update_check_auth(&mut tx, issuer, card_id, challenge, answer, now).await?;
+        let card = self
+            .update_check_auth(&mut tx, issuer, card_id, challenge, answer, now)
+            .await
+            .map_err(|(e, _)| e)?;
         tx.commit().await?;
         Ok(card)
     }
@@ -360,15 +386,16 @@ impl Store {
         challenge: &Challenge,
         answer: &[u8],
         now: i64,
-    ) -> ServerResult<AuthenticatedCard> {
+    ) -> Checked<AuthenticatedCard> {
         let response = DeviceAuthResponse::parse(answer)
-            .map_err(|_| update_err(UpdateError::DeviceSignature))?;
-        let (ca, device) = self.update_card_certs(tx, issuer, card_id).await?;
-        let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(update_err)?;
-        verify_device_auth(&key, card_id.as_bytes(), challenge, &response).map_err(update_err)?;
-        let acknowledged = self.update_acknowledged(tx, issuer, card_id).await?;
+            .map_err(|_| check_err(UpdateError::DeviceSignature))?;
+        let (ca, device) = self.update_card_certs(tx, issuer, card_id).await.map_err(server_err)?;
+        let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(check_err)?;
+        verify_device_auth(&key, card_id.as_bytes(), challenge, &response).map_err(check_err)?;
+        let acknowledged =
+            self.update_acknowledged(tx, issuer, card_id).await.map_err(server_err)?;
         if response.last_sequence < acknowledged {
-            return Err(update_err(UpdateError::RolledBack {
+            return Err(check_err(UpdateError::RolledBack {
                 reported: response.last_sequence,
                 acknowledged,
             }));
@@ -455,7 +482,10 @@ impl Store {
     ) -> ServerResult<u64> {
         let now = crate::clock::now();
         let mut tx = self.begin().await?;
-        let sequence = self.update_accept_receipt(&mut tx, issuer, card, receipt, now).await?;
+        let sequence = self
+            .update_accept_receipt(&mut tx, issuer, card, receipt, now)
+            .await
+            .map_err(|(e, _)| e)?;
         tx.commit().await?;
         Ok(sequence)
     }
@@ -467,12 +497,12 @@ impl Store {
         card: &AuthenticatedCard,
         receipt: &[u8],
         now: i64,
-    ) -> ServerResult<u64> {
-        let card_id = card_str(card)?;
+    ) -> Checked<u64> {
+        let card_id = card_str(card).map_err(server_err)?;
         let receipt =
-            Receipt::parse(receipt).map_err(|_| update_err(UpdateError::ReceiptMismatch))?;
-        let sequence = i64::try_from(receipt.sequence)
-            .map_err(|_| update_err(UpdateError::ReceiptMismatch))?;
+            Receipt::parse(receipt).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
+        let sequence =
+            i64::try_from(receipt.sequence).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
         let row = tx
             .query_opt(
                 &format!(
@@ -482,22 +512,24 @@ impl Store {
                 ),
                 &[issuer.into(), card_id.into(), sequence.into()],
             )
-            .await?
-            .ok_or_else(|| update_err(UpdateError::ReceiptMismatch))?;
-        if sha256(&row.blob(0)?) != receipt.digest {
-            return Err(update_err(UpdateError::ReceiptMismatch));
+            .await
+            .map_err(server_err)?
+            .ok_or_else(|| check_err(UpdateError::ReceiptMismatch))?;
+        if sha256(&row.blob(0).map_err(server_err)?) != receipt.digest {
+            return Err(check_err(UpdateError::ReceiptMismatch));
         }
-        let (_, device) = self.update_card_certs(tx, issuer, card_id).await?;
-        verify_receipt(&device, card_id.as_bytes(), &receipt).map_err(update_err)?;
+        let (_, device) = self.update_card_certs(tx, issuer, card_id).await.map_err(server_err)?;
+        verify_receipt(&device, card_id.as_bytes(), &receipt).map_err(check_err)?;
         let marked = tx
             .execute(
                 "UPDATE update_packages SET delivered_at = $1 WHERE issuer_id = $2 AND card_id = $3 \
                  AND sequence = $4 AND delivered_at IS NULL",
                 &[now.into(), issuer.into(), card_id.into(), sequence.into()],
             )
-            .await?;
+            .await
+            .map_err(server_err)?;
         if marked != 1 {
-            return Err(update_err(UpdateError::ReceiptMismatch));
+            return Err(check_err(UpdateError::ReceiptMismatch));
         }
         self.audit(
             tx,
@@ -513,8 +545,40 @@ impl Store {
                 },
             }),
         )
-        .await?;
+        .await
+        .map_err(server_err)?;
         Ok(receipt.sequence)
+    }
+
+    /// The issuer list `issuer` publishes for terminals (claims 4, 13): its own CA
+    /// certificate, version = the signing time (Unix seconds, so a terminal holding a list
+    /// never goes back to an older one), signed by the issuer's package-signing key, whose
+    /// certificate terminals are configured with (`tessera sync --publisher-key`). Public.
+    pub async fn update_issuer_list(&self, issuer: &str) -> ServerResult<IssuerListBody> {
+        let mut tx = self.begin().await?;
+        let row = tx
+            .query_opt(
+                "SELECT ca_cert, signing_key_sealed FROM issuers WHERE id = $1",
+                &[issuer.into()],
+            )
+            .await?
+            .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
+        tx.commit().await?;
+        if issuer.len() > 64 {
+            return Err(ServerError::BadRequest("issuer id above 64 bytes".into()));
+        }
+        let signer = self.unseal_key(&row.blob(1)?, &signing_key_context(issuer))?;
+        let version = u64::try_from(crate::clock::now()).unwrap_or(0);
+        let mut list = IssuerList {
+            version,
+            issuers: vec![(issuer.to_owned(), row.blob(0)?)],
+            signature: [0; 64],
+        };
+        list.signature =
+            tessera_crypto::x509::CaSigner::sign_message(&signer, &list.signed_message())
+                .map_err(|e| ServerError::Internal(e.to_string()))?
+                .to_bytes();
+        Ok(IssuerListBody { version, list_hex: hex::encode(list.to_bytes()) })
     }
 
     /// The update key registered for a card at issuance (uncompressed SEC1), if any.
@@ -540,18 +604,32 @@ impl Store {
 /// Where a sync's update step is, kept in the tunnel session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateSync {
-    /// The card.
+    /// The card (empty in the privacy variant until the server opens the card's sealed id).
     pub card_id: String,
     /// The challenge sent with DEVICE AUTHENTICATE ([`Challenge::to_bytes`]), hex.
     pub challenge: String,
     /// Once the card authenticated: the sequence it reported.
     pub authenticated: Option<u64>,
-    /// The sequence of the package out, once authenticated.
-    pub sequence: Option<u64>,
+    /// The packages out in this exchange, in order: `(sequence, number of APDUs)`.
+    #[serde(default)]
+    pub batch: Vec<(u64, usize)>,
     /// Packages delivered in this sync so far.
     pub delivered: u64,
     /// The outcome of the sync's earlier steps, reported at the end with this step's.
     pub before: Outcome,
+    /// The privacy variant: the session's HPKE identity key (fresh per session), sealed
+    /// under the master key, hex. The card seals its id to its public half.
+    #[serde(default)]
+    pub identity_key: Option<String>,
+    /// The privacy variant's session id (the identity key is sealed to it).
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+impl UpdateSync {
+    fn private(&self) -> bool {
+        self.identity_key.is_some()
+    }
 }
 
 /// What a tunnel step answers: the next state, its APDUs, the outcome when finished.
@@ -565,19 +643,171 @@ fn package_apdus(package: &[u8]) -> ServerResult<Vec<Vec<u8>>> {
     tessera_proto::update::load_commands(package).iter().map(|c| apdu(&c.to_command())).collect()
 }
 
+/// Most package bytes sent in one exchange (the packages of a batch go out together; the
+/// card stops at the first it refuses).
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// The result of an update step that stopped on a refusal (the card's or the server's).
+pub const UPDATE_ERROR: &str = "update-error";
+
+/// The stable name of an update refusal, shown by the terminal in the outcome as
+/// `refused (NAME)`: one per failing check of the chain (docs/update.md, "Errors").
+pub fn refusal_code(e: &UpdateError) -> &'static str {
+    match e {
+        UpdateError::UnknownCard(_) => "unknown-card",
+        UpdateError::UnknownIssuer(_) => "unknown-issuer",
+        UpdateError::DeviceCertificate(_) => "device-certificate",
+        UpdateError::UpdateKeyProof => "update-key-proof",
+        UpdateError::Challenge => "challenge",
+        UpdateError::DeviceSignature => "device-signature",
+        UpdateError::SealedIdentity => "sealed-identity",
+        UpdateError::RolledBack { .. } => "rolled-back",
+        UpdateError::ReceiptMismatch => "receipt-mismatch",
+        UpdateError::ReceiptSignature => "receipt-signature",
+        UpdateError::BadUpdate(_) => "bad-update",
+        UpdateError::Crypto(_) => "crypto",
+    }
+}
+
+/// The stable name and meaning of the card's refusal of a LOAD PACKAGE (docs/update.md).
+pub fn card_refusal(sw: u16) -> (&'static str, &'static str) {
+    match sw {
+        0x6300 => ("package-signature", "the package signature does not verify"),
+        0x6A88 => ("wrong-card", "the package is for another card"),
+        0x6A89 => ("stale-sequence", "replayed or out of order"),
+        0x6984 => ("undecryptable", "the card cannot decrypt it"),
+        0x6982 => ("pin-required", "the PIN is not verified"),
+        0x6985 => ("not-authenticated", "no device authentication in this selection"),
+        0x6A86 => ("segment-order", "segments out of order"),
+        0x6A84 => ("too-large", "too large, or no room for another object"),
+        _ => ("package-refused", "refused by the card"),
+    }
+}
+
 fn finish(sync: &UpdateSync, result: Option<&str>, note: String) -> Step {
+    // The privacy variant never names the card to the terminal.
+    let (card_id, note) = if sync.private() {
+        let note = if sync.card_id.is_empty() {
+            note
+        } else {
+            note.replace(&sync.card_id, "(sealed card)")
+        };
+        (None, note)
+    } else {
+        (Some(sync.card_id.clone()), note)
+    };
     let outcome = Outcome {
         result: result.unwrap_or(&sync.before.result).to_owned(),
-        card_id: Some(sync.card_id.clone()),
+        card_id,
         message: format!("{}; updates: {note}", sync.before.message),
     };
     (TunnelState::Finished, Vec::new(), Some(outcome))
 }
 
-/// The result of an update step that stopped on a refusal (the card's or the server's).
-pub const UPDATE_ERROR: &str = "update-error";
+/// A refusal by the server's checks, as the step's end.
+fn refused(sync: &UpdateSync, e: &ServerError, code: &str) -> Step {
+    let delivered = if sync.delivered > 0 {
+        format!("{} delivered, then ", sync.delivered)
+    } else {
+        String::new()
+    };
+    finish(sync, Some(UPDATE_ERROR), format!("{delivered}refused ({code}): {e}"))
+}
+
+/// `POST /v1/issuers/{issuer}/update/sessions` body: an update-only tunnel session.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUpdateSession {
+    /// `private`: the privacy variant (claim 9). The session names no card: the card seals its
+    /// id to a key fresh for this session and only the server opens it; the packages are
+    /// wrapped for delivery.
+    pub mode: String,
+}
 
 impl Store {
+    /// Opens an update-only tunnel session in the privacy variant (claim 9): no
+    /// identification step, no card named anywhere the terminal sees; the first APDUs are
+    /// SELECT update and DEVICE AUTHENTICATE `P1 01` with a fresh challenge and the session's
+    /// fresh HPKE identity key. The card's sealed answer is opened by the next exchange.
+    pub async fn create_update_session(
+        &self,
+        issuer: &str,
+        req: &CreateUpdateSession,
+    ) -> ServerResult<super::sessions::TunnelStep> {
+        if req.mode != "private" {
+            return Err(ServerError::BadRequest(format!(
+                "update session mode {:?}: only \"private\"",
+                req.mode
+            )));
+        }
+        let id = hex::encode(crate::primitives::random_bytes::<16>());
+        let now = crate::clock::now();
+        let expires_at = now + self.config.session_ttl_secs;
+        let key = tessera_crypto::hpke::HpkePrivateKey::generate(&mut OsRng);
+        let sealed = self
+            .master
+            .seal(&key.to_bytes(), &identity_key_context(&id))
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        let mut tx = self.begin().await?;
+        tx.query_opt("SELECT id FROM issuers WHERE id = $1", &[issuer.into()])
+            .await?
+            .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
+        let challenge = self.update_new_challenge(&mut tx, now).await?;
+        let before = Outcome {
+            result: "private".into(),
+            card_id: None,
+            message: "private session (the card id sealed to the server)".into(),
+        };
+        let sync = UpdateSync {
+            card_id: String::new(),
+            challenge: hex::encode(challenge.to_bytes()),
+            authenticated: None,
+            batch: Vec::new(),
+            delivered: 0,
+            before,
+            identity_key: Some(hex::encode(sealed)),
+            session_id: Some(id.clone()),
+        };
+        let state = serde_json::to_string(&TunnelState::Update(sync))
+            .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
+        tx.execute(
+            "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
+             VALUES ($1, $2, NULL, NULL, 'active', 0, $3, $4, $4, $5)",
+            &[id.clone().into(), issuer.into(), state.into(), now.into(), expires_at.into()],
+        )
+        .await?;
+        self.audit(
+            &mut tx,
+            &Principal::system(),
+            Some(issuer),
+            "session.create",
+            &id,
+            serde_json::json!({ "mode": "update-private" }),
+        )
+        .await?;
+        tx.commit().await?;
+        let mode =
+            tessera_proto::update::AuthMode::Private { server_key: key.public_key().to_bytes() };
+        let apdus = [
+            apdu(&select_update())?,
+            apdu(
+                &tessera_proto::update::UpdateCommand::DeviceAuthenticate {
+                    mode,
+                    challenge: Some(challenge),
+                }
+                .to_command(),
+            )?,
+        ];
+        Ok(super::sessions::TunnelStep {
+            session_id: id,
+            step: 0,
+            apdus: apdus.iter().map(hex::encode_upper).collect(),
+            done: false,
+            outcome: None,
+            expires_at,
+        })
+    }
+
     /// Starts the update step of a sync whose earlier steps ended with `before`: when the
     /// card is registered for updates and has packages pending, a challenge and the APDUs
     /// SELECT update, DEVICE AUTHENTICATE; else `None` (the sync ends as it was).
@@ -603,9 +833,6 @@ impl Store {
             return Ok(None);
         }
         let challenge = self.update_new_challenge(tx, now).await?;
-        let select = tessera_apdu::Command::new(0x00, 0xA4, 0x04, 0x00)
-            .with_data(tessera_proto::update::AID.to_vec())
-            .with_le(256);
         let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
             mode: tessera_proto::update::AuthMode::Plain,
             challenge: Some(challenge),
@@ -614,16 +841,25 @@ impl Store {
             card_id: card_id.to_owned(),
             challenge: hex::encode(challenge.to_bytes()),
             authenticated: None,
-            sequence: None,
+            batch: Vec::new(),
             delivered: 0,
             before,
+            identity_key: None,
+            session_id: None,
         };
-        Ok(Some((TunnelState::Update(sync), vec![apdu(&select)?, apdu(&auth.to_command())?], None)))
+        Ok(Some((
+            TunnelState::Update(sync),
+            vec![apdu(&select_update())?, apdu(&auth.to_command())?],
+            None,
+        )))
     }
 
-    /// One exchange of a sync's update step. Refusals end the sync with result
-    /// [`UPDATE_ERROR`] (the transaction commits: a challenge is used up whatever the
-    /// outcome); an undelivered package stays pending for the next sync.
+    /// One exchange of a sync's update step: first the card's answer to DEVICE AUTHENTICATE,
+    /// then, per exchange, a batch of packages (their LOAD PACKAGE segments one after the
+    /// other; the card stops at the first refusal) and their receipts. Refusals end the sync
+    /// with result [`UPDATE_ERROR`] and a `refused (CODE)` message (the transaction commits:
+    /// a challenge is used up whatever the outcome, the packages receipted before the refusal
+    /// stay delivered); an undelivered package stays pending for the next sync.
     pub(crate) async fn update_sync_step(
         &self,
         tx: &mut Tx,
@@ -642,114 +878,321 @@ impl Store {
                 })
             })
             .collect::<ServerResult<_>>()?;
-        let card_id = sync.card_id.as_str();
         let mut next = sync.clone();
-        match sync.authenticated {
-            None => {
-                let [_, answer] = parsed.as_slice() else {
-                    return Err(ServerError::BadRequest(format!(
-                        "expected 2 responses to the update step, got {}",
-                        parsed.len()
-                    )));
-                };
-                let challenge = hex::decode(&sync.challenge)
-                    .ok()
-                    .and_then(|b| Challenge::parse(&b).ok())
-                    .ok_or_else(|| ServerError::Internal("stored challenge".into()))?;
-                let taken = tx
-                    .execute(
-                        "DELETE FROM update_challenges WHERE nonce = $1",
-                        &[challenge.nonce.to_vec().into()],
-                    )
-                    .await?;
-                if answer.sw == tessera_apdu::StatusWord(0x6982) {
-                    return Ok(finish(
-                        sync,
-                        None,
-                        "pending; the card wants its PIN first (--pin-file, --pin-stdin or TESSERA_PIN)"
-                            .into(),
-                    ));
+        if sync.authenticated.is_none() {
+            let [_, answer] = parsed.as_slice() else {
+                return Err(ServerError::BadRequest(format!(
+                    "expected 2 responses to the update step, got {}",
+                    parsed.len()
+                )));
+            };
+            match self.update_sync_auth(tx, issuer, sync, answer, now).await? {
+                Ok((card_id, last_sequence, acknowledged)) => {
+                    next.card_id = card_id;
+                    next.authenticated = Some(last_sequence);
+                    next.delivered += acknowledged;
                 }
-                if answer.sw != tessera_apdu::StatusWord::SUCCESS {
-                    return Ok(finish(
-                        sync,
-                        Some(UPDATE_ERROR),
-                        format!("DEVICE AUTHENTICATE: the card answered {:04X}", answer.sw.0),
-                    ));
-                }
-                let checked = match taken {
-                    1 if u64::try_from(now).unwrap_or(u64::MAX) <= challenge.expires => {
-                        self.update_check_auth(tx, issuer, card_id, &challenge, &answer.data, now)
-                            .await
-                    }
-                    _ => Err(update_err(UpdateError::Challenge)),
-                };
-                match checked {
-                    Ok(card) => next.authenticated = Some(card.last_sequence),
-                    Err(e) if refusal(&e) => {
-                        return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string()));
-                    }
-                    Err(e) => return Err(e),
-                }
+                Err(step) => return Ok(step),
             }
-            Some(_) => {
-                let Some(sequence) = sync.sequence else {
-                    return Err(ServerError::Internal("update step without a package out".into()));
-                };
-                let failed = parsed.iter().find(|r| r.sw != tessera_apdu::StatusWord::SUCCESS);
-                if let Some(r) = failed {
+        } else {
+            let expected: usize = sync.batch.iter().map(|(_, n)| n).sum();
+            if parsed.len() != expected {
+                return Err(ServerError::BadRequest(format!(
+                    "expected {expected} responses to the update step, got {}",
+                    parsed.len()
+                )));
+            }
+            let card = AuthenticatedCard {
+                card_id: sync.card_id.as_bytes().to_vec(),
+                last_sequence: sync.authenticated.unwrap_or(0),
+                private: sync.private(),
+            };
+            let mut rest = parsed.as_slice();
+            for &(sequence, n) in &sync.batch {
+                let (answers, tail) = rest.split_at(n.min(rest.len()));
+                rest = tail;
+                if let Some(r) = answers.iter().find(|r| r.sw != tessera_apdu::StatusWord::SUCCESS)
+                {
+                    let (code, meaning) = card_refusal(r.sw.0);
+                    let delivered = if next.delivered > 0 {
+                        format!("{} delivered, then ", next.delivered)
+                    } else {
+                        String::new()
+                    };
                     return Ok(finish(
-                        sync,
+                        &next,
                         Some(UPDATE_ERROR),
-                        format!("the card refused package {sequence}: {:04X}", r.sw.0),
+                        format!(
+                            "{delivered}refused ({code}): update {sequence}: {meaning} ({:04X})",
+                            r.sw.0
+                        ),
                     ));
                 }
-                let receipt = parsed.last().map(|r| r.data.as_slice()).unwrap_or_default();
-                let card = AuthenticatedCard {
-                    card_id: card_id.as_bytes().to_vec(),
-                    last_sequence: sync.authenticated.unwrap_or(0),
-                    private: false,
-                };
+                let receipt = answers.last().map(|r| r.data.as_slice()).unwrap_or_default();
                 match self.update_accept_receipt(tx, issuer, &card, receipt, now).await {
                     Ok(s) if s == sequence => next.delivered += 1,
                     Ok(s) => {
-                        return Ok(finish(
-                            sync,
-                            Some(UPDATE_ERROR),
-                            format!("receipt for {s}, package {sequence} was out"),
+                        let e = ServerError::Conflict(format!(
+                            "receipt for {s}, package {sequence} was out"
                         ));
+                        return Ok(refused(&next, &e, "receipt-mismatch"));
                     }
-                    Err(e) if refusal(&e) => {
-                        return Ok(finish(sync, Some(UPDATE_ERROR), e.to_string()));
-                    }
-                    Err(e) => return Err(e),
+                    Err((e, code)) if refusal(&e) => return Ok(refused(&next, &e, code)),
+                    Err((e, _)) => return Err(e),
                 }
             }
         }
-        // The next pending package, if any.
-        let row = tx
-            .query_opt(
+        // The next batch of pending packages, if any.
+        let rows = tx
+            .query(
                 "SELECT sequence, package FROM update_packages WHERE issuer_id = $1 AND card_id = $2 \
-                 AND delivered_at IS NULL ORDER BY sequence LIMIT 1",
-                &[issuer.into(), card_id.into()],
+                 AND delivered_at IS NULL ORDER BY sequence LIMIT $3",
+                &[issuer.into(), next.card_id.as_str().into(), (MAX_BATCH as i64).into()],
             )
             .await?;
-        let Some(row) = row else {
-            return Ok(finish(&next, None, format!("{} delivered", next.delivered)));
+        let mut apdus = Vec::new();
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let update_key = if next.private() {
+            Some(self.update_card_key(tx, issuer, &next.card_id).await?)
+        } else {
+            None
         };
-        next.sequence = Some(
-            u64::try_from(row.int(0)?)
-                .map_err(|_| ServerError::Internal("stored sequence".into()))?,
-        );
-        let apdus = package_apdus(&row.blob(1)?)?;
+        for row in &rows {
+            let sequence = u64::try_from(row.int(0)?)
+                .map_err(|_| ServerError::Internal("stored sequence".into()))?;
+            let mut package = row.blob(1)?;
+            if let Some(key) = &update_key {
+                package = crate::update::wrap_for_delivery(&mut OsRng, key, &package)
+                    .map_err(update_err)?;
+            }
+            let segments = package_apdus(&package)?;
+            let fits = bytes + package.len() <= BATCH_BYTES
+                && apdus.len() + segments.len() <= super::sessions::MAX_RESPONSES;
+            if !batch.is_empty() && !fits {
+                break;
+            }
+            bytes += package.len();
+            batch.push((sequence, segments.len()));
+            apdus.extend(segments);
+        }
+        if batch.is_empty() {
+            return Ok(finish(&next, None, format!("{} delivered", next.delivered)));
+        }
+        next.batch = batch;
         Ok((TunnelState::Update(next), apdus, None))
     }
+
+    /// The answer to DEVICE AUTHENTICATE in a sync: the card id (opened from the sealed
+    /// identity in the privacy variant), the sequence the card reported and how many packages
+    /// below it were acknowledged by it, or the step that ends the sync.
+    async fn update_sync_auth(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        sync: &UpdateSync,
+        answer: &tessera_apdu::Response,
+        now: i64,
+    ) -> ServerResult<Result<(String, u64, u64), Step>> {
+        let challenge = hex::decode(&sync.challenge)
+            .ok()
+            .and_then(|b| Challenge::parse(&b).ok())
+            .ok_or_else(|| ServerError::Internal("stored challenge".into()))?;
+        let taken = tx
+            .execute(
+                "DELETE FROM update_challenges WHERE nonce = $1",
+                &[challenge.nonce.to_vec().into()],
+            )
+            .await?;
+        if answer.sw == tessera_apdu::StatusWord(0x6982) {
+            let step = finish(
+                sync,
+                if sync.private() { Some(UPDATE_ERROR) } else { None },
+                "pending; the card wants its PIN first (--pin-file, --pin-stdin or TESSERA_PIN)"
+                    .into(),
+            );
+            return Ok(Err(step));
+        }
+        if answer.sw != tessera_apdu::StatusWord::SUCCESS {
+            return Ok(Err(finish(
+                sync,
+                Some(UPDATE_ERROR),
+                format!(
+                    "refused (device-authentication-refused): DEVICE AUTHENTICATE: the card answered {:04X}",
+                    answer.sw.0
+                ),
+            )));
+        }
+        let fail = check_err;
+        // The privacy variant: open the card's sealed id with the session's key.
+        let (card_id, auth) = match (&sync.identity_key, &sync.session_id) {
+            (Some(sealed_key), Some(session_id)) => {
+                let key = hex::decode(sealed_key)
+                    .ok()
+                    .and_then(|b| self.master.open(&b, &identity_key_context(session_id)).ok())
+                    .and_then(|k| tessera_crypto::hpke::HpkePrivateKey::from_bytes(&k).ok())
+                    .ok_or_else(|| ServerError::Internal("session identity key".into()))?;
+                let opened = tessera_crypto::hpke::open(
+                    &key,
+                    tessera_proto::update::IDENTITY_INFO,
+                    &challenge.to_bytes(),
+                    &answer.data,
+                )
+                .ok()
+                .and_then(|p| tessera_proto::update::SealedIdentity::parse(&p).ok())
+                .and_then(|i| Some((String::from_utf8(i.card_id).ok()?, i.auth.to_bytes())));
+                match opened {
+                    Some(x) => x,
+                    None => {
+                        let (e, code) = fail(UpdateError::SealedIdentity);
+                        return Ok(Err(refused(sync, &e, code)));
+                    }
+                }
+            }
+            _ => (sync.card_id.clone(), answer.data.clone()),
+        };
+        let mut named = sync.clone();
+        named.card_id = card_id.clone();
+        let checked = match taken {
+            1 if u64::try_from(now).unwrap_or(u64::MAX) <= challenge.expires => {
+                match self.update_card_usable(tx, issuer, &card_id).await {
+                    Ok(()) => {
+                        self.update_check_auth(tx, issuer, &card_id, &challenge, &auth, now).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err(fail(UpdateError::Challenge)),
+        };
+        match checked {
+            Ok(card) => {
+                if let Some(session_id) = &sync.session_id {
+                    // The session is no longer anonymous to the server (never to the terminal).
+                    tx.execute(
+                        "UPDATE sessions SET card_id = $1 WHERE id = $2",
+                        &[card_id.as_str().into(), session_id.as_str().into()],
+                    )
+                    .await?;
+                }
+                let acknowledged = self
+                    .update_acknowledge_below(tx, issuer, &card_id, card.last_sequence, now)
+                    .await?;
+                Ok(Ok((card_id, card.last_sequence, acknowledged)))
+            }
+            Err((e, code)) if refusal(&e) => Ok(Err(refused(&named, &e, code))),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// Marks delivered the pending packages below the sequence `reported` that the card
+    /// signed in its device authentication: the server sends a card's packages in sequence
+    /// order and the card stops a batch at its first refusal, so the card can only be at
+    /// `reported` by having applied every package before it; their receipts were lost with a
+    /// batch's answer. (The package at `reported` itself is sent again and answered "already
+    /// applied" with a receipt.) Audited `update.deliver`, outcome `acknowledged by device
+    /// authentication`. Returns how many.
+    async fn update_acknowledge_below(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        reported: u64,
+        now: i64,
+    ) -> ServerResult<u64> {
+        let reported = i64::try_from(reported).unwrap_or(i64::MAX);
+        let rows = tx
+            .query(
+                "SELECT sequence FROM update_packages WHERE issuer_id = $1 AND card_id = $2 \
+                 AND sequence < $3 AND delivered_at IS NULL ORDER BY sequence",
+                &[issuer.into(), card_id.into(), reported.into()],
+            )
+            .await?;
+        for row in &rows {
+            let sequence = row.int(0)?;
+            tx.execute(
+                "UPDATE update_packages SET delivered_at = $1 WHERE issuer_id = $2 AND card_id = $3 \
+                 AND sequence = $4",
+                &[now.into(), issuer.into(), card_id.into(), sequence.into()],
+            )
+            .await?;
+            self.audit(
+                tx,
+                &Principal::system(),
+                Some(issuer),
+                "update.deliver",
+                card_id,
+                serde_json::json!({
+                    "sequence": sequence,
+                    "outcome": "acknowledged by device authentication",
+                    "reported": reported,
+                }),
+            )
+            .await?;
+        }
+        Ok(rows.len() as u64)
+    }
+
+    /// A card registered for updates of `issuer` and not revoked (the privacy variant has no
+    /// identification step that checks this).
+    async fn update_card_usable(&self, tx: &mut Tx, issuer: &str, card_id: &str) -> Checked<()> {
+        let row = tx
+            .query_opt(
+                "SELECT status FROM cards WHERE issuer_id = $1 AND card_id = $2",
+                &[issuer.into(), card_id.into()],
+            )
+            .await
+            .map_err(server_err)?;
+        match row.map(|r| r.text(0)) {
+            None => Err((update_err(UpdateError::UnknownCard(card_id.into())), "unknown-card")),
+            Some(Ok(status)) if status == super::cards::STATUS_REVOKED => {
+                Err((ServerError::Forbidden(format!("card {card_id} is revoked")), "revoked"))
+            }
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(server_err(e)),
+        }
+    }
+
+    async fn update_card_key(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+    ) -> ServerResult<HpkePublicKey> {
+        let row = tx
+            .query_opt(
+                "SELECT update_key FROM update_cards WHERE issuer_id = $1 AND card_id = $2",
+                &[issuer.into(), card_id.into()],
+            )
+            .await?
+            .ok_or_else(|| update_err(UpdateError::UnknownCard(card_id.into())))?;
+        HpkePublicKey::from_bytes(&row.blob(0)?)
+            .map_err(|_| ServerError::Internal("stored update key".into()))
+    }
+}
+
+/// Most packages looked at for one batch.
+const MAX_BATCH: usize = 64;
+
+fn select_update() -> tessera_apdu::Command {
+    tessera_apdu::Command::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(tessera_proto::update::AID.to_vec())
+        .with_le(256)
+}
+
+fn identity_key_context(session_id: &str) -> String {
+    format!("session/{session_id}/update-identity-key")
 }
 
 /// A refusal of the card's answer (ends the sync with an outcome), as opposed to a failure of
 /// the server (the exchange fails and can be retried).
 fn refusal(e: &ServerError) -> bool {
-    matches!(e, ServerError::Conflict(_) | ServerError::NotFound(_) | ServerError::BadRequest(_))
+    matches!(
+        e,
+        ServerError::Conflict(_)
+            | ServerError::NotFound(_)
+            | ServerError::BadRequest(_)
+            | ServerError::Forbidden(_)
+    )
 }
 
 fn card_str(card: &AuthenticatedCard) -> ServerResult<&str> {
