@@ -67,13 +67,14 @@ pub struct MarketConfig {
     cache: Option<Arc<SessionCache>>,
     tls12: bool,
     tls13: bool,
+    sha256_only: bool,
 }
 
 impl MarketConfig {
     /// Markets validated against `roots`, client certificate from `key` (the home card), no
     /// session cache, TLS 1.3 and 1.2.
     pub fn new(roots: RootCertStore, key: Arc<dyn MarketKey>) -> Self {
-        MarketConfig { roots, key, cache: None, tls12: true, tls13: true }
+        MarketConfig { roots, key, cache: None, tls12: true, tls13: true, sha256_only: false }
     }
 
     /// Keep sessions in `cache` and resume from it (Fig. 16).
@@ -89,6 +90,13 @@ impl MarketConfig {
         self
     }
 
+    /// Offer no suite whose TLS 1.3 transcript hash is SHA-384 (for a signer that carries
+    /// 32-byte hashes only, as partial mode's control frame does).
+    pub fn sha256_only(mut self) -> Self {
+        self.sha256_only = true;
+        self
+    }
+
     /// The rustls client configuration (secret extraction enabled). Build it once and keep
     /// it: rustls resumes a cached session only under the configuration (server verifier and
     /// client-certificate resolver) that made it.
@@ -100,7 +108,13 @@ impl MarketConfig {
         if self.tls12 {
             versions.push(&rustls::version::TLS12);
         }
-        let builder = ClientConfig::builder_with_provider(provider())
+        let mut provider = (*provider()).clone();
+        if self.sha256_only {
+            provider
+                .cipher_suites
+                .retain(|s| s.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+        }
+        let builder = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&versions)
             .map_err(|e| HandoverError::Config(e.to_string()))?
             .with_root_certificates(self.roots.clone());

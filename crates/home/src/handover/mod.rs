@@ -27,6 +27,7 @@
 pub mod cache;
 pub mod config;
 pub mod handshake;
+pub mod partial;
 pub mod records;
 pub mod session;
 
