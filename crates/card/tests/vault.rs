@@ -362,3 +362,17 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn attest_needs_a_device_key_and_a_nonce_and_changes_nothing() {
+    // The scenarios' cards have no device key (not issued by a server): ATTEST cannot sign.
+    let mut c = issued(Role::Main, 1, true, 8);
+    let before = c.persistent_state();
+    let r = send(&mut c, &VaultCommand::Attest(vec![1; 32]));
+    assert_eq!(r.sw, StatusWord::REFERENCED_DATA_NOT_FOUND);
+    let short = tessera_apdu::Command::new(0x80, tessera_proto::vault::INS_ATTEST, 0, 0)
+        .with_data(vec![1; 8]);
+    let r = Response::parse(&c.transmit(&short.to_bytes().unwrap())).unwrap();
+    assert_eq!(r.sw, StatusWord::WRONG_LENGTH);
+    assert_eq!(c.persistent_state(), before);
+}

@@ -53,6 +53,21 @@ pub enum VaultCommand {
     /// After the main card is lost: re-wrap each file's key from the backup card to the new
     /// card (headers only, crash-safe, re-runnable) (Figs. 18-19).
     Recover(RecoverArgs),
+    /// Receive the key pair the issuer's key service provisioned for this card (`tessera admin
+    /// vault provision`; Figs. 28-31): runs the card's sync with the server, whose last step
+    /// delivers the key sealed to the card's attested transport key (the PIN is needed).
+    Provision(ProvisionArgs),
+}
+
+/// `tessera vault provision`.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    server: tessera_server::cli::SyncArgs,
+    #[command(flatten)]
+    source: CardSource,
+    #[command(flatten)]
+    passphrase: PassphraseArg,
 }
 
 /// The card holder's PIN.
@@ -250,6 +265,7 @@ pub fn run(cmd: VaultCommand, out: Output) -> Result<(), CliError> {
             Ok(())
         }
         VaultCommand::Recover(args) => recover(args, out),
+        VaultCommand::Provision(args) => provision(args, out),
     }
 }
 
@@ -314,6 +330,29 @@ fn read_holder(path: &Option<PathBuf>) -> Result<Vec<(u8, [u8; 32])>, CliError> 
         out.push((slot, value.as_slice().try_into().map_err(|_| bad())?));
     }
     Ok(out)
+}
+
+/// `tessera vault provision`: the card's sync, through which the server delivers the key.
+fn provision(args: ProvisionArgs, out: Output) -> Result<(), CliError> {
+    let mut channel = args.source.open(&args.passphrase)?;
+    let report = tessera_server::cli::run_sync(&args.server, |apdu| {
+        let command = tessera_apdu::Command::parse(apdu)
+            .map_err(|e| format!("server sent a malformed APDU: {e}"))?;
+        channel.transmit(&command).map(|r| r.to_bytes()).map_err(|e| e.to_string())
+    })
+    .map_err(crate::server::cli_error)?;
+    let message = report.json["outcome"]["message"].as_str().unwrap_or_default();
+    let delivered = ["vault key: delivered", "vault key: already on the card"];
+    if !delivered.iter().any(|d| message.contains(d)) {
+        let why = if message.contains("vault key:") {
+            ""
+        } else {
+            "\nno vault key was pending for this card"
+        };
+        return Err(CliError::new(Exit::Other, format!("{}{why}", report.human)));
+    }
+    out.emit(|| report.human.clone(), || report.json.clone());
+    Ok(())
 }
 
 fn run_backup(args: BackupArgs, out: Output) -> Result<(), CliError> {

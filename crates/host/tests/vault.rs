@@ -349,7 +349,7 @@ fn key_service_variant_seals_the_key_to_the_main_card_then_backup_moves_it() {
     let (mut m, mut b) = issued_pair(&plan);
     let service_key = tessera_crypto::ecdsa::SigningKey::generate(&mut SeededRng::from_u64(42));
     let transport = m.transport_key().unwrap();
-    let sealed = issuance::seal_key_for_card(
+    let sealed = tessera_server::vault::seal_key_for_card(
         &mut SeededRng::from_u64(1),
         &transport,
         isd::scenarios::CARD_ID,

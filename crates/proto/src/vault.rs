@@ -62,6 +62,9 @@ pub const INS_DECRYPT: u8 = 0x2A;
 pub const INS_ENCRYPT: u8 = 0x2C;
 /// INS of TRANSCRYPT (data = [`TranscryptRequest`]; answers [`TranscryptResponse`]).
 pub const INS_TRANSCRYPT: u8 = 0x2E;
+/// INS of ATTEST (data = a key service's nonce; answers an [`Attestation`] signed by the
+/// card's device key).
+pub const INS_ATTEST: u8 = 0x52;
 /// INS of GET DATA (P1-P2 = tag).
 pub const INS_GET_DATA: u8 = 0xCA;
 
@@ -83,6 +86,20 @@ pub const KEY_ROLE_FILE_ENCRYPTION: u8 = 1;
 pub const IMPORT_SEALED_INFO: &[u8] = b"tessera/vault/import-sealed";
 /// KDF label of the backup confirmation key.
 pub const LABEL_CONFIRMATION: &str = "tessera/vault/backup-confirmation";
+/// The HPKE `info` of IMPORT SEALED for a card: [`IMPORT_SEALED_INFO`] `|| card id`.
+pub fn import_sealed_info(card_id: &[u8]) -> Vec<u8> {
+    [IMPORT_SEALED_INFO, card_id].concat()
+}
+
+/// Label at the start of the body the device key signs in ATTEST (distinct from every other
+/// device-signed body, as the update applet's labels are).
+pub const ATTEST_LABEL: &[u8] = b"vault-attest\0";
+/// Shortest ATTEST nonce.
+pub const ATTEST_NONCE_MIN: usize = 16;
+/// Longest ATTEST nonce.
+pub const ATTEST_NONCE_MAX: usize = 64;
+/// Length of an ECDSA P-256 signature (`r || s`).
+pub const SIGNATURE_LEN: usize = 64;
 
 /// What can be wrong with a vault command or response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -386,6 +403,86 @@ impl WrappedKey {
     }
 }
 
+/// ATTEST's answer: what a key service must know before it seals a key to the card, vouched
+/// for by the card's device key (whose certificate chains to the issuer CA).
+///
+/// Layout: `role(1) transport_key(65) has_key(1: 00 or 01) [public_key(65)] signature(64)`.
+/// The signature is the device key's (the `DeviceAuthentication` structure of `tessera_crypto::device`,
+/// naming the card id) over [`Attestation::body`]: the service's nonce, so an old answer cannot be
+/// replayed, and every field above, so a relaying terminal cannot substitute its own
+/// transport key or hide a key the card already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// The card's role in its pair.
+    pub role: Role,
+    /// The card's transport key (HPKE, DHKEM P-256, uncompressed SEC1) for IMPORT SEALED.
+    pub transport_key: [u8; PUBLIC_KEY_LEN],
+    /// The file-encryption public key, once the card holds a key pair.
+    pub public_key: Option<[u8; PUBLIC_KEY_LEN]>,
+    /// The device key's signature over [`Attestation::body`].
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl Attestation {
+    /// The signed body: [`ATTEST_LABEL`] `len(nonce)(1) nonce role transport_key has_key
+    /// [public_key]`.
+    pub fn body(
+        nonce: &[u8],
+        role: Role,
+        transport_key: &[u8; PUBLIC_KEY_LEN],
+        public_key: Option<&[u8; PUBLIC_KEY_LEN]>,
+    ) -> Vec<u8> {
+        let mut out = ATTEST_LABEL.to_vec();
+        out.push(nonce.len() as u8);
+        out.extend_from_slice(nonce);
+        out.push(role.code());
+        out.extend_from_slice(transport_key);
+        match public_key {
+            Some(pk) => {
+                out.push(1);
+                out.extend_from_slice(pk);
+            }
+            None => out.push(0),
+        }
+        out
+    }
+
+    /// This answer's signed body for `nonce`.
+    pub fn signed_body(&self, nonce: &[u8]) -> Vec<u8> {
+        Attestation::body(nonce, self.role, &self.transport_key, self.public_key.as_ref())
+    }
+
+    /// Encodes the answer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![self.role.code()];
+        out.extend_from_slice(&self.transport_key);
+        match &self.public_key {
+            Some(pk) => {
+                out.push(1);
+                out.extend_from_slice(pk);
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Parses the answer (structure only; the key service verifies the signature).
+    pub fn parse(data: &[u8]) -> Result<Attestation> {
+        let mut rest = data;
+        let [role] = take_array::<1>(&mut rest, "attestation role")?;
+        let role = Role::from_code(role)?;
+        let transport_key = take_array(&mut rest, "transport key")?;
+        let public_key = match take_array::<1>(&mut rest, "attestation key flag")? {
+            [0] => None,
+            [1] => Some(take_array(&mut rest, "public key")?),
+            _ => return Err(ProtoError::Value("attestation key flag")),
+        };
+        let signature = to_array(rest, "attestation signature")?;
+        Ok(Attestation { role, transport_key, public_key, signature })
+    }
+}
+
 /// TRANSCRYPT: re-wrap a file key from this card's stanza to `recipient`, and MAC the new
 /// header, inside the card.
 ///
@@ -537,6 +634,8 @@ pub enum VaultCommand {
     Encrypt([u8; FILE_KEY_LEN]),
     /// TRANSCRYPT a stanza to another recipient.
     Transcrypt(Box<TranscryptRequest>),
+    /// ATTEST: the device-signed [`Attestation`] over a key service's nonce.
+    Attest(Vec<u8>),
     /// GET DATA.
     GetData(u16),
 }
@@ -609,6 +708,13 @@ impl VaultCommand {
                 no_params("TRANSCRYPT")?;
                 Ok(VaultCommand::Transcrypt(Box::new(TranscryptRequest::parse(&cmd.data)?)))
             }
+            INS_ATTEST => {
+                no_params("ATTEST")?;
+                if !(ATTEST_NONCE_MIN..=ATTEST_NONCE_MAX).contains(&cmd.data.len()) {
+                    return Err(ProtoError::Length("ATTEST nonce"));
+                }
+                Ok(VaultCommand::Attest(cmd.data.clone()))
+            }
             other => Err(ProtoError::Instruction(other)),
         }
     }
@@ -632,6 +738,7 @@ impl VaultCommand {
             VaultCommand::Decrypt { enc, body } => c(INS_DECRYPT, 0, [&enc[..], body].concat()),
             VaultCommand::Encrypt(key) => c(INS_ENCRYPT, 0, key.to_vec()),
             VaultCommand::Transcrypt(req) => c(INS_TRANSCRYPT, 0, req.to_bytes()),
+            VaultCommand::Attest(nonce) => c(INS_ATTEST, 0, nonce.clone()),
             VaultCommand::GetData(tag) => {
                 let [p1, p2] = tag.to_be_bytes();
                 Command::new(0x80, INS_GET_DATA, p1, p2).with_le(256)
@@ -715,6 +822,22 @@ mod tests {
         };
         let cmd = VaultCommand::Transcrypt(Box::new(t));
         assert_eq!(VaultCommand::parse(&cmd.to_command()).unwrap(), cmd);
+        let a = Attestation {
+            role: Role::Main,
+            transport_key: [7; 65],
+            public_key: Some([8; 65]),
+            signature: [9; 64],
+        };
+        assert_eq!(Attestation::parse(&a.to_bytes()).unwrap(), a);
+        let none = Attestation { public_key: None, ..a.clone() };
+        assert_eq!(Attestation::parse(&none.to_bytes()).unwrap(), none);
+        assert_ne!(a.signed_body(&[1; 16]), none.signed_body(&[1; 16]));
+        assert_ne!(a.signed_body(&[1; 16]), a.signed_body(&[2; 16]));
+        assert!(Attestation::parse(&a.to_bytes()[..a.to_bytes().len() - 1]).is_err());
+        let cmd = VaultCommand::Attest(vec![3; 32]);
+        assert_eq!(VaultCommand::parse(&cmd.to_command()).unwrap(), cmd);
+        let short = Command::new(0x80, INS_ATTEST, 0, 0).with_data(vec![0; 15]);
+        assert_eq!(VaultCommand::parse(&short), Err(ProtoError::Length("ATTEST nonce")));
         assert_eq!(Config::new(Role::Main, 0), Err(ProtoError::Value("component count")));
         assert_eq!(Config::new(Role::Main, 9), Err(ProtoError::Value("component count")));
     }
@@ -731,6 +854,7 @@ mod tests {
             let _ = Status::parse(&cmd.data);
             let _ = WrappedKey::parse(&cmd.data);
             let _ = TranscryptResponse::parse(&cmd.data);
+            let _ = Attestation::parse(&cmd.data);
         }
     }
 }

@@ -214,6 +214,9 @@ pub enum AdminCommand {
     /// Remote data updates (issue 5): queue an update for a card, list its queue.
     #[command(subcommand)]
     Update(crate::update::cli::UpdateAdminCommand),
+    /// The vault key service (issue 7): provision a card's key pair, show it, the escrow policy.
+    #[command(subcommand)]
+    Vault(crate::vault::cli::VaultAdminCommand),
     /// Re-seal every private key under a new master key (offline: stop the servers first).
     RotateMasterKey(RotateArgs),
 }
@@ -485,6 +488,7 @@ fn request_for(cmd: &AdminCommand) -> Result<(Method, String, Option<Value>), Fa
         }
         A::Keyring(k) => crate::keyring::cli::request(k)?,
         A::Update(u) => crate::update::cli::request(u)?,
+        A::Vault(v) => crate::vault::cli::request(v)?,
         A::RotateMasterKey(_) => {
             return Err(fail(FailureKind::Usage, "rotate-master-key runs offline"));
         }
@@ -593,6 +597,7 @@ fn human(cmd: &AdminCommand, v: &Value) -> String {
         }
         AdminCommand::Keyring(k) => crate::keyring::cli::human(k, v),
         AdminCommand::Update(u) => crate::update::cli::human(u, v),
+        AdminCommand::Vault(c) => crate::vault::cli::human(c, v),
         AdminCommand::RotateMasterKey(_) => String::new(),
     }
 }

@@ -11,6 +11,8 @@
 //! - [`server`]: configuration and the run loop with graceful shutdown.
 //! - [`pkcs11`]: issuer keys in a PKCS#11 token (SoftHSM2).
 //! - [`update`]: remote card data update (queue, device authentication, receipts).
+//! - [`vault`]: the vault key service (key pairs generated here, sealed to the card, delivered
+//!   through the tunnel).
 //! - [`primitives`]: hashing, sealing and signing helpers awaiting a home in `tessera-crypto`.
 
 #![forbid(unsafe_code)]
@@ -30,6 +32,7 @@ pub mod store;
 pub mod tls;
 pub mod tunnel;
 pub mod update;
+pub mod vault;
 
 pub use error::{ServerError, ServerResult};
 pub use store::{Store, StoreConfig};

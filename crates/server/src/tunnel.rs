@@ -52,6 +52,9 @@ pub enum TunnelState {
     /// The update step of a sync: device authentication, then one package at a time (see
     /// [`crate::store::update`]).
     Update(crate::store::update::UpdateSync),
+    /// The vault step of a sync: ATTEST, then IMPORT SEALED of a provisioned key (see
+    /// [`crate::store::vault`]).
+    Vault(crate::store::vault::VaultSync),
     /// Nothing more to send.
     Finished,
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tessera_apdu::{Command, Response, StatusWord};
 use tessera_crypto::age::{self, P256TagStanza};
+use tessera_crypto::device::Purpose;
 use tessera_crypto::ecdsa::{PublicKey, SigningKey};
 use tessera_crypto::hpke::{self, HpkePrivateKey};
 use tessera_crypto::kdf::{self, Label};
@@ -31,9 +32,10 @@ use tessera_crypto::keys::{AesKey, AesKeyLen};
 use tessera_crypto::keywrap::{self, WrapKey};
 use tessera_crypto::mac;
 use tessera_proto::vault::{
-    self as proto, COMPONENT_CHECK_LEN, COMPONENT_LEN, CONFIRMATION_LEN, Config, GROUP_CHECK_LEN,
-    KEY_ROLE_FILE_ENCRYPTION, KEY_TYPE_P256_AGE, KeyOrigin, NONCE_LEN, PUBLIC_KEY_LEN, Role,
-    Setter, Status, TranscryptRequest, TranscryptResponse, VaultCommand, WrappedKey,
+    self as proto, Attestation, COMPONENT_CHECK_LEN, COMPONENT_LEN, CONFIRMATION_LEN, Config,
+    GROUP_CHECK_LEN, KEY_ROLE_FILE_ENCRYPTION, KEY_TYPE_P256_AGE, KeyOrigin, NONCE_LEN,
+    PUBLIC_KEY_LEN, Role, Setter, Status, TranscryptRequest, TranscryptResponse, VaultCommand,
+    WrappedKey,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -192,10 +194,7 @@ pub fn group_check(components: &[[u8; COMPONENT_LEN]]) -> Option<[u8; GROUP_CHEC
     KeyGroup::combine(&refs).ok()?.check(components.len()).ok()
 }
 
-/// The HPKE `info` of IMPORT SEALED for a card.
-pub fn import_sealed_info(card_id: &[u8]) -> Vec<u8> {
-    [proto::IMPORT_SEALED_INFO, card_id].concat()
-}
+pub use tessera_proto::vault::import_sealed_info;
 
 impl Vault {
     /// A vault awaiting personalisation.
@@ -403,6 +402,19 @@ impl Vault {
         Ok(TranscryptResponse { enc: new.enc, body: new.body, mac }.to_bytes())
     }
 
+    /// ATTEST: role, transport key and public key (if any), signed by the device key over the
+    /// key service's nonce. `6A88` on a card without a device key (not issued by a server).
+    fn attest(&self, ctx: &Context<'_>, nonce: &[u8]) -> Result<Vec<u8>, StatusWord> {
+        let role = self.config()?.role;
+        let t = self.state.transport.as_ref().ok_or(StatusWord::CONDITIONS_NOT_SATISFIED)?;
+        let transport_key =
+            HpkePrivateKey::from_bytes(t).map_err(|_| StatusWord::UNKNOWN)?.public_key().to_bytes();
+        let public_key = self.state.key.as_ref().map(|k| k.public);
+        let body = Attestation::body(nonce, role, &transport_key, public_key.as_ref());
+        let signature = ctx.device_sign(Purpose::DeviceAuthentication, &body)?.to_bytes();
+        Ok(Attestation { role, transport_key, public_key, signature }.to_bytes())
+    }
+
     fn get_data(&self, tag: u16) -> Result<Vec<u8>, StatusWord> {
         match tag {
             proto::TAG_STATUS => Ok(self.status()?.to_bytes()),
@@ -421,6 +433,9 @@ impl Vault {
         let command = VaultCommand::parse(cmd).map_err(|e| e.status_word())?;
         if let VaultCommand::GetData(tag) = command {
             return self.get_data(tag);
+        }
+        if let VaultCommand::Attest(nonce) = &command {
+            return self.attest(ctx, nonce);
         }
         self.config()?;
         let pin_needed =
@@ -465,6 +480,7 @@ impl Vault {
                 Ok([&s.enc[..], &s.body].concat())
             }
             VaultCommand::Transcrypt(req) => self.transcrypt(ctx, &req),
+            VaultCommand::Attest(nonce) => self.attest(ctx, &nonce),
             VaultCommand::GetData(tag) => self.get_data(tag),
         }
     }

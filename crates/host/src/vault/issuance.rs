@@ -158,20 +158,3 @@ pub fn personalize<C: CardChannel>(
     }
     Ok(())
 }
-
-/// The key-service variant (Figs. 28-31, ¶0111-0113): a service generates the key pair and
-/// delivers the private scalar sealed to the card's transport key (GET DATA `0103`), with
-/// HPKE (the profile suite), `info = "tessera/vault/import-sealed" ‖ card id` and the vault's
-/// AID as associated data; the card opens it with IMPORT SEALED. Returns the sealed bytes.
-pub fn seal_key_for_card(
-    rng: &mut dyn Rng,
-    transport_key: &[u8],
-    card_id: &[u8],
-    private: &[u8],
-) -> Result<Vec<u8>, VaultError> {
-    let pk = tessera_crypto::hpke::HpkePublicKey::from_bytes(transport_key)
-        .map_err(|_| VaultError::BadAnswer("transport key"))?;
-    let info = tessera_card::applets::vault::import_sealed_info(card_id);
-    tessera_crypto::hpke::seal(rng, &pk, &info, AID, private)
-        .map_err(|e| VaultError::State(format!("sealing the key: {e}")))
-}

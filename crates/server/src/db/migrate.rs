@@ -38,13 +38,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_update.sql"),
         include_str!("../../migrations/postgres/0006_update.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_vault.sql"),
+        include_str!("../../migrations/postgres/0008_vault.sql"),
+    ),
 ];
 
 /// Every schema version, oldest first.
-pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5, 6];
+pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5, 6, 8];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 6;
+pub const LATEST_VERSION: i64 = 8;
 
 /// Advisory-lock key that serialises migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;

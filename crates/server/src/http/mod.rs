@@ -69,6 +69,7 @@ pub fn router(store: Store, limits: Limits) -> Router {
         .merge(enrolment::routes())
         .merge(keyring::routes())
         .merge(update::routes())
+        .merge(crate::vault::http::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -14,6 +14,7 @@ pub mod issuers;
 pub mod keyring;
 pub mod sessions;
 pub mod update;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -229,6 +230,7 @@ impl Store {
             count += 1;
         }
         count += Self::reseal_keyrings(&mut tx, &old, &new).await?;
+        count += Self::reseal_vault_keys(&mut tx, &old, &new).await?;
         // Sessions in flight hold secrets sealed under the old key: end them.
         tx.execute(
             "UPDATE sessions SET status = 'expired', live_card = NULL WHERE status = 'active'",

@@ -476,11 +476,26 @@ impl Store {
                 };
                 (TunnelState::Finished, Vec::new(), Some(outcome), None)
             }
+            TunnelState::Vault(v) => {
+                let (next, apdus, outcome) =
+                    self.vault_sync_step(&mut tx, &s.issuer, v, &responses, now).await?;
+                let live =
+                    if matches!(next, TunnelState::Finished) { None } else { s.live_card.clone() };
+                (next, apdus, outcome, live)
+            }
             TunnelState::Finished => {
                 return Err(ServerError::Gone(format!(
                     "session {session_id} has nothing more to do"
                 )));
             }
+        };
+        // The vault step, once the sync's other steps are done and a key is queued.
+        let (next_state, answer_apdus, outcome, live_card) = match self
+            .vault_sync_after(&mut tx, &s.issuer, &s.state, (next_state, answer_apdus, outcome))
+            .await?
+        {
+            (next @ TunnelState::Vault(_), apdus, o) => (next, apdus, o, s.live_card.clone()),
+            (next, apdus, o) => (next, apdus, o, live_card),
         };
 
         let done = matches!(next_state, TunnelState::Finished);
