@@ -29,12 +29,14 @@ pub mod config;
 pub mod handshake;
 pub mod partial;
 pub mod records;
+pub mod relay;
 pub mod session;
 
 pub use cache::{Clock, SessionCache, SystemClock};
 pub use config::{MarketConfig, MarketKey};
 pub use handshake::{Handover, connect_market, handshake};
 pub use records::{Event, KeyedConnection};
+pub use relay::RelayConnection;
 pub use session::{MarketSession, PostHandshake};
 pub use tessera_proto::proxy::TrafficKeys;
 
