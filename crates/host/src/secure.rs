@@ -58,6 +58,12 @@ pub struct Handshake {
 }
 
 impl<C: CardChannel> SecureChannel<C> {
+    /// A session whose handshake the caller ran under keys of its own (a pairing's, say): from
+    /// here on it protects commands exactly as one opened with [`SecureChannel::open`].
+    pub fn from_session(inner: C, session: Scp03Host) -> Self {
+        Self { inner, session }
+    }
+
     /// Runs INITIALIZE UPDATE and EXTERNAL AUTHENTICATE with `keys` on logical channel 0 of
     /// the security domain `sd_aid`, which must be selected already.
     pub fn open(

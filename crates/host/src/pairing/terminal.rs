@@ -6,6 +6,7 @@ use tessera_card::applets::pairing::{
     SESSION_LEVEL, confirmation_matches, confirmations, pairing_key, session_keys,
 };
 use tessera_card::pin::PinBlock;
+use tessera_crypto::CryptoError;
 use tessera_crypto::ecdh::EphemeralSecret;
 use tessera_crypto::ecdsa::{PublicKey, Signature};
 use tessera_crypto::rng::{OsRng, Rng};
@@ -20,6 +21,7 @@ use super::enrol::{load_crl, select, verify_pin};
 use super::files::{PairingStore, TerminalIdentity};
 use super::{PairingError, Result};
 use crate::channel::CardChannel;
+use crate::secure::{SecureChannel, SecureChannelError};
 
 /// A terminal: its identity and its clock.
 #[derive(Debug, Clone)]
@@ -129,7 +131,10 @@ impl Terminal {
         rng: &mut dyn Rng,
     ) -> std::result::Result<PairedSession<C>, (C, PairingError)> {
         match self.handshake(&mut channel, store, rng) {
-            Ok((scp, card_key_id)) => Ok(PairedSession { channel, scp, card_key_id }),
+            Ok((scp, card_key_id)) => Ok(PairedSession {
+                channel: SecureChannel::from_session(channel, scp),
+                card_key_id,
+            }),
             Err(e) => Err((channel, e)),
         }
     }
@@ -173,8 +178,7 @@ impl Terminal {
 /// An authenticated session with a card's pairing applet at level 33 (C-MAC, C-DECRYPTION,
 /// R-MAC, R-ENCRYPTION): every service command is wrapped, every answer unwrapped.
 pub struct PairedSession<C> {
-    channel: C,
-    scp: Scp03Host,
+    channel: SecureChannel<C>,
     card_key_id: Vec<u8>,
 }
 
@@ -194,18 +198,16 @@ impl<C: CardChannel> PairedSession<C> {
     /// verified plain response. An error status the card sends bare (GlobalPlatform: no R-MAC
     /// on errors) is returned as is: only successes are authenticated.
     pub fn transmit_shown(&mut self, command: &Command) -> Result<(Command, Response, Response)> {
-        let wrapped = self.scp.wrap_command(command)?;
-        let wire = self.channel.transmit(&wrapped)?;
-        let plain = if wire.sw != StatusWord::SUCCESS && wire.data.is_empty() {
-            wire.clone()
-        } else {
-            self.scp.unwrap_response(&wire).map_err(|_| {
-                PairingError::Verification(
-                    "the response's R-MAC (tampered on the way back?)".into(),
-                )
-            })?
-        };
-        Ok((wrapped, wire, plain))
+        self.channel.transmit_shown(command).map_err(|e| match e {
+            SecureChannelError::Channel(e) => e.into(),
+            SecureChannelError::Crypto(
+                CryptoError::AuthenticationFailed | CryptoError::Malformed(_),
+            ) => PairingError::Verification(
+                "the response's R-MAC (tampered on the way back?)".into(),
+            ),
+            SecureChannelError::Crypto(e) => e.into(),
+            SecureChannelError::Refused { step, sw } => PairingError::card(step, sw),
+        })
     }
 
     /// Runs one service operation; `Err` for a refusal or a response that does not verify.
@@ -219,7 +221,7 @@ impl<C: CardChannel> PairedSession<C> {
 
     /// The channel underneath (the session ends on the host side).
     pub fn into_inner(self) -> C {
-        self.channel
+        self.channel.into_inner()
     }
 }
 
