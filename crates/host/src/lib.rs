@@ -9,6 +9,9 @@
 //!   per-insertion authentication and the services behind it.
 //! - [`update`]: remote card data update (seed 000): issuer check against a signed issuer
 //!   list, PIN, device authentication relayed to the server, packages and receipts.
+//! - [`home`]: the home card of the authentication proxy and e-money (seed 004): typed
+//!   client, enrolment, the idle fallback with an injectable clock.
+//! - [`access`]: the access card (control-channel key, pinned home server, profiles).
 //! - [`pcscd`]: a private pcscd for tests and benchmarks.
 //! - [`vpcd`]: the bridge that puts a [`VirtualCard`] into pcscd's virtual reader (vsmartcard
 //!   vpcd), so every PC/SC program sees it as a card in a reader.
@@ -30,7 +33,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod channel;
+pub mod home;
 mod in_process;
 pub mod keyring;
 pub mod pairing;
