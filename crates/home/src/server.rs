@@ -47,24 +47,12 @@ pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest the market may take to accept the TCP connection, and again to finish the
 /// handshake.
 pub const MARKET_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest the home server waits for a session the terminal ended to finish.
+pub const SESSION_END_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most market sessions open at once on one control connection.
 pub const MAX_SESSIONS: usize = 32;
 
-/// A time source for the idle fallback: real time in service, a hand-moved one in tests.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Now, monotonic.
-    fn now(&self) -> Instant;
-}
-
-/// The system's monotonic clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
+pub use crate::handover::{Clock, SystemClock};
 
 /// A clock that moves only when told (tests).
 #[derive(Debug)]
@@ -108,7 +96,7 @@ pub enum PinError {
 
 /// The home card as the home server drives it: its TLS client key (for market handshakes)
 /// and the remote-access states of Fig. 6.
-pub trait HomeCard: ClientKey {
+pub trait HomeCard: crate::handover::MarketKey {
     /// Verifies PIN2; on success the card is in the encryption-enabled state.
     fn verify_pin2(&self, pin: &[u8]) -> Result<(), PinError>;
     /// The user's "end" or the idle fallback: back to the remote-access wait state.
@@ -161,6 +149,15 @@ impl ClientKey for SoftwareHomeCard {
     }
 }
 
+impl crate::handover::MarketKey for SoftwareHomeCard {
+    fn sign_tls12(&self, handshake_messages: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if !self.enabled() {
+            return Err(KeyError::Locked);
+        }
+        self.key.sign_tls12(handshake_messages)
+    }
+}
+
 impl HomeCard for SoftwareHomeCard {
     fn verify_pin2(&self, pin: &[u8]) -> Result<(), PinError> {
         use subtle::ConstantTimeEq;
@@ -195,9 +192,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> MarketStream for T {}
 /// forwards the handshake messages it received after the handshake (session tickets, key
 /// updates); the home server keeps tickets and computes the keys after a key update.
 pub trait PostHandshake: Send + 'static {
-    /// Takes decrypted post-handshake message bytes; returns new traffic keys if they
-    /// changed.
-    fn receive(&mut self, messages: &[u8]) -> Result<Option<TrafficKeys>, String>;
+    /// Takes decrypted post-handshake message bytes; returns each change of the traffic keys,
+    /// with whether the terminal must answer the market's KeyUpdate with its own.
+    fn receive(&mut self, messages: &[u8]) -> Result<Vec<(TrafficKeys, bool)>, String>;
 }
 
 /// What the terminal asked for in [`Frame::OpenMarket`].
@@ -221,6 +218,9 @@ pub struct MarketSession {
     /// What the terminal gets: the traffic keys (handover), or nothing / the home card's
     /// certificate (relay / partial).
     pub opened: Opened,
+    /// Bytes already read from the market that belong to the terminal (read past the end of
+    /// the handshake): relayed before anything else.
+    pub pending: Vec<u8>,
 }
 
 /// The answer to an open request.
@@ -245,15 +245,11 @@ pub struct MarketError {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Opens market sessions: connects to the market and runs the handshake the mode needs, the
-/// home card signing. The handover module implements handover, cache and partial modes;
-/// [`RelayMarkets`] implements relay mode.
+/// home card signing. [`StandardMarkets`] serves handover mode (with the session cache when
+/// the terminal allows it) through [`crate::handover`], and relay mode.
 pub trait Markets: Send + Sync + 'static {
-    /// Opens a session for `request` with the home card `card`.
-    fn open(
-        &self,
-        request: OpenRequest,
-        card: Arc<dyn HomeCard>,
-    ) -> BoxFuture<'static, Result<MarketSession, MarketError>>;
+    /// Opens a session for `request`.
+    fn open(&self, request: OpenRequest) -> BoxFuture<'static, Result<MarketSession, MarketError>>;
 }
 
 /// Connects to `host:port` within [`MARKET_TIMEOUT`].
@@ -274,22 +270,20 @@ pub async fn connect_market(host: &str, port: u16) -> Result<TcpStream, MarketEr
 /// CertificateVerify) and re-encrypts between it and the control channel.
 pub struct RelayMarkets {
     roots: Arc<tokio_rustls::rustls::RootCertStore>,
+    card: Arc<dyn HomeCard>,
 }
 
 impl RelayMarkets {
-    /// Relay mode trusting the market CAs in `roots`.
-    pub fn new(roots: tokio_rustls::rustls::RootCertStore) -> Self {
-        RelayMarkets { roots: Arc::new(roots) }
+    /// Relay mode trusting the market CAs in `roots`, client key in `card`.
+    pub fn new(roots: tokio_rustls::rustls::RootCertStore, card: Arc<dyn HomeCard>) -> Self {
+        RelayMarkets { roots: Arc::new(roots), card }
     }
 }
 
 impl Markets for RelayMarkets {
-    fn open(
-        &self,
-        request: OpenRequest,
-        card: Arc<dyn HomeCard>,
-    ) -> BoxFuture<'static, Result<MarketSession, MarketError>> {
+    fn open(&self, request: OpenRequest) -> BoxFuture<'static, Result<MarketSession, MarketError>> {
         let roots = self.roots.clone();
+        let card = self.card.clone();
         Box::pin(async move {
             if request.mode != Mode::Relay {
                 return Err(MarketError {
@@ -315,8 +309,141 @@ impl Markets for RelayMarkets {
                 Ok(Err(e)) => return Err(handshake(format!("market handshake: {e}"))),
                 Err(_) => return Err(handshake("market handshake timed out".into())),
             };
-            Ok(MarketSession { stream: Box::new(tls), opened: Opened::Relaying(Vec::new()) })
+            Ok(MarketSession {
+                stream: Box::new(tls),
+                opened: Opened::Relaying(Vec::new()),
+                pending: Vec::new(),
+            })
         })
+    }
+}
+
+/// Handover mode through [`crate::handover`] (TLS 1.3 and 1.2, the home card signing, the
+/// session cache of Fig. 16 when the terminal allows it), and relay mode through
+/// [`RelayMarkets`].
+pub struct StandardMarkets {
+    plain: Arc<tokio_rustls::rustls::ClientConfig>,
+    cached: Arc<tokio_rustls::rustls::ClientConfig>,
+    relay: RelayMarkets,
+}
+
+impl StandardMarkets {
+    /// Markets validated against `roots`, client key in `card`, resumable sessions kept in
+    /// `cache`.
+    pub fn new(
+        roots: tokio_rustls::rustls::RootCertStore,
+        card: Arc<dyn HomeCard>,
+        cache: Arc<crate::handover::SessionCache>,
+    ) -> Result<Self, crate::handover::HandoverError> {
+        let key: Arc<dyn crate::handover::MarketKey> = Arc::new(CardAsMarketKey(card.clone()));
+        let plain =
+            crate::handover::MarketConfig::new(roots.clone(), key.clone()).client_config()?;
+        let cached = crate::handover::MarketConfig::new(roots.clone(), key)
+            .with_cache(cache)
+            .client_config()?;
+        Ok(StandardMarkets { plain, cached, relay: RelayMarkets::new(roots, card) })
+    }
+}
+
+/// The handover module's post-handshake processing, as the relay loop drives it.
+impl PostHandshake for crate::handover::MarketSession {
+    fn receive(&mut self, messages: &[u8]) -> Result<Vec<(TrafficKeys, bool)>, String> {
+        let changes = self.on_handshake_data(messages).map_err(|e| e.to_string())?;
+        Ok(changes
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::handover::PostHandshake::KeyUpdate { keys, respond } => {
+                    Some((keys, respond))
+                }
+                crate::handover::PostHandshake::SessionTicket => None,
+            })
+            .collect())
+    }
+}
+
+impl Markets for StandardMarkets {
+    fn open(&self, request: OpenRequest) -> BoxFuture<'static, Result<MarketSession, MarketError>> {
+        if request.mode == Mode::Relay {
+            return self.relay.open(request);
+        }
+        let config = if request.cache_allowed { self.cached.clone() } else { self.plain.clone() };
+        Box::pin(async move {
+            if request.mode != Mode::Handover {
+                return Err(MarketError {
+                    code: ErrorCode::Unsupported,
+                    message: format!(
+                        "{} mode is not offered by this home server",
+                        request.mode.name()
+                    ),
+                });
+            }
+            let (host, port) = (request.host.clone(), request.port);
+            let unreachable =
+                |m: String| MarketError { code: ErrorCode::MarketUnreachable, message: m };
+            let addr = match tokio::time::timeout(
+                MARKET_TIMEOUT,
+                tokio::net::lookup_host((host.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(mut addrs)) => {
+                    addrs.next().ok_or_else(|| unreachable(format!("{host}: no address")))?
+                }
+                Ok(Err(e)) => return Err(unreachable(format!("{host}: {e}"))),
+                Err(_) => return Err(unreachable(format!("{host}: name lookup timed out"))),
+            };
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| MarketError {
+                    code: ErrorCode::MarketHandshake,
+                    message: format!("{host}: not a valid server name"),
+                })?;
+            let done = tokio::task::spawn_blocking(move || {
+                let mut tcp = crate::handover::connect_market(addr, MARKET_TIMEOUT)
+                    .map_err(|e| unreachable(format!("market {host}:{port}: {e}")))?;
+                let handover = crate::handover::handshake(&mut tcp, config, name).map_err(|e| {
+                    MarketError {
+                        code: ErrorCode::MarketHandshake,
+                        message: format!("market {host}:{port}: {e}"),
+                    }
+                })?;
+                Ok::<_, MarketError>((tcp, handover))
+            })
+            .await
+            .map_err(|e| MarketError { code: ErrorCode::Internal, message: e.to_string() })??;
+            let (tcp, handover) = done;
+            let internal = |e: std::io::Error| MarketError {
+                code: ErrorCode::Internal,
+                message: e.to_string(),
+            };
+            tcp.set_read_timeout(None).map_err(internal)?;
+            tcp.set_write_timeout(None).map_err(internal)?;
+            tcp.set_nonblocking(true).map_err(internal)?;
+            let tcp = TcpStream::from_std(tcp).map_err(internal)?;
+            tracing::info!(market = %request.host, resumed = handover.resumed, "market session handed over");
+            Ok(MarketSession {
+                stream: Box::new(tcp),
+                opened: Opened::HandedOver(handover.keys, Box::new(handover.session)),
+                pending: handover.pending,
+            })
+        })
+    }
+}
+
+/// A home card as the handover module's market key.
+struct CardAsMarketKey(Arc<dyn HomeCard>);
+
+impl ClientKey for CardAsMarketKey {
+    fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.0.certificate_chain()
+    }
+    fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
+        self.0.sign_tls13(transcript_hash)
+    }
+}
+
+impl crate::handover::MarketKey for CardAsMarketKey {
+    fn sign_tls12(&self, handshake_messages: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.0.sign_tls12(handshake_messages)
     }
 }
 
@@ -631,7 +758,7 @@ impl HomeServer {
             }
             let _ = wr.shutdown().await;
         });
-        let mut sessions: HashMap<u32, mpsc::Sender<SessionInput>> = HashMap::new();
+        let mut sessions: HashMap<u32, SessionHandle> = HashMap::new();
         loop {
             let frame = tokio::select! {
                 _ = stop.changed() => break,
@@ -646,7 +773,7 @@ impl HomeServer {
                 }
                 Err(_) => break,
             };
-            sessions.retain(|_, tx| !tx.is_closed());
+            sessions.retain(|_, h| !h.tx.is_closed());
             if !self.clone().dispatch(conn, frame, &mut sessions, &out_tx).await {
                 break;
             }
@@ -663,7 +790,7 @@ impl HomeServer {
         self: Arc<Self>,
         conn: u64,
         frame: Frame,
-        sessions: &mut HashMap<u32, mpsc::Sender<SessionInput>>,
+        sessions: &mut HashMap<u32, SessionHandle>,
         out: &mpsc::Sender<Frame>,
     ) -> bool {
         match frame {
@@ -688,8 +815,8 @@ impl HomeServer {
                 out.send(reply).await.is_ok()
             }
             Frame::End { session: 0 } => {
-                for (_, tx) in sessions.drain() {
-                    let _ = tx.try_send(SessionInput::End);
+                for (_, h) in sessions.drain() {
+                    let _ = h.tx.try_send(SessionInput::End);
                 }
                 self.lock_card(Some(conn));
                 true
@@ -708,9 +835,9 @@ impl HomeServer {
                     return out.send(error(session, ErrorCode::Locked, msg)).await.is_ok();
                 }
                 let (tx, rx) = mpsc::channel(16);
-                sessions.insert(session, tx);
                 let request = OpenRequest { host, port, mode, cache_allowed };
-                tokio::spawn(self.clone().session(session, request, rx, out.clone()));
+                let task = tokio::spawn(self.clone().session(session, request, rx, out.clone()));
+                sessions.insert(session, SessionHandle { tx, task });
                 true
             }
             Frame::Data { session, bytes } => {
@@ -720,8 +847,11 @@ impl HomeServer {
                 self.to_session(session, SessionInput::PostHandshake(bytes), sessions, out).await
             }
             Frame::End { session } => {
-                if let Some(tx) = sessions.remove(&session) {
-                    let _ = tx.send(SessionInput::End).await;
+                // Wait for the session to finish what the terminal sent before its end (a
+                // session ticket stored before the next open can use it).
+                if let Some(h) = sessions.remove(&session) {
+                    let _ = h.tx.send(SessionInput::End).await;
+                    let _ = tokio::time::timeout(SESSION_END_TIMEOUT, h.task).await;
                 }
                 true
             }
@@ -745,8 +875,8 @@ impl HomeServer {
             }
             Frame::Error { session, code, message } => {
                 tracing::info!(session, ?code, %message, "terminal reported an error");
-                if let Some(tx) = sessions.remove(&session) {
-                    let _ = tx.send(SessionInput::End).await;
+                if let Some(h) = sessions.remove(&session) {
+                    let _ = h.tx.send(SessionInput::End).await;
                 }
                 true
             }
@@ -766,12 +896,12 @@ impl HomeServer {
         &self,
         session: u32,
         input: SessionInput,
-        sessions: &mut HashMap<u32, mpsc::Sender<SessionInput>>,
+        sessions: &mut HashMap<u32, SessionHandle>,
         out: &mpsc::Sender<Frame>,
     ) -> bool {
         match sessions.get(&session) {
-            Some(tx) => {
-                if tx.send(input).await.is_err() {
+            Some(h) => {
+                if h.tx.send(input).await.is_err() {
                     sessions.remove(&session);
                 }
                 true
@@ -792,11 +922,11 @@ impl HomeServer {
         out: mpsc::Sender<Frame>,
     ) {
         let opened = tokio::select! {
-            r = self.markets.open(request, self.card.clone()) => r,
+            r = self.markets.open(request) => r,
             // The terminal ended the session (or the connection) while it was opening.
             _ = wait_end(&mut input) => return,
         };
-        let MarketSession { mut stream, opened } = match opened {
+        let MarketSession { mut stream, opened, pending } = match opened {
             Ok(s) => s,
             Err(e) => {
                 let _ = out.send(error(session, e.code, e.message)).await;
@@ -817,13 +947,23 @@ impl HomeServer {
                 None
             }
         };
+        for piece in pending.chunks(MAX_DATA_LEN) {
+            if out.send(Frame::Data { session, bytes: piece.to_vec() }).await.is_err() {
+                return;
+            }
+        }
         let mut buf = vec![0u8; MAX_DATA_LEN];
+        // After the market closes, the session stays until the terminal ends it: the
+        // post-handshake messages it still forwards (session tickets) are processed.
+        let mut market_open = true;
         loop {
             tokio::select! {
-                n = stream.read(&mut buf) => match n {
+                n = stream.read(&mut buf), if market_open => match n {
                     Ok(0) => {
-                        let _ = out.send(Frame::End { session }).await;
-                        break;
+                        market_open = false;
+                        if out.send(Frame::End { session }).await.is_err() {
+                            break;
+                        }
                     }
                     Ok(n) => {
                         let data = Frame::Data { session, bytes: buf[..n].to_vec() };
@@ -838,6 +978,7 @@ impl HomeServer {
                     }
                 },
                 msg = input.recv() => match msg {
+                    Some(SessionInput::Data(_)) if !market_open => {}
                     Some(SessionInput::Data(bytes)) => {
                         if let Err(e) = stream.write_all(&bytes).await {
                             let msg = format!("market connection: {e}");
@@ -847,18 +988,24 @@ impl HomeServer {
                         let _ = stream.flush().await;
                     }
                     Some(SessionInput::PostHandshake(bytes)) => {
-                        let reply = match post.as_mut() {
-                            None => Some(error(session, ErrorCode::Protocol, "post-handshake data in a session without handover".into())),
+                        let replies = match post.as_mut() {
+                            None => vec![error(
+                                session,
+                                ErrorCode::Protocol,
+                                "post-handshake data in a session without handover".into(),
+                            )],
                             Some(p) => match p.receive(&bytes) {
-                                Ok(Some(keys)) => Some(Frame::KeysUpdated { session, keys }),
-                                Ok(None) => None,
-                                Err(m) => Some(error(session, ErrorCode::Protocol, m)),
+                                Ok(changes) => changes
+                                    .into_iter()
+                                    .map(|(keys, respond)| Frame::KeysUpdated { session, keys, respond })
+                                    .collect(),
+                                Err(m) => vec![error(session, ErrorCode::Protocol, m)],
                             },
                         };
-                        if let Some(f) = reply
-                            && out.send(f).await.is_err()
-                        {
-                            break;
+                        for f in replies {
+                            if out.send(f).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Some(SessionInput::End) | None => break,
@@ -867,6 +1014,12 @@ impl HomeServer {
         }
         let _ = stream.shutdown().await;
     }
+}
+
+/// A market session's task and its input.
+struct SessionHandle {
+    tx: mpsc::Sender<SessionInput>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// What a session task receives from the control connection.

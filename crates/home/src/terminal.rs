@@ -134,8 +134,9 @@ impl Terminal {
 pub enum SessionEvent {
     /// Bytes from the market (TLS records in handover/partial mode, plaintext in relay mode).
     Data(Vec<u8>),
-    /// New traffic keys after a post-handshake message.
-    KeysUpdated(TrafficKeys),
+    /// New traffic keys after a key update, and whether the terminal must answer with its own
+    /// KeyUpdate before switching its sending keys.
+    KeysUpdated(TrafficKeys, bool),
     /// The home card's signature (partial mode).
     Signature(Vec<u8>),
     /// The market closed the connection.
@@ -276,7 +277,9 @@ impl ControlConnection {
     fn requeue(&mut self, session: u32, ev: SessionEvent) {
         let f = match ev {
             SessionEvent::Data(bytes) => Frame::Data { session, bytes },
-            SessionEvent::KeysUpdated(keys) => Frame::KeysUpdated { session, keys },
+            SessionEvent::KeysUpdated(keys, respond) => {
+                Frame::KeysUpdated { session, keys, respond }
+            }
             SessionEvent::Signature(signature) => Frame::SignResponse { session, signature },
             SessionEvent::End => Frame::End { session },
         };
@@ -287,7 +290,9 @@ impl ControlConnection {
     pub fn recv(&mut self, session: u32) -> Result<SessionEvent, TerminalError> {
         match self.next_for(session)? {
             Frame::Data { bytes, .. } => Ok(SessionEvent::Data(bytes)),
-            Frame::KeysUpdated { keys, .. } => Ok(SessionEvent::KeysUpdated(keys)),
+            Frame::KeysUpdated { keys, respond, .. } => {
+                Ok(SessionEvent::KeysUpdated(keys, respond))
+            }
             Frame::SignResponse { signature, .. } => Ok(SessionEvent::Signature(signature)),
             Frame::End { .. } => Ok(SessionEvent::End),
             Frame::Error { code, message, .. } => Err(TerminalError::Refused { code, message }),
@@ -301,6 +306,19 @@ impl ControlConnection {
         self.send(&Frame::End { session })
     }
 
+    /// A handover-mode session as a byte stream of application data: the terminal seals and
+    /// opens the TLS records itself with the handed-over `keys`, forwards post-handshake
+    /// messages to the home server and applies the keys it answers with.
+    pub fn handover_stream(
+        &mut self,
+        session: u32,
+        keys: &TrafficKeys,
+    ) -> Result<HandoverStream<'_>, TerminalError> {
+        let keyed = crate::handover::KeyedConnection::new(keys)
+            .map_err(|e| TerminalError::Protocol(e.to_string()))?;
+        Ok(HandoverStream { conn: self, session, keyed, buf: Vec::new(), pos: 0, eof: false })
+    }
+
     /// A relay-mode session as a byte stream of application data.
     pub fn relay_stream(&mut self, session: u32) -> RelayStream<'_> {
         RelayStream { conn: self, session, buf: Vec::new(), pos: 0, eof: false }
@@ -309,6 +327,89 @@ impl ControlConnection {
 
 fn unexpected(f: &Frame) -> TerminalError {
     TerminalError::Protocol(format!("unexpected frame {f:?}"))
+}
+
+/// A handover-mode market session as `Read + Write` of application data (the records are
+/// protected here, with the handed-over keys; the home server only relays them).
+pub struct HandoverStream<'a> {
+    conn: &'a mut ControlConnection,
+    session: u32,
+    keyed: crate::handover::KeyedConnection,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl HandoverStream<'_> {
+    /// Sends close_notify to the market.
+    pub fn close(&mut self) -> Result<(), TerminalError> {
+        let record =
+            self.keyed.close_notify().map_err(|e| TerminalError::Protocol(e.to_string()))?;
+        self.conn.send_data(self.session, &record)
+    }
+}
+
+fn handover_io(e: crate::handover::HandoverError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl Read for HandoverStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use crate::handover::Event;
+        while self.pos >= self.buf.len() && !self.eof {
+            match self.keyed.next_event().map_err(handover_io)? {
+                Some(Event::Data(bytes)) => {
+                    self.buf = bytes;
+                    self.pos = 0;
+                    continue;
+                }
+                Some(Event::PostHandshake(bytes)) => {
+                    self.conn.post_handshake(self.session, &bytes).map_err(to_io)?;
+                    continue;
+                }
+                Some(Event::Closed) => {
+                    self.eof = true;
+                    continue;
+                }
+                None => {}
+            }
+            match self.conn.recv(self.session).map_err(to_io)? {
+                SessionEvent::Data(bytes) => self.keyed.received(&bytes),
+                SessionEvent::KeysUpdated(keys, respond) => {
+                    let record =
+                        self.keyed.apply_key_update(&keys, respond).map_err(handover_io)?;
+                    if !record.is_empty() {
+                        self.conn.send_data(self.session, &record).map_err(to_io)?;
+                    }
+                }
+                SessionEvent::End => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the market closed the connection without close_notify",
+                    ));
+                }
+                SessionEvent::Signature(_) => {
+                    return Err(io::Error::other("unexpected signature in a handover session"));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for HandoverStream<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let records = self.keyed.seal_data(data).map_err(handover_io)?;
+        self.conn.send_data(self.session, &records).map_err(to_io)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A relay-mode market session as `Read + Write` of application data.
@@ -333,7 +434,7 @@ impl Read for RelayStream<'_> {
                     self.pos = 0;
                 }
                 SessionEvent::End => self.eof = true,
-                SessionEvent::KeysUpdated(_) | SessionEvent::Signature(_) => {
+                SessionEvent::KeysUpdated(..) | SessionEvent::Signature(_) => {
                     return Err(io::Error::other("unexpected frame in a relay session"));
                 }
             }

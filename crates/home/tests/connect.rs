@@ -1,6 +1,8 @@
 //! Market sessions through the home server: relay mode end to end against an in-process
 //! market that requires a client certificate; faults of the market.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "control_support.rs"]
 mod support;
 
@@ -24,7 +26,7 @@ fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let (home_key, _) = issuer.card_key("alice home card", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots()));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()));
     let clock = Arc::new(ManualClock::default());
     let (_server, running) =
         start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock);
@@ -72,7 +74,7 @@ fn market_faults_are_reported_per_session() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let (home_key, _) = issuer.card_key("home", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots()));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()));
     let (_server, running) = start_home(
         &rt,
         &identity,
@@ -122,4 +124,58 @@ fn market_faults_are_reported_per_session() {
         body: vec![],
     };
     assert_eq!(http::exchange(&mut c.relay_stream(session), &req).unwrap().status, 200);
+}
+
+#[test]
+fn handover_mode_the_terminal_speaks_tls_records_with_handed_over_keys() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("bob home card", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(
+        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache.clone())
+            .unwrap(),
+    );
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        card.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.certificate(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+
+    for (i, cache_allowed) in [false, true, true].into_iter().enumerate() {
+        let (session, opened) =
+            c.open("localhost", market.port(), Mode::Handover, cache_allowed).unwrap();
+        let OpenedSession::HandedOver(keys) = opened else { panic!("{opened:?}") };
+        let mut stream = c.handover_stream(session, &keys).unwrap();
+        let req = Request {
+            method: "PUT".into(),
+            host: "localhost".into(),
+            target: format!("/cart/{i}"),
+            headers: vec![],
+            body: vec![b'x'; 40_000],
+        };
+        let resp = http::exchange(&mut stream, &req).unwrap();
+        assert_eq!(resp.status, 200);
+        let text = String::from_utf8(resp.body).unwrap();
+        assert!(text.starts_with(&format!("PUT /cart/{i} HTTP/1.1\nclient=bob home card\n")));
+        assert_eq!(text.matches('x').count(), 40_000);
+        c.end_session(session).unwrap();
+    }
+    // The first session was a full handshake; the second stored its ticket and the third
+    // resumed from the cache without the home card (2 signatures for 3 sessions).
+    assert_eq!(card.signatures(), 2);
 }

@@ -1,6 +1,8 @@
 //! The control channel: mutual TLS 1.3 with the access card's key and the pinned home-server
 //! certificate, registered cards only, resumption, PIN2 relay and the home card's states.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "control_support.rs"]
 mod support;
 
@@ -36,7 +38,7 @@ impl Setup {
         let (home_key, _) = ca.card_key("home card", Role::Home);
         let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
         let clock = Arc::new(ManualClock::default());
-        let markets = Arc::new(RelayMarkets::new(ca.roots()));
+        let markets = Arc::new(RelayMarkets::new(ca.roots(), card.clone()));
         let (server, running) =
             start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock.clone());
         Setup { rt, ca, identity, registry, card, clock, server, running: Some(running) }

@@ -1,7 +1,7 @@
 //! Shared by the control-channel and connect tests (included with `#[path]`): certificates,
 //! a home server on an ephemeral port, and an in-process market (rustls, client certificates
 //! required, HTTP/1.1 answers that echo the request).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, RootCertStore};
 
+/// The home card's PIN2 in every test.
 pub const PIN2: &[u8] = b"246810";
 
+/// Unix seconds now.
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
@@ -26,10 +28,12 @@ pub fn now() -> i64 {
 /// An issuer CA that makes access-card, home-card and market certificates.
 pub struct Ca {
     key: SigningKey,
+    /// The CA certificate.
     pub cert: Certificate,
 }
 
 impl Ca {
+    /// A fresh CA named `name`.
     pub fn new(name: &str) -> Self {
         let key = SigningKey::generate(&mut OsRng);
         let v = Validity { not_before: now() - 3600, not_after: now() + 86400 };
@@ -37,6 +41,7 @@ impl Ca {
         Ca { key, cert }
     }
 
+    /// A key and its certificate with `role`.
     pub fn issue(&self, cn: &str, role: Role, alt: &[AltName]) -> (SigningKey, Certificate) {
         let key = SigningKey::generate(&mut OsRng);
         let v = Validity { not_before: now() - 3600, not_after: now() + 86400 };
@@ -64,6 +69,7 @@ impl Ca {
         (SoftwareKey::new(key, vec![CertificateDer::from(der.clone())]), der)
     }
 
+    /// A root store holding this CA.
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(self.cert.der().to_vec())).unwrap();
@@ -71,6 +77,7 @@ impl Ca {
     }
 }
 
+/// A small multi-threaded runtime for the servers.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }

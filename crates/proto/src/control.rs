@@ -219,6 +219,9 @@ pub enum Frame {
         session: u32,
         /// The updated traffic keys.
         keys: TrafficKeys,
+        /// The market asked for a key update in return: the terminal sends its own KeyUpdate
+        /// under its old client-write keys, then switches to the new ones.
+        respond: bool,
     },
     /// Terminal → home (partial mode): sign a TLS 1.3 client CertificateVerify for this
     /// transcript hash with the home card.
@@ -373,15 +376,18 @@ impl Frame {
                 out.extend_from_slice(&session.to_be_bytes());
                 put32(&mut out, certificate);
             }
-            Frame::HandedOver { session, keys } | Frame::KeysUpdated { session, keys } => {
+            Frame::HandedOver { session, keys } => {
                 check_session(*session)?;
-                out.push(if matches!(self, Frame::HandedOver { .. }) {
-                    tag::HANDED_OVER
-                } else {
-                    tag::KEYS_UPDATED
-                });
+                out.push(tag::HANDED_OVER);
                 out.extend_from_slice(&session.to_be_bytes());
                 put16(&mut out, &keys.to_bytes());
+            }
+            Frame::KeysUpdated { session, keys, respond } => {
+                check_session(*session)?;
+                out.push(tag::KEYS_UPDATED);
+                out.extend_from_slice(&session.to_be_bytes());
+                put16(&mut out, &keys.to_bytes());
+                out.push(u8::from(*respond));
             }
             Frame::Data { session, bytes } | Frame::PostHandshake { session, bytes } => {
                 check_session(*session)?;
@@ -480,7 +486,13 @@ impl Frame {
             }
             tag::KEYS_UPDATED => {
                 let session = r.session()?;
-                Frame::KeysUpdated { session, keys: r.keys()? }
+                let keys = r.keys()?;
+                let respond = match r.u8("respond")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ControlError::Value("respond flag")),
+                };
+                Frame::KeysUpdated { session, keys, respond }
             }
             tag::DATA => {
                 let session = r.session()?;
@@ -581,7 +593,7 @@ mod tests {
             Frame::HandedOver { session: 2, keys: keys(0) },
             Frame::Data { session: 3, bytes: vec![0x17; MAX_DATA_LEN] },
             Frame::PostHandshake { session: 3, bytes: vec![4, 0, 0, 1, 0] },
-            Frame::KeysUpdated { session: 3, keys: keys(5) },
+            Frame::KeysUpdated { session: 3, keys: keys(5), respond: true },
             Frame::SignRequest { session: 4, transcript_hash: [0xAB; 32] },
             Frame::SignResponse { session: 4, signature: vec![0x30; 71] },
             Frame::Pin2 { pin: b"1234".to_vec() },
