@@ -597,3 +597,87 @@ async fn each_failing_check_ends_the_sync_with_its_own_error(db: TestDb) {
     assert!(o.message.ends_with("updates: 1 delivered"), "{}", o.message);
 }
 both!(each_failing_check_ends_the_sync_with_its_own_error);
+
+async fn a_scheduled_password_change_reaches_the_card_at_its_next_sync(db: TestDb) {
+    use tessera_server::store::update::schedule::ScheduleUpdate;
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    let every = 30 * 86_400;
+    let req = ScheduleUpdate {
+        object: "wifi".into(),
+        every_secs: every,
+        generate: "password:20".into(),
+        sealed: false,
+        free_read: false,
+        first_due: None,
+    };
+    let s = store.update_schedule(&root(), "acme", "CARD-A", &req).await.unwrap();
+    assert_eq!((s.runs, s.generate.as_str()), (0, "password:20"));
+    let bad = ScheduleUpdate { generate: "password:4".into(), ..req.clone() };
+    assert!(matches!(
+        store.update_schedule(&root(), "acme", "CARD-A", &bad).await,
+        Err(ServerError::BadRequest(_))
+    ));
+    assert!(matches!(
+        store.update_schedule(&root(), "acme", "NOPE", &req).await,
+        Err(ServerError::NotFound(_))
+    ));
+
+    // Due now: the next sync generates, seals, queues and delivers it.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = plain_session(&store).await;
+    let (o, _, _) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert!(o.message.ends_with("updates: 1 delivered"), "{}", o.message);
+    card.reset();
+    pin(&mut card, &card_pin);
+    let one = read(&mut card, "wifi");
+    assert_eq!(one.len(), 20);
+    assert!(one.iter().all(u8::is_ascii_alphanumeric));
+    // The server kept no plaintext: not in the packages, not in the audit log.
+    assert!(!contains(&stored_bytes(&db).await, &one));
+    let s = &store.update_schedules(&root(), "acme", "CARD-A").await.unwrap()[0];
+    assert_eq!(s.runs, 1);
+    let due = s.next_due;
+
+    // Not due again before its period: the next sync has nothing to do.
+    card.reset();
+    let first = plain_session(&store).await;
+    let (o, _, _) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert!(!o.message.contains("updates"), "{}", o.message);
+    assert!(store.update_run_due("acme", "CARD-A", due - 1).await.unwrap().is_empty());
+    // Thirty days on (the clock injected): a new password, delivered at the next sync.
+    let queued = store.update_run_due("acme", "CARD-A", due).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        store.update_schedules(&root(), "acme", "CARD-A").await.unwrap()[0].next_due,
+        due + every
+    );
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = plain_session(&store).await;
+    let (o, _, _) = run_session(&store, &mut card, first, |_, _| {}).await;
+    assert!(o.message.ends_with("updates: 1 delivered"), "{}", o.message);
+    let two = read_after_pin_value(&mut card, &card_pin);
+    assert_eq!(two.len(), 20);
+    assert_ne!(one, two);
+    let audit = store.audit_entries(&root(), 0, 1000).await.unwrap();
+    let runs = audit.iter().filter(|e| e.action == "update.schedule.run").count();
+    assert_eq!(runs, 2);
+
+    // Unscheduled: nothing more is generated.
+    store.update_unschedule(&root(), "acme", "CARD-A", "wifi").await.unwrap();
+    assert!(store.update_run_due("acme", "CARD-A", due + 10 * every).await.unwrap().is_empty());
+    assert!(matches!(
+        store.update_unschedule(&root(), "acme", "CARD-A", "wifi").await,
+        Err(ServerError::NotFound(_))
+    ));
+}
+both!(a_scheduled_password_change_reaches_the_card_at_its_next_sync);
+
+fn read_after_pin_value(card: &mut Card, card_pin: &str) -> Vec<u8> {
+    card.reset();
+    pin(card, card_pin);
+    read(card, "wifi")
+}

@@ -184,5 +184,31 @@ async fn admin_update_put_and_list_against_a_running_server() {
     let objects: Vec<&str> =
         r.human.lines().skip(1).map(|l| l.split('\t').nth(1).unwrap()).collect();
     assert_eq!(objects, ["wifi", "cert", "big", "wifi", "a", "b", "c"]);
+
+    // A periodic password change: scheduled, listed, delivered at the next sync, removed.
+    let sched = ["update", "schedule", "acme", "CARD-A", "vpn", "--every", "30d"];
+    let r =
+        admin(&run(&[&sched[..], &["--generate", "password:24"]].concat()).unwrap()).await.unwrap();
+    assert!(r.human.starts_with("card CARD-A: vpn every 2592000s (password:24)"), "{}", r.human);
+    let err = admin(&run(&[&sched[..], &["--generate", "pin:4"]].concat()).unwrap()).await;
+    assert_eq!(err.unwrap_err().kind, FailureKind::Usage);
+    let r = admin(&run(&["update", "schedules", "acme", "CARD-A"]).unwrap()).await.unwrap();
+    assert!(
+        r.human.lines().nth(1).unwrap().starts_with("vpn\t2592000s\tpassword:24\t"),
+        "{}",
+        r.human
+    );
+    card.reset();
+    let r =
+        sync(&sync_args(&["--pin-file", right.to_str().unwrap()]), |apdu| Ok(card.transmit(apdu)))
+            .await
+            .unwrap();
+    assert!(r.human.contains("delivered"), "{}", r.human);
+    let vpn = read(&mut card, "vpn");
+    assert_eq!(vpn.len(), 24);
+    let r = admin(&run(&["update", "unschedule", "acme", "CARD-A", "vpn"]).unwrap()).await.unwrap();
+    assert_eq!(r.human, "card CARD-A: vpn is no longer changed periodically");
+    let err = admin(&run(&["update", "unschedule", "acme", "CARD-A", "vpn"]).unwrap()).await;
+    assert_eq!(err.unwrap_err().kind, FailureKind::Refused);
     server.shutdown().await.unwrap();
 }

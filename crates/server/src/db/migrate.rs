@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0006_update.sql"),
     ),
     (
+        7,
+        include_str!("../../migrations/sqlite/0007_update_schedules.sql"),
+        include_str!("../../migrations/postgres/0007_update_schedules.sql"),
+    ),
+    (
         8,
         include_str!("../../migrations/sqlite/0008_vault.sql"),
         include_str!("../../migrations/postgres/0008_vault.sql"),
@@ -46,7 +51,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// Every schema version, oldest first.
-pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5, 6, 8];
+pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5, 6, 7, 8];
 
 /// The newest schema version this build knows.
 pub const LATEST_VERSION: i64 = 8;

@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use super::{Admin, AppState, JsonBody};
 use crate::error::{ErrorBody, ServerResult};
 use crate::store::sessions::TunnelStep;
+use crate::store::update::schedule::{ScheduleEntry, ScheduleUpdate};
 use crate::store::update::{
     CreateUpdateSession, IssuerListBody, QueueUpdate, QueuedUpdate, UpdateEntry,
 };
@@ -19,6 +20,14 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/v1/issuers/{issuer}/update/issuer-list", get(issuer_list))
         .route("/v1/issuers/{issuer}/update/sessions", axum::routing::post(create_update_session))
+        .route(
+            "/v1/admin/issuers/{issuer}/cards/{card}/update-schedules",
+            get(list_schedules).post(schedule_update),
+        )
+        .route(
+            "/v1/admin/issuers/{issuer}/cards/{card}/update-schedules/{object}",
+            axum::routing::delete(unschedule_update),
+        )
 }
 
 #[utoipa::path(post, path = "/v1/admin/issuers/{issuer}/cards/{card}/updates", tag = "admin", security(("bearer" = [])),
@@ -67,4 +76,39 @@ pub(super) async fn create_update_session(
 ) -> ServerResult<(axum::http::StatusCode, Json<TunnelStep>)> {
     let step = s.store.create_update_session(&issuer, &req).await?;
     Ok((axum::http::StatusCode::CREATED, Json(step)))
+}
+
+#[utoipa::path(post, path = "/v1/admin/issuers/{issuer}/cards/{card}/update-schedules", tag = "admin", security(("bearer" = [])),
+    params(("issuer" = String, Path), ("card" = String, Path)), request_body = ScheduleUpdate,
+    responses((status = 200, body = ScheduleEntry), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn schedule_update(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path((issuer, card)): Path<(String, String)>,
+    JsonBody(req): JsonBody<ScheduleUpdate>,
+) -> ServerResult<Json<ScheduleEntry>> {
+    Ok(Json(s.store.update_schedule(&p, &issuer, &card, &req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/admin/issuers/{issuer}/cards/{card}/update-schedules", tag = "admin", security(("bearer" = [])),
+    params(("issuer" = String, Path), ("card" = String, Path)),
+    responses((status = 200, body = Vec<ScheduleEntry>), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_schedules(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path((issuer, card)): Path<(String, String)>,
+) -> ServerResult<Json<Vec<ScheduleEntry>>> {
+    Ok(Json(s.store.update_schedules(&p, &issuer, &card).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/issuers/{issuer}/cards/{card}/update-schedules/{object}", tag = "admin", security(("bearer" = [])),
+    params(("issuer" = String, Path), ("card" = String, Path), ("object" = String, Path)),
+    responses((status = 200, body = serde_json::Value), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn unschedule_update(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path((issuer, card, object)): Path<(String, String, String)>,
+) -> ServerResult<Json<serde_json::Value>> {
+    s.store.update_unschedule(&p, &issuer, &card, &object).await?;
+    Ok(Json(serde_json::json!({ "card_id": card, "object": object, "unscheduled": true })))
 }

@@ -14,6 +14,8 @@
 //!   match it and whose device signature verifies (audited `update.deliver`); until then it
 //!   stays pending and is sent again, and the card answers "already applied".
 
+pub mod schedule;
+
 use serde::{Deserialize, Serialize};
 use tessera_crypto::hash::sha256;
 use tessera_crypto::hpke::HpkePublicKey;
@@ -100,6 +102,16 @@ pub struct IssuerListBody {
     pub version: u64,
     /// The list ([`IssuerList::to_bytes`]), hex.
     pub list_hex: String,
+}
+
+/// Where a value is queued: card, object, mode and read rule.
+#[derive(Clone, Copy)]
+struct QueueTarget<'a> {
+    issuer: &'a str,
+    card_id: &'a str,
+    object: &'a str,
+    mode: Mode,
+    rule: ReadRule,
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -202,15 +214,31 @@ impl Store {
             hex::decode(&req.value_hex)
                 .map_err(|_| ServerError::BadRequest("value_hex: not hex".into()))?,
         );
+        let mode = if req.sealed { Mode::Sealed } else { Mode::Apply };
+        let rule = if req.free_read { ReadRule::Free } else { ReadRule::Pin };
+        let mut tx = self.begin().await?;
+        let target = QueueTarget { issuer, card_id, object: &req.object, mode, rule };
+        let queued =
+            self.queue_in_tx(&mut tx, principal, &target, &value, crate::clock::now()).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    /// [`Store::queue_update`] inside `tx`: the card's row is locked, the value sealed and
+    /// signed under the next sequence, the package stored and audited (without the value).
+    async fn queue_in_tx(
+        &self,
+        tx: &mut Tx,
+        principal: &Principal,
+        target: &QueueTarget<'_>,
+        value: &[u8],
+        now: i64,
+    ) -> ServerResult<QueuedUpdate> {
+        let QueueTarget { issuer, card_id, object, mode, rule } = *target;
         if value.len() > MAX_OBJECT_LEN {
             return Err(ServerError::BadRequest("value above 64 KiB".into()));
         }
-        check_update(req.object.as_bytes(), &value).map_err(update_err)?;
-        let mode = if req.sealed { Mode::Sealed } else { Mode::Apply };
-        let rule = if req.free_read { ReadRule::Free } else { ReadRule::Pin };
-        let now = crate::clock::now();
-
-        let mut tx = self.begin().await?;
+        check_update(object.as_bytes(), value).map_err(update_err)?;
         let row = tx
             .query_opt(
                 &format!(
@@ -234,15 +262,22 @@ impl Store {
             .await?
             .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
         let signer = self.unseal_key(&signer_row.blob(0)?, &signing_key_context(issuer))?;
-        let target = PackageTarget {
+        let package_target = PackageTarget {
             card_id: card_id.as_bytes(),
             update_key: &update_key,
             sequence: u64::try_from(sequence)
                 .map_err(|_| ServerError::Internal("sequence counter".into()))?,
         };
-        let package =
-            seal_package(&mut OsRng, &signer, &target, req.object.as_bytes(), &value, mode, rule)
-                .map_err(update_err)?;
+        let package = seal_package(
+            &mut OsRng,
+            &signer,
+            &package_target,
+            object.as_bytes(),
+            value,
+            mode,
+            rule,
+        )
+        .map_err(update_err)?;
         tx.execute(
             "INSERT INTO update_packages (issuer_id, card_id, sequence, object_name, mode, package, queued_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -250,7 +285,7 @@ impl Store {
                 issuer.into(),
                 card_id.into(),
                 sequence.into(),
-                req.object.as_str().into(),
+                object.into(),
                 mode_name(mode).into(),
                 package.into(),
                 now.into(),
@@ -263,21 +298,20 @@ impl Store {
         )
         .await?;
         self.audit(
-            &mut tx,
+            tx,
             principal,
             Some(issuer),
             "update.queue",
             card_id,
             serde_json::json!({
-                "object": req.object, "sequence": sequence, "mode": mode_name(mode),
-                "free_read": req.free_read, "len": value.len(),
+                "object": object, "sequence": sequence, "mode": mode_name(mode),
+                "free_read": rule == ReadRule::Free, "len": value.len(),
             }),
         )
         .await?;
-        tx.commit().await?;
         Ok(QueuedUpdate {
             card_id: card_id.to_owned(),
-            object: req.object.clone(),
+            object: object.to_owned(),
             sequence,
             mode: mode_name(mode).into(),
         })
@@ -829,7 +863,7 @@ impl Store {
             .map(|r| r.opt_int(0))
             .transpose()?
             .flatten();
-        if pending.is_none() {
+        if pending.is_none() && !self.update_any_due(tx, issuer, card_id, now).await? {
             return Ok(None);
         }
         let challenge = self.update_new_challenge(tx, now).await?;
@@ -1077,6 +1111,8 @@ impl Store {
                 let acknowledged = self
                     .update_acknowledge_below(tx, issuer, &card_id, card.last_sequence, now)
                     .await?;
+                // Scheduled changes due now are generated for the authenticated card.
+                self.update_run_due_tx(tx, issuer, &card_id, now).await?;
                 Ok(Ok((card_id, card.last_sequence, acknowledged)))
             }
             Err((e, code)) if refusal(&e) => Ok(Err(refused(&named, &e, code))),

@@ -58,6 +58,48 @@ pub enum UpdateAdminCommand {
         /// Card id.
         card: String,
     },
+    /// Change OBJECT of CARD periodically: at the card's first sync once a change is due, the
+    /// server generates a new value (`--generate password:20`), seals it to the card, queues
+    /// and delivers it; it keeps no plaintext. The holder reads it with `tessera data read`.
+    Schedule {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+        /// The data object's name.
+        object: String,
+        /// The period: `30d`, `12h`, `90m` or seconds (at least 1h).
+        #[arg(long, value_name = "PERIOD")]
+        every: String,
+        /// What to generate: `password:N` (N letters and digits, 8 to 64).
+        #[arg(long, value_name = "GENERATOR")]
+        generate: String,
+        /// Store the values sealed on the card, decrypted on every read.
+        #[arg(long)]
+        sealed: bool,
+        /// Anyone may read the object (default: only after the PIN).
+        #[arg(long)]
+        free_read: bool,
+        /// When the first change is due (Unix seconds; default: at the card's next sync).
+        #[arg(long, value_name = "UNIX")]
+        first_due: Option<i64>,
+    },
+    /// A card's schedules: object, period, generator, next due time, changes so far.
+    Schedules {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+    },
+    /// Stop changing OBJECT of CARD (a change already queued is still delivered).
+    Unschedule {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+        /// The data object's name.
+        object: String,
+    },
 }
 
 fn seg(s: &str) -> Result<&str, Failure> {
@@ -103,6 +145,46 @@ pub fn request(cmd: &UpdateAdminCommand) -> Result<(Method, String, Option<Value
         UpdateAdminCommand::List { issuer, card } => (
             Method::GET,
             format!("/v1/admin/issuers/{}/cards/{}/updates", seg(issuer)?, seg(card)?),
+            None,
+        ),
+        UpdateAdminCommand::Schedule {
+            issuer,
+            card,
+            object,
+            every,
+            generate,
+            sealed,
+            free_read,
+            first_due,
+        } => {
+            let usage = |e: super::UpdateError| Failure {
+                kind: FailureKind::Usage,
+                message: e.to_string(),
+            };
+            let every_secs = super::schedule::parse_every(every).map_err(usage)?;
+            super::schedule::Generator::parse(generate).map_err(usage)?;
+            (
+                Method::POST,
+                format!("/v1/admin/issuers/{}/cards/{}/update-schedules", seg(issuer)?, seg(card)?),
+                Some(json!({
+                    "object": object, "every_secs": every_secs, "generate": generate,
+                    "sealed": sealed, "free_read": free_read, "first_due": first_due,
+                })),
+            )
+        }
+        UpdateAdminCommand::Schedules { issuer, card } => (
+            Method::GET,
+            format!("/v1/admin/issuers/{}/cards/{}/update-schedules", seg(issuer)?, seg(card)?),
+            None,
+        ),
+        UpdateAdminCommand::Unschedule { issuer, card, object } => (
+            Method::DELETE,
+            format!(
+                "/v1/admin/issuers/{}/cards/{}/update-schedules/{}",
+                seg(issuer)?,
+                seg(card)?,
+                seg(object)?
+            ),
             None,
         ),
     })
@@ -250,6 +332,31 @@ pub fn human(cmd: &UpdateAdminCommand, v: &Value) -> String {
             })
             .collect::<Vec<_>>()
             .join("\n"),
+        UpdateAdminCommand::Schedule { .. } => format!(
+            "card {}: {} every {}s ({}), next change due at {}",
+            s(&v["card_id"]),
+            s(&v["object"]),
+            v["every_secs"],
+            s(&v["generate"]),
+            v["next_due"],
+        ),
+        UpdateAdminCommand::Schedules { .. } => {
+            let mut out = String::from("object\tevery\tgenerate\tnext due\tchanges");
+            for e in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+                out.push_str(&format!(
+                    "\n{}\t{}s\t{}\t{}\t{}",
+                    s(&e["object"]),
+                    e["every_secs"],
+                    s(&e["generate"]),
+                    e["next_due"],
+                    e["runs"]
+                ));
+            }
+            out
+        }
+        UpdateAdminCommand::Unschedule { card, object, .. } => {
+            format!("card {card}: {object} is no longer changed periodically")
+        }
         UpdateAdminCommand::List { .. } => {
             let mut out = String::from("sequence\tobject\tmode\tqueued\tdelivered");
             for e in v.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -325,6 +432,28 @@ mod tests {
         }
         let long = format!("C-1,{},v", "n".repeat(33));
         assert!(parse_csv(&long).unwrap_err().message.starts_with("line 1:"));
+    }
+
+    #[test]
+    fn schedule_checks_period_and_generator_locally() {
+        let cmd = |every: &str, generate: &str| UpdateAdminCommand::Schedule {
+            issuer: "acme".into(),
+            card: "C-1".into(),
+            object: "wifi".into(),
+            every: every.into(),
+            generate: generate.into(),
+            sealed: false,
+            free_read: false,
+            first_due: None,
+        };
+        let (m, path, body) = request(&cmd("30d", "password:20")).unwrap();
+        assert_eq!(
+            (m, path.as_str()),
+            (Method::POST, "/v1/admin/issuers/acme/cards/C-1/update-schedules")
+        );
+        assert_eq!(body.unwrap()["every_secs"], 30 * 86_400);
+        assert_eq!(request(&cmd("10m", "password:20")).unwrap_err().kind, FailureKind::Usage);
+        assert_eq!(request(&cmd("30d", "password:3")).unwrap_err().kind, FailureKind::Usage);
     }
 
     #[test]

@@ -657,5 +657,6 @@ impl<S: UpdateStore> UpdateService<S> {
 
 pub mod cli;
 pub mod issuance;
+pub mod schedule;
 #[cfg(test)]
 mod tests;
