@@ -14,6 +14,7 @@ use crate::Output;
 use crate::error::{CliError, Exit};
 use crate::source::{CardSource, PassphraseArg, open_image};
 
+pub mod home;
 pub mod info;
 
 /// `tessera card` subcommands.
@@ -40,6 +41,12 @@ pub enum CardCommand {
         #[command(flatten)]
         passphrase: PassphraseArg,
     },
+    /// Make a home card image (authentication proxy and wallet, seed 004): card id, PIN1,
+    /// PIN2, PUK, TLS key and payment key enrolled with a local CA, trusted markets and banks.
+    InitHome(home::HomeInitArgs),
+    /// Make an access card image (the terminal's control-channel key, pinned home server,
+    /// terminal profiles), enrolled with a local CA.
+    InitAccess(home::AccessInitArgs),
 }
 
 /// Arguments of `tessera card serve`.
@@ -68,6 +75,8 @@ pub fn run(cmd: CardCommand, out: Output) -> Result<(), CliError> {
         CardCommand::New { image, passphrase } => new(image, &passphrase, out),
         CardCommand::Serve(args) => serve(args),
         CardCommand::Info { source, passphrase } => info::run(&source, &passphrase, out),
+        CardCommand::InitHome(args) => home::init_home(args, out),
+        CardCommand::InitAccess(args) => home::init_access(args, out),
     }
 }
 
