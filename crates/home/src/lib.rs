@@ -91,6 +91,13 @@ pub fn fingerprint(cert: &[u8]) -> [u8; 32] {
     tessera_crypto::hash::sha256(cert)
 }
 
+/// SHA-256 of a certificate's SubjectPublicKeyInfo (DER): what an access card pins the home
+/// server by. `None` if the certificate does not parse as a tessera (P-256) certificate.
+pub fn spki_sha256(cert: &[u8]) -> Option<[u8; 32]> {
+    let info = tessera_crypto::x509::Certificate::from_der(cert.to_vec()).ok()?.info().ok()?;
+    Some(tessera_crypto::hash::sha256(&info.public_key.to_spki_der().ok()?))
+}
+
 /// A fingerprint as colon-separated upper-case hex, as `tessera home list` prints it.
 pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
     fp.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")

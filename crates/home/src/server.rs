@@ -184,6 +184,80 @@ impl HomeCard for SoftwareHomeCard {
     }
 }
 
+/// The real home card (`home` applet) behind any card channel, through
+/// [`tessera_host::home::HomeCard`]. Its certificate is read once; PIN2 arrives as typed
+/// (4 to 8 characters) and is padded into the card's PIN block here.
+pub struct CardHome {
+    card: Mutex<tessera_host::home::HomeCard<Box<dyn tessera_host::CardChannel + Send>>>,
+    chain: Vec<CertificateDer<'static>>,
+}
+
+impl CardHome {
+    /// Takes a home card whose applet is selected and in the remote-access wait state (PIN1
+    /// verified); reads its TLS certificate.
+    pub fn new(
+        mut card: tessera_host::home::HomeCard<Box<dyn tessera_host::CardChannel + Send>>,
+    ) -> Result<Self, tessera_host::home::CardError> {
+        let cert = card.certificate()?;
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        Ok(CardHome { card: Mutex::new(card), chain })
+    }
+
+    fn card(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        tessera_host::home::HomeCard<Box<dyn tessera_host::CardChannel + Send>>,
+    > {
+        self.card.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn key_error(e: tessera_host::home::CardError) -> KeyError {
+    match e {
+        tessera_host::home::CardError::Locked | tessera_host::home::CardError::IdleFallback(_) => {
+            KeyError::Locked
+        }
+        other => KeyError::Card(other.to_string()),
+    }
+}
+
+impl ClientKey for CardHome {
+    fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain.clone()
+    }
+
+    fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
+        self.card().sign_tls13(transcript_hash).map_err(key_error)
+    }
+}
+
+impl crate::handover::MarketKey for CardHome {
+    fn sign_tls12(&self, handshake_messages: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.card().sign_tls12(handshake_messages).map_err(key_error)
+    }
+}
+
+impl HomeCard for CardHome {
+    fn verify_pin2(&self, pin: &[u8]) -> Result<(), PinError> {
+        let block = tessera_card::pin::PinBlock::from_value(pin)
+            .map_err(|_| PinError::Card("PIN2 must be 4 to 8 characters".into()))?;
+        match self.card().verify_pin2(&block) {
+            Ok(()) => Ok(()),
+            Err(tessera_host::home::CardError::WrongPin { tries_left: 0 })
+            | Err(tessera_host::home::CardError::Blocked) => Err(PinError::Blocked),
+            Err(tessera_host::home::CardError::WrongPin { tries_left }) => {
+                Err(PinError::Wrong(tries_left))
+            }
+            Err(e) => Err(PinError::Card(e.to_string())),
+        }
+    }
+
+    fn end(&self) -> Result<(), KeyError> {
+        self.card().end().map_err(key_error)
+    }
+}
+
 /// A market connection after its handshake, as the home server relays it.
 pub trait MarketStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> MarketStream for T {}
@@ -470,6 +544,11 @@ impl Identity {
     /// The leaf certificate (DER): what an access card pins.
     pub fn certificate(&self) -> &[u8] {
         self.chain.first().map(|c| c.as_ref()).unwrap_or(&[])
+    }
+
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo: what an access card pins.
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        crate::spki_sha256(self.certificate()).unwrap_or([0; 32])
     }
 
     /// A fresh self-signed identity (P-256, the `home` role), valid five years from `now`.

@@ -86,14 +86,14 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// A terminal for the home server at `home` (`HOST:PORT`) whose certificate is
-    /// `pinned_cert` (DER, from the access card), with the access card's key `key`.
+    /// A terminal for the home server at `home` (`HOST:PORT`) whose key's SubjectPublicKeyInfo
+    /// hashes to `pinned_spki` (from the access card), with the access card's key `key`.
     pub fn new(
         key: Arc<dyn ClientKey>,
-        pinned_cert: &[u8],
+        pinned_spki: [u8; 32],
         home: impl Into<String>,
     ) -> Result<Self, TerminalError> {
-        let config = crate::control::tls::client_config(key, pinned_cert)
+        let config = crate::control::tls::client_config(key, pinned_spki)
             .map_err(|e| TerminalError::Setup(e.to_string()))?;
         Ok(Terminal { config, home: home.into() })
     }
@@ -126,6 +126,48 @@ impl Terminal {
         // client's Finished: the first read surfaces it, so the caller learns "not admitted"
         // from its first request at the latest.
         Ok(ControlConnection { tls, queued: HashMap::new(), next_session: 1, closed: false })
+    }
+}
+
+/// The real access card (`access` applet) as the control channel's client key, through
+/// [`tessera_host::access::AccessCard`] (unlocked with its PIN by the caller). Its
+/// certificate and the pinned home server are read once.
+pub struct CardAccess {
+    card: std::sync::Mutex<
+        tessera_host::access::AccessCard<Box<dyn tessera_host::CardChannel + Send>>,
+    >,
+    chain: Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+    home: Option<tessera_proto::access::HomeServer>,
+}
+
+impl CardAccess {
+    /// Takes an access card whose applet is selected and unlocked.
+    pub fn new(
+        mut card: tessera_host::access::AccessCard<Box<dyn tessera_host::CardChannel + Send>>,
+    ) -> Result<Self, tessera_host::home::CardError> {
+        let cert = card.certificate()?;
+        let home = card.home_server()?;
+        let chain = vec![cert.der().to_vec().into()];
+        Ok(CardAccess { card: std::sync::Mutex::new(card), chain, home })
+    }
+
+    /// The home server the card pins (key hash and address), if it has one.
+    pub fn home_server(&self) -> Option<&tessera_proto::access::HomeServer> {
+        self.home.as_ref()
+    }
+}
+
+impl ClientKey for CardAccess {
+    fn certificate_chain(&self) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+        self.chain.clone()
+    }
+
+    fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, crate::KeyError> {
+        let mut card = self.card.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        card.sign_tls13(transcript_hash).map_err(|e| match e {
+            tessera_host::home::CardError::Locked => crate::KeyError::Locked,
+            other => crate::KeyError::Card(other.to_string()),
+        })
     }
 }
 

@@ -33,7 +33,7 @@ fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
-        Terminal::new(Arc::new(access), identity.certificate(), running.addr.to_string()).unwrap();
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();
 
@@ -86,7 +86,7 @@ fn market_faults_are_reported_per_session() {
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
-        Terminal::new(Arc::new(access), identity.certificate(), running.addr.to_string()).unwrap();
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();
 
@@ -152,7 +152,7 @@ fn handover_mode_the_terminal_speaks_tls_records_with_handed_over_keys() {
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
-        Terminal::new(Arc::new(access), identity.certificate(), running.addr.to_string()).unwrap();
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();
 

@@ -53,7 +53,7 @@ impl Setup {
         let (key, cert) = self.ca.card_key("access card", Role::Access);
         let key = Arc::new(key);
         self.registry.admit(&cert, "phone", now()).unwrap();
-        let t = Terminal::new(key.clone(), self.identity.certificate(), self.home()).unwrap();
+        let t = Terminal::new(key.clone(), self.identity.spki_sha256(), self.home()).unwrap();
         (key, cert, t)
     }
 }
@@ -82,7 +82,7 @@ fn admitted_card_unlocks_the_home_card_and_resumes_without_signing() {
 fn card_not_admitted_is_refused() {
     let s = Setup::new();
     let (key, _) = s.ca.card_key("stranger", Role::Access);
-    let t = Terminal::new(Arc::new(key), s.identity.certificate(), s.home()).unwrap();
+    let t = Terminal::new(Arc::new(key), s.identity.spki_sha256(), s.home()).unwrap();
     // The verdict arrives after the client's Finished (TLS 1.3): at the latest on the first
     // request.
     let err = t.connect().and_then(|mut c| c.pin2(PIN2)).unwrap_err();
@@ -116,7 +116,7 @@ fn revoked_card_is_refused_even_with_a_resumption_ticket() {
         )),
         (),
     );
-    let t2 = Terminal::new(key, s.identity.certificate(), s.home()).unwrap();
+    let t2 = Terminal::new(key, s.identity.spki_sha256(), s.home()).unwrap();
     assert!(t2.connect().and_then(|mut c| c.pin2(PIN2)).is_err());
 }
 
@@ -126,7 +126,7 @@ fn wrong_or_unpinned_home_certificate_is_refused() {
     let (key, cert) = s.ca.card_key("access card", Role::Access);
     s.registry.admit(&cert, "phone", now()).unwrap();
     let other = tessera_home::server::Identity::generate(now()).unwrap();
-    let t = Terminal::new(Arc::new(key), other.certificate(), s.home()).unwrap();
+    let t = Terminal::new(Arc::new(key), other.spki_sha256(), s.home()).unwrap();
     let err = t.connect().err().expect("a home server with another certificate is refused");
     assert!(
         matches!(

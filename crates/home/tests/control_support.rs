@@ -69,6 +69,11 @@ impl Ca {
         (SoftwareKey::new(key, vec![CertificateDer::from(der.clone())]), der)
     }
 
+    /// The CA key, to enrol cards.
+    pub fn signer(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// A root store holding this CA.
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();

@@ -4,9 +4,10 @@
 //! - The terminal's client key is a [`ClientKey`] (the access card): [`CardClientCert`]
 //!   resolves it, and its signer hands the card only the transcript hash it extracts from the
 //!   CertificateVerify content rustls asks it to sign.
-//! - The terminal accepts exactly the pinned home-server certificate ([`PinnedServer`]),
-//!   compared by SHA-256 fingerprint in constant time; the handshake signature is still
-//!   checked against that certificate's key. No CA, no name check: the pin is the trust.
+//! - The terminal accepts exactly the pinned home-server key ([`PinnedServer`]): the SHA-256
+//!   of the certificate's SubjectPublicKeyInfo, as the access card stores it, compared in
+//!   constant time; the handshake signature is still checked against that key. No CA, no
+//!   name check: the pin is the trust.
 //! - The home server accepts only client certificates admitted in its [`Registry`]
 //!   ([`AdmittedClients`]); it checks again after every handshake, resumed ones included
 //!   (a resumed session carries the certificate of its full handshake), so a revoked card
@@ -53,14 +54,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// The terminal's configuration: client key in `key`, home server pinned to `pinned_cert`
-/// (DER). Keep it for the life of the terminal: it holds the resumption tickets.
+/// The terminal's configuration: client key in `key`, home server pinned to the SHA-256 of
+/// its SubjectPublicKeyInfo `pinned_spki` ([`crate::spki_sha256`]). Keep it for the life of
+/// the terminal: it holds the resumption tickets.
 pub fn client_config(
     key: Arc<dyn ClientKey>,
-    pinned_cert: &[u8],
+    pinned_spki: [u8; 32],
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = provider();
-    let verifier = PinnedServer { pin: fingerprint(pinned_cert), provider: provider.clone() };
+    let verifier = PinnedServer { pin: pinned_spki, provider: provider.clone() };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsSetupError(e.to_string()))?
@@ -105,7 +107,7 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts exactly one server certificate, by SHA-256 fingerprint.
+/// Accepts exactly one server key, by the SHA-256 of its SubjectPublicKeyInfo.
 #[derive(Debug)]
 pub struct PinnedServer {
     pin: [u8; 32],
@@ -121,7 +123,8 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if bool::from(fingerprint(end_entity).ct_eq(&self.pin)) {
+        let spki = crate::spki_sha256(end_entity).unwrap_or([0; 32]);
+        if bool::from(spki.ct_eq(&self.pin)) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(

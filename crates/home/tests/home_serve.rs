@@ -1,0 +1,118 @@
+//! The home server with real cards (in-process `home` and `access` applets): PIN2 through the
+//! control channel to the home card (claim 3), the access card's key for the control channel
+//! and its pinned home server, handover to a market that requires the home card's certificate.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "control_support.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use support::*;
+use tessera_card::applets::isd;
+use tessera_card::pin::PinBlock;
+use tessera_card::{Card, CardOptions};
+use tessera_crypto::scp03::StaticKeys;
+use tessera_home::registry::Registry;
+use tessera_home::server::{CardHome, Identity, ManualClock, StandardMarkets};
+use tessera_home::terminal::http::{self, Request};
+use tessera_home::terminal::{CardAccess, OpenedSession, Terminal, TerminalError};
+use tessera_host::access::AccessCard;
+use tessera_host::home::{HomeCard, personalize_card_id};
+use tessera_host::{CardChannel, InProcessChannel};
+use tessera_proto::access::HomeServer;
+use tessera_proto::control::{ErrorCode, Mode};
+
+fn pin(v: &[u8]) -> PinBlock {
+    PinBlock::from_value(v).unwrap()
+}
+
+fn blank(id: &[u8]) -> Box<dyn CardChannel + Send> {
+    let mut channel = InProcessChannel::new(Card::in_memory(CardOptions::default()));
+    personalize_card_id(&mut channel, &StaticKeys::gp_test_keys(isd::INITIAL_KVN), id).unwrap();
+    Box::new(channel)
+}
+
+#[test]
+fn real_home_and_access_cards_through_the_home_server() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+
+    // The home card: enrolled by the issuer, then PIN1 at the home server's start (Fig. 6:
+    // prohibited -> remote-access wait).
+    let mut home = HomeCard::new(blank(b"HOME-1"));
+    home.select().unwrap();
+    home.set_pins(&pin(b"1111"), &pin(PIN2), &pin(b"99999999")).unwrap();
+    home.verify_pin1(&pin(b"1111")).unwrap();
+    home.verify_pin2(&pin(PIN2)).unwrap();
+    home.enrol(issuer.signer(), &issuer.cert, b"HOME-1", "carol", *b"EUR").unwrap();
+    home.end().unwrap();
+    let home = Arc::new(CardHome::new(home).unwrap());
+
+    // The access card: enrolled, pinning this home server.
+    let mut access = AccessCard::new(blank(b"ACCESS-1"));
+    access.select().unwrap();
+    access.set_pins(&pin(b"4321"), &pin(b"87654321")).unwrap();
+    access.verify_pin(&pin(b"4321")).unwrap();
+    let access_cert =
+        access.enrol(issuer.signer(), &issuer.cert, b"ACCESS-1", "carol's phone").unwrap();
+
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(StandardMarkets::new(market_ca.roots(), home.clone(), cache).unwrap());
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        home.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    access
+        .set_home_server(&HomeServer {
+            spki_sha256: identity.spki_sha256(),
+            address: running.addr.to_string(),
+        })
+        .unwrap();
+    registry.admit(access_cert.der(), "carol's phone", now()).unwrap();
+
+    let access = Arc::new(CardAccess::new(access).unwrap());
+    let pinned = access.home_server().unwrap().clone();
+    let terminal = Terminal::new(access.clone(), pinned.spki_sha256, pinned.address).unwrap();
+    let mut c = terminal.connect().unwrap();
+
+    // The home card refuses market sessions until PIN2; a wrong PIN2 is counted by the card.
+    let err = c.open("localhost", market.port(), Mode::Handover, false).unwrap_err();
+    assert!(matches!(err, TerminalError::Refused { code: ErrorCode::Locked, .. }), "{err:?}");
+    let err = c.pin2(b"0000").unwrap_err();
+    assert!(matches!(err, TerminalError::Refused { code: ErrorCode::Pin2Wrong(2), .. }), "{err:?}");
+    c.pin2(PIN2).unwrap();
+
+    let (session, opened) = c.open("localhost", market.port(), Mode::Handover, false).unwrap();
+    let OpenedSession::HandedOver(keys) = opened else { panic!("{opened:?}") };
+    let mut stream = c.handover_stream(session, &keys).unwrap();
+    let req = Request {
+        method: "GET".into(),
+        host: "localhost".into(),
+        target: "/orders".into(),
+        headers: vec![],
+        body: vec![],
+    };
+    let resp = http::exchange(&mut stream, &req).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(String::from_utf8(resp.body).unwrap(), "GET /orders HTTP/1.1\nclient=carol\n");
+    c.end_session(session).unwrap();
+
+    // "End": the home card goes back to the wait state and refuses to sign.
+    c.end().unwrap();
+    let err = c.open("localhost", market.port(), Mode::Handover, false).unwrap_err();
+    assert!(matches!(err, TerminalError::Refused { code: ErrorCode::Locked, .. }), "{err:?}");
+    assert!(matches!(
+        tessera_home::ClientKey::sign_tls13(&*home, &[0; 32]),
+        Err(tessera_home::KeyError::Locked)
+    ));
+}
