@@ -156,6 +156,30 @@ fn put_profiles(d: &mut dyn TearDriver) -> Result<(), TearError> {
     Ok(())
 }
 
+fn install_ca(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    let ca = TestCa::new("access test CA", 0xACC)?;
+    blank_with_pins(&mut s)?;
+    unlock(&mut s)?;
+    s.arm();
+    s.expect(
+        &proto::install_certificate_command(CERT_CA, ca.certificate.der()),
+        StatusWord::SUCCESS,
+    )?;
+    Ok(())
+}
+
+fn change_puk(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    blank_with_pins(&mut s)?;
+    s.arm();
+    s.expect(
+        &proto::change_command(proto::REF_PUK, &block(PUK)?, &block(b"11112222")?),
+        StatusWord::SUCCESS,
+    )?;
+    Ok(())
+}
+
 /// Every state-changing command of the access applet, as tear scenarios.
 pub fn all() -> Vec<TearScenario> {
     vec![
@@ -163,7 +187,9 @@ pub fn all() -> Vec<TearScenario> {
         TearScenario { name: "access VERIFY wrong", script: verify_wrong },
         TearScenario { name: "access RESET RETRY COUNTER", script: unblock },
         TearScenario { name: "access GENERATE KEY", script: generate_key },
+        TearScenario { name: "access INSTALL CERTIFICATE (CA)", script: install_ca },
         TearScenario { name: "access INSTALL CERTIFICATE", script: install_certificate },
+        TearScenario { name: "access CHANGE REFERENCE DATA (PUK)", script: change_puk },
         TearScenario { name: "access PUT DATA (home server)", script: put_home_server },
         TearScenario {
             name: "access PUT DATA (home server, replaced with the PUK)",

@@ -288,6 +288,71 @@ fn cancel(d: &mut dyn TearDriver) -> Result<(), TearError> {
     Ok(())
 }
 
+fn install_ca(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    let pki = Pki::new()?;
+    blank_with_pins(&mut s)?;
+    enable(&mut s)?;
+    s.arm();
+    s.expect(
+        &proto::install_certificate_command(CERT_CA, pki.ca.certificate.der()),
+        StatusWord::SUCCESS,
+    )?;
+    Ok(())
+}
+
+fn generate_payment(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    blank_with_pins(&mut s)?;
+    enable(&mut s)?;
+    s.arm();
+    s.expect(&proto::generate_payment_key_command(&[2; 16], &CURRENCY), StatusWord::SUCCESS)?;
+    Ok(())
+}
+
+fn install_payment(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    let mut pki = Pki::new()?;
+    blank_with_pins(&mut s)?;
+    enable(&mut s)?;
+    s.expect(
+        &proto::install_certificate_command(CERT_CA, pki.ca.certificate.der()),
+        StatusWord::SUCCESS,
+    )?;
+    let r =
+        s.expect(&proto::generate_payment_key_command(&[2; 16], &CURRENCY), StatusWord::SUCCESS)?;
+    let card_id = String::from_utf8_lossy(isd::scenarios::CARD_ID).into_owned();
+    let pay = pki.ca.issue(&card_id, &proof_key(&r)?, Role::Card, VALIDITY)?;
+    s.arm();
+    s.expect(&proto::install_certificate_command(CERT_PAYMENT, pay.der()), StatusWord::SUCCESS)?;
+    Ok(())
+}
+
+fn trust_bank(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    let pki = Pki::new()?;
+    blank_with_pins(&mut s)?;
+    enable(&mut s)?;
+    s.expect(
+        &proto::install_certificate_command(CERT_CA, pki.ca.certificate.der()),
+        StatusWord::SUCCESS,
+    )?;
+    s.arm();
+    s.expect(&proto::trust_command(PARTY_BANK, &pki.bank_certificate), StatusWord::SUCCESS)?;
+    Ok(())
+}
+
+fn change_pin(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    blank_with_pins(&mut s)?;
+    s.arm();
+    s.expect(
+        &proto::change_command(proto::REF_PIN1, &block(PIN1)?, &block(b"7777")?),
+        StatusWord::SUCCESS,
+    )?;
+    Ok(())
+}
+
 /// Every state-changing command of the home applet, as tear scenarios.
 pub fn all() -> Vec<TearScenario> {
     vec![
@@ -298,6 +363,14 @@ pub fn all() -> Vec<TearScenario> {
         TearScenario { name: "home GENERATE KEY (TLS)", script: generate_tls },
         TearScenario { name: "home INSTALL CERTIFICATE (TLS)", script: install_tls },
         TearScenario { name: "home TRUST (market)", script: trust_market },
+        TearScenario { name: "home INSTALL CERTIFICATE (CA)", script: install_ca },
+        TearScenario {
+            name: "home GENERATE KEY (payment, opens the wallet)",
+            script: generate_payment,
+        },
+        TearScenario { name: "home INSTALL CERTIFICATE (payment)", script: install_payment },
+        TearScenario { name: "home TRUST (bank)", script: trust_bank },
+        TearScenario { name: "home CHANGE REFERENCE DATA (PIN1)", script: change_pin },
         TearScenario { name: "home CREDIT", script: credit },
         TearScenario { name: "home PAY", script: pay },
         TearScenario { name: "home CANCEL", script: cancel },
