@@ -579,15 +579,22 @@ impl<C: CardChannel, K: Clock> HomeCardSession<C, K> {
         self.with_card(|c| c.sign_tls12(handshake_messages))
     }
 
-    /// [`HomeCard::certificate`] (any state; no idle check needed, but it counts as use only
-    /// for an enabled card).
+    /// [`HomeCard::certificate`]: public data, readable in any state, so no idle check and
+    /// not counted as use.
     pub fn certificate(&mut self) -> Result<Certificate> {
         self.card.certificate()
     }
 
     /// Any other operation on the card after the idle check (wallet operations, trust, log).
+    /// Prefer [`HomeCardSession::run`], which also notices a card that is no longer enabled.
     pub fn card(&mut self) -> Result<&mut HomeCard<C>> {
         self.enabled()
+    }
+
+    /// Runs `f` on the card after the idle check; a [`CardError::Locked`] answer (the card
+    /// was reset or ended elsewhere) makes the session forget the enabled state.
+    pub fn run<T>(&mut self, f: impl FnOnce(&mut HomeCard<C>) -> Result<T>) -> Result<T> {
+        self.with_card(f)
     }
 
     /// The card without the idle check (status, PIN management).
@@ -722,6 +729,12 @@ pub(crate) mod tests {
         assert!(session.poll().unwrap());
         assert!(!session.poll().unwrap());
         assert_eq!(session.card_unchecked().status().unwrap().phase, Phase::RemoteWait);
+        // A card ended behind the session's back: the next operation notices it.
+        session.verify_pin2(&pin(b"2222")).unwrap();
+        session.card_unchecked().end().unwrap();
+        assert!(session.is_enabled());
+        assert!(matches!(session.run(|c| c.wallet()), Err(CardError::Locked)));
+        assert!(!session.is_enabled());
     }
 
     #[test]
