@@ -9,6 +9,8 @@
 //!
 //! - [`control`]: the control channel's TLS set-up (client key in a card, pinned server
 //!   certificate, registered access cards only) and its frame I/O.
+//! - [`emoney`]: home-card e-money: the reference market and bank, the wallet flows
+//!   (payment, refill, cancellation) and the settlement notice by e-mail.
 //! - [`handover`]: the proxied market handshake and key handover, the session cache, relay
 //!   mode and partial proxying.
 //! - [`registry`]: the access cards the home server admits (claim 8).
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod emoney;
 pub mod handover;
 pub mod registry;
 pub mod server;
