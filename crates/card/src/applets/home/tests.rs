@@ -397,3 +397,140 @@ fn the_log_is_a_ring_read_in_pages() {
     )
     .unwrap();
 }
+
+mod model {
+    //! The wallet against a model under random sequences of valid, replayed and malformed
+    //! operations: balance, counter and log always agree with the model, and no input panics.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Credit { offset: u64, amount: u64 },
+        Pay { order: u8, amount: u64 },
+        Cancel { pick: usize },
+        Garbage { ins: u8, data: Vec<u8> },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..3, prop::sample::select(vec![0u64, 1000, 3000]))
+                .prop_map(|(offset, amount)| Op::Credit { offset, amount }),
+            (0u8..4, prop::sample::select(vec![0u64, 100, 700, 2500]))
+                .prop_map(|(order, amount)| Op::Pay { order, amount }),
+            (0usize..4).prop_map(|pick| Op::Cancel { pick }),
+            (
+                prop::sample::select(vec![0x54u8, 0x56, 0x58, 0x5A, 0x2A, 0xCA, 0xB8, 0xBA, 0xBC]),
+                prop::collection::vec(any::<u8>(), 0..120)
+            )
+                .prop_map(|(ins, data)| Op::Garbage { ins, data }),
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        balance: u64,
+        next_counter: u64,
+        last_sequence: u64,
+        vouchers: BTreeMap<u64, u64>,
+        /// order → (counter, amount, cancelled)
+        payments: BTreeMap<u8, (u64, u64, bool)>,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn wallet_matches_its_model(ops in prop::collection::vec(op(), 1..40)) {
+            let (mut d, pki) = enrolled_card();
+            let mut s = Script::new(&mut d);
+            let mut m = Model { next_counter: 1, ..Model::default() };
+            for op in ops {
+                match op {
+                    Op::Credit { offset, amount } => {
+                        let seq = m.last_sequence + offset;
+                        let sw = s.send(&proto::credit_command(&pki.by_bank(voucher(seq, amount)))).unwrap().sw;
+                        let expected = if amount == 0 || seq == 0 {
+                            StatusWord::INCORRECT_DATA
+                        } else if seq <= m.last_sequence {
+                            if m.vouchers.get(&seq) == Some(&amount) { StatusWord::SUCCESS } else { StatusWord::CONDITIONS_NOT_SATISFIED }
+                        } else {
+                            m.balance += amount;
+                            m.last_sequence = seq;
+                            m.vouchers.insert(seq, amount);
+                            m.next_counter += 1;
+                            StatusWord::SUCCESS
+                        };
+                        prop_assert_eq!(sw, expected);
+                    }
+                    Op::Pay { order, amount } => {
+                        let reference = format!("order-{order}");
+                        let n = notice(&mut s, reference.as_bytes(), amount).unwrap();
+                        let sw = s.send(&proto::pay_command(&pki.by_market(n))).unwrap().sw;
+                        let expected = if amount == 0 {
+                            StatusWord::INCORRECT_DATA
+                        } else if let Some(&(_, paid, cancelled)) = m.payments.get(&order) {
+                            if paid == amount && !cancelled { StatusWord::SUCCESS } else { StatusWord::CONDITIONS_NOT_SATISFIED }
+                        } else if amount > m.balance {
+                            StatusWord::CONDITIONS_NOT_SATISFIED
+                        } else {
+                            m.balance -= amount;
+                            m.payments.insert(order, (m.next_counter, amount, false));
+                            m.next_counter += 1;
+                            StatusWord::SUCCESS
+                        };
+                        prop_assert_eq!(sw, expected);
+                    }
+                    Op::Cancel { pick } => {
+                        let known: Vec<_> = m.payments.iter().map(|(o, p)| (*o, *p)).collect();
+                        let (order, counter, amount, cancelled) = match known.get(pick) {
+                            Some((o, (c, a, x))) => (*o, *c, *a, *x),
+                            None => (9, 10_000, 1, false),
+                        };
+                        let reference = format!("order-{order}");
+                        let c = pki.by_market(confirmation(counter, reference.as_bytes(), amount));
+                        let sw = s.send(&proto::cancel_command(&c)).unwrap().sw;
+                        let expected = if order == 9 {
+                            StatusWord::REFERENCED_DATA_NOT_FOUND
+                        } else if cancelled {
+                            StatusWord::CONDITIONS_NOT_SATISFIED
+                        } else {
+                            m.balance += amount;
+                            m.payments.insert(order, (counter, amount, true));
+                            m.next_counter += 1;
+                            StatusWord::SUCCESS
+                        };
+                        prop_assert_eq!(sw, expected);
+                    }
+                    Op::Garbage { ins, data } => {
+                        let r = s.send(&Command::new(0x80, ins, 0, 0).with_data(data).with_le(256)).unwrap();
+                        // Read-only commands may succeed; nothing else can.
+                        if r.sw == StatusWord::SUCCESS {
+                            prop_assert!(ins == 0x5A || ins == 0xCA, "INS {ins:02X} accepted garbage");
+                        }
+                    }
+                }
+                let w = wallet(&mut s);
+                prop_assert_eq!((w.balance, w.next_counter), (m.balance, m.next_counter));
+            }
+            // The log tells the same story as the model.
+            let r = s.expect(&proto::read_log_command(0), StatusWord::SUCCESS).unwrap();
+            let page = LogPage::parse(&r.data).unwrap();
+            let mut balance: i128 = 0;
+            for e in &page.entries {
+                match e.kind {
+                    EntryKind::Payment => balance -= i128::from(e.amount),
+                    _ => balance += i128::from(e.amount),
+                }
+            }
+            if !page.more {
+                prop_assert_eq!(balance, i128::from(m.balance));
+            }
+            prop_assert_eq!(status(&mut s).phase, Phase::Enabled);
+        }
+    }
+}
