@@ -6,11 +6,13 @@ mod admin;
 mod apdu;
 mod bench;
 mod card;
+mod connect;
 mod data;
 mod demo;
 mod enroll;
 mod error;
 mod file;
+mod home;
 mod reader;
 mod server;
 mod service;
@@ -82,6 +84,11 @@ enum Command {
     Enroll(enroll::EnrollCommand),
     /// Use a card service over the paired, protected channel (pairs first when needed).
     Service(service::ServiceArgs),
+    /// The home server of the authentication proxy: serve, and admit or revoke access cards.
+    #[command(subcommand)]
+    Home(home::HomeCommand),
+    /// An HTTPS request through the home server, with the access card (like curl).
+    Connect(connect::ConnectArgs),
     /// Benchmarks (numbers for docs/performance.md; not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -142,6 +149,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, out),
         Command::Enroll(cmd) => enroll::run(cmd, out),
         Command::Service(args) => service::run(args, out),
+        Command::Home(cmd) => home::run(cmd, out),
+        Command::Connect(args) => connect::run(args, out),
         Command::Bench(cmd) => bench::run(cmd, out),
     };
     match result {

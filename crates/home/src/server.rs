@@ -393,9 +393,11 @@ impl Markets for RelayMarkets {
 }
 
 /// Handover mode through [`crate::handover`] (TLS 1.3 and 1.2, the home card signing, the
-/// session cache of Fig. 16 when the terminal allows it), and relay mode through
-/// [`RelayMarkets`].
+/// session cache of Fig. 16 when the terminal allows it), relay mode through
+/// [`RelayMarkets`], and partial mode (the home server connects and relays; the terminal
+/// shakes hands and sends only the CertificateVerify transcript hash to the home card).
 pub struct StandardMarkets {
+    card: Arc<dyn HomeCard>,
     plain: Arc<tokio_rustls::rustls::ClientConfig>,
     cached: Arc<tokio_rustls::rustls::ClientConfig>,
     relay: RelayMarkets,
@@ -415,7 +417,12 @@ impl StandardMarkets {
         let cached = crate::handover::MarketConfig::new(roots.clone(), key)
             .with_cache(cache)
             .client_config()?;
-        Ok(StandardMarkets { plain, cached, relay: RelayMarkets::new(roots, card) })
+        Ok(StandardMarkets {
+            card: card.clone(),
+            plain,
+            cached,
+            relay: RelayMarkets::new(roots, card),
+        })
     }
 }
 
@@ -437,8 +444,26 @@ impl PostHandshake for crate::handover::MarketSession {
 
 impl Markets for StandardMarkets {
     fn open(&self, request: OpenRequest) -> BoxFuture<'static, Result<MarketSession, MarketError>> {
-        if request.mode == Mode::Relay {
-            return self.relay.open(request);
+        match request.mode {
+            Mode::Relay => return self.relay.open(request),
+            Mode::Partial => {
+                // The terminal shakes hands itself; the home server only connects, relays
+                // and answers SignRequests with the home card.
+                let certificate = self.card.certificate_chain().first().map(|c| c.to_vec());
+                return Box::pin(async move {
+                    let certificate = certificate.ok_or_else(|| MarketError {
+                        code: ErrorCode::Internal,
+                        message: "the home card has no certificate".into(),
+                    })?;
+                    let tcp = connect_market(&request.host, request.port).await?;
+                    Ok(MarketSession {
+                        stream: Box::new(tcp),
+                        opened: Opened::Relaying(certificate),
+                        pending: Vec::new(),
+                    })
+                });
+            }
+            Mode::Handover => {}
         }
         let config = if request.cache_allowed { self.cached.clone() } else { self.plain.clone() };
         Box::pin(async move {
@@ -589,35 +614,39 @@ impl Identity {
         })
     }
 
-    /// Loads the identity from `dir` (`home-cert.der`, `home-key.der`), making it first if it
-    /// is not there; returns whether it was just made.
+    /// Loads the identity from `dir` (`home-cert.pem`, the certificate access cards pin, and
+    /// `home-key.der`, PKCS#8, mode 0600), making it first if it is not there; returns whether
+    /// it was just made.
     pub fn load_or_create(
         dir: &Path,
         now: i64,
     ) -> Result<(Self, bool), crate::control::tls::TlsSetupError> {
-        let err = |p: &Path, e: std::io::Error| {
-            crate::control::tls::TlsSetupError(format!("{}: {e}", p.display()))
-        };
-        let cert_path = dir.join("home-cert.der");
+        let fail = |m: String| crate::control::tls::TlsSetupError(m);
+        let err = |p: &Path, e: &dyn std::fmt::Display| fail(format!("{}: {e}", p.display()));
+        let cert_path = dir.join("home-cert.pem");
         let key_path = dir.join("home-key.der");
         if cert_path.exists() && key_path.exists() {
-            let cert = std::fs::read(&cert_path).map_err(|e| err(&cert_path, e))?;
-            let key = std::fs::read(&key_path).map_err(|e| err(&key_path, e))?;
+            let pem = std::fs::read_to_string(&cert_path).map_err(|e| err(&cert_path, &e))?;
+            let cert = tessera_crypto::x509::Certificate::from_pem(&pem)
+                .map_err(|e| err(&cert_path, &e))?;
+            let key = std::fs::read(&key_path).map_err(|e| err(&key_path, &e))?;
             return Ok((
                 Identity {
-                    chain: vec![CertificateDer::from(cert)],
+                    chain: vec![CertificateDer::from(cert.der().to_vec())],
                     key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
                 },
                 false,
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
         let id = Self::generate(now)?;
         let PrivateKeyDer::Pkcs8(k) = &id.key else {
-            return Err(crate::control::tls::TlsSetupError("unexpected key format".into()));
+            return Err(fail("unexpected key format".into()));
         };
-        write_private(&key_path, k.secret_pkcs8_der()).map_err(|e| err(&key_path, e))?;
-        std::fs::write(&cert_path, id.certificate()).map_err(|e| err(&cert_path, e))?;
+        write_private(&key_path, k.secret_pkcs8_der()).map_err(|e| err(&key_path, &e))?;
+        let cert = tessera_crypto::x509::Certificate::from_der(id.certificate().to_vec())
+            .map_err(|e| err(&cert_path, &e))?;
+        std::fs::write(&cert_path, cert.to_pem()).map_err(|e| err(&cert_path, &e))?;
         Ok((id, true))
     }
 
@@ -658,7 +687,11 @@ pub struct HomeServer {
     clock: Arc<dyn Clock>,
     state: Mutex<CardState>,
     next_conn: AtomicU64,
+    wallet: Mutex<Option<WalletFn>>,
 }
+
+/// What the home server does with a wallet request's body (e-money): returns the reply body.
+pub type WalletFn = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 /// A running home server (tests and demos): its address, and a switch to stop it.
 pub struct Running {
@@ -694,7 +727,14 @@ impl HomeServer {
             clock,
             state: Mutex::new(CardState { unlocked: None }),
             next_conn: AtomicU64::new(1),
+            wallet: Mutex::new(None),
         })
+    }
+
+    /// Serves [`Frame::Wallet`] requests with `wallet` (run with the home card unlocked for
+    /// the requesting connection; without a wallet they are refused as unsupported).
+    pub fn set_wallet(&self, wallet: WalletFn) {
+        *self.wallet.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wallet);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CardState> {
@@ -959,8 +999,27 @@ impl HomeServer {
                 }
                 true
             }
+            // Wallet requests (e-money) go to the wallet service, with the card unlocked.
+            Frame::Wallet { body } => {
+                let wallet =
+                    self.wallet.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let Some(wallet) = wallet else {
+                    let msg = "this home server offers no wallet service".to_string();
+                    return out.send(error(0, ErrorCode::Unsupported, msg)).await.is_ok();
+                };
+                if !self.use_card(conn) {
+                    let msg = "the home card is locked: send PIN2 first".to_string();
+                    return out.send(error(0, ErrorCode::Locked, msg)).await.is_ok();
+                }
+                let reply = match tokio::task::spawn_blocking(move || wallet(&body)).await {
+                    Ok(body) => Frame::WalletReply { body },
+                    Err(e) => error(0, ErrorCode::Internal, e.to_string()),
+                };
+                out.send(reply).await.is_ok()
+            }
             // Frames only the home server sends.
-            Frame::Opened { .. }
+            Frame::WalletReply { .. }
+            | Frame::Opened { .. }
             | Frame::HandedOver { .. }
             | Frame::KeysUpdated { .. }
             | Frame::SignResponse { .. }

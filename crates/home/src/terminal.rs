@@ -255,6 +255,16 @@ impl ControlConnection {
         }
     }
 
+    /// A wallet request (e-money) for the home card; returns the home server's reply body.
+    pub fn wallet(&mut self, body: &[u8]) -> Result<Vec<u8>, TerminalError> {
+        self.send(&Frame::Wallet { body: body.to_vec() })?;
+        match self.next_for(0)? {
+            Frame::WalletReply { body } => Ok(body),
+            Frame::Error { code, message, .. } => Err(TerminalError::Refused { code, message }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The user's "end": the home card goes back to the remote-access wait state.
     pub fn end(&mut self) -> Result<(), TerminalError> {
         self.send(&Frame::End { session: 0 })
@@ -451,6 +461,121 @@ impl Write for HandoverStream<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A control connection shared between a partial-mode session's TLS engine and the home
+/// card signer it calls back into.
+pub type SharedControl = Arc<std::sync::Mutex<ControlConnection>>;
+
+fn lock(control: &SharedControl) -> std::sync::MutexGuard<'_, ControlConnection> {
+    control.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A partial-mode market session (¶0089): the terminal runs the TLS 1.3 handshake with the
+/// market itself (the market validated against the terminal's roots); only the client
+/// CertificateVerify is signed by the home card, through the home server, which also relays
+/// the TCP bytes.
+pub struct PartialStream {
+    control: SharedControl,
+    session: u32,
+    tls: ClientConnection,
+}
+
+impl PartialStream {
+    /// Opens a partial-mode session to `host:port` over `control`.
+    pub fn open(
+        control: SharedControl,
+        host: &str,
+        port: u16,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self, TerminalError> {
+        let (session, opened) = lock(&control).open(host, port, Mode::Partial, false)?;
+        let OpenedSession::Opened(certificate) = opened else {
+            return Err(TerminalError::Protocol("partial mode answered with keys".into()));
+        };
+        let signer_control = control.clone();
+        let signer = move |hash: &[u8; 32]| {
+            lock(&signer_control).sign(session, *hash).map_err(|e| match e {
+                TerminalError::Refused { code: ErrorCode::Locked, .. } => crate::KeyError::Locked,
+                other => crate::KeyError::Card(other.to_string()),
+            })
+        };
+        let key = Arc::new(crate::handover::partial::ForwardedKey::new(
+            vec![certificate.into()],
+            Arc::new(signer),
+        ));
+        let config = crate::handover::partial::terminal_config(roots, key)
+            .map_err(|e| TerminalError::Setup(e.to_string()))?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| TerminalError::Setup(format!("{host}: not a valid server name")))?;
+        let tls = ClientConnection::new(config, name)?;
+        let mut stream = PartialStream { control, session, tls };
+        stream.flush_tls().map_err(TerminalError::Io)?;
+        Ok(stream)
+    }
+
+    /// The session number.
+    pub fn session(&self) -> u32 {
+        self.session
+    }
+
+    fn flush_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            let mut out = Vec::new();
+            self.tls.write_tls(&mut out)?;
+            lock(&self.control).send_data(self.session, &out).map_err(to_io)?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for PartialStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(out) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            self.flush_tls()?;
+            let event = lock(&self.control).recv(self.session).map_err(to_io)?;
+            match event {
+                SessionEvent::Data(bytes) => {
+                    let mut rest = bytes.as_slice();
+                    while !rest.is_empty() {
+                        self.tls.read_tls(&mut rest)?;
+                        // The home card's signature is requested from in here (the control
+                        // connection is not locked now).
+                        self.tls
+                            .process_new_packets()
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    }
+                    self.flush_tls()?;
+                }
+                SessionEvent::End => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the market closed the connection without close_notify",
+                    ));
+                }
+                SessionEvent::KeysUpdated(..) | SessionEvent::Signature(_) => {
+                    return Err(io::Error::other("unexpected frame in a partial session"));
+                }
+            }
+        }
+    }
+}
+
+impl Write for PartialStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.tls.writer().write(data)?;
+        self.flush_tls()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls()
     }
 }
 

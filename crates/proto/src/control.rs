@@ -41,6 +41,8 @@ mod tag {
     pub const END: u8 = 0x0A;
     pub const ERROR: u8 = 0x0B;
     pub const OPENED: u8 = 0x0C;
+    pub const WALLET: u8 = 0x0D;
+    pub const WALLET_REPLY: u8 = 0x0E;
 }
 
 /// A control frame that does not parse.
@@ -246,6 +248,18 @@ pub enum Frame {
     },
     /// Home → terminal: the home card accepted PIN2 and is in the encryption-enabled state.
     Unlocked,
+    /// Terminal → home: a wallet request for the home card (e-money; the body is
+    /// `tessera_home::emoney::wallet::Request`, at most [`MAX_DATA_LEN`] bytes). Answered by
+    /// [`Frame::WalletReply`], or an error when the card is locked.
+    Wallet {
+        /// The encoded request.
+        body: Vec<u8>,
+    },
+    /// Home → terminal: the answer to [`Frame::Wallet`].
+    WalletReply {
+        /// The encoded reply.
+        body: Vec<u8>,
+    },
     /// Either way: end a market session, or (session 0) the user's "end": the home card goes
     /// back to the remote-access wait state.
     End {
@@ -345,7 +359,10 @@ impl Frame {
             | Frame::SignResponse { session, .. }
             | Frame::End { session }
             | Frame::Error { session, .. } => *session,
-            Frame::Pin2 { .. } | Frame::Unlocked => 0,
+            Frame::Pin2 { .. }
+            | Frame::Unlocked
+            | Frame::Wallet { .. }
+            | Frame::WalletReply { .. } => 0,
         }
     }
 
@@ -425,6 +442,17 @@ impl Frame {
                 put16(&mut out, pin);
             }
             Frame::Unlocked => out.push(tag::UNLOCKED),
+            Frame::Wallet { body } | Frame::WalletReply { body } => {
+                if body.len() > MAX_DATA_LEN {
+                    return Err(ControlError::Value("wallet body"));
+                }
+                out.push(if matches!(self, Frame::Wallet { .. }) {
+                    tag::WALLET
+                } else {
+                    tag::WALLET_REPLY
+                });
+                put32(&mut out, body);
+            }
             Frame::End { session } => {
                 out.push(tag::END);
                 out.extend_from_slice(&session.to_be_bytes());
@@ -520,6 +548,10 @@ impl Frame {
                 Frame::Pin2 { pin }
             }
             tag::UNLOCKED => Frame::Unlocked,
+            tag::WALLET => Frame::Wallet { body: r.bytes32("wallet body", MAX_DATA_LEN)? },
+            tag::WALLET_REPLY => {
+                Frame::WalletReply { body: r.bytes32("wallet body", MAX_DATA_LEN)? }
+            }
             tag::END => Frame::End { session: r.u32("session")? },
             tag::ERROR => {
                 let session = r.u32("session")?;
@@ -597,6 +629,8 @@ mod tests {
             Frame::SignRequest { session: 4, transcript_hash: [0xAB; 32] },
             Frame::SignResponse { session: 4, signature: vec![0x30; 71] },
             Frame::Pin2 { pin: b"1234".to_vec() },
+            Frame::Wallet { body: vec![1] },
+            Frame::WalletReply { body: vec![0; MAX_DATA_LEN] },
             Frame::Unlocked,
             Frame::End { session: 0 },
             Frame::Error {
