@@ -179,3 +179,134 @@ fn handover_mode_the_terminal_speaks_tls_records_with_handed_over_keys() {
     // resumed from the cache without the home card (2 signatures for 3 sessions).
     assert_eq!(card.signatures(), 2);
 }
+
+#[test]
+fn partial_mode_the_terminal_shakes_hands_and_the_home_card_signs_through_the_home_server() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("dave home card", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(
+        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
+    );
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        card.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+    let control = Arc::new(std::sync::Mutex::new(c));
+    let mut stream = tessera_home::terminal::PartialStream::open(
+        control.clone(),
+        "localhost",
+        market.port(),
+        market_ca.roots(),
+    )
+    .unwrap();
+    let req = Request {
+        method: "GET".into(),
+        host: "localhost".into(),
+        target: "/partial".into(),
+        headers: vec![],
+        body: vec![],
+    };
+    let resp = http::exchange(&mut stream, &req).unwrap();
+    assert_eq!(
+        String::from_utf8(resp.body).unwrap(),
+        "GET /partial HTTP/1.1\nclient=dave home card\n"
+    );
+    assert_eq!(card.signatures(), 1, "exactly one CertificateVerify signed by the home card");
+
+    // A market the terminal does not trust is refused by the terminal itself.
+    let other_ca = Ca::new("other");
+    let err = tessera_home::terminal::PartialStream::open(
+        control.clone(),
+        "localhost",
+        market.port(),
+        other_ca.roots(),
+    )
+    .and_then(|mut s| http::exchange(&mut s, &req).map_err(TerminalError::Io));
+    assert!(err.is_err());
+    assert_eq!(card.signatures(), 1, "nothing signed for an untrusted market");
+}
+
+#[test]
+fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_session() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("erin", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(
+        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
+    );
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        card.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+
+    // A market that reads the ClientHello and closes: the session fails cleanly, the control
+    // connection stays usable.
+    let rude = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rude_port = rude.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = rude.accept().unwrap();
+        let mut b = [0u8; 64];
+        let _ = std::io::Read::read(&mut s, &mut b);
+    });
+    match c.open("localhost", rude_port, Mode::Handover, false) {
+        Err(TerminalError::Refused { code: ErrorCode::MarketHandshake, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(card.signatures(), 0);
+
+    // The home server stops while a handed-over session is open: the terminal's next read
+    // reports it at once (no timeout, no hang).
+    let (session, opened) = c.open("localhost", market.port(), Mode::Handover, false).unwrap();
+    let OpenedSession::HandedOver(keys) = opened else { panic!("{opened:?}") };
+    rt.block_on(running.stop());
+    let started = std::time::Instant::now();
+    let mut stream = c.handover_stream(session, &keys).unwrap();
+    let req = Request {
+        method: "GET".into(),
+        host: "localhost".into(),
+        target: "/".into(),
+        headers: vec![],
+        body: vec![],
+    };
+    let err = http::exchange(&mut stream, &req).unwrap_err();
+    let inner = err.into_inner().and_then(|e| e.downcast::<TerminalError>().ok());
+    assert!(
+        matches!(inner.as_deref(), Some(TerminalError::Closed | TerminalError::Io(_))),
+        "{inner:?}"
+    );
+    assert!(started.elapsed() < tessera_home::terminal::IO_TIMEOUT);
+    assert!(!card.enabled(), "the home card went back to the wait state");
+}
