@@ -31,6 +31,10 @@
 //! | SIGN TLS 1.2 CV | `80 2A 12 00 Lc messages 00` | accessible | handshake messages | DER signature |
 //! | PUT DATA | `80 DA P1 P2 Lc data` | accessible | P2 `01` [`HomeServer`] (P1 `00` first time, `01` PUK ‖ data to replace), P2 `02` [`Profiles`] (P1 `00`) | none |
 //! | GET DATA | `80 CA 00 P2 00` | see P2 | P2 `01` home server, `02` profiles (accessible); `03` access certificate, `04` CA, `05` [`Status`] (any) | |
+//!
+//! The issuer may (re)set the PIN and PUK ([`DGI_PINS`]) and the pinned home server
+//! ([`DGI_HOME_SERVER`]) through the card-management applet (INSTALL [for personalization],
+//! STORE DATA in an SCP03 session): the issuer reset.
 
 use tessera_apdu::Command;
 
@@ -60,6 +64,10 @@ pub const REF_PIN: u8 = 0x81;
 pub const REF_PUK: u8 = 0x82;
 /// Tries of the PIN and of the PUK.
 pub const PIN_TRIES: u8 = 3;
+/// Personalisation DGI: `PIN || PUK` (two 8-byte blocks), set or replaced by the issuer.
+pub const DGI_PINS: u16 = 0x8100;
+/// Personalisation DGI: a [`HomeServer`], pinned or replaced by the issuer.
+pub const DGI_HOME_SERVER: u16 = 0x0110;
 /// GENERATE KEY P1: the access (control-channel) key.
 pub const KEY_ACCESS: u8 = 0x01;
 /// INSTALL CERTIFICATE P1 / GET DATA P2 `04`: the CA certificate.

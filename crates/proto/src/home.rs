@@ -35,6 +35,10 @@
 //! | CANCEL | `80 58 00 00 Lc confirmation 00` | enabled | [`CancelConfirmation`] | [`CancelReceipt`] |
 //! | READ LOG | `80 5A 00 00 08 from 00` | enabled | first counter wanted | [`LogPage`] |
 //!
+//! The issuer may also (re)set the PINs through the card-management applet (INSTALL [for
+//! personalization] of this applet, then STORE DATA with DGI [`DGI_PINS`] in an SCP03
+//! session): the issuer's reset path when the PUK itself is lost.
+//!
 //! Every signed message is [`labelled`]: ASCII label, `00`, then each field as a 2-byte length
 //! and its bytes. On the wire a signed message travels as its fields (the same encoding without
 //! the label) followed by the 64-byte `r || s` signature. `docs/home-card.md` has the flows.
@@ -79,6 +83,9 @@ pub const REF_PIN2: u8 = 0x82;
 pub const REF_PUK: u8 = 0x83;
 /// Tries of every PIN and of the PUK.
 pub const PIN_TRIES: u8 = 3;
+/// Personalisation DGI: `PIN1 || PIN2 || PUK` (three 8-byte blocks), set or replaced by the
+/// issuer, counters at [`PIN_TRIES`].
+pub const DGI_PINS: u16 = 0x8100;
 
 /// GENERATE KEY / INSTALL CERTIFICATE P1: the TLS key.
 pub const KEY_TLS: u8 = 0x01;

@@ -145,6 +145,11 @@ impl AccessApplet {
         if self.state.pins.is_some() {
             return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
+        self.write_pins(data)
+    }
+
+    /// Sets (or, for the issuer, replaces) the PIN and the PUK from `PIN || PUK`.
+    fn write_pins(&mut self, data: &[u8]) -> Result<(), StatusWord> {
         if data.len() != 2 * BLOCK_LEN {
             return Err(StatusWord::WRONG_LENGTH);
         }
@@ -323,6 +328,26 @@ impl Applet for AccessApplet {
             proto::INS_PUT_DATA => done(self.put_data(ctx, cmd)),
             proto::INS_GET_DATA => self.get_data(cmd).map(Response::ok),
             _ => Err(StatusWord::INS_NOT_SUPPORTED),
+        }
+    }
+
+    fn personalize(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        dgi: u16,
+        data: &[u8],
+    ) -> Result<(), StatusWord> {
+        match dgi {
+            proto::DGI_PINS => {
+                self.volatile.accessible = false;
+                self.write_pins(data).map_err(|_| StatusWord::INCORRECT_DATA)
+            }
+            proto::DGI_HOME_SERVER => {
+                HomeServer::parse(data).map_err(|_| StatusWord::INCORRECT_DATA)?;
+                self.state.home_server = Some(data.to_vec());
+                Ok(())
+            }
+            _ => Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
         }
     }
 

@@ -115,6 +115,11 @@ impl HomeApplet {
         if self.state.pins.is_some() {
             return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
+        self.write_pins(data)
+    }
+
+    /// Sets (or, for the issuer, replaces) the three PINs from `PIN1 || PIN2 || PUK`.
+    fn write_pins(&mut self, data: &[u8]) -> Result<(), StatusWord> {
         if data.len() != 24 {
             return Err(StatusWord::WRONG_LENGTH);
         }
@@ -390,6 +395,21 @@ impl Applet for HomeApplet {
                 self.wallet(ctx, cmd).map(Response::ok)
             }
             _ => Err(StatusWord::INS_NOT_SUPPORTED),
+        }
+    }
+
+    fn personalize(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        dgi: u16,
+        data: &[u8],
+    ) -> Result<(), StatusWord> {
+        match dgi {
+            proto::DGI_PINS => {
+                self.volatile.phase = Phase::Prohibited;
+                self.write_pins(data).map_err(|_| StatusWord::INCORRECT_DATA)
+            }
+            _ => Err(StatusWord::REFERENCED_DATA_NOT_FOUND),
         }
     }
 

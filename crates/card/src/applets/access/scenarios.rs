@@ -11,7 +11,7 @@ use tessera_proto::access::{
 
 use super::AID;
 use crate::applet::{TearDriver, TearError, TearScenario};
-use crate::applets::home::scenarios::block;
+use crate::applets::home::scenarios::{block, issuer_store};
 use crate::applets::isd;
 use crate::applets::pairing::scenarios::{TestCa, VALIDITY};
 use crate::script::Script;
@@ -180,6 +180,15 @@ fn change_puk(d: &mut dyn TearDriver) -> Result<(), TearError> {
     Ok(())
 }
 
+fn issuer_home_server(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    blank_with_pins(&mut s)?;
+    unlock(&mut s)?;
+    s.expect(&proto::put_home_server_command(&home_server(1)), StatusWord::SUCCESS)?;
+    let server = home_server(3).to_bytes();
+    issuer_store(&mut s, AID, &[(proto::DGI_HOME_SERVER, &server)], true)
+}
+
 /// Every state-changing command of the access applet, as tear scenarios.
 pub fn all() -> Vec<TearScenario> {
     vec![
@@ -196,5 +205,6 @@ pub fn all() -> Vec<TearScenario> {
             script: replace_home_server,
         },
         TearScenario { name: "access PUT DATA (profiles)", script: put_profiles },
+        TearScenario { name: "access issuer STORE DATA (home server)", script: issuer_home_server },
     ]
 }

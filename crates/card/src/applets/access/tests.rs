@@ -135,3 +135,26 @@ fn the_home_server_is_pinned_once_and_replaced_only_with_the_puk() {
     let r = s.expect(&proto::get_data_command(DATA_PROFILES), StatusWord::SUCCESS).unwrap();
     assert_eq!(Profiles::parse(&r.data).unwrap(), profiles());
 }
+
+#[test]
+fn the_issuer_re_pins_the_home_server() {
+    let mut d = card();
+    let mut s = Script::new(&mut d);
+    blank_with_pins(&mut s).unwrap();
+    unlock(&mut s).unwrap();
+    s.expect(&proto::put_home_server_command(&home_server(1)), StatusWord::SUCCESS).unwrap();
+    let bad = [0u8; 10];
+    let store = crate::applets::home::scenarios::issuer_store;
+    assert!(store(&mut s, super::AID, &[(proto::DGI_HOME_SERVER, &bad)], false).is_err());
+    let server = home_server(4).to_bytes();
+    store(&mut s, super::AID, &[(proto::DGI_HOME_SERVER, &server)], false).unwrap();
+    s.select(super::AID).unwrap();
+    unlock(&mut s).unwrap();
+    let r = s.expect(&proto::get_data_command(DATA_HOME_SERVER), StatusWord::SUCCESS).unwrap();
+    assert_eq!(HomeServer::parse(&r.data).unwrap(), home_server(4));
+    let pins = [block(b"1212").unwrap(), block(b"34343434").unwrap()].concat();
+    store(&mut s, super::AID, &[(proto::DGI_PINS, &pins)], false).unwrap();
+    s.select(super::AID).unwrap();
+    s.expect(&proto::verify_command(&block(PIN).unwrap()), StatusWord::tries_left(2)).unwrap();
+    s.expect(&proto::verify_command(&block(b"1212").unwrap()), StatusWord::SUCCESS).unwrap();
+}

@@ -2,9 +2,10 @@
 //! state-changing command (SET PINS, VERIFY counting a try, RESET RETRY COUNTER, GENERATE KEY,
 //! INSTALL CERTIFICATE, TRUST, PAY, CREDIT, CANCEL).
 
-use tessera_apdu::{Response, StatusWord};
+use tessera_apdu::{Command, Response, StatusWord};
 use tessera_crypto::ecdsa::{PublicKey, SigningKey};
 use tessera_crypto::rng::SeededRng;
+use tessera_crypto::scp03::SecurityLevel;
 use tessera_crypto::x509::Role;
 use tessera_proto::home::{
     self as proto, CERT_CA, CERT_PAYMENT, CERT_TLS, CancelConfirmation, ChargeNotice,
@@ -353,6 +354,37 @@ fn change_pin(d: &mut dyn TearDriver) -> Result<(), TearError> {
     Ok(())
 }
 
+/// INSTALL [for personalization] of the applet `aid`, then one STORE DATA block of `groups`,
+/// in an SCP03 session with the issued card's keys (the card must have been issued with
+/// [`isd::scenarios::personalize`]). Leaves the ISD selected.
+pub fn issuer_store(
+    s: &mut Script<'_>,
+    aid: &[u8],
+    groups: &[(u16, &[u8])],
+    arm: bool,
+) -> Result<(), TearError> {
+    s.select(isd::AID)?;
+    s.open_session(&isd::scenarios::issued_keys(), SecurityLevel::CMacCDec)?;
+    let mut install = vec![0x00, aid.len() as u8];
+    install.extend_from_slice(aid);
+    install.extend_from_slice(&[0, 0, 0]);
+    s.secure(
+        &Command::new(0x80, 0xE6, 0x20, 0x00).with_data(install).with_le(256),
+        StatusWord::SUCCESS,
+    )?;
+    if arm {
+        s.arm();
+    }
+    isd::scenarios::store(s, 0, true, groups)
+}
+
+fn issuer_pins(d: &mut dyn TearDriver) -> Result<(), TearError> {
+    let mut s = Script::new(d);
+    blank_with_pins(&mut s)?;
+    let pins = [block(b"5555")?, block(b"6666")?, block(b"77777777")?].concat();
+    issuer_store(&mut s, AID, &[(proto::DGI_PINS, &pins)], true)
+}
+
 /// Every state-changing command of the home applet, as tear scenarios.
 pub fn all() -> Vec<TearScenario> {
     vec![
@@ -371,6 +403,7 @@ pub fn all() -> Vec<TearScenario> {
         TearScenario { name: "home INSTALL CERTIFICATE (payment)", script: install_payment },
         TearScenario { name: "home TRUST (bank)", script: trust_bank },
         TearScenario { name: "home CHANGE REFERENCE DATA (PIN1)", script: change_pin },
+        TearScenario { name: "home issuer STORE DATA (PINs)", script: issuer_pins },
         TearScenario { name: "home CREDIT", script: credit },
         TearScenario { name: "home PAY", script: pay },
         TearScenario { name: "home CANCEL", script: cancel },

@@ -534,3 +534,34 @@ mod model {
         }
     }
 }
+
+#[test]
+fn the_issuer_resets_the_pins_through_the_card_manager() {
+    let mut d = card();
+    let mut s = Script::new(&mut d);
+    blank_with_pins(&mut s).unwrap();
+    // The user blocks everything, PUK included.
+    s.expect(&verify(REF_PIN1, PIN1), StatusWord::SUCCESS).unwrap();
+    for left in [2, 1, 0] {
+        s.expect(&verify(REF_PIN2, b"0000"), StatusWord::tries_left(left)).unwrap();
+    }
+    for left in [2, 1, 0] {
+        let cmd = proto::unblock_command(
+            REF_PIN2,
+            &block(b"00000000").unwrap(),
+            &block(b"1234").unwrap(),
+        );
+        s.expect(&cmd, StatusWord::tries_left(left)).unwrap();
+    }
+    let pins =
+        [block(b"5555").unwrap(), block(b"6666").unwrap(), block(b"77777777").unwrap()].concat();
+    // A malformed group is refused and changes nothing; an unknown DGI too.
+    assert!(issuer_store(&mut s, super::AID, &[(proto::DGI_PINS, &pins[..20])], false).is_err());
+    assert!(issuer_store(&mut s, super::AID, &[(0x9999, &pins)], false).is_err());
+    issuer_store(&mut s, super::AID, &[(proto::DGI_PINS, &pins)], false).unwrap();
+    s.select(super::AID).unwrap();
+    let st = status(&mut s);
+    assert_eq!((st.pin1_tries, st.pin2_tries, st.puk_tries), (3, 3, 3));
+    s.expect(&verify(REF_PIN1, b"5555"), StatusWord::SUCCESS).unwrap();
+    s.expect(&verify(REF_PIN2, b"6666"), StatusWord::SUCCESS).unwrap();
+}
