@@ -1,6 +1,6 @@
 //! Shared by the e-money tests (included with `#[path]`): an issuer CA, an enrolled in-memory
 //! home card trusting the market and the bank, and the market and bank servers on loopback.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::new_without_default)]
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@
 //! errors; and the clients: [`Transport`] (one request per connection), over a direct mutual
 //! TLS connection ([`DirectTransport`]) or through the home server ([`ProxyTransport`]).
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -313,23 +314,19 @@ impl<S: Read + Write> Write for EofTolerant<'_, S> {
 }
 
 /// Through the home server: one market session per request over an open control
-/// connection, in handover mode (the terminal seals the records) or relay mode.
+/// connection, in handover mode (the terminal seals the records itself) or relay mode. The
+/// connection is shared with the wallet's [`super::wallet::RemoteWallet`].
 pub struct ProxyTransport<'a> {
-    conn: &'a mut ControlConnection,
+    conn: &'a RefCell<ControlConnection>,
     host: String,
     port: u16,
     mode: Mode,
 }
 
 impl<'a> ProxyTransport<'a> {
-    /// Sessions to `host:port` in `mode` over `conn` (PIN2 already sent).
-    pub fn new(conn: &'a mut ControlConnection, host: &str, port: u16, mode: Mode) -> Self {
+    /// Sessions to `host:port` in `mode` (handover or relay) over `conn` (PIN2 already sent).
+    pub fn new(conn: &'a RefCell<ControlConnection>, host: &str, port: u16, mode: Mode) -> Self {
         ProxyTransport { conn, host: host.into(), port, mode }
-    }
-
-    /// The control connection (for the wallet's card requests).
-    pub fn connection(&mut self) -> &mut ControlConnection {
-        self.conn
     }
 }
 
@@ -340,19 +337,20 @@ impl Transport for ProxyTransport<'_> {
 
     fn exchange(&mut self, request: &Request) -> Result<Response> {
         let transport = |e: &dyn std::fmt::Display| EmoneyError::Transport(e.to_string());
+        if self.mode == Mode::Partial {
+            return Err(EmoneyError::Setup("partial mode is not offered for e-money".into()));
+        }
+        let mut conn = self.conn.borrow_mut();
         let (session, opened) =
-            self.conn.open(&self.host, self.port, self.mode, true).map_err(|e| transport(&e))?;
+            conn.open(&self.host, self.port, self.mode, true).map_err(|e| transport(&e))?;
         let result = match opened {
             OpenedSession::HandedOver(keys) => {
-                let mut stream =
-                    self.conn.handover_stream(session, &keys).map_err(|e| transport(&e))?;
+                let mut stream = conn.handover_stream(session, &keys).map_err(|e| transport(&e))?;
                 http::exchange(&mut stream, request)
             }
-            OpenedSession::Opened(_) => {
-                http::exchange(&mut self.conn.relay_stream(session), request)
-            }
+            OpenedSession::Opened(_) => http::exchange(&mut conn.relay_stream(session), request),
         };
-        let _ = self.conn.end_session(session);
+        let _ = conn.end_session(session);
         result.map_err(|e| transport(&e))
     }
 }

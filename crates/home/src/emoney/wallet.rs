@@ -20,8 +20,8 @@ use tessera_crypto::x509::Certificate;
 use tessera_host::CardChannel;
 use tessera_host::home::{CardError, Clock, HomeCardSession};
 use tessera_proto::home::{
-    CancelConfirmation, CancelReceipt, ChargeNotice, LogEntry, PAY_CHALLENGE_LEN, PaymentToken,
-    RefillAck, RefillVoucher, Signed, WalletInfo,
+    CancelConfirmation, CancelReceipt, ChargeNotice, LOG_PAGE, LogEntry, LogPage,
+    PAY_CHALLENGE_LEN, PaymentToken, RefillAck, RefillVoucher, Signed, WalletInfo,
 };
 
 use super::https::{Transport, call, field};
@@ -217,4 +217,205 @@ pub fn cancel(
     let answer = call(market, "POST", &path, Some(&json!({})))?;
     let confirmation = from_hex(field(&answer, "confirmation")?, "confirmation")?;
     card.cancel(&confirmation)
+}
+
+/// A wallet request from the terminal to the home server (the body of the control channel's
+/// `Wallet` frame): `op (1) || argument`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// GET CHALLENGE.
+    Challenge,
+    /// PAY with the market's notice.
+    Pay(Signed<ChargeNotice>),
+    /// CREDIT with the bank's voucher.
+    Credit(Signed<RefillVoucher>),
+    /// CANCEL with the market's confirmation.
+    Cancel(Signed<CancelConfirmation>),
+    /// GET DATA (wallet).
+    Info,
+    /// READ LOG from this counter on (one page of at most [`LOG_PAGE`] entries).
+    ReadLog(u64),
+    /// The payment certificate.
+    Certificate,
+}
+
+mod op {
+    pub const CHALLENGE: u8 = 1;
+    pub const PAY: u8 = 2;
+    pub const CREDIT: u8 = 3;
+    pub const CANCEL: u8 = 4;
+    pub const INFO: u8 = 5;
+    pub const READ_LOG: u8 = 6;
+    pub const CERTIFICATE: u8 = 7;
+}
+
+impl Request {
+    /// The encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Challenge => vec![op::CHALLENGE],
+            Request::Pay(n) => [vec![op::PAY], n.to_bytes()].concat(),
+            Request::Credit(v) => [vec![op::CREDIT], v.to_bytes()].concat(),
+            Request::Cancel(c) => [vec![op::CANCEL], c.to_bytes()].concat(),
+            Request::Info => vec![op::INFO],
+            Request::ReadLog(from) => [vec![op::READ_LOG], from.to_be_bytes().to_vec()].concat(),
+            Request::Certificate => vec![op::CERTIFICATE],
+        }
+    }
+
+    /// Parses the encoding.
+    pub fn parse(data: &[u8]) -> Result<Request> {
+        let bad =
+            |e: &dyn std::fmt::Display| EmoneyError::BadRequest(format!("wallet request: {e}"));
+        let (&code, arg) = data.split_first().ok_or_else(|| bad(&"empty"))?;
+        let none = |r: Request| if arg.is_empty() { Ok(r) } else { Err(bad(&"trailing bytes")) };
+        match code {
+            op::CHALLENGE => none(Request::Challenge),
+            op::PAY => Signed::parse(arg).map(Request::Pay).map_err(|e| bad(&e)),
+            op::CREDIT => Signed::parse(arg).map(Request::Credit).map_err(|e| bad(&e)),
+            op::CANCEL => Signed::parse(arg).map(Request::Cancel).map_err(|e| bad(&e)),
+            op::INFO => none(Request::Info),
+            op::READ_LOG => <[u8; 8]>::try_from(arg)
+                .map(|b| Request::ReadLog(u64::from_be_bytes(b)))
+                .map_err(|_| bad(&"counter length")),
+            op::CERTIFICATE => none(Request::Certificate),
+            _ => Err(bad(&format!("unknown operation {code}"))),
+        }
+    }
+}
+
+/// Runs an encoded request on the card; the encoded reply (`00 || answer` or `01 || UTF-8
+/// reason`) and whether a payment was made (for the settlement notice).
+pub fn serve(card: &mut dyn WalletPort, request: &[u8]) -> (Vec<u8>, bool) {
+    let answer = Request::parse(request).and_then(|r| {
+        let paid = matches!(r, Request::Pay(_));
+        let bytes = match r {
+            Request::Challenge => card.challenge()?.to_vec(),
+            Request::Pay(n) => card.pay(&n)?.to_bytes(),
+            Request::Credit(v) => card.credit(&v)?.to_bytes(),
+            Request::Cancel(c) => card.cancel(&c)?.to_bytes(),
+            Request::Info => card.info()?.to_bytes(),
+            Request::ReadLog(from) => {
+                let mut entries = card.read_log(from)?;
+                let more = entries.len() > LOG_PAGE;
+                entries.truncate(LOG_PAGE);
+                LogPage { more, entries }.to_bytes()
+            }
+            Request::Certificate => card.payment_certificate()?,
+        };
+        Ok((bytes, paid))
+    });
+    match answer {
+        Ok((bytes, paid)) => ([vec![0], bytes].concat(), paid),
+        Err(e) => ([vec![1], e.to_string().into_bytes()].concat(), false),
+    }
+}
+
+/// Parses an encoded reply: the answer, or the home server's reason as [`EmoneyError::Card`].
+pub fn parse_reply(reply: &[u8]) -> Result<Vec<u8>> {
+    match reply.split_first() {
+        Some((0, answer)) => Ok(answer.to_vec()),
+        Some((1, reason)) => Err(EmoneyError::Card(String::from_utf8_lossy(reason).into_owned())),
+        _ => Err(EmoneyError::Transport("malformed wallet reply".into())),
+    }
+}
+
+/// The home card's wallet on the home server (what it does with the control channel's
+/// `Wallet` frames), with the settlement notice after each payment.
+pub struct HomeWallet {
+    card: super::notice::SharedWallet,
+    scheduler: Option<super::notice::Scheduler>,
+}
+
+impl HomeWallet {
+    /// The wallet of `card`; `scheduler` (if any) is told after each payment.
+    pub fn new(
+        card: super::notice::SharedWallet,
+        scheduler: Option<super::notice::Scheduler>,
+    ) -> HomeWallet {
+        HomeWallet { card, scheduler }
+    }
+}
+
+impl HomeWallet {
+    /// Runs an encoded request on the home card (see [`serve`]); the encoded reply.
+    pub fn handle(&self, request: &[u8]) -> Vec<u8> {
+        let (reply, paid) = {
+            let mut card = self.card.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            serve(&mut *card, request)
+        };
+        if paid && let Some(s) = &self.scheduler {
+            s.after_payment();
+        }
+        reply
+    }
+
+    /// As the home server's handler of `Wallet` frames
+    /// ([`crate::server::HomeServer::set_wallet`]).
+    pub fn into_handler(self: std::sync::Arc<Self>) -> crate::server::WalletFn {
+        std::sync::Arc::new(move |request: &[u8]| self.handle(request))
+    }
+}
+
+/// The home card reached from the terminal over the control channel (`Wallet` frames): the
+/// terminal side of [`WalletService`]. Shares the connection with [`super::https::ProxyTransport`].
+pub struct RemoteWallet<'a> {
+    conn: &'a std::cell::RefCell<crate::terminal::ControlConnection>,
+}
+
+impl<'a> RemoteWallet<'a> {
+    /// The wallet behind `conn` (PIN2 already sent).
+    pub fn new(conn: &'a std::cell::RefCell<crate::terminal::ControlConnection>) -> Self {
+        RemoteWallet { conn }
+    }
+
+    fn ask(&mut self, request: Request) -> Result<Vec<u8>> {
+        let reply = self
+            .conn
+            .borrow_mut()
+            .wallet(&request.encode())
+            .map_err(|e| EmoneyError::Card(e.to_string()))?;
+        parse_reply(&reply)
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> EmoneyError {
+    EmoneyError::Transport(format!("wallet reply: {e}"))
+}
+
+impl WalletPort for RemoteWallet<'_> {
+    fn challenge(&mut self) -> Result<[u8; PAY_CHALLENGE_LEN]> {
+        self.ask(Request::Challenge)?.try_into().map_err(|_| malformed("challenge length"))
+    }
+    fn pay(&mut self, notice: &Signed<ChargeNotice>) -> Result<Signed<PaymentToken>> {
+        Signed::parse(&self.ask(Request::Pay(notice.clone()))?).map_err(malformed)
+    }
+    fn credit(&mut self, voucher: &Signed<RefillVoucher>) -> Result<Signed<RefillAck>> {
+        Signed::parse(&self.ask(Request::Credit(voucher.clone()))?).map_err(malformed)
+    }
+    fn cancel(
+        &mut self,
+        confirmation: &Signed<CancelConfirmation>,
+    ) -> Result<Signed<CancelReceipt>> {
+        Signed::parse(&self.ask(Request::Cancel(confirmation.clone()))?).map_err(malformed)
+    }
+    fn info(&mut self) -> Result<WalletInfo> {
+        WalletInfo::parse(&self.ask(Request::Info)?).map_err(malformed)
+    }
+    fn read_log(&mut self, from: u64) -> Result<Vec<LogEntry>> {
+        let mut out: Vec<LogEntry> = Vec::new();
+        let mut next = from;
+        loop {
+            let page = LogPage::parse(&self.ask(Request::ReadLog(next))?).map_err(malformed)?;
+            let last = page.entries.last().map(|e| e.counter);
+            out.extend(page.entries);
+            match last {
+                Some(c) if page.more && c >= next => next = c + 1,
+                _ => return Ok(out),
+            }
+        }
+    }
+    fn payment_certificate(&mut self) -> Result<Vec<u8>> {
+        self.ask(Request::Certificate)
+    }
 }
