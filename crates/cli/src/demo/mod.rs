@@ -15,6 +15,7 @@ use crate::error::{CliError, sw_meaning};
 mod keyring;
 mod pairing;
 mod platform;
+mod proxy;
 mod update;
 mod vault;
 
@@ -29,13 +30,19 @@ pub struct Chapter {
 }
 
 /// The chapters, in order.
-pub const CHAPTERS: &[Chapter] =
-    &[platform::CHAPTER, pairing::CHAPTER, vault::CHAPTER, keyring::CHAPTER, update::CHAPTER];
+pub const CHAPTERS: &[Chapter] = &[
+    platform::CHAPTER,
+    pairing::CHAPTER,
+    vault::CHAPTER,
+    keyring::CHAPTER,
+    update::CHAPTER,
+    proxy::CHAPTER,
+];
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this chapter (names: platform, pairing, vault, keyring, update).
+    /// Run only this chapter (names: platform, pairing, vault, keyring, update, proxy).
     #[arg(long, value_name = "NAME")]
     chapter: Option<String>,
 }
