@@ -203,7 +203,7 @@ impl CardHome {
         Ok(CardHome { card: Mutex::new(card), chain })
     }
 
-    fn card(
+    pub(crate) fn card(
         &self,
     ) -> std::sync::MutexGuard<
         '_,
