@@ -394,3 +394,72 @@ fn session_cache_resumes_without_the_card_until_expiry() {
         assert_eq!(log.len(), 4, "{log:?}");
     }
 }
+
+#[test]
+fn terminal_initiated_key_update() {
+    // The terminal renews its own sending keys (the home server computes them): it sends a
+    // KeyUpdate under the old keys, then its request under the new ones, which the market reads.
+    let pki = Pki::new(9);
+    let market =
+        rustls_market(&pki, (&pki.market_cert, &pki.market_key), true, vec![], Script::Greet, 1);
+    let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+    let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
+    let mut h = handshake(&mut tcp, config, localhost()).unwrap();
+    let mut conn = KeyedConnection::new(&h.keys).unwrap();
+    conn.received(&h.pending);
+    let renewed = h.session.update_client_write().unwrap();
+    assert_ne!(renewed.client_write().key(), h.keys.client_write().key());
+    assert_eq!(renewed.server_write(), h.keys.server_write());
+    tcp.write_all(&conn.update_own_keys(&renewed).unwrap()).unwrap();
+    tcp.write_all(&conn.seal_data(b"under renewed keys").unwrap()).unwrap();
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match conn.next_event().unwrap() {
+            Some(Event::Data(d)) => data.extend(d),
+            Some(Event::PostHandshake(m)) => {
+                h.session.on_handshake_data(&m).unwrap();
+            }
+            Some(Event::Closed) => break,
+            None => {
+                let n = tcp.read(&mut buf).unwrap();
+                assert!(n > 0);
+                conn.received(&buf[..n]);
+            }
+        }
+    }
+    assert!(contains(&data, b"subject=home card of alice;round=0"));
+    let log = market.thread.join().unwrap().join(";");
+    assert!(log.contains("under renewed keys"), "{log}");
+}
+
+#[test]
+fn malformed_post_handshake_messages_are_refused() {
+    for tls13 in [true, false] {
+        let pki = Pki::new(10);
+        let market = rustls_market(
+            &pki,
+            (&pki.market_cert, &pki.market_key),
+            tls13,
+            vec![],
+            Script::Greet,
+            1,
+        );
+        let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+        let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
+        let mut h = handshake(&mut tcp, config, localhost()).unwrap();
+        let s = &mut h.session;
+        // A KeyUpdate with a bad body, an unknown message, an absurd length.
+        assert!(s.on_handshake_data(&[24, 0, 0, 1, 7]).is_err());
+        assert!(s.on_handshake_data(&[24, 0, 0, 2, 0, 0]).is_err());
+        assert!(s.on_handshake_data(&[13, 0, 0, 0]).is_err());
+        assert!(s.on_handshake_data(&[4, 0xFF, 0xFF, 0xFF]).is_err());
+        // A ticket that does not parse (TLS 1.3), or any ticket after TLS 1.2.
+        assert!(s.on_new_session_ticket(&[1, 2, 3]).is_err());
+        if !tls13 {
+            assert!(s.on_key_update(false).is_err(), "no key update in TLS 1.2");
+        }
+        drop(tcp);
+        let _ = market.thread.join();
+    }
+}

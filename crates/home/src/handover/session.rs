@@ -70,8 +70,17 @@ impl MarketSession {
     }
 
     /// Handles the content of handshake records the terminal opened (one or more messages,
-    /// possibly the continuation of one split across records).
+    /// possibly the continuation of one split across records). After an error the session is
+    /// over (the terminal ends it); nothing partial is kept.
     pub fn on_handshake_data(&mut self, data: &[u8]) -> Result<Vec<PostHandshake>, HandoverError> {
+        let result = self.handle_messages(data);
+        if result.is_err() {
+            self.partial.clear();
+        }
+        result
+    }
+
+    fn handle_messages(&mut self, data: &[u8]) -> Result<Vec<PostHandshake>, HandoverError> {
         if self.partial.len() + data.len() > MAX_MESSAGE_LEN + 4 {
             return Err(HandoverError::Malformed("post-handshake message too long"));
         }
