@@ -339,25 +339,35 @@ pub async fn connect_market(host: &str, port: u16) -> Result<TcpStream, MarketEr
     }
 }
 
-/// Relay mode (¶0048): the home server keeps its own TLS connection to the market (TLS 1.3,
-/// the market's certificate validated against `roots`, the home card signing the client
-/// CertificateVerify) and re-encrypts between it and the control channel.
+/// Relay mode (¶0048): the home server keeps its own TLS connection to the market (TLS 1.3 or
+/// 1.2, the market's certificate validated, the home card signing the client CertificateVerify
+/// through the handover module's market configuration, the session cache when the terminal
+/// allows it) and re-encrypts between it and the control channel.
 pub struct RelayMarkets {
-    roots: Arc<tokio_rustls::rustls::RootCertStore>,
-    card: Arc<dyn HomeCard>,
+    plain: Arc<tokio_rustls::rustls::ClientConfig>,
+    cached: Arc<tokio_rustls::rustls::ClientConfig>,
 }
 
 impl RelayMarkets {
-    /// Relay mode trusting the market CAs in `roots`, client key in `card`.
-    pub fn new(roots: tokio_rustls::rustls::RootCertStore, card: Arc<dyn HomeCard>) -> Self {
-        RelayMarkets { roots: Arc::new(roots), card }
+    /// Relay mode trusting the market CAs in `roots`, client key in `card`, its own session
+    /// cache.
+    pub fn new(
+        roots: tokio_rustls::rustls::RootCertStore,
+        card: Arc<dyn HomeCard>,
+    ) -> Result<Self, crate::handover::HandoverError> {
+        let key: Arc<dyn crate::handover::MarketKey> = Arc::new(CardAsMarketKey(card));
+        let cache = Arc::new(crate::handover::SessionCache::default());
+        let plain =
+            crate::handover::MarketConfig::new(roots.clone(), key.clone()).client_config()?;
+        let cached =
+            crate::handover::MarketConfig::new(roots, key).with_cache(cache).client_config()?;
+        Ok(RelayMarkets { plain, cached })
     }
 }
 
 impl Markets for RelayMarkets {
     fn open(&self, request: OpenRequest) -> BoxFuture<'static, Result<MarketSession, MarketError>> {
-        let roots = self.roots.clone();
-        let card = self.card.clone();
+        let config = if request.cache_allowed { self.cached.clone() } else { self.plain.clone() };
         Box::pin(async move {
             if request.mode != Mode::Relay {
                 return Err(MarketError {
@@ -370,9 +380,6 @@ impl Markets for RelayMarkets {
             }
             let handshake =
                 |m: String| MarketError { code: ErrorCode::MarketHandshake, message: m };
-            let key: Arc<dyn ClientKey> = Arc::new(CardAsKey(card));
-            let config = crate::control::tls::market_client_config(key, roots)
-                .map_err(|e| handshake(e.to_string()))?;
             let name = tokio_rustls::rustls::pki_types::ServerName::try_from(request.host.clone())
                 .map_err(|_| handshake(format!("{}: not a valid server name", request.host)))?;
             let tcp = connect_market(&request.host, request.port).await?;
@@ -417,12 +424,8 @@ impl StandardMarkets {
         let cached = crate::handover::MarketConfig::new(roots.clone(), key)
             .with_cache(cache)
             .client_config()?;
-        Ok(StandardMarkets {
-            card: card.clone(),
-            plain,
-            cached,
-            relay: RelayMarkets::new(roots, card),
-        })
+        let relay = RelayMarkets { plain: plain.clone(), cached: cached.clone() };
+        Ok(StandardMarkets { card: card.clone(), plain, cached, relay })
     }
 }
 
@@ -543,18 +546,6 @@ impl ClientKey for CardAsMarketKey {
 impl crate::handover::MarketKey for CardAsMarketKey {
     fn sign_tls12(&self, handshake_messages: &[u8]) -> Result<Vec<u8>, KeyError> {
         self.0.sign_tls12(handshake_messages)
-    }
-}
-
-/// A home card used only as a TLS client key.
-struct CardAsKey(Arc<dyn HomeCard>);
-
-impl ClientKey for CardAsKey {
-    fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
-        self.0.certificate_chain()
-    }
-    fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
-        self.0.sign_tls13(transcript_hash)
     }
 }
 

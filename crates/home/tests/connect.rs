@@ -26,7 +26,7 @@ fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let (home_key, _) = issuer.card_key("alice home card", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
     let clock = Arc::new(ManualClock::default());
     let (_server, running) =
         start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock);
@@ -74,7 +74,7 @@ fn market_faults_are_reported_per_session() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let (home_key, _) = issuer.card_key("home", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
     let (_server, running) = start_home(
         &rt,
         &identity,
@@ -309,4 +309,54 @@ fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_ses
     );
     assert!(started.elapsed() < tessera_home::terminal::IO_TIMEOUT);
     assert!(!card.enabled(), "the home card went back to the wait state");
+}
+
+#[test]
+fn relay_mode_with_a_tls12_market_and_from_the_session_cache() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market12 = start_market_with(&rt, &market_ca, &issuer, true);
+    let market13 = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("frank", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        card.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+    let req = Request {
+        method: "GET".into(),
+        host: "localhost".into(),
+        target: "/r".into(),
+        headers: vec![],
+        body: vec![],
+    };
+    let fetch = |c: &mut tessera_home::terminal::ControlConnection, port: u16| {
+        let (session, _) = c.open("localhost", port, Mode::Relay, true).unwrap();
+        let resp = http::exchange(&mut c.relay_stream(session), &req).unwrap();
+        c.end_session(session).unwrap();
+        String::from_utf8(resp.body).unwrap()
+    };
+    // TLS 1.2: the home card signs the TLS 1.2 CertificateVerify (handshake messages it checks).
+    assert_eq!(fetch(&mut c, market12.port()), "GET /r HTTP/1.1\nclient=frank\n");
+    assert_eq!(card.signatures(), 1);
+    // The second TLS 1.2 session resumes from the cache: no signature.
+    assert_eq!(fetch(&mut c, market12.port()), "GET /r HTTP/1.1\nclient=frank\n");
+    assert_eq!(card.signatures(), 1);
+    // TLS 1.3 too.
+    assert_eq!(fetch(&mut c, market13.port()), "GET /r HTTP/1.1\nclient=frank\n");
+    assert_eq!(card.signatures(), 2);
 }

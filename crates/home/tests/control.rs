@@ -38,7 +38,7 @@ impl Setup {
         let (home_key, _) = ca.card_key("home card", Role::Home);
         let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
         let clock = Arc::new(ManualClock::default());
-        let markets = Arc::new(RelayMarkets::new(ca.roots(), card.clone()));
+        let markets = Arc::new(RelayMarkets::new(ca.roots(), card.clone()).unwrap());
         let (server, running) =
             start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock.clone());
         Setup { rt, ca, identity, registry, card, clock, server, running: Some(running) }

@@ -106,6 +106,16 @@ pub fn start_home(
 /// answers every HTTP/1.1 request with `200` and a body naming the method, the path, the
 /// client certificate's subject and the request body, then closes.
 pub fn start_market(rt: &tokio::runtime::Runtime, server_ca: &Ca, client_ca: &Ca) -> SocketAddr {
+    start_market_with(rt, server_ca, client_ca, false)
+}
+
+/// [`start_market`], TLS 1.2 only when `tls12_only`.
+pub fn start_market_with(
+    rt: &tokio::runtime::Runtime,
+    server_ca: &Ca,
+    client_ca: &Ca,
+    tls12_only: bool,
+) -> SocketAddr {
     let (key, cert) = server_ca.issue("market", Role::Server, &[AltName::Dns("localhost".into())]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -114,8 +124,10 @@ pub fn start_market(rt: &tokio::runtime::Runtime, server_ca: &Ca, client_ca: &Ca
     )
     .build()
     .unwrap();
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if tls12_only { &[&rustls::version::TLS12] } else { rustls::DEFAULT_VERSIONS };
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(

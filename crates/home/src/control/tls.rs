@@ -73,8 +73,9 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// A configuration for a TLS 1.3 client of a market server (relay mode): the market's
-/// certificate validated against `roots`, the client key in the home card.
+/// A configuration for a TLS 1.3 client of a market server (the e-money flows'
+/// HTTPS client): the market's certificate validated against `roots`, the client key in the
+/// home card.
 pub fn market_client_config(
     key: Arc<dyn ClientKey>,
     roots: Arc<rustls::RootCertStore>,
