@@ -45,19 +45,8 @@ pub enum ModeArg {
 pub struct ConnectArgs {
     /// The URL (`https://host[:port]/path`).
     url: String,
-    /// The home server (`host:port`); default: the address the access card pins.
-    #[arg(long, value_name = "HOST:PORT")]
-    home: Option<String>,
     #[command(flatten)]
-    card: CardSource,
-    #[command(flatten)]
-    passphrase: PassphraseArg,
-    /// File holding the access card's PIN (else TESSERA_PIN, else a line on stdin).
-    #[arg(long, value_name = "F")]
-    pin_file: Option<PathBuf>,
-    /// File holding PIN2, for the home card (else TESSERA_PIN2, else a line on stdin).
-    #[arg(long, value_name = "F")]
-    pin2_file: Option<PathBuf>,
+    terminal: TerminalArgs,
     /// Request method (default GET, or POST with a body).
     #[arg(short = 'X', long = "request", value_name = "METHOD")]
     method: Option<String>,
@@ -86,6 +75,59 @@ pub struct ConnectArgs {
     /// validates the market itself there).
     #[arg(long, value_name = "FILE")]
     market_ca: Vec<PathBuf>,
+}
+
+/// How a terminal command reaches the home server: the access card and the PINs.
+#[derive(Debug, Args)]
+pub struct TerminalArgs {
+    /// The home server (`host:port`); default: the address the access card pins.
+    #[arg(long, value_name = "HOST:PORT")]
+    home: Option<String>,
+    #[command(flatten)]
+    card: CardSource,
+    #[command(flatten)]
+    passphrase: PassphraseArg,
+    /// File holding the access card's PIN (else TESSERA_PIN, else a line on stdin).
+    #[arg(long, value_name = "F")]
+    pin_file: Option<PathBuf>,
+    /// File holding PIN2, for the home card (else TESSERA_PIN2, else a line on stdin).
+    #[arg(long, value_name = "F")]
+    pin2_file: Option<PathBuf>,
+}
+
+/// Unlocks the access card, opens the control connection to the home server it pins and
+/// sends PIN2 to the home card.
+pub fn open_control(args: &TerminalArgs) -> Result<ControlConnection, CliError> {
+    // The access card: unlock it, read its certificate and the pinned home server.
+    let channel: Box<dyn CardChannel + Send> = match (&args.card.image, &args.card.reader) {
+        (Some(path), _) => Box::new(tessera_host::InProcessChannel::new(
+            crate::source::open_image(path, &args.passphrase)?,
+        )),
+        (None, Some(reader)) => Box::new(tessera_host::PcscChannel::connect(Some(reader))?),
+        (None, None) => return Err(CliError::usage("give --image FILE or --reader NAME")),
+    };
+    let pin = secret(&args.pin_file, "TESSERA_PIN", "access card PIN")?;
+    let pin = PinBlock::from_value(pin.as_bytes())
+        .map_err(|_| CliError::usage("the access card PIN must be 4 to 8 characters"))?;
+    let mut card = tessera_host::access::AccessCard::new(channel);
+    let card_failure = |e: tessera_host::home::CardError| match e {
+        tessera_host::home::CardError::Channel(e) => CliError::new(Exit::Transport, e.to_string()),
+        other => CliError::new(Exit::CardSaidNo, format!("access card: {other}")),
+    };
+    card.select().map_err(card_failure)?;
+    card.verify_pin(&pin).map_err(card_failure)?;
+    let access = Arc::new(CardAccess::new(card).map_err(card_failure)?);
+    let pinned = access.home_server().cloned().ok_or_else(|| {
+        CliError::usage(
+            "the access card pins no home server (tessera card init-access --home-server)",
+        )
+    })?;
+    let home = args.home.clone().unwrap_or(pinned.address);
+    let terminal = Terminal::new(access, pinned.spki_sha256, home).map_err(terminal_failure)?;
+    let mut control = terminal.connect().map_err(terminal_failure)?;
+    let pin2 = secret(&args.pin2_file, "TESSERA_PIN2", "PIN2")?;
+    control.pin2(pin2.as_bytes()).map_err(terminal_failure)?;
+    Ok(control)
 }
 
 /// The parts of an `https://` URL.
@@ -198,7 +240,8 @@ fn headers(args: &ConnectArgs, has_body: bool) -> Result<Vec<(String, String)>, 
     Ok(out)
 }
 
-fn terminal_failure(e: TerminalError) -> CliError {
+/// A terminal failure as the CLI reports it.
+pub fn terminal_failure(e: TerminalError) -> CliError {
     match e {
         TerminalError::Refused { code: ErrorCode::Pin2Wrong(n), .. } => {
             CliError::new(Exit::CardSaidNo, format!("wrong PIN2 ({n} tries left)"))
@@ -255,35 +298,7 @@ pub fn run(args: ConnectArgs, out: Output) -> Result<(), CliError> {
     };
     request.encode().map_err(|e| CliError::usage(e.to_string()))?;
 
-    // The access card: unlock it, read its certificate and the pinned home server.
-    let channel: Box<dyn CardChannel + Send> = match (&args.card.image, &args.card.reader) {
-        (Some(path), _) => Box::new(tessera_host::InProcessChannel::new(
-            crate::source::open_image(path, &args.passphrase)?,
-        )),
-        (None, Some(reader)) => Box::new(tessera_host::PcscChannel::connect(Some(reader))?),
-        (None, None) => return Err(CliError::usage("give --image FILE or --reader NAME")),
-    };
-    let pin = secret(&args.pin_file, "TESSERA_PIN", "access card PIN")?;
-    let pin = PinBlock::from_value(pin.as_bytes())
-        .map_err(|_| CliError::usage("the access card PIN must be 4 to 8 characters"))?;
-    let mut card = tessera_host::access::AccessCard::new(channel);
-    let card_failure = |e: tessera_host::home::CardError| match e {
-        tessera_host::home::CardError::Channel(e) => CliError::new(Exit::Transport, e.to_string()),
-        other => CliError::new(Exit::CardSaidNo, format!("access card: {other}")),
-    };
-    card.select().map_err(card_failure)?;
-    card.verify_pin(&pin).map_err(card_failure)?;
-    let access = Arc::new(CardAccess::new(card).map_err(card_failure)?);
-    let pinned = access.home_server().cloned().ok_or_else(|| {
-        CliError::usage(
-            "the access card pins no home server (tessera card init-access --home-server)",
-        )
-    })?;
-    let home = args.home.clone().unwrap_or(pinned.address);
-    let terminal = Terminal::new(access, pinned.spki_sha256, home).map_err(terminal_failure)?;
-    let mut control = terminal.connect().map_err(terminal_failure)?;
-    let pin2 = secret(&args.pin2_file, "TESSERA_PIN2", "PIN2")?;
-    control.pin2(pin2.as_bytes()).map_err(terminal_failure)?;
+    let mut control = open_control(&args.terminal)?;
 
     let response = match args.mode {
         ModeArg::Handover | ModeArg::Relay => {

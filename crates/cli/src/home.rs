@@ -78,6 +78,70 @@ pub struct ServeArgs {
     /// How long a cached market session may be resumed without the home card, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     cache_lifetime: u64,
+    #[command(flatten)]
+    notice: NoticeArgs,
+}
+
+/// The settlement notice by e-mail (e-money, `docs/emoney.md`).
+#[derive(Debug, Args)]
+pub struct NoticeArgs {
+    /// E-mail the settlement digest (new log entries) to this address, after each payment and
+    /// every `--notify-every` seconds.
+    #[arg(long, value_name = "ADDRESS")]
+    notify_to: Option<String>,
+    /// The notices' sender address.
+    #[arg(long, value_name = "ADDRESS", default_value = "tessera-home@localhost")]
+    notify_from: String,
+    /// The SMTP server (`host:port`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "localhost:25")]
+    smtp: String,
+    /// STARTTLS: when offered (opportunistic), required, or never.
+    #[arg(long, value_name = "POLICY", default_value = "opportunistic")]
+    smtp_tls: String,
+    /// Extra root CA (PEM) for the SMTP server's certificate (repeatable).
+    #[arg(long, value_name = "FILE")]
+    smtp_ca: Vec<PathBuf>,
+    /// Seconds between scheduled notices.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    notify_every: u64,
+}
+
+/// The notice scheduler `args` ask for (none without `--notify-to`).
+fn notice(
+    args: &NoticeArgs,
+    data: &Path,
+    card: tessera_home::emoney::notice::SharedWallet,
+) -> Result<Option<tessera_home::emoney::notice::Scheduler>, CliError> {
+    use tessera_home::emoney::notice::{Notifier, Scheduler, SmtpSettings, TlsPolicy};
+    let Some(to) = &args.notify_to else { return Ok(None) };
+    let (host, port) = args
+        .smtp
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| CliError::usage("--smtp: expected host:port"))?;
+    let tls = match args.smtp_tls.as_str() {
+        "opportunistic" => TlsPolicy::Opportunistic,
+        "required" => TlsPolicy::Required,
+        "never" => TlsPolicy::Never,
+        other => {
+            return Err(CliError::usage(format!(
+                "--smtp-tls {other}: opportunistic, required or never"
+            )));
+        }
+    };
+    let roots = args
+        .smtp_ca
+        .iter()
+        .map(|p| read_ca(p).map(|c| c.der().to_vec()))
+        .collect::<Result<_, _>>()?;
+    let settings =
+        SmtpSettings { host, port, from: args.notify_from.clone(), to: to.clone(), tls, roots };
+    let notifier = Notifier::new(settings, Some(&data.join("notice.state"))).map_err(local)?;
+    Ok(Some(Scheduler::start(
+        Arc::new(notifier),
+        card,
+        Duration::from_secs(args.notify_every.max(1)),
+    )))
 }
 
 /// `tessera home admit`.
@@ -226,7 +290,14 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     ));
     let markets = Arc::new(StandardMarkets::new(roots, card.clone(), cache).map_err(local)?);
     let tls = id.server_config(registry.clone()).map_err(local)?;
-    let server = HomeServer::new(tls, registry, card, markets, Arc::new(SystemClock));
+    let server = HomeServer::new(tls, registry, card.clone(), markets, Arc::new(SystemClock));
+    // E-money: the home card's wallet over the control channel, and the settlement notice.
+    let wallet: tessera_home::emoney::notice::SharedWallet =
+        Arc::new(std::sync::Mutex::new(tessera_home::emoney::wallet::CardHomeWallet(card)));
+    let scheduler = notice(&args.notice, &args.data.data, wallet.clone())?;
+    server.set_wallet(
+        Arc::new(tessera_home::emoney::wallet::HomeWallet::new(wallet, scheduler)).into_handler(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(local)?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {

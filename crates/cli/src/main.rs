@@ -4,6 +4,7 @@
 
 mod admin;
 mod apdu;
+mod bank;
 mod bench;
 mod card;
 mod connect;
@@ -13,12 +14,14 @@ mod enroll;
 mod error;
 mod file;
 mod home;
+mod market;
 mod reader;
 mod server;
 mod service;
 mod source;
 mod sync;
 mod vault;
+mod wallet;
 
 use std::process::ExitCode;
 
@@ -89,6 +92,15 @@ enum Command {
     Home(home::HomeCommand),
     /// An HTTPS request through the home server, with the access card (like curl).
     Connect(connect::ConnectArgs),
+    /// The reference market of home-card e-money (HTTPS, client certificates).
+    #[command(subcommand)]
+    Market(market::MarketCommand),
+    /// The reference bank of home-card e-money: accounts and refill vouchers.
+    #[command(subcommand)]
+    Bank(bank::BankCommand),
+    /// Home-card e-money from the terminal: balance, log, buy, refill, cancel.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
     /// Benchmarks (numbers for docs/performance.md; not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -151,6 +163,9 @@ fn main() -> ExitCode {
         Command::Service(args) => service::run(args, out),
         Command::Home(cmd) => home::run(cmd, out),
         Command::Connect(args) => connect::run(args, out),
+        Command::Market(cmd) => market::run(cmd),
+        Command::Bank(cmd) => bank::run(cmd),
+        Command::Wallet(cmd) => wallet::run(cmd, out),
         Command::Bench(cmd) => bench::run(cmd, out),
     };
     match result {

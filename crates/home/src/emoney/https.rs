@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+/// The routers the market and bank serve (axum's, re-exported for their callers).
+pub use axum::Router;
 use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as AxumResponse};
@@ -142,7 +144,7 @@ impl Running {
 pub async fn serve(
     config: Arc<ServerConfig>,
     listener: TcpListener,
-    router: axum::Router,
+    router: Router,
 ) -> std::io::Result<Running> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
