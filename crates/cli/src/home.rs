@@ -392,3 +392,60 @@ fn list(args: &DataArg, out: Output) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tessera_crypto::ecdsa::SigningKey;
+    use tessera_crypto::rng::OsRng;
+    use tessera_crypto::x509::{self, Validity};
+
+    fn cert(dir: &Path) -> (PathBuf, [u8; 32]) {
+        let key = SigningKey::generate(&mut OsRng);
+        let v = Validity { not_before: now() - 10, not_after: now() + 3600 };
+        let c = x509::self_signed_ca(&key, "access", &[1], v).unwrap();
+        let path = dir.join("access.pem");
+        std::fs::write(&path, c.to_pem()).unwrap();
+        (path, tessera_home::fingerprint(c.der()))
+    }
+
+    #[test]
+    fn init_admit_list_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataArg { data: dir.path().join("hs") };
+        let out = Output { json: true };
+        init(&data, out).unwrap();
+        let pem = std::fs::read_to_string(data.data.join("home-cert.pem")).unwrap();
+        let (id, made) = identity(&data.data).unwrap();
+        assert!(!made, "init keeps the identity it made");
+        assert_eq!(Certificate::from_pem(&pem).unwrap().der(), id.certificate());
+
+        let (path, fp) = cert(dir.path());
+        let admit_args = |label: &str| AdmitArgs {
+            data: DataArg { data: data.data.clone() },
+            cert: Some(path.clone()),
+            image: None,
+            reader: None,
+            passphrase: PassphraseArg { passphrase_file: None },
+            label: label.into(),
+        };
+        assert_eq!(admit(&admit_args(""), out).unwrap_err().exit, Exit::Usage);
+        admit(&admit_args("phone"), out).unwrap();
+        let reg = registry(&data.data).unwrap();
+        assert!(reg.is_admitted(&fp).unwrap());
+
+        let revoke_args =
+            |s: String| RevokeArgs { data: DataArg { data: data.data.clone() }, fingerprint: s };
+        assert_eq!(revoke(&revoke_args("zz".into()), out).unwrap_err().exit, Exit::Usage);
+        revoke(&revoke_args(fingerprint_hex(&fp)), out).unwrap();
+        assert!(!reg.is_admitted(&fp).unwrap());
+        assert_eq!(
+            revoke(&revoke_args(hex::encode(fp)), out).unwrap_err().exit,
+            Exit::Usage,
+            "already revoked"
+        );
+        list(&data, out).unwrap();
+    }
+}
