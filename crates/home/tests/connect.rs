@@ -360,3 +360,71 @@ fn relay_mode_with_a_tls12_market_and_from_the_session_cache() {
     assert_eq!(fetch(&mut c, market13.port()), "GET /r HTTP/1.1\nclient=frank\n");
     assert_eq!(card.signatures(), 2);
 }
+
+#[test]
+fn several_market_sessions_interleave_over_one_control_connection() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let market_ca = Ca::new("market CA");
+    let market = start_market(&rt, &market_ca, &issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let (home_key, _) = issuer.card_key("gina", Role::Home);
+    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(
+        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
+    );
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        card.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+    let req = |path: &str| Request {
+        method: "GET".into(),
+        host: "localhost".into(),
+        target: path.into(),
+        headers: vec![],
+        body: vec![],
+    };
+    // Open a handover session and a relay session, send both requests, then read the answers
+    // in the opposite order: frames of the other session wait in the terminal's queue.
+    let (s1, opened) = c.open("localhost", market.port(), Mode::Handover, false).unwrap();
+    let OpenedSession::HandedOver(keys) = opened else { panic!("{opened:?}") };
+    let (s2, _) = c.open("localhost", market.port(), Mode::Relay, false).unwrap();
+    assert_ne!(s1, s2);
+    let mut keyed = tessera_home::handover::KeyedConnection::new(&keys).unwrap();
+    let records = keyed.seal_data(&req("/one").encode().unwrap()).unwrap();
+    c.send_data(s1, &records).unwrap();
+    let two = http::exchange(&mut c.relay_stream(s2), &req("/two")).unwrap();
+    assert_eq!(String::from_utf8(two.body).unwrap(), "GET /two HTTP/1.1\nclient=gina\n");
+    // Session 1's answer was queued meanwhile; read it through a stream from the same keys.
+    let mut raw = Vec::new();
+    loop {
+        match c.recv(s1).unwrap() {
+            tessera_home::terminal::SessionEvent::Data(b) => keyed.received(&b),
+            tessera_home::terminal::SessionEvent::End => break,
+            other => panic!("{other:?}"),
+        }
+        while let Some(ev) = keyed.next_event().unwrap() {
+            match ev {
+                tessera_home::handover::Event::Data(d) => raw.extend_from_slice(&d),
+                tessera_home::handover::Event::PostHandshake(p) => {
+                    c.post_handshake(s1, &p).unwrap()
+                }
+                tessera_home::handover::Event::Closed => {}
+            }
+        }
+    }
+    let one = http::parse(&raw, false, true).unwrap().unwrap();
+    assert_eq!(String::from_utf8(one.body).unwrap(), "GET /one HTTP/1.1\nclient=gina\n");
+}
