@@ -11,6 +11,8 @@
 //! 4. Everything else goes to the selected applet; `6985` when none is selected.
 //! 5. After the applet answers: `9000` commits any change to its persistent state (and the
 //!    card-wide data) atomically; any other status word restores the last committed state.
+//!    A `9000` answer that the APDU layer would turn into `6Cxx` (Le too short for a command
+//!    without data) counts as an error: the command changes nothing, its repetition runs it.
 
 use tessera_apdu::{CardApduLayer, Command, DEFAULT_MAX_CHAIN_DATA, Response, StatusWord};
 use tessera_crypto::rng::Rng;
@@ -120,6 +122,16 @@ impl Runtime {
     }
 }
 
+/// True when the APDU layer answers `response` to `cmd` with `6Cxx` (the rule of
+/// [`tessera_apdu::ResponseBuffer::respond`]): a command without data whose Ne is below Nr,
+/// Nr at most 256.
+fn asks_for_le(cmd: &Command, response: &Response) -> bool {
+    let nr = response.data.len();
+    cmd.data.is_empty()
+        && cmd.le.is_some_and(|ne| ne < nr && ne < tessera_apdu::SHORT_MAX_NE)
+        && nr <= tessera_apdu::SHORT_MAX_NE
+}
+
 /// The logical channel a CLA addresses (ISO/IEC 7816-4 5.4.1), for interindustry and
 /// GlobalPlatform proprietary classes alike.
 fn channel(cla: u8) -> u8 {
@@ -185,6 +197,15 @@ impl Core {
         let card_changed = self.card.take_changed();
         if changed.is_empty() && !card_changed {
             return response;
+        }
+        if response.sw == StatusWord::SUCCESS && asks_for_le(cmd, &response) {
+            // The APDU layer would discard this answer for `6Cxx` and the host send the command
+            // again with Le = Nr. `6Cxx` is a checking error, which leaves non-volatile memory
+            // unchanged (ISO/IEC 7816-4 5.1.3): a command that changed state is therefore not
+            // executed, so its repetition runs it once (e.g. a key generated once, its public key
+            // not lost).
+            self.rollback(&changed, card_changed);
+            return Response::status(StatusWord::wrong_le(response.data.len() as u8));
         }
         if response.sw == StatusWord::SUCCESS {
             let mut states: Vec<(&'static [u8], Vec<u8>)> =

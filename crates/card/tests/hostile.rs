@@ -1,0 +1,404 @@
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+//! Hostile input for every registered applet: "bad input gets a clear error and changes
+//! nothing" (DESIGN.md section 4).
+//!
+//! The test iterates the applet registry, so a new applet joins by registering. For each
+//! applet it prepares several states: fresh (blank card, applet selected), and for each of
+//! the applet's tear scenarios the state at the scenario's `arm` (personalised, PIN verified,
+//! mid-session, ... with the volatile state the setup left: sessions, verified PINs, the
+//! selection), one command later, and after the whole scenario. The prepared state is reached
+//! by running the scenario script on a driver that stops it (a pretend power cut that does
+//! not touch the card) after a chosen number of commands past `arm`.
+//!
+//! Into each state, proptest sends sequences of hostile commands: random bytes, and commands
+//! made *near-valid* from the APDUs the applet's own scenarios send (their CLA/INS with random
+//! P1/P2/Lc/data/Le, truncated and overlong data, extended encodings, command chains, the
+//! secure-messaging bit toggled, random bytes after a valid prefix, flipped data bytes). For
+//! every answer: nothing panics; it ends in an ISO status word; and when that status word is
+//! an error (anything but `9000`, `61xx`, `62xx`, `63xx`) the card's persistent state is
+//! byte-identical to its state before the command.
+//!
+//! Case counts: `HOSTILE_CASES` (default 3) sequences per prepared state.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use tessera_apdu::Command;
+use tessera_card::applets::{Provisioning, registry};
+use tessera_card::{Card, CardOptions, PowerCut, TearDriver, TearError, TearScenario};
+use tessera_crypto::rng::SeededRng;
+
+/// Runs a scenario script against a card, records every APDU it sends, and stops it (without
+/// touching the card) once `stop_after` commands past `arm` have been sent.
+struct Recorder {
+    card: Card,
+    log: Vec<Vec<u8>>,
+    armed: bool,
+    after_arm: usize,
+    stop_after: Option<usize>,
+}
+
+impl TearDriver for Recorder {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, PowerCut> {
+        if self.armed {
+            if self.stop_after.is_some_and(|n| self.after_arm >= n) {
+                return Err(PowerCut);
+            }
+            self.after_arm += 1;
+        }
+        self.log.push(apdu.to_vec());
+        Ok(self.card.transmit(apdu))
+    }
+
+    fn arm(&mut self) {
+        self.armed = true;
+    }
+}
+
+fn new_card() -> Card {
+    let mut card = Card::in_memory(CardOptions::default().rng(Box::new(SeededRng::from_u64(42))));
+    card.power_on();
+    card
+}
+
+/// A way to bring a card into a prepared state.
+#[derive(Clone, Copy)]
+enum Prepare {
+    /// A blank card with the applet selected.
+    Fresh(&'static [u8]),
+    /// A scenario stopped after `stop_after` commands past its `arm` (`None`: run to its end).
+    Scenario(TearScenario, Option<usize>),
+}
+
+impl Prepare {
+    fn card(&self) -> Recorder {
+        let mut r = Recorder {
+            card: new_card(),
+            log: Vec::new(),
+            armed: false,
+            after_arm: 0,
+            stop_after: None,
+        };
+        match *self {
+            Prepare::Fresh(aid) => {
+                let select = Command::new(0x00, 0xA4, 0x04, 0x00).with_data(aid.to_vec());
+                let out = r.card.transmit(&select.to_bytes().unwrap());
+                assert!(out.ends_with(&[0x90, 0x00]) || out[out.len() - 2] == 0x61);
+            }
+            Prepare::Scenario(scenario, stop_after) => {
+                r.stop_after = stop_after;
+                let result = (scenario.script)(&mut r);
+                match stop_after {
+                    None => assert_eq!(result, Ok(()), "{}: clean run", scenario.name),
+                    Some(_) => assert!(
+                        matches!(result, Ok(()) | Err(TearError::Cut)),
+                        "{}: {result:?}",
+                        scenario.name
+                    ),
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Encodes a command, in the extended form when asked to (or when its lengths need it).
+/// A command without data and without Le is case 1 in either form.
+fn encode(cmd: &Command, extended: bool) -> Vec<u8> {
+    let mut out = vec![cmd.cla, cmd.ins, cmd.p1, cmd.p2];
+    let nc = cmd.data.len();
+    if !extended && !cmd.is_extended() {
+        if nc > 0 {
+            out.push(nc as u8);
+            out.extend_from_slice(&cmd.data);
+        }
+        if let Some(ne) = cmd.le {
+            out.push((ne % 256) as u8);
+        }
+        return out;
+    }
+    if nc > 0 {
+        out.push(0);
+        out.extend_from_slice(&(nc as u16).to_be_bytes());
+        out.extend_from_slice(&cmd.data);
+    }
+    if let Some(ne) = cmd.le {
+        if nc == 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(&((ne % 65536) as u16).to_be_bytes());
+    }
+    out
+}
+
+/// How the data field of a template is mutated.
+#[derive(Debug, Clone)]
+enum DataMut {
+    Keep,
+    Random(Vec<u8>),
+    Truncate(usize),
+    Extend(Vec<u8>),
+    Flip(Vec<(usize, u8)>),
+}
+
+/// One hostile step: one APDU, or a chain of them.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Arbitrary bytes.
+    Random(Vec<u8>),
+    /// A field-wise mutation of a recorded command.
+    Near {
+        template: usize,
+        p1: Option<u8>,
+        p2: Option<u8>,
+        data: DataMut,
+        le: Option<Option<usize>>,
+        extended: bool,
+        toggle_sm: bool,
+        /// Split the data into a command chain at this fraction (per mille) of its length;
+        /// `(split, send_last)`: without the last part the chain is left pending.
+        chain: Option<(u16, bool)>,
+    },
+    /// A recorded APDU cut short (its encoding then no longer matches its Lc).
+    Truncated { template: usize, keep: usize },
+    /// A recorded APDU with random bytes after it.
+    Suffixed { template: usize, extra: Vec<u8> },
+    /// A recorded APDU sent again unchanged (replay).
+    Replay { template: usize },
+}
+
+fn data_mut() -> impl Strategy<Value = DataMut> {
+    prop_oneof![
+        2 => Just(DataMut::Keep),
+        2 => prop::collection::vec(any::<u8>(), 0..300).prop_map(DataMut::Random),
+        1 => prop::collection::vec(any::<u8>(), 250..600).prop_map(DataMut::Random),
+        2 => any::<usize>().prop_map(DataMut::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..40).prop_map(DataMut::Extend),
+        3 => prop::collection::vec((any::<usize>(), 1u8..=255), 1..4).prop_map(DataMut::Flip),
+    ]
+}
+
+fn le_mut() -> impl Strategy<Value = Option<Option<usize>>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(None)),
+        2 => (1usize..=256).prop_map(|n| Some(Some(n))),
+        1 => (1usize..=65536).prop_map(|n| Some(Some(n))),
+    ]
+}
+
+fn step(templates: usize) -> impl Strategy<Value = Step> {
+    let t = 0..templates;
+    prop_oneof![
+        2 => prop::collection::vec(any::<u8>(), 0..300).prop_map(Step::Random),
+        8 => (
+            t.clone(),
+            prop::option::weighted(0.5, any::<u8>()),
+            prop::option::weighted(0.5, any::<u8>()),
+            data_mut(),
+            le_mut(),
+            prop::bool::weighted(0.2),
+            prop::bool::weighted(0.2),
+            prop::option::weighted(0.15, (0u16..=1000, prop::bool::weighted(0.7))),
+        )
+            .prop_map(|(template, p1, p2, data, le, extended, toggle_sm, chain)| Step::Near {
+                template,
+                p1,
+                p2,
+                data,
+                le,
+                extended,
+                toggle_sm,
+                chain
+            }),
+        2 => (t.clone(), any::<usize>()).prop_map(|(template, keep)| Step::Truncated { template, keep }),
+        2 => (t.clone(), prop::collection::vec(any::<u8>(), 1..20))
+            .prop_map(|(template, extra)| Step::Suffixed { template, extra }),
+        1 => t.prop_map(|template| Step::Replay { template }),
+    ]
+}
+
+/// The APDUs a step sends.
+fn apdus(step: &Step, corpus: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let template = |i: &usize| &corpus[*i % corpus.len()];
+    match step {
+        Step::Random(bytes) => vec![bytes.clone()],
+        Step::Truncated { template: i, keep } => {
+            let t = template(i);
+            vec![t[..keep % (t.len() + 1)].to_vec()]
+        }
+        Step::Suffixed { template: i, extra } => vec![[template(i).as_slice(), extra].concat()],
+        Step::Replay { template: i } => vec![template(i).clone()],
+        Step::Near { template: i, p1, p2, data, le, extended, toggle_sm, chain } => {
+            let Ok(mut cmd) = Command::parse(template(i)) else {
+                return vec![template(i).clone()];
+            };
+            cmd.p1 = p1.unwrap_or(cmd.p1);
+            cmd.p2 = p2.unwrap_or(cmd.p2);
+            match data {
+                DataMut::Keep => {}
+                DataMut::Random(d) => cmd.data = d.clone(),
+                DataMut::Truncate(n) => cmd.data.truncate(n % (cmd.data.len() + 1)),
+                DataMut::Extend(more) => cmd.data.extend_from_slice(more),
+                DataMut::Flip(flips) => {
+                    if !cmd.data.is_empty() {
+                        let len = cmd.data.len();
+                        for (at, x) in flips {
+                            cmd.data[at % len] ^= x;
+                        }
+                    }
+                }
+            }
+            if let Some(le) = le {
+                cmd.le = *le;
+            }
+            if *toggle_sm {
+                cmd.cla ^= 0x04;
+            }
+            cmd.cla &= !0x10;
+            if cmd.cla == 0xFF {
+                cmd.cla = 0xEF;
+            }
+            match chain {
+                Some((split, send_last)) if !cmd.data.is_empty() => {
+                    let at = cmd.data.len() * usize::from(*split) / 1000;
+                    let mut first = cmd.clone();
+                    first.cla |= 0x10;
+                    first.data = cmd.data[..at].to_vec();
+                    first.le = None;
+                    let mut last = cmd.clone();
+                    last.data = cmd.data[at..].to_vec();
+                    let mut out = vec![encode(&first, *extended)];
+                    if *send_last {
+                        out.push(encode(&last, *extended));
+                    }
+                    out
+                }
+                _ => vec![encode(&cmd, *extended)],
+            }
+        }
+    }
+}
+
+fn is_error(sw: u16) -> bool {
+    !(sw == 0x9000 || matches!(sw >> 8, 0x61..=0x63))
+}
+
+/// Sends `steps` into a freshly prepared card; checks every answer.
+fn check(prepare: &Prepare, corpus: &[Vec<u8>], steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut card = prepare.card().card;
+    for step in steps {
+        for apdu in apdus(step, corpus) {
+            let before = card.persistent_state();
+            let out = card.transmit(&apdu);
+            prop_assert!(out.len() >= 2, "answer without a status word to {}", hex::encode(&apdu));
+            let sw = u16::from_be_bytes([out[out.len() - 2], out[out.len() - 1]]);
+            prop_assert!(
+                matches!(sw >> 8, 0x61..=0x6F | 0x90..=0x9F),
+                "{sw:04X} is not an ISO status word (command {})",
+                hex::encode(&apdu)
+            );
+            if is_error(sw) {
+                prop_assert!(
+                    card.persistent_state() == before,
+                    "{sw:04X} answered to {} changed the persistent state",
+                    hex::encode(&apdu)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
+/// Runs the hostile sequences against one prepared state; panics with the minimal failing
+/// sequence.
+fn attack(label: &str, seed: u64, prepare: Prepare, corpus: Arc<Vec<Vec<u8>>>) {
+    let config = Config {
+        cases: cases(),
+        failure_persistence: None,
+        max_shrink_iters: 200,
+        ..Config::default()
+    };
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+    let strategy = prop::collection::vec(step(corpus.len()), 1..12);
+    if let Err(e) = runner.run(&strategy, |steps| check(&prepare, &corpus, &steps)) {
+        panic!("{label}: {e}");
+    }
+}
+
+#[test]
+fn every_applet_in_every_prepared_state_refuses_hostile_commands_without_changing_state() {
+    let applets = registry(&Provisioning::default());
+    let mut states = 0;
+    let mut seed = 0u64;
+    for applet in &applets {
+        let name = applet.name();
+        let scenarios = applet.tear_scenarios();
+        // The applet's own commands: every APDU its scenarios send (setup included), plus a
+        // SELECT of it, for the fresh state and as templates everywhere.
+        let select = Command::new(0x00, 0xA4, 0x04, 0x00).with_data(applet.aid().to_vec());
+        let mut corpus = vec![select.to_bytes().unwrap()];
+        let mut runs = Vec::new();
+        for scenario in &scenarios {
+            let full = Prepare::Scenario(*scenario, None).card();
+            corpus.extend(full.log.iter().cloned());
+            runs.push((*scenario, full.after_arm));
+        }
+        corpus.sort();
+        corpus.dedup();
+        let corpus = Arc::new(corpus);
+
+        seed += 1;
+        attack(&format!("{name}: fresh"), seed, Prepare::Fresh(applet.aid()), corpus.clone());
+        states += 1;
+        for (scenario, after_arm) in runs {
+            let mut stops = vec![Some(0), None];
+            if after_arm > 1 {
+                stops.push(Some(1));
+            }
+            for stop in stops {
+                seed += 1;
+                let label = format!("{name}: {}: stopped at {stop:?} past arm", scenario.name);
+                attack(&label, seed, Prepare::Scenario(scenario, stop), corpus.clone());
+                states += 1;
+            }
+        }
+    }
+    eprintln!("{} applets, {states} prepared states, {} sequences each", applets.len(), cases());
+    assert!(states > applets.len() * 2, "scenarios provide prepared states");
+}
+
+/// The prepared state at the `arm` of the registered scenario called `name`.
+fn at_arm_of(name: &str) -> Card {
+    let scenario = tessera_card::applets::tear_scenarios()
+        .into_iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no tear scenario {name:?}"));
+    Prepare::Scenario(scenario, Some(0)).card().card
+}
+
+/// Regression (found by the test above): a state-changing command without data sent with a
+/// short Le (`80 46 00 00 01`, vault GENERATE) was executed and committed, then the APDU layer
+/// discarded its answer for `6C41`; the host's repetition with Le `41` then found a key and
+/// failed, the public key lost. `6Cxx` now changes nothing and the repetition runs once.
+#[test]
+fn a_state_changing_command_answered_6cxx_changes_nothing() {
+    let mut card = at_arm_of("vault GENERATE");
+    let before = card.persistent_state();
+    assert_eq!(card.transmit(&[0x80, 0x46, 0x00, 0x00, 0x01]), [0x6C, 0x41]);
+    assert!(card.persistent_state() == before, "6C41 changed the persistent state");
+    let out = card.transmit(&[0x80, 0x46, 0x00, 0x00, 0x41]);
+    assert_eq!(out.len(), 0x41 + 2);
+    assert_eq!(out[0x41..], [0x90, 0x00]);
+    assert_ne!(card.persistent_state(), before, "the repeated GENERATE made a key");
+}
