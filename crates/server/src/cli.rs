@@ -685,7 +685,17 @@ pub struct SyncArgs {
     /// server; neither this terminal nor the network learns it. Needs the PIN.
     #[arg(long, conflicts_with = "card_id")]
     pub private: bool,
+    /// Authenticate the card by its legacy static authenticator (claim 10) instead of
+    /// challenge-response: only the update step. **Replayable**: whoever sees the value once
+    /// can present it again; for legacy cards personalised with one, nothing else.
+    #[arg(long, conflicts_with = "private")]
+    pub legacy_static_auth: bool,
 }
+
+/// What `tessera sync --legacy-static-auth` prints (and logs) before it runs.
+pub const LEGACY_WARNING: &str = "WARNING: --legacy-static-auth: the card's static authenticator \
+     is replayable (claim 10): whoever sees it once (this terminal, a log, the network before \
+     TLS) can present it again without the card. Use challenge-response where the card supports it.";
 
 impl SyncArgs {
     /// The PIN from --pin-file, --pin-stdin or TESSERA_PIN, if any (trailing newline removed).
@@ -746,6 +756,18 @@ fn verify_pin(
     }
 }
 
+/// The card's id, read by the terminal (SELECT ISD, GET DATA `0045`).
+fn read_card_id(
+    transmit: &mut impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<String, Failure> {
+    let mut responses = Vec::new();
+    for apdu in crate::tunnel::identify_apdus() {
+        responses.push(transmit(&apdu).map_err(|e| fail(FailureKind::Transport, e))?);
+    }
+    crate::tunnel::parse_identify(&responses)
+        .map_err(|e| fail(FailureKind::Refused, format!("reading the card id: {e}")))
+}
+
 /// `tessera issue`: personalise a blank card through the server.
 #[derive(Debug, Clone, Args)]
 pub struct IssueArgs {
@@ -801,7 +823,22 @@ pub async fn sync(
     if let Some(pin) = &pin {
         verify_pin(pin, &mut transmit)?;
     }
-    let first = if args.private {
+    let mut warning = None;
+    let first = if args.legacy_static_auth {
+        if pin.is_none() {
+            return Err(fail(
+                FailureKind::Usage,
+                "--legacy-static-auth runs only the update step, which needs the PIN (--pin-file, --pin-stdin or TESSERA_PIN)",
+            ));
+        }
+        tracing::warn!("{LEGACY_WARNING}");
+        warning = Some(LEGACY_WARNING);
+        let card_id = match &args.card_id {
+            Some(id) => id.clone(),
+            None => read_card_id(&mut transmit)?,
+        };
+        client.open_legacy_update_session(&args.tunnel.issuer, &card_id).await
+    } else if args.private {
         if pin.is_none() {
             return Err(fail(
                 FailureKind::Usage,
@@ -814,7 +851,10 @@ pub async fn sync(
     }
     .map_err(api_failure)?;
     let last = client.relay(first, transmit).await.map_err(api_failure)?;
-    let report = outcome_report(&last);
+    let mut report = outcome_report(&last);
+    if let Some(w) = warning {
+        report.human = format!("{w}\n{}", report.human);
+    }
     match &last.outcome {
         Some(o) if o.result == "flagged" => Err(fail(FailureKind::Refused, report.human)),
         // The keyring step: the card must be re-issued, or the sync failed (retry).

@@ -261,6 +261,17 @@ impl ApiClient {
         self.call(Method::POST, &format!("/v1/issuers/{issuer}/update/sessions"), &body).await
     }
 
+    /// Opens an update-only session of `issuer` for `card_id` authenticated by its legacy
+    /// static authenticator (claim 10: replayable).
+    pub async fn open_legacy_update_session(
+        &self,
+        issuer: &str,
+        card_id: &str,
+    ) -> Result<TunnelStep, ApiError> {
+        let body = serde_json::json!({ "mode": "legacy-static", "card_id": card_id });
+        self.call(Method::POST, &format!("/v1/issuers/{issuer}/update/sessions"), &body).await
+    }
+
     /// Starts issuing card `card_id` (admin token of the issuer needed).
     pub async fn start_issuance(&self, issuer: &str, card_id: &str) -> Result<Issuance, ApiError> {
         let body = serde_json::json!({ "card_id": card_id });

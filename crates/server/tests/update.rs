@@ -437,7 +437,7 @@ async fn plain_session(store: &Store) -> tessera_server::store::sessions::Tunnel
 
 async fn private_session(store: &Store) -> tessera_server::store::sessions::TunnelStep {
     use tessera_server::store::update::CreateUpdateSession;
-    let req = CreateUpdateSession { mode: "private".into() };
+    let req = CreateUpdateSession { mode: "private".into(), card_id: None };
     store.create_update_session("acme", &req).await.unwrap()
 }
 
@@ -681,3 +681,63 @@ fn read_after_pin_value(card: &mut Card, card_pin: &str) -> Vec<u8> {
     pin(card, card_pin);
     read(card, "wifi")
 }
+
+async fn the_legacy_static_authenticator_is_opt_in_and_replayable(db: TestDb) {
+    use tessera_server::store::update::CreateUpdateSession;
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let legacy =
+        CreateUpdateSession { mode: "legacy-static".into(), card_id: Some("CARD-A".into()) };
+    // Opt-in per card: none registered, no legacy session.
+    assert!(matches!(
+        store.create_update_session("acme", &legacy).await,
+        Err(ServerError::Conflict(m)) if m.contains("no legacy static authenticator")
+    ));
+    let value = [0x42u8; 16];
+    store.update_set_legacy_static(&root(), "acme", "CARD-A", Some(value)).await.unwrap();
+    let answer_with = |v: [u8; 16]| {
+        move |apdu: &str, r: &mut Vec<u8>| {
+            if apdu.starts_with("80880") {
+                *r = [&v[..], &[0x90, 0x00]].concat();
+            }
+        }
+    };
+
+    // Without the switch: a static authenticator in place of the challenge's signature is
+    // refused.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let (o, _, _) =
+        run_session(&store, &mut card, plain_session(&store).await, answer_with(value)).await;
+    assert_eq!(o.result, "update-error");
+    assert!(o.message.contains("refused (device-signature)"), "{}", o.message);
+
+    // With it, a terminal that saw the value once presents it again, no card answering DEVICE
+    // AUTHENTICATE: the server accepts (that is the point), audits the session as legacy and
+    // sends the packages, which only the real card could open (this card never
+    // authenticated, so it refuses them).
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = store.create_update_session("acme", &legacy).await.unwrap();
+    let session_id = first.session_id.clone();
+    let (o, _, loads) = run_session(&store, &mut card, first, answer_with(value)).await;
+    assert_eq!((o.result.as_str(), loads), ("update-error", 1), "{}", o.message);
+    assert!(o.message.starts_with("LEGACY static authenticator (replayable"), "{}", o.message);
+    assert!(o.message.contains("refused (not-authenticated)"), "{}", o.message);
+    let audit = store.audit_entries(&root(), 0, 1000).await.unwrap();
+    let marked: Vec<_> = audit.iter().filter(|e| e.action == "update.legacy_static").collect();
+    assert_eq!(marked.len(), 1);
+    assert!(marked[0].detail.contains(&session_id) && marked[0].detail.contains("replayable"));
+    // A wrong value is refused; a removed one cannot be used at all.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = store.create_update_session("acme", &legacy).await.unwrap();
+    let (o, _, _) = run_session(&store, &mut card, first, answer_with([0x43; 16])).await;
+    assert!(o.message.contains("refused (legacy-static)"), "{}", o.message);
+    store.update_set_legacy_static(&root(), "acme", "CARD-A", None).await.unwrap();
+    assert!(store.create_update_session("acme", &legacy).await.is_err());
+    assert!(store.list_updates(&root(), "acme", "CARD-A").await.unwrap()[0].delivered_at.is_none());
+}
+both!(the_legacy_static_authenticator_is_opt_in_and_replayable);

@@ -210,5 +210,42 @@ async fn admin_update_put_and_list_against_a_running_server() {
     assert_eq!(r.human, "card CARD-A: vpn is no longer changed periodically");
     let err = admin(&run(&["update", "unschedule", "acme", "CARD-A", "vpn"]).unwrap()).await;
     assert_eq!(err.unwrap_err().kind, FailureKind::Refused);
+
+    // The privacy variant over HTTPS: delivered, and the report never names the card.
+    admin(&run(&["update", "put", "acme", "CARD-A", "wifi", "--value", "pw-3"]).unwrap())
+        .await
+        .unwrap();
+    card.reset();
+    let private = sync_args(&["--pin-file", right.to_str().unwrap(), "--private"]);
+    let r = sync(&private, |apdu| Ok(card.transmit(apdu))).await.unwrap();
+    assert!(
+        r.human.starts_with("private: card -: ") && r.human.ends_with("1 delivered"),
+        "{}",
+        r.human
+    );
+    assert!(!r.human.contains("CARD-A") && !r.json.to_string().contains("CARD-A"), "{}", r.json);
+    assert_eq!(read(&mut card, "wifi"), b"pw-3");
+    card.reset();
+    let err = sync(&sync_args(&["--private"]), |apdu| Ok(card.transmit(apdu))).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Usage, "the privacy variant needs the PIN");
+
+    // The legacy static authenticator: registered by the admin, used only behind the switch,
+    // always with the warning. This card was not personalised with one: the card refuses it.
+    let sa = dir.path().join("static");
+    std::fs::write(&sa, "42".repeat(16)).unwrap();
+    let reg = ["update", "legacy-static", "acme", "CARD-A", "--file", sa.to_str().unwrap()];
+    let r = admin(&run(&reg).unwrap()).await.unwrap();
+    assert!(r.human.contains("legacy static authenticator registered"), "{}", r.human);
+    std::fs::write(&sa, "short").unwrap();
+    assert_eq!(admin(&run(&reg).unwrap()).await.unwrap_err().kind, FailureKind::Usage);
+    card.reset();
+    let legacy = sync_args(&["--pin-file", right.to_str().unwrap(), "--legacy-static-auth"]);
+    let err = sync(&legacy, |apdu| Ok(card.transmit(apdu))).await.unwrap_err();
+    assert!(err.message.starts_with("WARNING: --legacy-static-auth"), "{}", err.message);
+    assert!(err.message.contains("refused (device-authentication-refused)"), "{}", err.message);
+    let r = admin(&run(&["update", "legacy-static", "acme", "CARD-A", "--clear"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.human, "card CARD-A: no legacy static authenticator");
     server.shutdown().await.unwrap();
 }

@@ -217,6 +217,9 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
     let challenge = server.challenge().map_err(other)?;
     b.device_authenticate(challenge, proto::AuthMode::Plain).map_err(other)?;
     let as_is = b.load_package(3, &package);
+    // Any refusal ends the card's device authentication: a fresh one for the next attempt.
+    let challenge = server.challenge().map_err(other)?;
+    b.device_authenticate(challenge, proto::AuthMode::Plain).map_err(other)?;
     let mut parsed = proto::Package::parse(&package).map_err(other)?;
     parsed.card_id = CARD_B.to_vec();
     parsed.signature = sc::package_signer().sign(&parsed.signed_message()).to_bytes();

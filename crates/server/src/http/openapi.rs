@@ -25,7 +25,7 @@ use super::{__path_healthz, Health};
         audit_entries, verify_audit, checkpoint,
         keyring_status, keyring_compromised, keyring_resync, keyring_policy, set_keyring_policy,
         queue_update, list_updates, issuer_list, create_update_session,
-        schedule_update, list_schedules, unschedule_update,
+        schedule_update, list_schedules, unschedule_update, set_legacy_static,
         crate::vault::http::provision_vault_key, crate::vault::http::get_vault_key,
         crate::vault::http::vault_policy, crate::vault::http::set_vault_policy,
     ),

@@ -9,7 +9,7 @@ use crate::error::{ErrorBody, ServerResult};
 use crate::store::sessions::TunnelStep;
 use crate::store::update::schedule::{ScheduleEntry, ScheduleUpdate};
 use crate::store::update::{
-    CreateUpdateSession, IssuerListBody, QueueUpdate, QueuedUpdate, UpdateEntry,
+    CreateUpdateSession, IssuerListBody, LegacyStaticBody, QueueUpdate, QueuedUpdate, UpdateEntry,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -27,6 +27,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/v1/admin/issuers/{issuer}/cards/{card}/update-schedules/{object}",
             axum::routing::delete(unschedule_update),
+        )
+        .route(
+            "/v1/admin/issuers/{issuer}/cards/{card}/update-legacy-static",
+            axum::routing::put(set_legacy_static),
         )
 }
 
@@ -111,4 +115,20 @@ pub(super) async fn unschedule_update(
 ) -> ServerResult<Json<serde_json::Value>> {
     s.store.update_unschedule(&p, &issuer, &card, &object).await?;
     Ok(Json(serde_json::json!({ "card_id": card, "object": object, "unscheduled": true })))
+}
+
+/// Registers (or removes, `null`) the static authenticator personalised into a legacy card
+/// (claim 10): only then can a `legacy-static` session authenticate it. Replayable by design.
+#[utoipa::path(put, path = "/v1/admin/issuers/{issuer}/cards/{card}/update-legacy-static", tag = "admin", security(("bearer" = [])),
+    params(("issuer" = String, Path), ("card" = String, Path)), request_body = LegacyStaticBody,
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn set_legacy_static(
+    State(s): State<AppState>,
+    Admin(p): Admin,
+    Path((issuer, card)): Path<(String, String)>,
+    JsonBody(req): JsonBody<LegacyStaticBody>,
+) -> ServerResult<Json<serde_json::Value>> {
+    let value = req.value()?;
+    s.store.update_set_legacy_static(&p, &issuer, &card, value).await?;
+    Ok(Json(serde_json::json!({ "card_id": card, "legacy_static": value.is_some() })))
 }

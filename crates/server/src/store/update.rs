@@ -94,6 +94,35 @@ pub struct UpdateEntry {
     pub delivered_at: Option<i64>,
 }
 
+/// `PUT /v1/admin/issuers/{issuer}/cards/{card}/update-legacy-static` body.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyStaticBody {
+    /// The card's static authenticator (16 bytes), hex; `null` removes it.
+    pub value_hex: Option<String>,
+}
+
+impl std::fmt::Debug for LegacyStaticBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyStaticBody").finish_non_exhaustive()
+    }
+}
+
+impl LegacyStaticBody {
+    /// The value, checked: 16 bytes of hex.
+    pub fn value(&self) -> ServerResult<Option<[u8; tessera_proto::update::STATIC_AUTH_LEN]>> {
+        self.value_hex
+            .as_deref()
+            .map(|h| {
+                hex::decode(h)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| ServerError::BadRequest("value_hex: 16 bytes of hex".into()))
+            })
+            .transpose()
+    }
+}
+
 /// `GET /v1/issuers/{issuer}/update/issuer-list`: the signed issuer list
 /// ([`IssuerList`], docs/update.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -655,9 +684,12 @@ pub struct UpdateSync {
     /// under the master key, hex. The card seals its id to its public half.
     #[serde(default)]
     pub identity_key: Option<String>,
-    /// The privacy variant's session id (the identity key is sealed to it).
+    /// The update-only session's id (the privacy variant's identity key is sealed to it).
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Authenticated by the legacy static authenticator (claim 10): replayable.
+    #[serde(default)]
+    pub legacy: bool,
 }
 
 impl UpdateSync {
@@ -754,60 +786,134 @@ fn refused(sync: &UpdateSync, e: &ServerError, code: &str) -> Step {
 pub struct CreateUpdateSession {
     /// `private`: the privacy variant (claim 9). The session names no card: the card seals its
     /// id to a key fresh for this session and only the server opens it; the packages are
-    /// wrapped for delivery.
+    /// wrapped for delivery. `legacy-static`: the static authenticator of claim 10, for a card
+    /// registered with one (`card_id` needed). **Replayable**: audited and warned every time.
     pub mode: String,
+    /// The card (`legacy-static` only).
+    #[serde(default)]
+    pub card_id: Option<String>,
 }
 
 impl Store {
-    /// Opens an update-only tunnel session in the privacy variant (claim 9): no
-    /// identification step, no card named anywhere the terminal sees; the first APDUs are
-    /// SELECT update and DEVICE AUTHENTICATE `P1 01` with a fresh challenge and the session's
-    /// fresh HPKE identity key. The card's sealed answer is opened by the next exchange.
+    /// Opens an update-only tunnel session.
+    ///
+    /// - `private` (claim 9): no identification step, no card named anywhere the terminal
+    ///   sees; the first APDUs are SELECT update and DEVICE AUTHENTICATE `P1 01` with a fresh
+    ///   challenge and the session's fresh HPKE identity key. The card's sealed answer is
+    ///   opened by the next exchange.
+    /// - `legacy-static` (claim 10): for a card whose static authenticator was registered
+    ///   ([`Store::update_set_legacy_static`]); SELECT update and DEVICE AUTHENTICATE `P1 02`.
+    ///   Accepting it is audited `update.legacy_static` with the session: whoever saw the value
+    ///   once can present it again.
     pub async fn create_update_session(
         &self,
         issuer: &str,
         req: &CreateUpdateSession,
     ) -> ServerResult<super::sessions::TunnelStep> {
-        if req.mode != "private" {
-            return Err(ServerError::BadRequest(format!(
-                "update session mode {:?}: only \"private\"",
-                req.mode
-            )));
-        }
+        let legacy = match (req.mode.as_str(), &req.card_id) {
+            ("private", None) => false,
+            ("legacy-static", Some(_)) => true,
+            _ => {
+                return Err(ServerError::BadRequest(format!(
+                    "update session: mode \"private\" (no card_id) or \"legacy-static\" (with card_id), not {:?}",
+                    req.mode
+                )));
+            }
+        };
         let id = hex::encode(crate::primitives::random_bytes::<16>());
         let now = crate::clock::now();
         let expires_at = now + self.config.session_ttl_secs;
-        let key = tessera_crypto::hpke::HpkePrivateKey::generate(&mut OsRng);
-        let sealed = self
-            .master
-            .seal(&key.to_bytes(), &identity_key_context(&id))
-            .map_err(|e| ServerError::Internal(e.to_string()))?;
         let mut tx = self.begin().await?;
         tx.query_opt("SELECT id FROM issuers WHERE id = $1", &[issuer.into()])
             .await?
             .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
-        let challenge = self.update_new_challenge(&mut tx, now).await?;
-        let before = Outcome {
-            result: "private".into(),
-            card_id: None,
-            message: "private session (the card id sealed to the server)".into(),
-        };
-        let sync = UpdateSync {
-            card_id: String::new(),
-            challenge: hex::encode(challenge.to_bytes()),
-            authenticated: None,
-            batch: Vec::new(),
-            delivered: 0,
-            before,
-            identity_key: Some(hex::encode(sealed)),
-            session_id: Some(id.clone()),
+        let (sync, apdus, live) = if let (true, Some(card_id)) = (legacy, &req.card_id) {
+            if !crate::tunnel::valid_card_id(card_id) {
+                return Err(ServerError::BadRequest("card id".into()));
+            }
+            self.update_card_usable(&mut tx, issuer, card_id).await.map_err(|(e, _)| e)?;
+            let registered = tx
+                .query_opt(
+                    "SELECT legacy_static FROM update_cards WHERE issuer_id = $1 AND card_id = $2",
+                    &[issuer.into(), card_id.as_str().into()],
+                )
+                .await?
+                .map(|r| r.opt_blob(0))
+                .transpose()?
+                .flatten();
+            if registered.is_none() {
+                return Err(ServerError::Conflict(format!(
+                    "card {card_id} has no legacy static authenticator registered (claim 10 is opt-in per card)"
+                )));
+            }
+            let live = self.claim_card(&mut tx, issuer, card_id, &id).await?;
+            let before = Outcome {
+                result: "legacy-static".into(),
+                card_id: Some(card_id.clone()),
+                message: "LEGACY static authenticator (replayable, claim 10)".into(),
+            };
+            let sync = UpdateSync {
+                card_id: card_id.clone(),
+                challenge: String::new(),
+                authenticated: None,
+                batch: Vec::new(),
+                delivered: 0,
+                before,
+                identity_key: None,
+                session_id: Some(id.clone()),
+                legacy: true,
+            };
+            let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
+                mode: tessera_proto::update::AuthMode::LegacyStatic,
+                challenge: None,
+            };
+            (sync, [apdu(&select_update())?, apdu(&auth.to_command())?], Some(live))
+        } else {
+            let key = tessera_crypto::hpke::HpkePrivateKey::generate(&mut OsRng);
+            let sealed = self
+                .master
+                .seal(&key.to_bytes(), &identity_key_context(&id))
+                .map_err(|e| ServerError::Internal(e.to_string()))?;
+            let challenge = self.update_new_challenge(&mut tx, now).await?;
+            let before = Outcome {
+                result: "private".into(),
+                card_id: None,
+                message: "private session (the card id sealed to the server)".into(),
+            };
+            let sync = UpdateSync {
+                card_id: String::new(),
+                challenge: hex::encode(challenge.to_bytes()),
+                authenticated: None,
+                batch: Vec::new(),
+                delivered: 0,
+                before,
+                identity_key: Some(hex::encode(sealed)),
+                session_id: Some(id.clone()),
+                legacy: false,
+            };
+            let mode = tessera_proto::update::AuthMode::Private {
+                server_key: key.public_key().to_bytes(),
+            };
+            let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
+                mode,
+                challenge: Some(challenge),
+            };
+            (sync, [apdu(&select_update())?, apdu(&auth.to_command())?], None)
         };
         let state = serde_json::to_string(&TunnelState::Update(sync))
             .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
         tx.execute(
             "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
-             VALUES ($1, $2, NULL, NULL, 'active', 0, $3, $4, $4, $5)",
-            &[id.clone().into(), issuer.into(), state.into(), now.into(), expires_at.into()],
+             VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7)",
+            &[
+                id.clone().into(),
+                issuer.into(),
+                req.card_id.clone().into(),
+                live.into(),
+                state.into(),
+                now.into(),
+                expires_at.into(),
+            ],
         )
         .await?;
         self.audit(
@@ -816,22 +922,10 @@ impl Store {
             Some(issuer),
             "session.create",
             &id,
-            serde_json::json!({ "mode": "update-private" }),
+            serde_json::json!({ "mode": format!("update-{}", req.mode), "card_id": req.card_id }),
         )
         .await?;
         tx.commit().await?;
-        let mode =
-            tessera_proto::update::AuthMode::Private { server_key: key.public_key().to_bytes() };
-        let apdus = [
-            apdu(&select_update())?,
-            apdu(
-                &tessera_proto::update::UpdateCommand::DeviceAuthenticate {
-                    mode,
-                    challenge: Some(challenge),
-                }
-                .to_command(),
-            )?,
-        ];
         Ok(super::sessions::TunnelStep {
             session_id: id,
             step: 0,
@@ -840,6 +934,42 @@ impl Store {
             outcome: None,
             expires_at,
         })
+    }
+
+    /// Registers (or, with `None`, removes) the static authenticator personalised into a
+    /// legacy card (claim 10; issuer admin; audited `update.legacy_static.set` without the
+    /// value). Only such a card can be authenticated by a `legacy-static` session.
+    pub async fn update_set_legacy_static(
+        &self,
+        principal: &Principal,
+        issuer: &str,
+        card_id: &str,
+        value: Option<[u8; tessera_proto::update::STATIC_AUTH_LEN]>,
+    ) -> ServerResult<()> {
+        principal.require_issuer(issuer)?;
+        let mut tx = self.begin().await?;
+        let n = tx
+            .execute(
+                "UPDATE update_cards SET legacy_static = $1 WHERE issuer_id = $2 AND card_id = $3",
+                &[value.map(|v| v.to_vec()).into(), issuer.into(), card_id.into()],
+            )
+            .await?;
+        if n != 1 {
+            return Err(ServerError::NotFound(format!(
+                "card {card_id} of issuer {issuer} is not registered for updates"
+            )));
+        }
+        self.audit(
+            &mut tx,
+            principal,
+            Some(issuer),
+            "update.legacy_static.set",
+            card_id,
+            serde_json::json!({ "enabled": value.is_some() }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Starts the update step of a sync whose earlier steps ended with `before`: when the
@@ -880,6 +1010,7 @@ impl Store {
             before,
             identity_key: None,
             session_id: None,
+            legacy: false,
         };
         Ok(Some((
             TunnelState::Update(sync),
@@ -1028,6 +1159,9 @@ impl Store {
         answer: &tessera_apdu::Response,
         now: i64,
     ) -> ServerResult<Result<(String, u64, u64), Step>> {
+        if sync.legacy {
+            return self.update_sync_legacy(tx, issuer, sync, answer, now).await;
+        }
         let challenge = hex::decode(&sync.challenge)
             .ok()
             .and_then(|b| Challenge::parse(&b).ok())
@@ -1166,6 +1300,72 @@ impl Store {
             .await?;
         }
         Ok(rows.len() as u64)
+    }
+
+    /// The legacy static authenticator's answer (claim 10): it must equal the registered
+    /// value and the card's device certificate must still chain to the issuer CA. There is no
+    /// challenge and no signed sequence, so no rollback check and no acknowledgement below a
+    /// reported sequence. Accepting it is audited `update.legacy_static` and logged as a
+    /// warning, every time.
+    async fn update_sync_legacy(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        sync: &UpdateSync,
+        answer: &tessera_apdu::Response,
+        now: i64,
+    ) -> ServerResult<Result<(String, u64, u64), Step>> {
+        let card_id = sync.card_id.as_str();
+        if answer.sw != tessera_apdu::StatusWord::SUCCESS {
+            return Ok(Err(finish(
+                sync,
+                Some(UPDATE_ERROR),
+                format!(
+                    "refused (device-authentication-refused): DEVICE AUTHENTICATE (legacy static): the card answered {:04X}",
+                    answer.sw.0
+                ),
+            )));
+        }
+        let stored = tx
+            .query_opt(
+                "SELECT legacy_static FROM update_cards WHERE issuer_id = $1 AND card_id = $2",
+                &[issuer.into(), card_id.into()],
+            )
+            .await?
+            .map(|r| r.opt_blob(0))
+            .transpose()?
+            .flatten();
+        let matches = stored.is_some_and(|v| {
+            v.len() == answer.data.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(&v[..], &answer.data[..]))
+        });
+        if !matches {
+            let e = ServerError::Conflict("the static authenticator does not match".into());
+            return Ok(Err(refused(sync, &e, "legacy-static")));
+        }
+        let (ca, device) = self.update_card_certs(tx, issuer, card_id).await?;
+        if let Err(e) = device_key(&ca, card_id.as_bytes(), &device, now) {
+            let (e, code) = check_err(e);
+            return Ok(Err(refused(sync, &e, code)));
+        }
+        tracing::warn!(
+            card = card_id,
+            "legacy static authenticator accepted: it is replayable by whoever saw it once (claim 10)"
+        );
+        self.audit(
+            tx,
+            &Principal::system(),
+            Some(issuer),
+            "update.legacy_static",
+            card_id,
+            serde_json::json!({
+                "session": sync.session_id,
+                "replayable": true,
+            }),
+        )
+        .await?;
+        self.update_run_due_tx(tx, issuer, card_id, now).await?;
+        Ok(Ok((card_id.to_owned(), 0, 0)))
     }
 
     /// A card registered for updates of `issuer` and not revoked (the privacy variant has no

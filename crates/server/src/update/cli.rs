@@ -91,6 +91,21 @@ pub enum UpdateAdminCommand {
         /// Card id.
         card: String,
     },
+    /// Register the static authenticator personalised into a legacy card (claim 10), so that
+    /// `tessera sync --legacy-static-auth` can authenticate it; `--clear` removes it. The
+    /// value is replayable by whoever sees it once: for legacy cards only.
+    LegacyStatic {
+        /// Issuer id.
+        issuer: String,
+        /// Card id.
+        card: String,
+        /// File holding the authenticator: 16 bytes, or 32 hex digits.
+        #[arg(long, conflicts_with = "clear", required_unless_present = "clear")]
+        file: Option<PathBuf>,
+        /// Remove the card's static authenticator.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Stop changing OBJECT of CARD (a change already queued is still delivered).
     Unschedule {
         /// Issuer id.
@@ -170,6 +185,38 @@ pub fn request(cmd: &UpdateAdminCommand) -> Result<(Method, String, Option<Value
                     "object": object, "every_secs": every_secs, "generate": generate,
                     "sealed": sealed, "free_read": free_read, "first_due": first_due,
                 })),
+            )
+        }
+        UpdateAdminCommand::LegacyStatic { issuer, card, file, clear } => {
+            let value = match (file, clear) {
+                (Some(path), false) => {
+                    let raw = read_value(path)?;
+                    let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
+                    let bytes = match hex::decode(text) {
+                        Ok(b) if b.len() == tessera_proto::update::STATIC_AUTH_LEN => b,
+                        _ => raw.to_vec(),
+                    };
+                    if bytes.len() != tessera_proto::update::STATIC_AUTH_LEN {
+                        return Err(Failure {
+                            kind: FailureKind::Usage,
+                            message: format!(
+                                "{}: the static authenticator is 16 bytes (or 32 hex digits)",
+                                path.display()
+                            ),
+                        });
+                    }
+                    Some(hex::encode(bytes))
+                }
+                _ => None,
+            };
+            (
+                Method::PUT,
+                format!(
+                    "/v1/admin/issuers/{}/cards/{}/update-legacy-static",
+                    seg(issuer)?,
+                    seg(card)?
+                ),
+                Some(json!({ "value_hex": value })),
             )
         }
         UpdateAdminCommand::Schedules { issuer, card } => (
@@ -353,6 +400,16 @@ pub fn human(cmd: &UpdateAdminCommand, v: &Value) -> String {
                 ));
             }
             out
+        }
+        UpdateAdminCommand::LegacyStatic { card, clear, .. } => {
+            if *clear {
+                format!("card {card}: no legacy static authenticator")
+            } else {
+                format!(
+                    "card {card}: legacy static authenticator registered (replayable: \
+                     tessera sync --legacy-static-auth only)"
+                )
+            }
         }
         UpdateAdminCommand::Unschedule { card, object, .. } => {
             format!("card {card}: {object} is no longer changed periodically")
