@@ -368,3 +368,80 @@ fn key_service_variant_seals_the_key_to_the_main_card_then_backup_moves_it() {
     assert_eq!(b.status().unwrap().key, Some(KeyOrigin::Wrapped));
     assert!(m.status().unwrap().backup_created);
 }
+
+#[test]
+fn pipelined_recovery_in_batches_completes_only_whole_batches_when_interrupted() {
+    // The card works on the next file while the I/O thread writes the previous ones; a batch is
+    // renamed only once all its files are written and flushed. Cut after every TRANSCRYPT with
+    // batches of 2 over 5 files: the whole batches before the cut are recovered, the rest
+    // untouched, and a re-run completes.
+    let (main, backup_card) = backed_up_pair();
+    let pk = {
+        let mut m = main;
+        m.public_key().unwrap()
+    };
+    let mut new = new_card();
+    let new_pk = new.public_key().unwrap();
+    let mut backup_chan = backup_card.into_channel();
+    let (n, batch) = (5usize, 2usize);
+    for cut in 0..=n {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                let mut out = Vec::new();
+                files::encrypt(&[pk], vec![i as u8; 70_000].as_slice(), &mut out).unwrap();
+                write(&dir, &format!("{i}.age"), &out)
+            })
+            .collect();
+        let flaky = Flaky { inner: &mut backup_chan, budget: 2 + cut };
+        let mut v = VaultCard::select(flaky).unwrap();
+        let mut progressed = 0;
+        let r = files::recover(&mut v, &new_pk, &paths, batch, &mut |_| progressed += 1);
+        assert_eq!(r.is_err(), cut < n, "cut {cut}");
+        if let Ok(reports) = &r {
+            assert_eq!(progressed, n);
+            assert!(reports.iter().all(|r| r.outcome == FileOutcome::Recovered), "{reports:?}");
+        }
+        let recovered = if cut < n { cut / batch * batch } else { n };
+        for (i, p) in paths.iter().enumerate() {
+            assert!(!files::temp_path(p).exists(), "cut {cut}: stale temporary file");
+            assert!(!files::old_path(p).exists(), "cut {cut}: the old file's name stayed");
+            let id = CardIdentity::new(new).unwrap();
+            let mut out = Vec::new();
+            let by_new = files::decrypt(&id, std::fs::File::open(p).unwrap(), &mut out);
+            new = id.into_card();
+            assert_eq!(by_new.is_ok(), i < recovered, "cut {cut} file {i}");
+            if by_new.is_ok() {
+                assert_eq!(out, vec![i as u8; 70_000]);
+            }
+        }
+        let mut backup_v = VaultCard::select(&mut backup_chan).unwrap();
+        backup_v.verify_pin(PIN).unwrap();
+        let done = files::recover(&mut backup_v, &new_pk, &paths, batch, &mut |_| {}).unwrap();
+        for (i, r) in done.iter().enumerate() {
+            let expected =
+                if i < recovered { FileOutcome::AlreadyRecovered } else { FileOutcome::Recovered };
+            assert_eq!(r.outcome, expected, "cut {cut} file {i}");
+        }
+    }
+    // A file listed twice and a file that is not age are reported, the others recovered.
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    files::encrypt(&[pk], &b"once"[..], &mut out).unwrap();
+    let good = write(&dir, "good.age", &out);
+    let junk = write(&dir, "junk.age", b"not an age file");
+    let mut backup_v = VaultCard::select(&mut backup_chan).unwrap();
+    backup_v.verify_pin(PIN).unwrap();
+    let list = [good.clone(), junk, good];
+    let done = files::recover(&mut backup_v, &new_pk, &list, 8, &mut |_| {}).unwrap();
+    assert_eq!(done[0].outcome, FileOutcome::Recovered);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "only the two files remain");
+    assert!(matches!(&done[1].outcome, FileOutcome::Failed(m) if m.contains("age")), "{done:?}");
+    assert!(matches!(&done[2].outcome, FileOutcome::Failed(m) if m.contains("twice")), "{done:?}");
+    // A crash between a rename and the removal of the old name leaves that name: the next
+    // run removes it.
+    std::fs::write(files::old_path(&list[0]), b"old content").unwrap();
+    let done = files::recover(&mut backup_v, &new_pk, &list[..1], 8, &mut |_| {}).unwrap();
+    assert_eq!(done[0].outcome, FileOutcome::AlreadyRecovered);
+    assert!(!files::old_path(&list[0]).exists());
+}
