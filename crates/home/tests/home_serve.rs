@@ -34,6 +34,54 @@ fn blank(id: &[u8]) -> Box<dyn CardChannel + Send> {
     Box::new(channel)
 }
 
+/// A home card enrolled by `issuer`, PIN1 verified (remote-access wait).
+fn home_card(issuer: &Ca) -> Arc<CardHome> {
+    let mut home = HomeCard::new(blank(b"HOME-2"));
+    home.select().unwrap();
+    home.set_pins(&pin(b"1111"), &pin(PIN2), &pin(b"99999999")).unwrap();
+    home.verify_pin1(&pin(b"1111")).unwrap();
+    home.verify_pin2(&pin(PIN2)).unwrap();
+    home.enrol(issuer.signer(), &issuer.cert, b"HOME-2", "dora", *b"EUR").unwrap();
+    home.end().unwrap();
+    Arc::new(CardHome::new(home).unwrap())
+}
+
+#[test]
+fn pin2_wrong_three_times_blocks_the_real_home_card() {
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let home = home_card(&issuer);
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(StandardMarkets::new(issuer.roots(), home.clone(), cache).unwrap());
+    let (_server, running) = start_home(
+        &rt,
+        &identity,
+        registry.clone(),
+        home.clone(),
+        markets,
+        Arc::new(ManualClock::default()),
+    );
+    let (access, cert) = issuer.card_key("access", tessera_crypto::x509::Role::Access);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let terminal =
+        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    let code = |r: Result<(), TerminalError>| match r {
+        Err(TerminalError::Refused { code, .. }) => code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code(c.pin2(b"0000")), ErrorCode::Pin2Wrong(2));
+    assert_eq!(code(c.pin2(b"1111")), ErrorCode::Pin2Wrong(1));
+    assert_eq!(code(c.pin2(b"3333")), ErrorCode::Blocked);
+    assert_eq!(code(c.pin2(PIN2)), ErrorCode::Blocked, "the card stays blocked (PUK needed)");
+    assert!(matches!(
+        tessera_home::ClientKey::sign_tls13(&*home, &[0; 32]),
+        Err(tessera_home::KeyError::Locked | tessera_home::KeyError::Card(_))
+    ));
+}
+
 #[test]
 fn real_home_and_access_cards_through_the_home_server() {
     let rt = runtime();
