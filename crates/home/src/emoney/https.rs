@@ -201,7 +201,7 @@ impl IntoResponse for EmoneyError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        (status, Json(json!({ "error": self.reason() }))).into_response()
     }
 }
 

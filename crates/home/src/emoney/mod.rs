@@ -121,6 +121,20 @@ impl EmoneyError {
         }
     }
 
+    /// The reason alone, without the kind (what a server puts in its JSON error).
+    pub fn reason(&self) -> String {
+        match self {
+            EmoneyError::BadRequest(m)
+            | EmoneyError::Refused(m)
+            | EmoneyError::NotFound(m)
+            | EmoneyError::Conflict(m)
+            | EmoneyError::Card(m)
+            | EmoneyError::Transport(m)
+            | EmoneyError::Setup(m) => m.clone(),
+            EmoneyError::Database(e) => e.to_string(),
+        }
+    }
+
     /// The error an HTTP answer with `status` and `message` stands for (the inverse of
     /// [`EmoneyError::status`], for clients).
     pub fn from_status(status: u16, message: String) -> EmoneyError {

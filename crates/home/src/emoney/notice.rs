@@ -144,6 +144,22 @@ fn money(amount: u64, currency: &str) -> String {
     format!("{}.{:02} {currency}", amount / 100, amount % 100)
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of Unix seconds (the civil calendar from day numbers, after
+/// Howard Hinnant's `civil_from_days`).
+pub fn utc(seconds: i64) -> String {
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rest / 3600, rest % 3600 / 60)
+}
+
 /// The subject and body of the digest of `entries` (the wallet's state in `info`).
 pub fn digest(entries: &[LogEntry], info: &WalletInfo) -> (String, String) {
     let currency = String::from_utf8_lossy(&info.currency).into_owned();
@@ -155,34 +171,35 @@ pub fn digest(entries: &[LogEntry], info: &WalletInfo) -> (String, String) {
     let mut body = String::from("New entries in your home card's settlement log:\n\n");
     for e in entries {
         let party = String::from_utf8_lossy(&e.party);
-        let (what, reference) = match e.kind {
+        let reference = String::from_utf8_lossy(&e.reference);
+        let (what, sign, party_line, reference_line) = match e.kind {
             EntryKind::Payment => {
-                ("payment to", String::from_utf8_lossy(&e.reference).into_owned())
+                ("payment", "-", format!("to {party}"), format!("order {reference}"))
             }
             EntryKind::Cancellation => {
-                ("cancellation by", String::from_utf8_lossy(&e.reference).into_owned())
+                ("cancellation", "+", format!("by {party}"), format!("order {reference}"))
             }
             EntryKind::Refill => (
-                "refill from",
+                "refill",
+                "+",
+                format!("from {party}"),
                 match <[u8; 8]>::try_from(e.reference.as_slice()) {
                     Ok(b) => format!("voucher {}", u64::from_be_bytes(b)),
-                    Err(_) => hex::encode(&e.reference),
+                    Err(_) => format!("voucher {}", hex::encode(&e.reference)),
                 },
             ),
         };
-        let sign = if e.kind == EntryKind::Payment { "-" } else { "+" };
         body.push_str(&format!(
-            "#{:<5} {} {party} {sign}{} order/ref {reference} at {}{}\n",
+            "#{} {} {what} {sign}{}{}\n    {party_line}\n    {reference_line}\n",
             e.counter,
-            what,
+            utc(e.time),
             money(e.amount, &currency),
-            e.time,
             if e.cancelled { " (cancelled)" } else { "" },
         ));
     }
     body.push_str(&format!(
-        "\nBalance: {}\nA payment can be cancelled within 7 days of its charge notice \
-         (tessera wallet cancel).\n",
+        "\nBalance: {}\nA payment can be cancelled within 7 days of its charge\n\
+         notice (tessera wallet cancel).\n",
         money(info.balance, &currency)
     ));
     (subject, body)
@@ -255,5 +272,20 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         let _ = self.tx.send(Event::Stop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        // Known points: the epoch, a leap day, the end of 1999, before the epoch.
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(946_684_799), "1999-12-31 23:59 UTC");
+        assert_eq!(utc(-86_400), "1969-12-31 00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13 UTC");
     }
 }
