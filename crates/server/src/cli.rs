@@ -390,18 +390,21 @@ pub async fn admin(args: &AdminArgs) -> Result<Report, Failure> {
     if let AdminCommand::Update(u @ crate::update::cli::UpdateAdminCommand::PutCsv { .. }) =
         &args.command
     {
-        use std::io::{IsTerminal, Write};
-        let tty = std::io::stderr().is_terminal();
-        let answers = crate::update::cli::put_csv(&client, u, |done, total| {
-            if tty {
-                let mut err = std::io::stderr();
-                let _ = write!(err, "\rqueued {done}/{total}");
-                if done == total {
-                    let _ = writeln!(err);
-                }
-            }
+        // Drawn on standard error, hidden when it is not a terminal (indicatif's stderr
+        // target checks).
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("queued {pos}/{len} {wide_bar}")
+        {
+            bar.set_style(style);
+        }
+        let result = crate::update::cli::put_csv(&client, u, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
         })
-        .await?;
+        .await;
+        bar.finish_and_clear();
+        let answers = result?;
         let value = Value::Array(answers);
         return Ok(Report { human: human(&args.command, &value), json: value });
     }
