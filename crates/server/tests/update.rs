@@ -370,6 +370,14 @@ async fn a_rolled_back_card_image_is_refused(db: TestDb) {
     let answer = device_auth(&mut copy, c);
     let err = store.update_authenticate("acme", "CARD-A", &c, &answer).await.unwrap_err();
     assert!(matches!(&err, ServerError::Conflict(m) if m.contains("rolled back")), "{err}");
+    // The same through a sync: its own refusal code.
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"newer", false)).await.unwrap();
+    copy.reset();
+    pin(&mut copy, &issuance.initial_pin);
+    let (o, _, loads) =
+        run_session(&store, &mut copy, plain_session(&store).await, |_, _| {}).await;
+    assert_eq!((o.result.as_str(), loads), ("update-error", 0), "{}", o.message);
+    assert!(o.message.contains("refused (rolled-back)"), "{}", o.message);
 }
 both!(a_rolled_back_card_image_is_refused);
 
