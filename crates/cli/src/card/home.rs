@@ -115,7 +115,8 @@ fn read_certificate(path: &Path) -> Result<Certificate, CliError> {
         .map_err(|e| CliError::usage(format!("{}: not a PEM certificate: {e}", path.display())))
 }
 
-fn open_ca(dir: &Path) -> Result<(SigningKey, Certificate), CliError> {
+/// The local CA of `tessera enroll ca init` in `dir` (`ca.key`, `ca.crt`), checked to match.
+pub(crate) fn open_ca(dir: &Path) -> Result<(SigningKey, Certificate), CliError> {
     let key_path = dir.join("ca.key");
     let der = Zeroizing::new(std::fs::read(&key_path).map_err(|e| {
         CliError::new(Exit::Other, format!("cannot read {}: {e}", key_path.display()))

@@ -12,6 +12,7 @@ use tessera_host::trace;
 use crate::Output;
 use crate::error::{CliError, sw_meaning};
 
+mod emoney;
 mod keyring;
 mod pairing;
 mod platform;
@@ -37,12 +38,13 @@ pub const CHAPTERS: &[Chapter] = &[
     keyring::CHAPTER,
     update::CHAPTER,
     proxy::CHAPTER,
+    emoney::CHAPTER,
 ];
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this chapter (names: platform, pairing, vault, keyring, update, proxy).
+    /// Run only this chapter (names: platform, pairing, vault, keyring, update, proxy, emoney).
     #[arg(long, value_name = "NAME")]
     chapter: Option<String>,
 }
