@@ -125,6 +125,14 @@ fn mode(m: ModeArg) -> Result<Mode, CliError> {
     }
 }
 
+/// A log entry's reference as people read it: the order, or the voucher's number.
+fn reference(e: &tessera_proto::home::LogEntry) -> String {
+    match (e.kind, <[u8; 8]>::try_from(e.reference.as_slice())) {
+        (EntryKind::Refill, Ok(b)) => format!("voucher {}", u64::from_be_bytes(b)),
+        _ => format!("order {}", String::from_utf8_lossy(&e.reference)),
+    }
+}
+
 fn money(amount: u64) -> String {
     format!("{}.{:02}", amount / 100, amount % 100)
 }
@@ -183,7 +191,7 @@ pub fn run(cmd: WalletCommand, out: Output) -> Result<(), CliError> {
                                 e.counter,
                                 String::from_utf8_lossy(&e.party),
                                 money(e.amount),
-                                hex::encode(&e.reference),
+                                reference(e),
                                 if e.cancelled { " (cancelled)" } else { "" }
                             )
                         })
@@ -194,7 +202,7 @@ pub fn run(cmd: WalletCommand, out: Output) -> Result<(), CliError> {
                     json!(rows.iter().map(|(e, kind)| json!({
                         "counter": e.counter, "kind": kind, "party": String::from_utf8_lossy(&e.party),
                         "amount": e.amount, "time": e.time, "cancelled": e.cancelled,
-                        "reference": String::from_utf8_lossy(&e.reference),
+                        "reference": reference(e),
                     })).collect::<Vec<_>>())
                 },
             );
