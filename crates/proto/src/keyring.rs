@@ -779,6 +779,9 @@ impl SecurityStatus {
     /// Parses the response data.
     pub fn parse(data: &[u8]) -> Result<SecurityStatus> {
         match data {
+            // No authenticated pair is `00 00`: an external slot without an internal one
+            // is not an encoding of anything.
+            [_, _, _, _, 0, e, _] if *e != 0 => Err(ProtoError::Value("authenticated pair")),
             [a, b, c, d, i, e, level] => Ok(SecurityStatus {
                 proven_internal: u16::from_be_bytes([*a, *b]),
                 proven_external: u16::from_be_bytes([*c, *d]),

@@ -528,6 +528,10 @@ pub mod ledger {
                     if n > super::MAX_KEY_ID_LEN || !matches!(kind, 1 | 2) {
                         return Err(Malformed("history entry"));
                     }
+                    // The padding after the terminal id is zero (one encoding per entry).
+                    if c[n..].iter().any(|&b| b != 0) {
+                        return Err(Malformed("history entry padding"));
+                    }
                     Ok(Entry { seq, credit: kind == 1, amount, balance, terminal: c[..n].to_vec() })
                 })
                 .collect()
