@@ -110,12 +110,21 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let transport = |e: &dyn std::fmt::Display| {
-            ClientError::Transport(format!("{}:{}: {e}", self.host, self.port))
-        };
-        let tcp =
-            TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| transport(&e))?;
-        let _ = tcp.set_nodelay(true);
+        let req = self.build_request(method, path, body)?;
+        let mut conn = self.connect().await?;
+        self.send_on(&mut conn, req).await
+    }
+
+    fn transport(&self, e: &dyn std::fmt::Display) -> ClientError {
+        ClientError::Transport(format!("{}:{}: {e}", self.host, self.port))
+    }
+
+    fn build_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
@@ -131,26 +140,51 @@ impl ApiClient {
             }
             None => Bytes::new(),
         };
-        let req =
-            builder.body(Full::new(payload)).map_err(|e| ClientError::Usage(e.to_string()))?;
-        let resp = match &self.tls {
+        builder.body(Full::new(payload)).map_err(|e| ClientError::Usage(e.to_string()))
+    }
+
+    /// A new HTTP/1.1 connection (TLS with the pinned certificate, or plain), kept alive for
+    /// as long as the returned sender is used.
+    async fn connect(&self) -> Result<Connection, ClientError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.transport(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let sender = match &self.tls {
             Some(config) => {
                 // The pinned verifier ignores the name; any valid DNS name will do.
-                let name = ServerName::try_from("tessera-server").map_err(|e| transport(&e))?;
+                let name =
+                    ServerName::try_from("tessera-server").map_err(|e| self.transport(&e))?;
                 let tls = TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| transport(&e))?;
-                send(TokioIo::new(tls), req).await
+                    .map_err(|e| self.transport(&e))?;
+                handshake(TokioIo::new(tls)).await
             }
-            None => send(TokioIo::new(tcp), req).await,
+            None => handshake(TokioIo::new(tcp)).await,
         }
-        .map_err(|e| transport(&e))?;
+        .map_err(|e| self.transport(&e))?;
+        Ok(Connection { sender })
+    }
+
+    async fn send_on(
+        &self,
+        conn: &mut Connection,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        conn.sender.ready().await.map_err(|e| self.transport(&e))?;
+        let resp = conn.sender.send_request(req).await.map_err(|e| self.transport(&e))?;
         let status = resp.status();
         let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE);
-        let bytes = limited.collect().await.map_err(|e| transport(&e))?.to_bytes();
+        let bytes = limited.collect().await.map_err(|e| self.transport(&e))?.to_bytes();
         Ok((status, bytes))
     }
+}
+
+/// One HTTP/1.1 connection to the server, kept alive between requests (a relay's exchanges
+/// share one: one TLS handshake per session instead of one per exchange).
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 /// Why a tunnel or API call failed.
@@ -179,6 +213,10 @@ pub enum ApiError {
 
 /// How often an exchange is retried after a transport failure (exchanges are idempotent).
 const EXCHANGE_RETRIES: u32 = 3;
+
+/// How often a relay posts an exchange again after `503` (the database was busy and the
+/// server changed nothing), 50 ms apart.
+const BUSY_RETRIES: u32 = 20;
 
 impl ApiClient {
     async fn call<T: serde::de::DeserializeOwned>(
@@ -298,12 +336,16 @@ impl ApiClient {
 
     /// Relays a session to the end: sends each step's APDUs to the card through `transmit`
     /// and posts the answers, until the server says done. Returns the last step (with the
-    /// outcome).
+    /// outcome). The exchanges share one kept-alive connection (a new one after a transport
+    /// failure; each exchange is retried after a transport failure or a `503`, which is safe
+    /// because the server answers a repeated post with the same answer and a `503` changed
+    /// nothing).
     pub async fn relay(
         &self,
         first: TunnelStep,
         mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
     ) -> Result<TunnelStep, ApiError> {
+        let mut conn = None;
         let mut step = first;
         while !step.done {
             let mut responses = Vec::with_capacity(step.apdus.len());
@@ -312,10 +354,60 @@ impl ApiClient {
                     hex::decode(apdu).map_err(|_| ApiError::Protocol("APDU not hex".into()))?;
                 responses.push(hex::encode_upper(transmit(&bytes).map_err(ApiError::Card)?));
             }
-            step =
-                self.exchange(&step.session_id, &Exchange { step: step.step, responses }).await?;
+            let req = Exchange { step: step.step, responses };
+            step = self.exchange_on(&mut conn, &step.session_id, &req).await?;
         }
         Ok(step)
+    }
+
+    /// [`ApiClient::exchange`] over `conn` (opened or reopened as needed).
+    async fn exchange_on(
+        &self,
+        conn: &mut Option<Connection>,
+        session_id: &str,
+        req: &Exchange,
+    ) -> Result<TunnelStep, ApiError> {
+        let body = serde_json::to_value(req).map_err(|e| ApiError::Protocol(e.to_string()))?;
+        let path = format!("/v1/sessions/{session_id}/exchange");
+        let (mut attempt, mut busy) = (0, 0);
+        loop {
+            let sent = async {
+                let request = self.build_request(Method::POST, &path, Some(&body))?;
+                if conn.is_none() {
+                    *conn = Some(self.connect().await?);
+                }
+                match conn.as_mut() {
+                    Some(c) => self.send_on(c, request).await,
+                    None => Err(self.transport(&"no connection")),
+                }
+            }
+            .await;
+            match sent {
+                Ok((status, bytes)) => {
+                    let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                    });
+                    if status == StatusCode::SERVICE_UNAVAILABLE && busy < BUSY_RETRIES {
+                        // The database was busy: nothing changed; post the same again.
+                        busy += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    if !status.is_success() {
+                        return Err(server_error(status, &value));
+                    }
+                    return serde_json::from_value(value)
+                        .map_err(|e| ApiError::Protocol(e.to_string()));
+                }
+                Err(ClientError::Transport(m)) if attempt < EXCHANGE_RETRIES => {
+                    *conn = None;
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %m, "exchange failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -381,18 +473,17 @@ fn server_error(status: StatusCode, value: &Value) -> ApiError {
     }
 }
 
-async fn send<I>(
+async fn handshake<I>(
     io: I,
-    req: Request<Full<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender.send_request(req).await
+    Ok(sender)
 }
 
 #[cfg(test)]
