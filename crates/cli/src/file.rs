@@ -2,7 +2,7 @@
 //! decrypted through the card (no external tool needed; `rage` interoperates).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -86,8 +86,8 @@ pub fn run(cmd: FileCommand, out: Output) -> Result<(), CliError> {
             let input = File::open(&a.input).map_err(|e| io_err("cannot open", &a.input, e))?;
             let output =
                 File::create(&a.output).map_err(|e| io_err("cannot create", &a.output, e))?;
-            let mut w = BufWriter::new(output);
-            files::encrypt(&keys, BufReader::new(input), &mut w)?;
+            let mut w = BufWriter::with_capacity(files::IO_BUFFER, output);
+            files::encrypt(&keys, input, &mut w)?;
             w.flush().map_err(|e| io_err("cannot write", &a.output, e))?;
             out.emit(
                 || format!("encrypted {} -> {}", a.input.display(), a.output.display()),
@@ -105,7 +105,7 @@ pub fn run(cmd: FileCommand, out: Output) -> Result<(), CliError> {
             let tmp = a.output.with_extension("tessera-partial");
             let result = (|| {
                 let output = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
-                let mut w = BufWriter::new(output);
+                let mut w = BufWriter::with_capacity(files::IO_BUFFER, output);
                 let n = files::decrypt(&identity, input, &mut w)?;
                 w.flush().map_err(|e| io_err("cannot write", &tmp, e))?;
                 std::fs::rename(&tmp, &a.output)
