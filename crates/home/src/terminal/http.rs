@@ -172,3 +172,63 @@ fn dechunk(mut rest: &[u8]) -> io::Result<Option<Vec<u8>>> {
         rest = &rest[size + 2..];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn encodes_requests_and_refuses_header_injection() {
+        let r = Request {
+            method: "POST".into(),
+            host: "m:8443".into(),
+            target: "/a?b=c".into(),
+            headers: vec![("X-A".into(), "1".into())],
+            body: b"hi".to_vec(),
+        };
+        assert_eq!(
+            r.encode().unwrap(),
+            b"POST /a?b=c HTTP/1.1\r\nHost: m:8443\r\nX-A: 1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        let mut bad = r.clone();
+        bad.headers = vec![("X-A".into(), "1\r\nEvil: 2".into())];
+        assert!(bad.encode().is_err());
+        let mut bad = r.clone();
+        bad.method = "GET /x".into();
+        assert!(bad.encode().is_err());
+        let mut bad = r;
+        bad.target = "/a b".into();
+        assert!(bad.encode().is_err());
+    }
+
+    #[test]
+    fn parses_length_chunked_and_close_delimited_bodies() {
+        let cl = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(parse(&cl[..cl.len() - 1], false, false).unwrap(), None, "needs more");
+        assert_eq!(parse(cl, false, false).unwrap().unwrap().body, b"hello");
+        let ch = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse(ch, false, false).unwrap().unwrap().body, b"abcde");
+        let close = b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\ngone";
+        assert_eq!(parse(close, false, false).unwrap(), None, "delimited by the end");
+        let r = parse(close, false, true).unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body.as_slice()),
+            (404, "Not Found", &b"gone"[..])
+        );
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+        assert!(parse(head, true, false).unwrap().unwrap().body.is_empty(), "HEAD has no body");
+        for bad in [
+            &b"SSH-2.0 x\r\n\r\n"[..],
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n",
+        ] {
+            assert!(parse(bad, false, true).is_err());
+        }
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false, true)
+                .is_err()
+        );
+    }
+}
