@@ -232,3 +232,29 @@ fn registry_persists_and_validates() {
     );
     let _ = SystemClock;
 }
+
+#[test]
+fn malformed_frames_end_the_connection_with_a_protocol_error() {
+    use std::io::Write;
+    let s = Setup::new();
+    let (key, cert) = s.ca.card_key("access card", Role::Access);
+    s.registry.admit(&cert, "phone", now()).unwrap();
+    let config =
+        tessera_home::control::tls::client_config(Arc::new(key), s.identity.spki_sha256()).unwrap();
+    for garbage in [&[0u8, 0, 0, 1, 0x7F][..], &[0, 0, 0, 2, 0x09, 0], &[0xFF, 0, 0, 0]] {
+        let tcp = std::net::TcpStream::connect(s.home()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(garbage).unwrap();
+        match tessera_home::control::read_frame_sync(&mut tls).unwrap() {
+            Some(tessera_proto::control::Frame::Error { session: 0, code, .. }) => {
+                assert_eq!(code, ErrorCode::Protocol)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(tessera_home::control::read_frame_sync(&mut tls), Ok(None) | Err(_)));
+    }
+    assert!(!s.card.enabled());
+}
