@@ -19,7 +19,12 @@
 //! an error (anything but `9000`, `61xx`, `62xx`, `63xx`) the card's persistent state is
 //! byte-identical to its state before the command.
 //!
-//! Case counts: `HOSTILE_CASES` (default 3) sequences per prepared state.
+//! A second test sends hostile personalisation (STORE DATA of every known data group with random
+//! values, other card-management commands) through a *valid* SCP03 session, so the content
+//! reaches each applet's personalisation handler past the MAC check.
+//!
+//! Case counts: `HOSTILE_CASES` (default 3) sequences per prepared state (8 times that per
+//! applet for the personalisation test); raise it for a deeper run.
 
 use std::sync::Arc;
 
@@ -401,4 +406,186 @@ fn a_state_changing_command_answered_6cxx_changes_nothing() {
     assert_eq!(out.len(), 0x41 + 2);
     assert_eq!(out[0x41..], [0x90, 0x00]);
     assert_ne!(card.persistent_state(), before, "the repeated GENERATE made a key");
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile personalisation inside a valid SCP03 session
+// ------------------------------------------------------------------------------------------
+
+/// A driver that checks every answer as [`check`] does, for scripts that must run through a
+/// real SCP03 session (hostile content that passes the MAC check).
+struct Checker {
+    card: Card,
+    failure: Option<String>,
+}
+
+impl TearDriver for Checker {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, PowerCut> {
+        let before = self.card.persistent_state();
+        let out = self.card.transmit(apdu);
+        let sw = match out.len() {
+            n if n >= 2 => u16::from_be_bytes([out[n - 2], out[n - 1]]),
+            _ => 0,
+        };
+        if self.failure.is_none() {
+            if !matches!(sw >> 8, 0x61..=0x6F | 0x90..=0x9F) {
+                self.failure =
+                    Some(format!("{sw:04X} is not a status word ({})", hex::encode(apdu)));
+            } else if is_error(sw) && self.card.persistent_state() != before {
+                self.failure =
+                    Some(format!("{sw:04X} answered to {} changed the state", hex::encode(apdu)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn arm(&mut self) {}
+}
+
+/// Every personalisation data group tessera defines, as tags for near-valid STORE DATA.
+const DGIS: &[u16] = &[
+    0x0101, 0x8101, 0x8102, 0x0201, 0x0202, 0x0203, // ISD
+    0x0201, 0x8201, 0x8202, // keyring
+    0x0301, 0x8301, 0x8302, // vault
+    0x0501, 0x0502, 0x0503, // update
+    0x8100, 0x0110, // home, access
+];
+
+/// One secured command of a hostile personalisation session.
+#[derive(Debug, Clone)]
+enum Secured {
+    /// STORE DATA of data groups: (tag choice, value); `in_sequence` keeps the block number.
+    Store {
+        groups: Vec<(Option<u16>, usize, Vec<u8>)>,
+        last: bool,
+        in_sequence: bool,
+        p1: Option<u8>,
+    },
+    /// Any card-management instruction with random parameters and data.
+    Other { ins: u8, p1: u8, p2: u8, data: Vec<u8> },
+}
+
+fn secured() -> impl Strategy<Value = Secured> {
+    let group = (
+        prop::option::weighted(0.15, any::<u16>()),
+        any::<usize>(),
+        prop::collection::vec(any::<u8>(), 0..100),
+    );
+    prop_oneof![
+        4 => (prop::collection::vec(group, 0..4), prop::bool::weighted(0.2), prop::bool::weighted(0.85), prop::option::weighted(0.1, any::<u8>()))
+            .prop_map(|(groups, last, in_sequence, p1)| Secured::Store { groups, last, in_sequence, p1 }),
+        2 => (
+            prop::sample::select(vec![
+                (0xD8u8, 0x00u8, 0x81u8),
+                (0xE6, 0x20, 0x00),
+                (0xF0, 0x80, 0x0F),
+                (0xF0, 0x80, 0x7F),
+                (0x46, 0x00, 0x00),
+                (0xCA, 0x00, 0x45),
+                (0xF2, 0x40, 0x02),
+                (0xE2, 0x08, 0x00),
+                (0x20, 0x00, 0x81),
+            ]),
+            prop::option::weighted(0.3, (any::<u8>(), any::<u8>())),
+            prop::collection::vec(any::<u8>(), 0..120),
+        )
+            .prop_map(|((ins, p1, p2), params, data)| {
+                let (p1, p2) = params.unwrap_or((p1, p2));
+                Secured::Other { ins, p1, p2, data }
+            }),
+    ]
+}
+
+/// Opens the ISD session (on a blank card with the initial keys, or on a personalised one
+/// with the issued keys), names `aid` in INSTALL [for personalization] unless it is the ISD's,
+/// then sends the hostile commands through the session.
+fn personalise_hostile(aid: &[u8], issued: bool, steps: &[Secured]) -> Result<(), TestCaseError> {
+    use tessera_card::applets::isd::{self, scenarios as isd_sc};
+    use tessera_card::script::Script;
+    use tessera_crypto::scp03::SecurityLevel;
+
+    let mut checker = Checker { card: new_card(), failure: None };
+    let mut s = Script::new(&mut checker);
+    if issued {
+        isd_sc::personalize(&mut s).unwrap();
+        s.select(isd::AID).unwrap();
+        s.open_session(&isd_sc::issued_keys(), SecurityLevel::CMacCDec).unwrap();
+    } else {
+        isd_sc::open_initial(&mut s).unwrap();
+    }
+    if aid != isd::AID {
+        let mut install = vec![0x00, aid.len() as u8];
+        install.extend_from_slice(aid);
+        install.extend_from_slice(&[0, 0, 0]);
+        s.secure(
+            &Command::new(0x80, 0xE6, 0x20, 0x00).with_data(install).with_le(256),
+            tessera_apdu::StatusWord::SUCCESS,
+        )
+        .unwrap();
+    }
+    let mut block = 0u8;
+    for step in steps {
+        let cmd = match step {
+            Secured::Store { groups, last, in_sequence, p1 } => {
+                let groups: Vec<(u16, &[u8])> = groups
+                    .iter()
+                    .map(|(tag, pick, value)| {
+                        (tag.unwrap_or(DGIS[pick % DGIS.len()]), value.as_slice())
+                    })
+                    .collect();
+                let p2 = if *in_sequence { block } else { block ^ 0x5A };
+                let p1 = p1.unwrap_or(if *last { 0x88 } else { 0x08 });
+                Command::new(0x80, 0xE2, p1, p2).with_data(isd_sc::dgi_data(&groups))
+            }
+            Secured::Other { ins, p1, p2, data } => {
+                Command::new(0x80, *ins, *p1, *p2).with_data(data.clone()).with_le(256)
+            }
+        };
+        // Too long to protect in a short APDU: not a command a host can send in a session.
+        let Ok(wrapped) = s.wrap(&cmd) else { continue };
+        if wrapped.data.len() > 255 {
+            continue;
+        }
+        // The card moves its block number on only when it accepts a block.
+        if let Ok(r) = s.send(&wrapped)
+            && r.sw == tessera_apdu::StatusWord::SUCCESS
+            && cmd.ins == 0xE2
+        {
+            block = if cmd.p1 & 0x80 != 0 { 0 } else { cmd.p2.wrapping_add(1) };
+        }
+    }
+    drop(s);
+    if let Some(failure) = checker.failure {
+        return Err(TestCaseError::fail(failure));
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_personalisation_in_a_valid_session_changes_nothing_it_refuses() {
+    let applets = registry(&Provisioning::default());
+    let mut seed = 1000u64;
+    for applet in &applets {
+        for issued in [false, true] {
+            seed += 1;
+            let config = Config {
+                cases: cases() * 8,
+                failure_persistence: None,
+                max_shrink_iters: 200,
+                ..Config::default()
+            };
+            let mut seed_bytes = [0u8; 32];
+            seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            let mut runner = TestRunner::new_with_rng(
+                config,
+                TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+            );
+            let aid = applet.aid();
+            let strategy = prop::collection::vec(secured(), 1..10);
+            if let Err(e) = runner.run(&strategy, |steps| personalise_hostile(aid, issued, &steps))
+            {
+                panic!("{}: issued {issued}: {e}", applet.name());
+            }
+        }
+    }
 }
