@@ -155,6 +155,13 @@ fn real_home_and_access_cards_through_the_home_server() {
     assert_eq!(String::from_utf8(resp.body).unwrap(), "GET /orders HTTP/1.1\nclient=carol\n");
     c.end_session(session).unwrap();
 
+    // Relay mode: the home server's own TLS client signs with the real card from inside the
+    // runtime (the card operation leaves the async worker).
+    let (session, _) = c.open("localhost", market.port(), Mode::Relay, false).unwrap();
+    let resp = http::exchange(&mut c.relay_stream(session), &req).unwrap();
+    assert_eq!(String::from_utf8(resp.body).unwrap(), "GET /orders HTTP/1.1\nclient=carol\n");
+    c.end_session(session).unwrap();
+
     // "End": the home card goes back to the wait state and refuses to sign.
     c.end().unwrap();
     let err = c.open("localhost", market.port(), Mode::Handover, false).unwrap_err();

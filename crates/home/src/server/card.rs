@@ -139,6 +139,18 @@ impl CardHome {
     }
 }
 
+/// Runs a card operation (APDUs, possibly over PC/SC) so that it does not stall an async
+/// worker: on a multi-threaded tokio runtime's worker (relay mode's TLS client signs from
+/// inside the runtime) the worker hands its other tasks over first; elsewhere it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn key_error(e: tessera_host::home::CardError) -> KeyError {
     match e {
         tessera_host::home::CardError::Locked | tessera_host::home::CardError::IdleFallback(_) => {
@@ -154,13 +166,13 @@ impl ClientKey for CardHome {
     }
 
     fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
-        self.card().sign_tls13(transcript_hash).map_err(key_error)
+        blocking(|| self.card().sign_tls13(transcript_hash)).map_err(key_error)
     }
 }
 
 impl crate::handover::MarketKey for CardHome {
     fn sign_tls12(&self, handshake_messages: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.card().sign_tls12(handshake_messages).map_err(key_error)
+        blocking(|| self.card().sign_tls12(handshake_messages)).map_err(key_error)
     }
 }
 
@@ -168,7 +180,7 @@ impl HomeCard for CardHome {
     fn verify_pin2(&self, pin: &[u8]) -> Result<(), PinError> {
         let block = tessera_card::pin::PinBlock::from_value(pin)
             .map_err(|_| PinError::Card("PIN2 must be 4 to 8 characters".into()))?;
-        match self.card().verify_pin2(&block) {
+        match blocking(|| self.card().verify_pin2(&block)) {
             Ok(()) => Ok(()),
             Err(tessera_host::home::CardError::WrongPin { tries_left: 0 })
             | Err(tessera_host::home::CardError::Blocked) => Err(PinError::Blocked),
@@ -180,6 +192,6 @@ impl HomeCard for CardHome {
     }
 
     fn end(&self) -> Result<(), KeyError> {
-        self.card().end().map_err(key_error)
+        blocking(|| self.card().end()).map_err(key_error)
     }
 }
