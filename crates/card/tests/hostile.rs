@@ -23,8 +23,11 @@
 //! values, other card-management commands) through a *valid* SCP03 session, so the content
 //! reaches each applet's personalisation handler past the MAC check.
 //!
+//! A third sends hostile commands inside the open service sessions (the pairing applet at
+//! level 33 with its ledger and notes services, the keyring after bottom-pair authentication).
+//!
 //! Case counts: `HOSTILE_CASES` (default 3) sequences per prepared state (8 times that per
-//! applet for the personalisation test); raise it for a deeper run.
+//! applet or session for the in-session tests); raise it for a deeper run.
 
 use std::sync::Arc;
 
@@ -586,6 +589,124 @@ fn hostile_personalisation_in_a_valid_session_changes_nothing_it_refuses() {
             {
                 panic!("{}: issued {issued}: {e}", applet.name());
             }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile commands inside the service sessions (pairing, keyring)
+// ------------------------------------------------------------------------------------------
+
+/// A command to protect and send inside an open session: a known (INS, P1, P2), or random
+/// parameters, with random data.
+#[derive(Debug, Clone)]
+struct InSession {
+    template: usize,
+    params: Option<(u8, u8)>,
+    data: Vec<u8>,
+    le: bool,
+}
+
+fn in_session() -> impl Strategy<Value = InSession> {
+    (
+        any::<usize>(),
+        prop::option::weighted(0.25, (any::<u8>(), any::<u8>())),
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..12),
+            prop::collection::vec(any::<u8>(), 8..=8),
+            prop::collection::vec(any::<u8>(), 0..180),
+        ],
+        any::<bool>(),
+    )
+        .prop_map(|(template, params, data, le)| InSession { template, params, data, le })
+}
+
+/// The pairing applet's and its services' commands (INVOKE: service, operation).
+const PAIRING_COMMANDS: &[(u8, u8, u8)] = &[
+    (0xC2, 0x01, 0x01),
+    (0xC2, 0x01, 0x02),
+    (0xC2, 0x01, 0x03),
+    (0xC2, 0x01, 0x04),
+    (0xC2, 0x02, 0x01),
+    (0xC2, 0x02, 0x02),
+    (0xC2, 0x02, 0x03),
+    (0xC2, 0x02, 0x04),
+    (0xB0, 0x00, 0x00),
+    (0xB2, 0x00, 0x00),
+    (0xB4, 0x00, 0x00),
+    (0xB8, 0x00, 0x00),
+    (0xBA, 0x01, 0x00),
+    (0xBC, 0x00, 0x00),
+    (0xCA, 0x00, 0x01),
+];
+
+/// The keyring's commands.
+const KEYRING_COMMANDS: &[(u8, u8, u8)] = &[
+    (0x88, 0x01, 0x00),
+    (0x88, 0x03, 0x00),
+    (0x82, 0x03, 0x00),
+    (0xC4, 0x01, 0x00),
+    (0xC4, 0x03, 0x00),
+    (0xC4, 0x07, 0x00),
+    (0xCA, 0xDF, 0x01),
+    (0xCA, 0xDF, 0x02),
+];
+
+/// Brings a card into an open session (`pairing` or keyring), then sends `steps` through it.
+fn session_hostile(pairing: bool, steps: &[InSession]) -> Result<(), TestCaseError> {
+    use tessera_card::applets::keyring::{self, scenarios as kr};
+    use tessera_card::applets::pairing::scenarios as pr;
+    use tessera_card::script::Script;
+
+    let mut checker = Checker { card: new_card(), failure: None };
+    let mut s = Script::new(&mut checker);
+    let commands = if pairing {
+        pr::paired(&mut s).unwrap();
+        PAIRING_COMMANDS
+    } else {
+        let mut server =
+            kr::TestServer::new(tessera_proto::keyring::Mode::Symmetric, 3, 3).unwrap();
+        server.issue(&mut s).unwrap();
+        let auth = server.authenticate(&mut s, 3, 3).unwrap();
+        s.open_session(&auth.session_keys.unwrap(), keyring::SESSION_LEVEL).unwrap();
+        KEYRING_COMMANDS
+    };
+    for step in steps {
+        let (ins, p1, p2) = commands[step.template % commands.len()];
+        let (p1, p2) = step.params.unwrap_or((p1, p2));
+        let mut cmd = Command::new(0x80, ins, p1, p2).with_data(step.data.clone());
+        if step.le {
+            cmd = cmd.with_le(256);
+        }
+        let Ok(wrapped) = s.wrap(&cmd) else { continue };
+        if wrapped.data.len() > 255 {
+            continue;
+        }
+        let _ = s.send(&wrapped);
+    }
+    drop(s);
+    if let Some(failure) = checker.failure {
+        return Err(TestCaseError::fail(failure));
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_commands_inside_service_sessions_change_nothing_they_refuse() {
+    for (seed, pairing) in [(2001u64, true), (2002, false)] {
+        let config = Config {
+            cases: cases() * 8,
+            failure_persistence: None,
+            max_shrink_iters: 200,
+            ..Config::default()
+        };
+        let mut seed_bytes = [0u8; 32];
+        seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let mut runner =
+            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+        let strategy = prop::collection::vec(in_session(), 1..12);
+        if let Err(e) = runner.run(&strategy, |steps| session_hostile(pairing, &steps)) {
+            panic!("pairing session {pairing}: {e}");
         }
     }
 }
