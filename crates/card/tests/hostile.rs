@@ -164,7 +164,9 @@ enum Step {
         data: DataMut,
         le: Option<Option<usize>>,
         extended: bool,
-        toggle_sm: bool,
+        /// XORed into CLA: the secure-messaging bits, the proprietary-class bit, a logical
+        /// channel, the further-interindustry range.
+        cla_xor: u8,
         /// Split the data into a command chain at this fraction (per mille) of its length;
         /// `(split, send_last)`: without the last part the chain is left pending.
         chain: Option<(u16, bool)>,
@@ -208,17 +210,24 @@ fn step(templates: usize) -> impl Strategy<Value = Step> {
             data_mut(),
             le_mut(),
             prop::bool::weighted(0.2),
-            prop::bool::weighted(0.2),
+            prop_oneof![
+                6 => Just(0u8),
+                2 => Just(0x04u8),
+                1 => Just(0x0C),
+                1 => Just(0x80),
+                1 => Just(0x01),
+                1 => Just(0x40),
+            ],
             prop::option::weighted(0.15, (0u16..=1000, prop::bool::weighted(0.7))),
         )
-            .prop_map(|(template, p1, p2, data, le, extended, toggle_sm, chain)| Step::Near {
+            .prop_map(|(template, p1, p2, data, le, extended, cla_xor, chain)| Step::Near {
                 template,
                 p1,
                 p2,
                 data,
                 le,
                 extended,
-                toggle_sm,
+                cla_xor,
                 chain
             }),
         2 => (t.clone(), any::<usize>()).prop_map(|(template, keep)| Step::Truncated { template, keep }),
@@ -239,7 +248,7 @@ fn apdus(step: &Step, corpus: &[Vec<u8>]) -> Vec<Vec<u8>> {
         }
         Step::Suffixed { template: i, extra } => vec![[template(i).as_slice(), extra].concat()],
         Step::Replay { template: i } => vec![template(i).clone()],
-        Step::Near { template: i, p1, p2, data, le, extended, toggle_sm, chain } => {
+        Step::Near { template: i, p1, p2, data, le, extended, cla_xor, chain } => {
             let Ok(mut cmd) = Command::parse(template(i)) else {
                 return vec![template(i).clone()];
             };
@@ -262,9 +271,7 @@ fn apdus(step: &Step, corpus: &[Vec<u8>]) -> Vec<Vec<u8>> {
             if let Some(le) = le {
                 cmd.le = *le;
             }
-            if *toggle_sm {
-                cmd.cla ^= 0x04;
-            }
+            cmd.cla ^= cla_xor;
             cmd.cla &= !0x10;
             if cmd.cla == 0xFF {
                 cmd.cla = 0xEF;
