@@ -421,3 +421,125 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod flow_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use tessera_card::applets::isd;
+    use tessera_card::{Card, CardOptions};
+    use tessera_crypto::ecdsa::SigningKey;
+    use tessera_crypto::rng::OsRng;
+    use tessera_crypto::scp03::StaticKeys;
+    use tessera_crypto::x509::{self, Validity};
+    use tessera_home::registry::Registry;
+    use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets, SystemClock};
+    use tessera_host::home::personalize_card_id;
+
+    use super::*;
+    use crate::demo::proxy::{now, start_market};
+
+    /// `tessera connect` end to end in this process: an access card image on disk, PINs from
+    /// files, the pinned home server, each mode, the body written with -o.
+    #[test]
+    fn connect_through_a_home_server_with_an_access_card_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let ca_key = SigningKey::generate(&mut OsRng);
+        let v = Validity { not_before: now() - 60, not_after: now() + 3600 };
+        let ca = x509::self_signed_ca(&ca_key, "CA", &[1], v).unwrap();
+        let block = |v: &[u8]| PinBlock::from_value(v).unwrap();
+        let keys = StaticKeys::gp_test_keys(isd::INITIAL_KVN);
+
+        let mut home_channel =
+            tessera_host::InProcessChannel::new(Card::in_memory(CardOptions::default()));
+        personalize_card_id(&mut home_channel, &keys, b"HOME-T").unwrap();
+        let mut home = tessera_host::home::HomeCard::new(
+            Box::new(home_channel) as Box<dyn CardChannel + Send>
+        );
+        home.select().unwrap();
+        home.set_pins(&block(b"1111"), &block(b"2222"), &block(b"99999999")).unwrap();
+        home.verify_pin1(&block(b"1111")).unwrap();
+        home.verify_pin2(&block(b"2222")).unwrap();
+        home.enrol(&ca_key, &ca, b"HOME-T", "alice", *b"EUR").unwrap();
+        home.end().unwrap();
+        let home = Arc::new(CardHome::new(home).unwrap());
+
+        let identity = Identity::generate(now()).unwrap();
+        let registry = Arc::new(Registry::in_memory().unwrap());
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().to_vec().into()).unwrap();
+        let cache = Arc::new(tessera_home::handover::SessionCache::default());
+        let markets = Arc::new(StandardMarkets::new(roots, home.clone(), cache).unwrap());
+        let tls = identity.server_config(registry.clone()).unwrap();
+        let server = HomeServer::new(tls, registry.clone(), home, markets, Arc::new(SystemClock));
+        let running = rt.block_on(server.spawn("127.0.0.1:0".parse().unwrap())).unwrap();
+        let port = start_market(&rt, &ca_key, &ca).unwrap();
+
+        let image = dir.path().join("access.img");
+        {
+            let mut channel = tessera_host::InProcessChannel::new(
+                Card::create(&image, CardOptions::default()).unwrap(),
+            );
+            personalize_card_id(&mut channel, &keys, b"ACCESS-T").unwrap();
+            let mut access = tessera_host::access::AccessCard::new(channel);
+            access.select().unwrap();
+            access.set_pins(&block(b"4321"), &block(b"87654321")).unwrap();
+            access.verify_pin(&block(b"4321")).unwrap();
+            let cert = access.enrol(&ca_key, &ca, b"ACCESS-T", "phone").unwrap();
+            access
+                .set_home_server(&tessera_proto::access::HomeServer {
+                    spki_sha256: identity.spki_sha256(),
+                    address: running.addr.to_string(),
+                })
+                .unwrap();
+            registry.admit(cert.der(), "phone", now()).unwrap();
+        }
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca_pem = write("ca.pem", &ca.to_pem());
+        let args = |mode: ModeArg, pin2: &str, out: &str| ConnectArgs {
+            url: format!("https://localhost:{port}/shop?x=1"),
+            terminal: TerminalArgs {
+                home: None,
+                card: CardSource { image: Some(image.clone()), reader: None },
+                passphrase: PassphraseArg { passphrase_file: None },
+                pin_file: Some(write("pin", "4321\n")),
+                pin2_file: Some(write("pin2", pin2)),
+            },
+            method: None,
+            headers: vec![],
+            data: None,
+            data_binary: None,
+            output: Some(dir.path().join(out)),
+            include: false,
+            mode,
+            no_cache: false,
+            market_ca: vec![ca_pem.clone()],
+        };
+        let out = Output { json: true };
+        for (mode, file) in
+            [(ModeArg::Handover, "h.txt"), (ModeArg::Relay, "r.txt"), (ModeArg::Partial, "p.txt")]
+        {
+            run(args(mode, "2222\n", file), out).unwrap();
+            let body = std::fs::read_to_string(dir.path().join(file)).unwrap();
+            assert_eq!(
+                body,
+                format!("hello alice, you asked for GET /shop?x=1 HTTP/1.1\n"),
+                "{mode:?}"
+            );
+        }
+        let err = run(args(ModeArg::Handover, "0000\n", "x.txt"), out).unwrap_err();
+        assert_eq!(err.exit, Exit::CardSaidNo);
+        assert!(err.message.contains("wrong PIN2"), "{}", err.message);
+        assert!(!dir.path().join("x.txt").exists());
+        rt.block_on(running.stop());
+        let err = run(args(ModeArg::Handover, "2222\n", "y.txt"), out).unwrap_err();
+        assert_eq!(err.exit, Exit::Transport, "{}", err.message);
+    }
+}

@@ -16,7 +16,7 @@ mod emoney;
 mod keyring;
 mod pairing;
 mod platform;
-mod proxy;
+pub(crate) mod proxy;
 mod update;
 mod vault;
 

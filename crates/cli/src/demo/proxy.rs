@@ -43,7 +43,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> CliError {
     CliError::new(Exit::Other, format!("proxy demo: {what}: {e}"))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
@@ -63,7 +63,7 @@ fn blank(id: &[u8]) -> Result<Box<dyn CardChannel + Send>, CliError> {
 
 /// The market: TLS 1.3/1.2, client certificate from `ca` required; answers one HTTP request
 /// per connection naming the client certificate's subject.
-fn start_market(
+pub(crate) fn start_market(
     rt: &tokio::runtime::Runtime,
     ca_key: &SigningKey,
     ca: &Certificate,
