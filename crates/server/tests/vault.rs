@@ -385,3 +385,39 @@ async fn escrow_keeps_the_key_sealed_and_rotation_reseals_it(db: TestDb) {
     assert_eq!(hex::encode(sk.public_key().to_sec1_bytes()), info.public_key);
 }
 both!(escrow_keeps_the_key_sealed_and_rotation_reseals_it);
+
+async fn an_update_only_private_session_runs_no_vault_step(db: TestDb) {
+    use tessera_server::store::update::{CreateUpdateSession, QueueUpdate};
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut p, p_pin) = issue_main(&store, "CARD-P").await;
+    let update = QueueUpdate {
+        object: "wifi".into(),
+        value_hex: hex::encode(b"pw"),
+        sealed: false,
+        free_read: false,
+    };
+    store.queue_update(&root(), "acme", "CARD-P", &update).await.unwrap();
+    store.provision_vault_key(&root(), "acme", "CARD-P").await.unwrap();
+    pin(&mut p, &p_pin);
+    let req = CreateUpdateSession { mode: "private".into(), card_id: None };
+    let mut step = store.create_update_session("acme", &req).await.unwrap();
+    let mut seen = Vec::new();
+    while !step.done {
+        let responses = relay(&mut p, &step.apdus, &mut seen);
+        step = store
+            .exchange(&step.session_id, &Exchange { step: step.step, responses })
+            .await
+            .unwrap();
+    }
+    let o = step.outcome.unwrap();
+    assert!(!o.message.contains("vault key"), "{}", o.message);
+    assert!(!seen.iter().any(|x| is_ins(x, proto::INS_ATTEST)));
+    assert_eq!(status(&mut p).key, None);
+    assert_eq!(store.vault_key(&root(), "acme", "CARD-P").await.unwrap().status, "queued");
+    // The card's ordinary sync delivers it.
+    pin(&mut p, &p_pin);
+    let o = sync(&store, &mut p).await;
+    assert!(o.message.contains("vault key: delivered"), "{}", o.message);
+}
+both!(an_update_only_private_session_runs_no_vault_step);

@@ -363,10 +363,13 @@ impl Store {
         previous: &TunnelState,
         step: Step,
     ) -> ServerResult<Step> {
-        let from_sync = matches!(
-            previous,
-            TunnelState::ReadCounters { .. } | TunnelState::Keyring(_) | TunnelState::Update(_)
-        );
+        let from_sync = match previous {
+            TunnelState::ReadCounters { .. } | TunnelState::Keyring(_) => true,
+            // Never after an update-only session (the privacy variant, the legacy static
+            // authenticator): the attestation would show the terminal who the card is.
+            TunnelState::Update(u) => u.session_id.is_none() && u.identity_key.is_none(),
+            _ => false,
+        };
         let (TunnelState::Finished, _, Some(outcome)) = &step else { return Ok(step) };
         let Some(card_id) = outcome.card_id.clone() else { return Ok(step) };
         if !from_sync || !CONTINUE_AFTER.contains(&outcome.result.as_str()) {
