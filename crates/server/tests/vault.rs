@@ -58,13 +58,18 @@ fn groups(role: Role) -> Vec<(u16, Vec<u8>)> {
 /// component) with the blank card's initial key set, then issued as `card_id` through the
 /// server's tunnel (which registers its device certificate). Returns it and its PIN.
 async fn issue_main(store: &Store, card_id: &str) -> (Card, String) {
+    issue_with_vault(store, card_id, Role::Main).await
+}
+
+/// [`issue_main`] with the vault in `role`.
+async fn issue_with_vault(store: &Store, card_id: &str, role: Role) -> (Card, String) {
     let mut card = Card::in_memory(CardOptions::default());
     card.power_on();
     {
         let mut driver = Plain(&mut card);
         let mut s = Script::new(&mut driver);
         isd::scenarios::open_initial(&mut s).unwrap();
-        personalize_vault(&mut s, &groups(Role::Main)).unwrap();
+        personalize_vault(&mut s, &groups(role)).unwrap();
     }
     card.reset();
     let start = StartIssuance { card_id: card_id.into() };
@@ -328,6 +333,18 @@ async fn attacks_on_the_delivery_fail_and_change_nothing(db: TestDb) {
     let refused = store.vault_key(&root(), "acme", "CARD-C").await.unwrap();
     assert_eq!((refused.status.as_str(), refused.private_key_held), ("refused", false));
     assert_eq!(deliveries(&store, "CARD-C").await, 0);
+
+    // A backup card: the key service delivers to main cards only (the backup flow moves it).
+    let (mut bk, bk_pin) = issue_with_vault(&store, "CARD-BK", Role::Backup).await;
+    store.provision_vault_key(&root(), "acme", "CARD-BK").await.unwrap();
+    pin(&mut bk, &bk_pin);
+    let mut seen = Vec::new();
+    let o = sync_with(&store, &mut bk, None, &mut |_, r| r, &mut seen).await.unwrap();
+    assert_eq!(o.result, "vault-error", "{}", o.message);
+    assert!(o.message.contains("a backup card"), "{}", o.message);
+    assert!(!seen.iter().any(|x| is_ins(x, proto::INS_IMPORT_SEALED)));
+    assert_eq!(status(&mut bk).key, None);
+    assert_eq!(store.vault_key(&root(), "acme", "CARD-BK").await.unwrap().status, "refused");
 }
 both!(attacks_on_the_delivery_fail_and_change_nothing);
 
