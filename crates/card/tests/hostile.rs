@@ -297,6 +297,13 @@ fn apdus(step: &Step, corpus: &[Vec<u8>]) -> Vec<Vec<u8>> {
     }
 }
 
+/// Status words that say the card failed rather than the input: `6F00` (no precise
+/// diagnosis, used for cases that "cannot happen") and `6581` (memory failure, impossible on
+/// a memory image). Hostile input must always get a precise answer.
+fn is_internal_failure(sw: u16) -> bool {
+    sw == 0x6F00 || sw == 0x6581
+}
+
 fn is_error(sw: u16) -> bool {
     !(sw == 0x9000 || matches!(sw >> 8, 0x61..=0x63))
 }
@@ -313,6 +320,11 @@ fn check(prepare: &Prepare, corpus: &[Vec<u8>], steps: &[Step]) -> Result<(), Te
             prop_assert!(
                 matches!(sw >> 8, 0x61..=0x6F | 0x90..=0x9F),
                 "{sw:04X} is not an ISO status word (command {})",
+                hex::encode(&apdu)
+            );
+            prop_assert!(
+                !is_internal_failure(sw),
+                "{sw:04X} (no precise diagnosis) answered to {}",
                 hex::encode(&apdu)
             );
             if is_error(sw) {
@@ -441,6 +453,8 @@ impl TearDriver for Checker {
             if !matches!(sw >> 8, 0x61..=0x6F | 0x90..=0x9F) {
                 self.failure =
                     Some(format!("{sw:04X} is not a status word ({})", hex::encode(apdu)));
+            } else if is_internal_failure(sw) {
+                self.failure = Some(format!("{sw:04X} answered to {}", hex::encode(apdu)));
             } else if is_error(sw) && self.card.persistent_state() != before {
                 self.failure =
                     Some(format!("{sw:04X} answered to {} changed the state", hex::encode(apdu)));
