@@ -166,6 +166,12 @@ fn refill_buy_and_cancel_with_the_binary() {
     let market_url = format!("https://localhost:{market}");
     let card = ["--image", "access.card"];
 
+    // The market behind the proxy with plain `tessera connect` (handover mode).
+    let catalogue = ok(d, &[&["connect", &format!("{market_url}/catalogue")][..], &card].concat());
+    let catalogue: serde_json::Value = serde_json::from_str(&catalogue).unwrap();
+    assert_eq!(catalogue["market"], "market.test");
+    assert_eq!(catalogue["items"][0]["sku"], "tea");
+
     let refill: serde_json::Value =
         serde_json::from_str(&ok(
             d,
