@@ -451,3 +451,57 @@ impl WalletPort for CardHomeWallet {
         self.0.card().payment_certificate().map(|c| c.der().to_vec()).map_err(card_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn notice() -> Signed<ChargeNotice> {
+        Signed {
+            message: ChargeNotice {
+                market: b"m".to_vec(),
+                order: b"o".to_vec(),
+                currency: *b"EUR",
+                amount: 5,
+                time: 7,
+                card: b"c".to_vec(),
+                challenge: [3; PAY_CHALLENGE_LEN],
+            },
+            signature: [1; 64],
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_and_malformed_ones_are_refused() {
+        for r in [
+            Request::Challenge,
+            Request::Pay(notice()),
+            Request::Info,
+            Request::ReadLog(u64::MAX),
+            Request::Certificate,
+        ] {
+            assert_eq!(Request::parse(&r.encode()).unwrap(), r);
+        }
+        let pay = Request::Pay(notice()).encode();
+        for bad in [&[][..], &[0], &[8], &[1, 0], &[5, 0], &[6, 0, 0, 0], &pay[..pay.len() - 1]] {
+            assert!(matches!(Request::parse(bad), Err(EmoneyError::BadRequest(_))), "{bad:?}");
+        }
+        // A notice where a voucher is expected does not parse.
+        let mut credit = pay.clone();
+        credit[0] = 3;
+        assert!(Request::parse(&credit).is_err());
+    }
+
+    #[test]
+    fn replies_parse_or_carry_the_reason() {
+        assert_eq!(parse_reply(&[0, 9, 9]).unwrap(), [9, 9]);
+        match parse_reply(b"\x01the card is locked") {
+            Err(EmoneyError::Card(m)) => assert_eq!(m, "the card is locked"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_reply(&[]), Err(EmoneyError::Transport(_))));
+        assert!(matches!(parse_reply(&[2]), Err(EmoneyError::Transport(_))));
+    }
+}
