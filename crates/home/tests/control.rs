@@ -258,3 +258,25 @@ fn malformed_frames_end_the_connection_with_a_protocol_error() {
     }
     assert!(!s.card.enabled());
 }
+
+#[test]
+fn data_for_a_session_that_is_not_open_is_refused_and_the_connection_goes_on() {
+    let s = Setup::new();
+    let (_, _, terminal) = s.admitted_terminal();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+    c.send_data(77, b"stray bytes").unwrap();
+    match c.recv(77) {
+        Err(TerminalError::Refused { code: ErrorCode::UnknownSession, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    c.post_handshake(78, &[4, 0, 0, 0]).unwrap();
+    match c.recv(78) {
+        Err(TerminalError::Refused { code: ErrorCode::UnknownSession, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Ending a session that is not open is harmless; the connection still answers.
+    c.end_session(79).unwrap();
+    c.pin2(PIN2).unwrap();
+    assert!(s.card.enabled());
+}
