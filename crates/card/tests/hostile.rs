@@ -26,7 +26,11 @@
 //! A third sends hostile commands inside the open service sessions (the pairing applet at
 //! level 33 with its ledger and notes services, the keyring after bottom-pair authentication).
 //!
-//! Case counts: `HOSTILE_CASES` (default 3) sequences per prepared state (8 times that per
+//! A fourth replays each tear scenario's own state-changing commands from its state at `arm`
+//! with one of them made near-valid, so each command meets hostile input in exactly the state
+//! where it would change something.
+//!
+//! Case counts: `HOSTILE_CASES` (default 5) sequences per prepared state (8 times that per
 //! applet or session for the in-session tests); raise it for a deeper run.
 
 use std::sync::Arc;
@@ -44,6 +48,8 @@ struct Recorder {
     card: Card,
     log: Vec<Vec<u8>>,
     armed: bool,
+    /// Index in `log` of the first command after `arm`.
+    armed_at: usize,
     after_arm: usize,
     stop_after: Option<usize>,
 }
@@ -62,6 +68,7 @@ impl TearDriver for Recorder {
 
     fn arm(&mut self) {
         self.armed = true;
+        self.armed_at = self.log.len();
     }
 }
 
@@ -86,6 +93,7 @@ impl Prepare {
             card: new_card(),
             log: Vec::new(),
             armed: false,
+            armed_at: 0,
             after_arm: 0,
             stop_after: None,
         };
@@ -340,7 +348,7 @@ fn check(prepare: &Prepare, corpus: &[Vec<u8>], steps: &[Step]) -> Result<(), Te
 }
 
 fn cases() -> u32 {
-    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
 }
 
 /// Runs the hostile sequences against one prepared state; panics with the minimal failing
@@ -730,4 +738,73 @@ fn hostile_commands_inside_service_sessions_change_nothing_they_refuse() {
             panic!("pairing session {pairing}: {e}");
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Each scenario's own state-changing commands, one of them made hostile
+// ------------------------------------------------------------------------------------------
+
+/// From the scenario's state at `arm`, replays its recorded commands up to the `k`-th, sends
+/// that one mutated (as a near-valid step), then the rest unchanged. The card's generator is
+/// seeded and the commands are the recorded bytes, so the replayed prefix runs as it did.
+fn replay_one_hostile(
+    scenario: TearScenario,
+    post: &[Vec<u8>],
+    k: usize,
+    step: &Step,
+) -> Result<(), TestCaseError> {
+    let mut card = Prepare::Scenario(scenario, Some(0)).card().card;
+    let k = k % post.len();
+    let mut sequence: Vec<Vec<u8>> = post[..k].to_vec();
+    sequence.extend(apdus(step, &post[k..=k]));
+    sequence.extend(post[k + 1..].iter().cloned());
+    for apdu in sequence {
+        let before = card.persistent_state();
+        let out = card.transmit(&apdu);
+        prop_assert!(out.len() >= 2);
+        let sw = u16::from_be_bytes([out[out.len() - 2], out[out.len() - 1]]);
+        prop_assert!(matches!(sw >> 8, 0x61..=0x6F | 0x90..=0x9F), "{sw:04X}");
+        prop_assert!(!is_internal_failure(sw), "{sw:04X} answered to {}", hex::encode(&apdu));
+        if is_error(sw) {
+            prop_assert!(
+                card.persistent_state() == before,
+                "{sw:04X} answered to {} changed the persistent state",
+                hex::encode(&apdu)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn each_state_changing_command_made_hostile_in_its_own_state_changes_nothing_it_refuses() {
+    let mut seed = 3000u64;
+    let mut runs = 0;
+    for (applet, scenario) in tessera_card::applets::tear_scenarios() {
+        let full = Prepare::Scenario(scenario, None).card();
+        let post: Vec<Vec<u8>> = full.log[full.armed_at..].to_vec();
+        if post.is_empty() {
+            continue;
+        }
+        seed += 1;
+        let config = Config {
+            cases: cases() * 4,
+            failure_persistence: None,
+            max_shrink_iters: 200,
+            ..Config::default()
+        };
+        let mut seed_bytes = [0u8; 32];
+        seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let mut runner =
+            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+        // Near-valid mutations of the one template (index 0 of a one-command corpus).
+        let strategy = (any::<usize>(), step(1));
+        if let Err(e) =
+            runner.run(&strategy, |(k, step)| replay_one_hostile(scenario, &post, k, &step))
+        {
+            panic!("{applet}: {}: {e}", scenario.name);
+        }
+        runs += 1;
+    }
+    assert!(runs > 50, "only {runs} scenarios replayed");
 }
