@@ -10,7 +10,7 @@
 //! - `tessera wallet buy https://market:port SKU [--quantity N]`: order, charge notice, PAY,
 //!   token to the market, settlement.
 //! - `tessera wallet refill https://bank:port --account NAME --amount N`: voucher, CREDIT,
-//!   acknowledgement to the bank.
+//!   acknowledgement to the bank; `--resume` settles vouchers of an earlier refill cut short.
 //! - `tessera wallet cancel https://market:port ORDER`: the market's confirmation to CANCEL.
 
 use std::cell::RefCell;
@@ -94,8 +94,12 @@ pub struct RefillArgs {
     #[arg(long)]
     account: String,
     /// Amount in minor units.
-    #[arg(long)]
-    amount: u64,
+    #[arg(long, required_unless_present = "resume")]
+    amount: Option<u64>,
+    /// Instead of a new voucher: settle the account's vouchers the bank issued to this card
+    /// and never saw acknowledged (an earlier refill cut short).
+    #[arg(long, conflicts_with = "amount")]
+    resume: bool,
 }
 
 /// `tessera wallet cancel`.
@@ -242,11 +246,20 @@ pub fn run(cmd: WalletCommand, out: Output) -> Result<(), CliError> {
             );
             Ok(())
         }
-        (WalletCommand::Refill(a), Some(bank)) => {
-            let r = wallet::refill(&mut card, bank, &a.account, a.amount).map_err(failure)?;
+        (WalletCommand::Refill(a), Some(bank)) if a.resume => {
+            let done = wallet::resume_refills(&mut card, bank, &a.account).map_err(failure)?;
             out.emit(
-                || format!("credited {} (voucher {}); account balance {}", money(a.amount), r.voucher.message.sequence, money(r.account_balance)),
-                || json!({ "credited": a.amount, "voucher": r.voucher.message.sequence, "account_balance": r.account_balance }),
+                || format!("settled {} pending voucher(s)", done.len()),
+                || json!({ "settled": done.iter().map(|r| r.voucher.message.sequence).collect::<Vec<_>>() }),
+            );
+            Ok(())
+        }
+        (WalletCommand::Refill(a), Some(bank)) => {
+            let amount = a.amount.unwrap_or_default();
+            let r = wallet::refill(&mut card, bank, &a.account, amount).map_err(failure)?;
+            out.emit(
+                || format!("credited {} (voucher {}); account balance {}", money(amount), r.voucher.message.sequence, money(r.account_balance)),
+                || json!({ "credited": amount, "voucher": r.voucher.message.sequence, "account_balance": r.account_balance }),
             );
             Ok(())
         }

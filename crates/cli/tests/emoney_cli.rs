@@ -192,6 +192,11 @@ fn refill_buy_and_cancel_with_the_binary() {
         ))
         .unwrap();
     assert_eq!(refill["account_balance"], 95_000);
+    let resumed = ok(
+        d,
+        &[&["wallet", "refill", &bank_url, "--account", "alice", "--resume"][..], &card].concat(),
+    );
+    assert!(resumed.contains("settled 0 pending voucher(s)"), "{resumed}");
     let bought: serde_json::Value = serde_json::from_str(&ok(
         d,
         &[&["--json", "wallet", "buy", &market_url, "tea", "--quantity", "2"][..], &card].concat(),

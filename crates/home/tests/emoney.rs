@@ -236,6 +236,25 @@ fn a_lost_acknowledgement_is_resolved_without_double_credit_or_debit() {
 }
 
 #[test]
+fn a_lost_voucher_is_found_again_and_settled_once() {
+    let mut w = World::new();
+    let mut bank = w.bank_client();
+    // Issued by the bank, its answer lost before the home server saw it.
+    let lost = wallet::request_voucher(&mut w.card, &mut bank, "alice", 2_000).unwrap();
+    assert_eq!(w.bank.account("alice", "alice").unwrap().reserved, 2_000);
+    let resumed = wallet::resume_refills(&mut w.card, &mut bank, "alice").unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].voucher, lost);
+    assert!(resumed[0].debited);
+    assert_eq!(w.balance(), 2_000);
+    // Nothing is pending any more: resuming again does nothing.
+    assert!(wallet::resume_refills(&mut w.card, &mut bank, "alice").unwrap().is_empty());
+    let account = w.bank.account("alice", "alice").unwrap();
+    assert_eq!((account.balance, account.reserved), (98_000, 0));
+    assert_eq!(w.balance(), 2_000);
+}
+
+#[test]
 fn cancellation_window_once_and_only_with_the_markets_confirmation() {
     let mut w = World::new();
     let mut market = w.market_client();

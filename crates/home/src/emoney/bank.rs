@@ -8,6 +8,7 @@
 //! | `GET /accounts/{account}` | | `{account, balance, currency, reserved}` |
 //! | `POST /vouchers` | `{account, certificate, amount}` (certificate: the card's payment certificate, hex) | `{voucher}`: a signed [`RefillVoucher`] |
 //! | `POST /acks` | `{ack, certificate}` (hex) | `{debited, balance}` |
+//! | `GET /accounts/{account}/vouchers` | | `{vouchers}`: those issued and not acknowledged (hex) |
 //!
 //! **Vouchers.** A voucher is bound to the card (the payment certificate's common name, the
 //! certificate checked against the issuer CA) and to the bank's next sequence number for that
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS vouchers (
     account TEXT NOT NULL,
     amount INTEGER NOT NULL,
     settled INTEGER NOT NULL DEFAULT 0,
+    voucher BLOB NOT NULL,
     PRIMARY KEY (card, sequence)
 );
 ";
@@ -183,19 +185,38 @@ impl Bank {
              ON CONFLICT(card) DO UPDATE SET last_sequence = excluded.last_sequence",
             params![&card, sequence as i64],
         )?;
-        tx.execute(
-            "INSERT INTO vouchers (card, sequence, account, amount) VALUES (?1, ?2, ?3, ?4)",
-            params![&card, sequence as i64, name, amount as i64],
-        )?;
-        tx.commit()?;
-        Ok(self.party.sign(RefillVoucher {
+        let voucher = self.party.sign(RefillVoucher {
             bank: self.party.id.as_bytes().to_vec(),
-            card,
+            card: card.clone(),
             sequence,
             currency: self.currency,
             amount,
             time: now,
-        }))
+        });
+        tx.execute(
+            "INSERT INTO vouchers (card, sequence, account, amount, voucher)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&card, sequence as i64, name, amount as i64, voucher.to_bytes()],
+        )?;
+        tx.commit()?;
+        Ok(voucher)
+    }
+
+    /// The vouchers of account `name` (held by `holder`) issued and not yet acknowledged,
+    /// oldest first: what a home server whose answer to `POST /vouchers` was lost settles
+    /// again (the reserved amount is released only by the card's acknowledgement).
+    pub fn pending(&self, holder: &str, name: &str) -> Result<Vec<Signed<RefillVoucher>>> {
+        let conn = self.db();
+        Self::holder_account(&conn, holder, name)?;
+        let mut stmt = conn.prepare(
+            "SELECT voucher FROM vouchers WHERE account = ?1 AND settled = 0 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![name], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|bytes| {
+            Signed::parse(&bytes?)
+                .map_err(|e| EmoneyError::Setup(format!("a stored voucher does not parse: {e}")))
+        })
+        .collect()
     }
 
     /// Takes the card's acknowledgement (with its payment certificate, DER) and debits the
@@ -249,6 +270,7 @@ impl Bank {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/accounts/{account}", get(account))
+            .route("/accounts/{account}/vouchers", get(pending))
             .route("/vouchers", post(voucher))
             .route("/acks", post(ack))
             .with_state(self)
@@ -268,6 +290,15 @@ async fn account(
     Ok(Json(
         json!({ "account": name, "balance": a.balance, "reserved": a.reserved, "currency": currency }),
     ))
+}
+
+async fn pending(
+    State(b): S,
+    ConnectInfo(p): P,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Value>> {
+    let vouchers: Vec<String> = b.pending(&p.subject()?, &name)?.iter().map(to_hex).collect();
+    Ok(Json(json!({ "vouchers": vouchers })))
 }
 
 #[derive(Deserialize)]

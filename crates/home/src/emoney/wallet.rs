@@ -207,6 +207,29 @@ pub fn refill(
     settle_voucher(card, bank, voucher)
 }
 
+/// Settles every voucher of `account` the bank issued to this card and has not seen
+/// acknowledged (`GET /accounts/{account}/vouchers`): recovers a refill whose voucher, credit
+/// or acknowledgement was lost anywhere on the way. Each is credited once and debited once.
+pub fn resume_refills(
+    card: &mut dyn WalletPort,
+    bank: &mut dyn Transport,
+    account: &str,
+) -> Result<Vec<Refill>> {
+    let id = card_id(&card.payment_certificate()?)?;
+    let answer = call(bank, "GET", &format!("/accounts/{account}/vouchers"), None)?;
+    let listed = answer["vouchers"]
+        .as_array()
+        .ok_or_else(|| EmoneyError::Transport("the bank's answer lacks vouchers".into()))?;
+    let mut out = Vec::new();
+    for v in listed {
+        let voucher: Signed<RefillVoucher> = from_hex(v.as_str().unwrap_or_default(), "voucher")?;
+        if voucher.message.card == id {
+            out.push(settle_voucher(card, bank, voucher)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Cancels `order` at the market and has the card credit it back; the card's receipt.
 pub fn cancel(
     card: &mut dyn WalletPort,
