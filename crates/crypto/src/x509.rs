@@ -54,11 +54,13 @@ pub enum Role {
     Access,
     /// `.1.7`: a tessera server; also `id-kp-serverAuth`.
     Server,
+    /// `.1.8`: a home card's payment key (e-money tokens only, never TLS).
+    Payment,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Card,
         Role::Terminal,
         Role::Device,
@@ -66,6 +68,7 @@ impl Role {
         Role::Home,
         Role::Access,
         Role::Server,
+        Role::Payment,
     ];
 
     /// The role's number under `TESSERA_ARC.1`.
@@ -78,6 +81,7 @@ impl Role {
             Role::Home => 5,
             Role::Access => 6,
             Role::Server => 7,
+            Role::Payment => 8,
         }
     }
 

@@ -224,7 +224,7 @@ impl Clock for ManualClock {
 pub struct HomeEnrolment {
     /// The TLS client certificate (role home).
     pub tls_certificate: Certificate,
-    /// The payment certificate (role card, common name = card id).
+    /// The payment certificate (role payment, common name = card id).
     pub payment_certificate: Certificate,
 }
 
@@ -357,7 +357,7 @@ impl<C: CardChannel> HomeCard<C> {
         self.certificate_of(proto::CERT_CA, "GET DATA (CA certificate)")
     }
 
-    /// The payment certificate (role card, common name = card id).
+    /// The payment certificate (role payment, common name = card id).
     pub fn payment_certificate(&mut self) -> Result<Certificate> {
         self.certificate_of(proto::CERT_PAYMENT, "GET DATA (payment certificate)")
     }
@@ -378,7 +378,7 @@ impl<C: CardChannel> HomeCard<C> {
     /// Enrols the card (enabled state, card id `card_id`): installs the CA certificate,
     /// generates the TLS key and the payment key (opening the wallet in `currency`), checks
     /// each proof of possession, issues their certificates with `ca` (TLS: role home, common
-    /// name `subject`; payment: role card, common name the card id) and installs them.
+    /// name `subject`; payment: role payment, common name the card id) and installs them.
     pub fn enrol(
         &mut self,
         ca: &dyn CaSigner,
@@ -414,7 +414,7 @@ impl<C: CardChannel> HomeCard<C> {
         let message =
             proto::enrolment_message(card_id, proto::KEY_PAYMENT, &proof.public_key, &challenge);
         let payment_certificate =
-            certify(ca, ca_certificate, &proof, &message, &card_name, Role::Card)?;
+            certify(ca, ca_certificate, &proof, &message, &card_name, Role::Payment)?;
         self.run(
             &proto::install_certificate_command(proto::CERT_PAYMENT, payment_certificate.der()),
             "INSTALL CERTIFICATE (payment)",

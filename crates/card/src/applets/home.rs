@@ -13,7 +13,7 @@
 //!   CA's challenge; the CA certificate, then the TLS certificate are installed once. SIGN CV
 //!   signs only a TLS client CertificateVerify content the card builds (TLS 1.3, from the
 //!   transcript hash) or checks (TLS 1.2 handshake messages), and only when enabled.
-//! - **Wallet** ([`wallet`]): a payment key of its own (role card), balance, counter,
+//! - **Wallet** ([`wallet`]): a payment key of its own (role payment), balance, counter,
 //!   settlement log; PAY, CREDIT, CANCEL, READ LOG, only when enabled.
 //!
 //! Status words: not enabled `6982`; a step out of order (no PINs, no key, no certificate,

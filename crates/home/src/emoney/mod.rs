@@ -194,12 +194,12 @@ pub fn verify<M: Message>(key: &PublicKey, signed: &Signed<M>) -> Result<()> {
         .map_err(|_| EmoneyError::Refused(format!("bad signature on {}", M::LABEL)))
 }
 
-/// Checks a card's payment certificate (DER) against the issuer CA at `now` (role card) and
+/// Checks a card's payment certificate (DER) against the issuer CA at `now` (role payment) and
 /// that its common name is `card`; returns its public key.
 pub fn card_key(issuer: &Certificate, der: &[u8], card: &[u8], now: i64) -> Result<PublicKey> {
     let cert = Certificate::from_der(der.to_vec())
         .map_err(|e| EmoneyError::BadRequest(format!("payment certificate: {e}")))?;
-    let info = x509::verify_chain(&cert, &[], issuer, now, Some(Role::Card))
+    let info = x509::verify_chain(&cert, &[], issuer, now, Some(Role::Payment))
         .map_err(|e| EmoneyError::Refused(format!("payment certificate: {e}")))?;
     if info.subject_cn.as_bytes() != card {
         return Err(EmoneyError::Refused("the payment certificate is another card's".into()));

@@ -121,7 +121,7 @@ pub fn enrolled(s: &mut Script<'_>, pki: &mut Pki) -> Result<(), TearError> {
     let r =
         s.expect(&proto::generate_payment_key_command(&[2; 16], &CURRENCY), StatusWord::SUCCESS)?;
     let card_id = String::from_utf8_lossy(isd::scenarios::CARD_ID).into_owned();
-    let pay = pki.ca.issue(&card_id, &proof_key(&r)?, Role::Card, VALIDITY)?;
+    let pay = pki.ca.issue(&card_id, &proof_key(&r)?, Role::Payment, VALIDITY)?;
     s.expect(&proto::install_certificate_command(CERT_PAYMENT, pay.der()), StatusWord::SUCCESS)?;
     s.expect(&proto::trust_command(PARTY_MARKET, &pki.market_certificate), StatusWord::SUCCESS)?;
     s.expect(&proto::trust_command(PARTY_BANK, &pki.bank_certificate), StatusWord::SUCCESS)?;
@@ -323,7 +323,7 @@ fn install_payment(d: &mut dyn TearDriver) -> Result<(), TearError> {
     let r =
         s.expect(&proto::generate_payment_key_command(&[2; 16], &CURRENCY), StatusWord::SUCCESS)?;
     let card_id = String::from_utf8_lossy(isd::scenarios::CARD_ID).into_owned();
-    let pay = pki.ca.issue(&card_id, &proof_key(&r)?, Role::Card, VALIDITY)?;
+    let pay = pki.ca.issue(&card_id, &proof_key(&r)?, Role::Payment, VALIDITY)?;
     s.arm();
     s.expect(&proto::install_certificate_command(CERT_PAYMENT, pay.der()), StatusWord::SUCCESS)?;
     Ok(())

@@ -105,7 +105,7 @@ impl WalletState {
         Ok(key)
     }
 
-    /// INSTALL CERTIFICATE of the payment key: role card, subject common name = the card id.
+    /// INSTALL CERTIFICATE of the payment key: role payment, subject common name = the card id.
     pub fn install_certificate(
         &mut self,
         anchor: &mut Anchor,
@@ -116,7 +116,7 @@ impl WalletState {
             return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
         let mut trial = self.key.clone();
-        let info = trial.install(anchor, der, Role::Card)?;
+        let info = trial.install(anchor, der, Role::Payment)?;
         if info.subject_cn.as_bytes() != card_id {
             return Err(StatusWord::INCORRECT_DATA);
         }
