@@ -37,8 +37,6 @@ use crate::control::{read_frame, write_frame};
 use crate::registry::Registry;
 use crate::{KeyError, fingerprint};
 
-/// How long the home card stays unlocked without a card operation (Fig. 6, ¶0057).
-pub const IDLE_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// Longest a terminal may take to complete the control channel's TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A control connection silent this long is closed.
@@ -55,39 +53,13 @@ mod card;
 mod identity;
 mod markets;
 
-pub use crate::handover::{Clock, SystemClock};
 pub use card::{CardHome, HomeCard, PinError, SoftwareHomeCard};
 pub use identity::Identity;
 pub use markets::{
     BoxFuture, MarketError, MarketSession, MarketStream, Markets, OpenRequest, Opened,
     PostHandshake, RelayMarkets, StandardMarkets, connect_market,
 };
-
-/// A clock that moves only when told (tests).
-#[derive(Debug)]
-pub struct ManualClock {
-    start: Instant,
-    offset: Mutex<Duration>,
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        ManualClock { start: Instant::now(), offset: Mutex::new(Duration::ZERO) }
-    }
-}
-
-impl ManualClock {
-    /// Moves the clock forward by `d`.
-    pub fn advance(&self, d: Duration) {
-        *self.offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += d;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.start + *self.offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+pub use tessera_host::home::{Clock, IDLE_LIMIT, ManualClock, SystemClock};
 
 /// The home card's remote-access state, shared by all control connections.
 struct CardState {

@@ -9,15 +9,16 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::crypto::ring::cipher_suite as cs;
 use support::{GREETING, Pki, Script, localhost, rustls_market};
 use tessera_home::handover::{
-    Clock, Event, HandoverError, KeyedConnection, MarketConfig, PostHandshake, SessionCache,
+    Event, HandoverError, KeyedConnection, MarketConfig, PostHandshake, SessionCache,
     connect_market, handshake,
 };
+use tessera_host::home::ManualClock;
 use tessera_proto::proxy::{CipherSuite, TlsVersion};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -318,23 +319,6 @@ impl tessera_home::handover::MarketKey for LockableCard {
     }
 }
 
-/// A clock the test moves.
-#[derive(Debug)]
-struct ManualClock(Mutex<Instant>);
-
-impl ManualClock {
-    fn advance(&self, d: Duration) {
-        let mut t = self.0.lock().unwrap();
-        *t += d;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.0.lock().unwrap()
-    }
-}
-
 #[test]
 fn session_cache_resumes_without_the_card_until_expiry() {
     for tls13 in [true, false] {
@@ -347,7 +331,7 @@ fn session_cache_resumes_without_the_card_until_expiry() {
             Script::Greet,
             4,
         );
-        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+        let clock = Arc::new(ManualClock::new());
         let cache = Arc::new(SessionCache::new(Duration::from_secs(3600), clock.clone()));
         let software = pki.home_card();
         let card = Arc::new(LockableCard { inner: software.clone(), locked: false.into() });

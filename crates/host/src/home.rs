@@ -171,10 +171,18 @@ pub fn personalize_card_id<C: CardChannel>(
     check(r, "STORE DATA (card id)").map(|_| ())
 }
 
-/// A monotonic clock, injectable so the idle limits are tested without sleeping.
-pub trait Clock: Send {
+/// A monotonic clock, injectable so timers (the idle limits here, the home server's session
+/// cache lifetime) are tested without sleeping. The one clock of the host and home crates.
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current instant.
     fn now(&self) -> Instant;
+}
+
+/// A shared clock (`Arc<dyn Clock>` where one clock drives several parts).
+impl<T: Clock + ?Sized> Clock for Arc<T> {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
 }
 
 /// The system's monotonic clock.

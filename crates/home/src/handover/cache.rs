@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rustls::NamedGroup;
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
+use tessera_host::home::{Clock, SystemClock};
 
 /// The default lifetime of a cached session.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60 * 60);
@@ -25,22 +26,6 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60 * 60);
 const MAX_TICKETS: usize = 8;
 /// Most markets kept.
 const MAX_MARKETS: usize = 1024;
-
-/// A source of the current time.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Now, monotonic.
-    fn now(&self) -> Instant;
-}
-
-/// The system's monotonic clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
 
 #[derive(Default)]
 struct Entry {

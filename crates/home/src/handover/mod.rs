@@ -32,7 +32,7 @@ pub mod records;
 pub mod relay;
 pub mod session;
 
-pub use cache::{Clock, SessionCache, SystemClock};
+pub use cache::SessionCache;
 pub use config::{MarketConfig, MarketKey};
 pub use handshake::{Handover, connect_market, handshake};
 pub use records::{Event, KeyedConnection};
