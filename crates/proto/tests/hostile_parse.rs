@@ -11,6 +11,8 @@
 //!
 //! Commands (`UpdateCommand`, `VaultCommand`, `KeyringCommand`) are checked the same way on
 //! their INS, P1, P2 and data: what parses re-encodes with `to_command` to the same fields.
+//!
+//! Case counts: proptest's default (256), or `PROPTEST_CASES` for a deeper run.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -148,7 +150,7 @@ fn hex(b: &[u8]) -> String {
 macro_rules! formats {
     ($($name:ident: $strategy:expr, $enc:expr, $parse:expr, closed = $closed:expr;)*) => {
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
             $(
                 #[test]
                 fn $name(
@@ -169,7 +171,7 @@ macro_rules! formats {
 macro_rules! commands {
     ($($name:ident: $strategy:expr, $parse:expr;)*) => {
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
             $(
                 #[test]
                 fn $name(
@@ -452,7 +454,7 @@ mod keyring {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
 
         /// KEY INFO as the card answers it: a layout and one entry per slot. (The list is open:
         /// a host reads the slots listed, so a list cut at an entry boundary is another value.)
@@ -584,8 +586,9 @@ mod access {
         home_server: (arr::<32>(), text(1..=MAX_ADDRESS_LEN))
             .prop_map(|(spki_sha256, address)| HomeServer { spki_sha256, address }),
             HomeServer::to_bytes, HomeServer::parse, closed = false;
-        profiles: vec((text(1..=MAX_NAME_LEN), text(1..=MAX_NAME_LEN), text(1..=MAX_NAME_LEN)), 0..=MAX_PROFILES)
-            .prop_map(|v| Profiles(v.into_iter().map(|(name, screen, input)| TerminalProfile { name, screen, input }).collect())),
+        // Profile names are unique.
+        profiles: prop::collection::btree_map(text(1..=MAX_NAME_LEN), (text(1..=MAX_NAME_LEN), text(1..=MAX_NAME_LEN)), 0..=MAX_PROFILES)
+            .prop_map(|v| Profiles(v.into_iter().map(|(name, (screen, input))| TerminalProfile { name, screen, input }).collect())),
             Profiles::to_bytes, Profiles::parse, closed = true;
         status: (any::<bool>(), 0u8..=PIN_TRIES, 0u8..=PIN_TRIES, any::<(bool, bool, bool, bool)>())
             .prop_map(|(accessible, pin_tries, puk_tries, (pins_set, ca, certificate, home_server))| Status {
@@ -723,7 +726,7 @@ mod scalars {
     use tessera_proto::pairing::{ServiceId, ledger, notes};
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
 
         /// The ledger and notes arguments: accepted only in their one encoding.
         #[test]
