@@ -527,6 +527,9 @@ async fn the_private_variant_never_shows_the_card_id_to_the_terminal(db: TestDb)
     read_after_pin(&mut card, &card_pin, "sso", b"tok");
     let queue = store.list_updates(&root(), "acme", id).await.unwrap();
     assert!(queue.iter().all(|e| e.delivered_at.is_some()));
+    // The server's own record names the card.
+    let audit = store.audit_entries(&root(), 0, 1000).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "update.authenticate" && e.subject == id));
 
     // A sealed identity altered in transit does not open.
     store.queue_update(&root(), "acme", id, &update("wifi", b"pw-2", false)).await.unwrap();

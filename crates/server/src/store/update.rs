@@ -1234,11 +1234,15 @@ impl Store {
         };
         match checked {
             Ok(card) => {
-                if let Some(session_id) = &sync.session_id {
-                    // The session is no longer anonymous to the server (never to the terminal).
-                    tx.execute(
-                        "UPDATE sessions SET card_id = $1 WHERE id = $2",
-                        &[card_id.as_str().into(), session_id.as_str().into()],
+                if let (Some(session_id), true) = (&sync.session_id, sync.private()) {
+                    // The session row stays anonymous; the server's own record names the card.
+                    self.audit(
+                        tx,
+                        &Principal::system(),
+                        Some(issuer),
+                        "update.authenticate",
+                        &card_id,
+                        serde_json::json!({ "session": session_id, "mode": "private" }),
                     )
                     .await?;
                 }
