@@ -805,6 +805,24 @@ mod scalars {
         // 3 phases, 3 entry kinds.
         assert_eq!(accepted, 24);
     }
+
+    /// The TLS version and cipher-suite codes of the key handover, over every `u16`.
+    #[test]
+    fn tls_codes_decode_only_to_themselves() {
+        use tessera_proto::proxy::{CipherSuite, TlsVersion};
+        let (mut versions, mut suites) = (0, 0);
+        for c in 0..=u16::MAX {
+            if let Some(v) = TlsVersion::from_u16(c) {
+                assert_eq!(v.to_u16(), c);
+                versions += 1;
+            }
+            if let Some(s) = CipherSuite::from_u16(c) {
+                assert_eq!(s.to_u16(), c);
+                suites += 1;
+            }
+        }
+        assert_eq!((versions, suites), (2, 4));
+    }
 }
 
 // ------------------------------------------------------------------------------------------
