@@ -152,4 +152,8 @@ fn issue_backup_encrypt_lose_recover() {
 fn demo_chapter_runs() {
     let out = ok(&["demo", "--chapter", "vault"]);
     assert!(out.contains("The new card decrypts all 3 files"), "{out}");
+    // The key-service part: delivered through the tunnel, nothing secret kept, moved on.
+    assert!(out.contains("vault key: delivered"), "{out}");
+    assert!(out.contains("private key held: false"), "{out}");
+    assert!(out.contains("backup: wrapped key imported"), "{out}");
 }

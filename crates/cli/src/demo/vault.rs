@@ -1,6 +1,8 @@
 //! Chapter: card duplication (seed 003). Issue a main card and its backup card, back the key
 //! up, encrypt files to the card, "lose" the main card, decrypt with the backup card, and
-//! recover the files onto a new card, all on in-memory cards.
+//! recover the files onto a new card, all on in-memory cards. Then the key-service variant: a
+//! server (in process, on SQLite in a temporary directory) generates a new main card's key pair
+//! and delivers it sealed through the APDU tunnel; the backup flow moves it to a backup card.
 
 use std::path::PathBuf;
 
@@ -174,5 +176,135 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
         }
     ));
     let _ = std::fs::remove_dir_all(&dir);
+    key_service(n)
+}
+
+/// Relays one tunnel step's APDUs to the card.
+fn relay(card: &mut Chan, apdus: &[String]) -> Result<Vec<String>, CliError> {
+    use tessera_host::CardChannel;
+    apdus
+        .iter()
+        .map(|a| {
+            let bytes = hex::decode(a).map_err(other)?;
+            Ok(hex::encode_upper(card.transmit_raw(&bytes).map_err(other)?))
+        })
+        .collect()
+}
+
+/// Runs a tunnel session to its end; returns its outcome's result and message.
+async fn drive(
+    store: &tessera_server::Store,
+    card: &mut Chan,
+    mut step: tessera_server::store::sessions::TunnelStep,
+) -> Result<(String, String), CliError> {
+    use tessera_server::store::sessions::Exchange;
+    while !step.done {
+        let responses = relay(card, &step.apdus)?;
+        step = store
+            .exchange(&step.session_id, &Exchange { step: step.step, responses })
+            .await
+            .map_err(other)?;
+    }
+    let o = step.outcome.ok_or_else(|| other("session without outcome"))?;
+    Ok((o.result, o.message))
+}
+
+/// The key-service variant (Figs. 28-31, claims 3, 10, 13).
+fn key_service(n: &mut Narrator) -> Result<(), CliError> {
+    use tessera_card::applets::vault::scenarios::{
+        issuance_groups, issue, personalize_vault, test_components,
+    };
+    use tessera_proto::vault::{Config, Role};
+    use tessera_server::db::{Db, DbLocation};
+    use tessera_server::primitives::MasterKey;
+    use tessera_server::store::auth::Principal;
+    use tessera_server::store::issuance::StartIssuance;
+    use tessera_server::store::sessions::CreateSession;
+    use tessera_server::{Store, StoreConfig};
+
+    n.say(
+        "Key-service variant (`tessera admin vault provision ISSUER CARD`, then `tessera sync`): \
+         the issuer's server generates the main card's key pair and delivers the private key \
+         sealed (HPKE) to the card's transport key. The card first attests, with the device key \
+         its issuer certified, which transport key it has and that it holds no key yet, so a \
+         relaying terminal cannot substitute its own. Without an escrow policy the server keeps \
+         only the public key once the card attests it holds the key.",
+    );
+    let dir = std::env::temp_dir().join(format!("tessera-demo-keyservice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(other)?;
+    let groups = |role| -> Result<Vec<(u16, Vec<u8>)>, CliError> {
+        let issuer: Vec<(u8, [u8; 32])> =
+            test_components(2).into_iter().zip(1u8..).map(|(c, i)| (i, c)).collect();
+        Ok(issuance_groups(Config::new(role, 2).map_err(other)?, &issuer, None))
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(other)?;
+    let result = rt.block_on(async {
+        let db = Db::open(&DbLocation::Sqlite(dir.join("server.db"))).await.map_err(other)?;
+        let store =
+            Store::open(db, MasterKey::generate(), StoreConfig::default()).await.map_err(other)?;
+        let root = Principal::system();
+        store.create_issuer(&root, "demo", "Demo Issuer").await.map_err(other)?;
+        // A blank card whose vault the issuer configured (main role, both components), issued
+        // through the tunnel: the server makes its keys, PIN and device certificate.
+        let mut card = Card::in_memory(CardOptions::default());
+        card.power_on();
+        {
+            let mut driver = Direct(&mut card);
+            let mut s = Script::new(&mut driver);
+            let e = |e: tessera_card::TearError| other(format!("{e:?}"));
+            isd::scenarios::open_initial(&mut s).map_err(e)?;
+            personalize_vault(&mut s, &groups(Role::Main)?).map_err(e)?;
+        }
+        let mut main = InProcessChannel::new(card);
+        let start = StartIssuance { card_id: "DEMO-MAIN".into() };
+        let issuance = store.start_issuance(&root, "demo", &start).await.map_err(other)?;
+        let (result, _) = drive(&store, &mut main, issuance.session.clone()).await?;
+        n.say(&format!("Card DEMO-MAIN issued through the tunnel: {result}."));
+        let info = store.provision_vault_key(&root, "demo", "DEMO-MAIN").await.map_err(other)?;
+        let pk: [u8; 65] = hex::decode(&info.public_key)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| other("public key"))?;
+        n.say(&format!(
+            "Provisioned: {} (recipient {}), private key held by the server until delivery.",
+            info.status,
+            files::recipient_string(&pk)?
+        ));
+        let mut v = VaultCard::select(main)?;
+        v.verify_pin(issuance.initial_pin.as_bytes())?;
+        let mut main = v.into_channel();
+        let session =
+            store.create_session("demo", &CreateSession::default()).await.map_err(other)?;
+        let (result, message) = drive(&store, &mut main, session).await?;
+        n.say(&format!("The card's sync: {result}: {message}"));
+        let after = store.vault_key(&root, "demo", "DEMO-MAIN").await.map_err(other)?;
+        n.say(&format!(
+            "Server: {}, private key held: {} (no escrow policy).",
+            after.status, after.private_key_held
+        ));
+        Ok::<_, CliError>((main, pk, issuance.initial_pin))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (main, pk, main_pin) = result?;
+
+    let mut backup_card = Card::in_memory(CardOptions::default());
+    backup_card.power_on();
+    issue(&mut Script::new(&mut Direct(&mut backup_card)), &groups(Role::Backup)?)
+        .map_err(|e| other(format!("{e:?}")))?;
+    let mut main = VaultCard::select(main)?;
+    main.verify_pin(main_pin.as_bytes())?;
+    let mut backup_card = VaultCard::select(InProcessChannel::new(backup_card))?;
+    backup_card.verify_pin(isd::scenarios::PIN)?;
+    let report = backup::run(&mut main, &mut backup_card, &[])?;
+    for step in &report.steps {
+        n.say(&format!("  {step}"));
+    }
+    if backup_card.public_key()? != pk {
+        return Err(other("the backup card holds another key"));
+    }
+    n.say(
+        "The backup flow moved the delivered key to the backup card, exactly as for a key the \
+         main card generated: both cards now decrypt files encrypted to the provisioned recipient.",
+    );
     Ok(())
 }
