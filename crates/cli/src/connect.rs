@@ -435,7 +435,7 @@ mod flow_tests {
     use tessera_crypto::scp03::StaticKeys;
     use tessera_crypto::x509::{self, Validity};
     use tessera_home::registry::Registry;
-    use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets, SystemClock};
+    use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets};
     use tessera_host::home::personalize_card_id;
 
     use super::*;
@@ -474,7 +474,7 @@ mod flow_tests {
         let cache = Arc::new(tessera_home::handover::SessionCache::default());
         let markets = Arc::new(StandardMarkets::new(roots, home.clone(), cache).unwrap());
         let tls = identity.server_config(registry.clone()).unwrap();
-        let server = HomeServer::new(tls, registry.clone(), home, markets, Arc::new(SystemClock));
+        let server = HomeServer::new(tls, registry.clone(), home, markets);
         let running = rt.block_on(server.spawn("127.0.0.1:0".parse().unwrap())).unwrap();
         let port = start_market(&rt, &ca_key, &ca).unwrap();
 

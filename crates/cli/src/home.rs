@@ -290,7 +290,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     ));
     let markets = Arc::new(StandardMarkets::new(roots, card.clone(), cache).map_err(local)?);
     let tls = id.server_config(registry.clone()).map_err(local)?;
-    let server = HomeServer::new(tls, registry, card.clone(), markets, Arc::new(SystemClock));
+    let server = HomeServer::new(tls, registry, card.clone(), markets);
     // E-money: the home card's wallet over the control channel, and the settlement notice.
     let wallet: tessera_home::emoney::notice::SharedWallet =
         Arc::new(std::sync::Mutex::new(tessera_home::emoney::wallet::CardHomeWallet(card)));

@@ -33,7 +33,7 @@ use tessera_home::emoney::https::ProxyTransport;
 use tessera_home::emoney::wallet::{self, HomeWallet, RemoteWallet, WalletPort};
 use tessera_home::handover::SessionCache;
 use tessera_home::registry::Registry;
-use tessera_home::server::{HomeServer, Identity, ManualClock, SoftwareHomeCard, StandardMarkets};
+use tessera_home::server::{HomeServer, Identity, SoftwareHomeCard, StandardMarkets};
 use tessera_home::terminal::Terminal;
 use tessera_proto::control::Mode;
 use tessera_proto::home::{ChargeNotice, RefillVoucher};
@@ -59,7 +59,6 @@ fn user(w: &World, i: usize, card: Session) -> (Terminal, tessera_home::server::
         registry.clone(),
         home_card,
         markets,
-        Arc::new(ManualClock::default()),
     );
     let shared: Arc<Mutex<dyn WalletPort + Send>> = Arc::new(Mutex::new(card));
     server.set_wallet(Arc::new(HomeWallet::new(shared, None)).into_handler());

@@ -10,7 +10,8 @@
 //! The home card is unlocked (PIN2 accepted, Fig. 6 "encryption enabled") for one control
 //! connection at a time: the one that sent PIN2. It goes back to the remote-access wait state
 //! on the user's "end" (`End` with session 0), when that connection closes, and after
-//! [`IDLE_LIMIT`] without a card operation, measured on an injectable [`Clock`].
+//! [`IDLE_LIMIT`] without a card operation: the card keeps that time ([`HomeCard::poll_idle`];
+//! [`CardHome`] through `tessera_host::home::HomeCardSession`), on an injectable [`Clock`].
 //!
 //! Parts: `card` (the home card: PIN2, "end", its TLS key; [`CardHome`] for the real card,
 //! [`SoftwareHomeCard`] for tests), `markets` (opening market sessions per mode:
@@ -24,7 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_proto::control::{ErrorCode, Frame, MAX_DATA_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,7 +54,7 @@ mod card;
 mod identity;
 mod markets;
 
-pub use card::{CardHome, HomeCard, PinError, SoftwareHomeCard};
+pub use card::{CardHome, CardSession, HomeCard, PinError, SoftwareHomeCard};
 pub use identity::Identity;
 pub use markets::{
     BoxFuture, MarketError, MarketSession, MarketStream, Markets, OpenRequest, Opened,
@@ -63,8 +64,8 @@ pub use tessera_host::home::{Clock, IDLE_LIMIT, ManualClock, SystemClock};
 
 /// The home card's remote-access state, shared by all control connections.
 struct CardState {
-    /// The connection that unlocked it with PIN2, and when the card was last used.
-    unlocked: Option<(u64, Instant)>,
+    /// The connection that unlocked it with PIN2 (the card keeps its own idle time).
+    unlocked: Option<u64>,
 }
 
 /// The home server.
@@ -73,7 +74,6 @@ pub struct HomeServer {
     registry: Arc<Registry>,
     card: Arc<dyn HomeCard>,
     markets: Arc<dyn Markets>,
-    clock: Arc<dyn Clock>,
     state: Mutex<CardState>,
     next_conn: AtomicU64,
     wallet: Mutex<Option<WalletFn>>,
@@ -99,21 +99,19 @@ impl Running {
 }
 
 impl HomeServer {
-    /// A home server with its control TLS configuration, registry, home card, market
-    /// connector and clock.
+    /// A home server with its control TLS configuration, registry, home card (which keeps
+    /// its idle time on its own clock) and market connector.
     pub fn new(
         tls: Arc<ServerConfig>,
         registry: Arc<Registry>,
         card: Arc<dyn HomeCard>,
         markets: Arc<dyn Markets>,
-        clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         Arc::new(HomeServer {
             tls,
             registry,
             card,
             markets,
-            clock,
             state: Mutex::new(CardState { unlocked: None }),
             next_conn: AtomicU64::new(1),
             wallet: Mutex::new(None),
@@ -130,50 +128,38 @@ impl HomeServer {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies the idle fallback: if the card has been unlocked and unused for
-    /// [`IDLE_LIMIT`], it goes back to the wait state. Returns whether it did.
+    /// Applies the idle fallback ([`HomeCard::poll_idle`]): if the card has been unlocked and
+    /// unused for [`IDLE_LIMIT`], it goes back to the wait state. Returns whether it did.
     pub fn check_idle(&self) -> bool {
-        let expired = {
-            let mut st = self.state();
-            match st.unlocked {
-                Some((_, last))
-                    if self.clock.now().saturating_duration_since(last) >= IDLE_LIMIT =>
-                {
-                    st.unlocked = None;
-                    true
-                }
-                _ => false,
-            }
-        };
+        let expired = self.card.poll_idle();
         if expired {
+            self.state().unlocked = None;
             tracing::info!("home card idle for 10 minutes: back to the remote-access wait state");
-            if let Err(e) = self.card.end() {
-                tracing::warn!(error = %e, "home card: end failed");
-            }
         }
         expired
     }
 
-    /// Whether the home card is unlocked for connection `conn` (after the idle check); marks
-    /// a use when it is.
+    /// Whether the home card is unlocked for connection `conn` (after the card's idle
+    /// check); marks a use when it is.
     fn use_card(&self, conn: u64) -> bool {
-        self.check_idle();
-        let now = self.clock.now();
-        let mut st = self.state();
-        match &mut st.unlocked {
-            Some((owner, last)) if *owner == conn => {
-                *last = now;
-                true
-            }
-            _ => false,
+        if self.state().unlocked != Some(conn) {
+            return false;
         }
+        if self.card.touch() {
+            return true;
+        }
+        let mut st = self.state();
+        if st.unlocked == Some(conn) {
+            st.unlocked = None;
+        }
+        false
     }
 
     fn lock_card(&self, conn: Option<u64>) {
         let was = {
             let mut st = self.state();
             match (st.unlocked, conn) {
-                (Some((owner, _)), Some(c)) if owner != c => false,
+                (Some(owner), Some(c)) if owner != c => false,
                 (Some(_), _) => {
                     st.unlocked = None;
                     true
@@ -308,7 +294,7 @@ impl HomeServer {
                 let result = tokio::task::spawn_blocking(move || card.verify_pin2(&pin)).await;
                 let reply = match result {
                     Ok(Ok(())) => {
-                        self.state().unlocked = Some((conn, self.clock.now()));
+                        self.state().unlocked = Some(conn);
                         Frame::Unlocked
                     }
                     Ok(Err(PinError::Wrong(n))) => {

@@ -137,26 +137,41 @@ impl Terminal {
     }
 }
 
+/// The real access card as [`CardAccess`] drives it: the host's session with the idle relock.
+pub type AccessSession = tessera_host::access::AccessCardSession<
+    Box<dyn tessera_host::CardChannel + Send>,
+    std::sync::Arc<dyn tessera_host::home::Clock>,
+>;
+
 /// The real access card (`access` applet) as the control channel's client key, through
-/// [`tessera_host::access::AccessCard`] (unlocked with its PIN by the caller). Its
+/// [`tessera_host::access::AccessCardSession`] (unlocked with its PIN by the caller; relocked
+/// after ten minutes without use, so a long-running terminal asks for the PIN again). Its
 /// certificate and the pinned home server are read once.
 pub struct CardAccess {
-    card: std::sync::Mutex<
-        tessera_host::access::AccessCard<Box<dyn tessera_host::CardChannel + Send>>,
-    >,
+    card: std::sync::Mutex<AccessSession>,
     chain: Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
     home: Option<tessera_proto::access::HomeServer>,
 }
 
 impl CardAccess {
-    /// Takes an access card whose applet is selected and unlocked.
+    /// Takes an access card whose applet is selected and which the caller has just
+    /// unlocked; the idle limit runs on the system clock.
     pub fn new(
+        card: tessera_host::access::AccessCard<Box<dyn tessera_host::CardChannel + Send>>,
+    ) -> Result<Self, tessera_host::home::CardError> {
+        Self::with_clock(card, std::sync::Arc::new(tessera_host::home::SystemClock))
+    }
+
+    /// [`CardAccess::new`] with the idle limit on `clock`.
+    pub fn with_clock(
         mut card: tessera_host::access::AccessCard<Box<dyn tessera_host::CardChannel + Send>>,
+        clock: std::sync::Arc<dyn tessera_host::home::Clock>,
     ) -> Result<Self, tessera_host::home::CardError> {
         let cert = card.certificate()?;
         let home = card.home_server()?;
         let chain = vec![cert.der().to_vec().into()];
-        Ok(CardAccess { card: std::sync::Mutex::new(card), chain, home })
+        let session = tessera_host::access::AccessCardSession::unlocked(card, clock);
+        Ok(CardAccess { card: std::sync::Mutex::new(session), chain, home })
     }
 
     /// The home server the card pins (key hash and address), if it has one.
@@ -173,7 +188,8 @@ impl ClientKey for CardAccess {
     fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, crate::KeyError> {
         let mut card = self.card.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         card.sign_tls13(transcript_hash).map_err(|e| match e {
-            tessera_host::home::CardError::Locked => crate::KeyError::Locked,
+            tessera_host::home::CardError::Locked
+            | tessera_host::home::CardError::IdleFallback(_) => crate::KeyError::Locked,
             other => crate::KeyError::Card(other.to_string()),
         })
     }

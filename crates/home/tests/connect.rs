@@ -11,7 +11,7 @@ use std::sync::Arc;
 use support::*;
 use tessera_crypto::x509::Role;
 use tessera_home::registry::Registry;
-use tessera_home::server::{Identity, ManualClock, RelayMarkets, SoftwareHomeCard};
+use tessera_home::server::{Identity, RelayMarkets, SoftwareHomeCard};
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{OpenedSession, Terminal, TerminalError};
 use tessera_proto::control::{ErrorCode, Mode};
@@ -27,9 +27,7 @@ fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
     let (home_key, _) = issuer.card_key("alice home card", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
     let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
-    let clock = Arc::new(ManualClock::default());
-    let (_server, running) =
-        start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock);
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -75,14 +73,7 @@ fn market_faults_are_reported_per_session() {
     let (home_key, _) = issuer.card_key("home", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
     let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card,
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card, markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -141,14 +132,7 @@ fn handover_mode_the_terminal_speaks_tls_records_with_handed_over_keys() {
         tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache.clone())
             .unwrap(),
     );
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -194,14 +178,7 @@ fn partial_mode_the_terminal_shakes_hands_and_the_home_card_signs_through_the_ho
     let markets = Arc::new(
         tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
     );
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -257,14 +234,7 @@ fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_ses
     let markets = Arc::new(
         tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
     );
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -323,14 +293,7 @@ fn relay_mode_with_a_tls12_market_and_from_the_session_cache() {
     let (home_key, _) = issuer.card_key("frank", Role::Home);
     let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
     let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -375,14 +338,7 @@ fn several_market_sessions_interleave_over_one_control_connection() {
     let markets = Arc::new(
         tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
     );
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =

@@ -18,7 +18,7 @@ use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::x509::Role;
 use tessera_home::SoftwareKey;
 use tessera_home::registry::Registry;
-use tessera_home::server::{Identity, ManualClock, SoftwareHomeCard, StandardMarkets};
+use tessera_home::server::{Identity, SoftwareHomeCard, StandardMarkets};
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{ControlConnection, OpenedSession, PartialStream, Terminal};
 use tessera_proto::control::Mode;
@@ -64,14 +64,7 @@ fn every_mode_against_nginx_through_the_control_channel() {
     let markets = Arc::new(StandardMarkets::new(pki.roots(), card.clone(), cache).unwrap());
     let identity = Identity::generate(now()).unwrap();
     let registry = Arc::new(Registry::in_memory().unwrap());
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        card.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
     let issuer = Ca::new("access issuer");
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();

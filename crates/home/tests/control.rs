@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::*;
 use tessera_crypto::x509::Role;
 use tessera_home::registry::Registry;
-use tessera_home::server::{IDLE_LIMIT, ManualClock, RelayMarkets, SoftwareHomeCard, SystemClock};
+use tessera_home::server::{IDLE_LIMIT, ManualClock, RelayMarkets, SoftwareHomeCard};
 use tessera_home::terminal::{Terminal, TerminalError};
 use tessera_home::{ClientKey, SoftwareKey, fingerprint};
 use tessera_proto::control::{ErrorCode, Mode};
@@ -36,11 +36,10 @@ impl Setup {
         let identity = tessera_home::server::Identity::generate(now()).unwrap();
         let registry = Arc::new(Registry::in_memory().unwrap());
         let (home_key, _) = ca.card_key("home card", Role::Home);
-        let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
         let clock = Arc::new(ManualClock::default());
+        let card = Arc::new(SoftwareHomeCard::with_clock(home_key, PIN2, clock.clone()));
         let markets = Arc::new(RelayMarkets::new(ca.roots(), card.clone()).unwrap());
-        let (server, running) =
-            start_home(&rt, &identity, registry.clone(), card.clone(), markets, clock.clone());
+        let (server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
         Setup { rt, ca, identity, registry, card, clock, server, running: Some(running) }
     }
 
@@ -230,7 +229,6 @@ fn registry_persists_and_validates() {
         (e[0].label.as_str(), e[0].admitted_at, e[0].revoked_at),
         ("tablet again", 30, None)
     );
-    let _ = SystemClock;
 }
 
 #[test]

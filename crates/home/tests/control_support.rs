@@ -12,7 +12,7 @@ use tessera_crypto::rng::OsRng;
 use tessera_crypto::x509::{self, AltName, Certificate, IssueRequest, Role, Validity};
 use tessera_home::SoftwareKey;
 use tessera_home::registry::Registry;
-use tessera_home::server::{Clock, HomeCard, HomeServer, Identity, Markets, Running};
+use tessera_home::server::{HomeCard, HomeServer, Identity, Markets, Running};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, RootCertStore};
@@ -94,10 +94,9 @@ pub fn start_home(
     registry: Arc<Registry>,
     card: Arc<dyn HomeCard>,
     markets: Arc<dyn Markets>,
-    clock: Arc<dyn Clock>,
 ) -> (Arc<HomeServer>, Running) {
     let tls = identity.server_config(registry.clone()).unwrap();
-    let server = HomeServer::new(tls, registry, card, markets, clock);
+    let server = HomeServer::new(tls, registry, card, markets);
     let running = rt.block_on(server.clone().spawn("127.0.0.1:0".parse().unwrap())).unwrap();
     (server, running)
 }

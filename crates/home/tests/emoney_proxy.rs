@@ -20,7 +20,7 @@ use tessera_home::emoney::market::OrderStatus;
 use tessera_home::emoney::wallet::{self, HomeWallet, RemoteWallet, WalletPort};
 use tessera_home::handover::SessionCache;
 use tessera_home::registry::Registry;
-use tessera_home::server::{HomeServer, Identity, ManualClock, SoftwareHomeCard, StandardMarkets};
+use tessera_home::server::{HomeServer, Identity, SoftwareHomeCard, StandardMarkets};
 use tessera_home::terminal::Terminal;
 use tessera_proto::control::Mode;
 use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -50,7 +50,6 @@ fn home() -> Home {
         registry.clone(),
         home_card,
         markets,
-        Arc::new(ManualClock::default()),
     );
     // The wallet: the enrolled in-memory home card, behind the home server.
     let shared: Arc<Mutex<dyn WalletPort + Send>> = Arc::new(Mutex::new(card));

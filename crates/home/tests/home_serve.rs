@@ -15,11 +15,11 @@ use tessera_card::pin::PinBlock;
 use tessera_card::{Card, CardOptions};
 use tessera_crypto::scp03::StaticKeys;
 use tessera_home::registry::Registry;
-use tessera_home::server::{CardHome, Identity, ManualClock, StandardMarkets};
+use tessera_home::server::{CardHome, Identity, StandardMarkets};
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{CardAccess, OpenedSession, Terminal, TerminalError};
 use tessera_host::access::AccessCard;
-use tessera_host::home::{HomeCard, personalize_card_id};
+use tessera_host::home::{HomeCard, IDLE_LIMIT, ManualClock, personalize_card_id};
 use tessera_host::{CardChannel, InProcessChannel};
 use tessera_proto::access::HomeServer;
 use tessera_proto::control::{ErrorCode, Mode};
@@ -34,8 +34,9 @@ fn blank(id: &[u8]) -> Box<dyn CardChannel + Send> {
     Box::new(channel)
 }
 
-/// A home card enrolled by `issuer`, PIN1 verified (remote-access wait).
-fn home_card(issuer: &Ca) -> Arc<CardHome> {
+/// A home card enrolled by `issuer`, PIN1 verified (remote-access wait), its idle limit on
+/// `clock`.
+fn home_card(issuer: &Ca, clock: Arc<ManualClock>) -> Arc<CardHome> {
     let mut home = HomeCard::new(blank(b"HOME-2"));
     home.select().unwrap();
     home.set_pins(&pin(b"1111"), &pin(PIN2), &pin(b"99999999")).unwrap();
@@ -43,26 +44,19 @@ fn home_card(issuer: &Ca) -> Arc<CardHome> {
     home.verify_pin2(&pin(PIN2)).unwrap();
     home.enrol(issuer.signer(), &issuer.cert, b"HOME-2", "dora", *b"EUR").unwrap();
     home.end().unwrap();
-    Arc::new(CardHome::new(home).unwrap())
+    Arc::new(CardHome::with_clock(home, clock).unwrap())
 }
 
 #[test]
 fn pin2_wrong_three_times_blocks_the_real_home_card() {
     let rt = runtime();
     let issuer = Ca::new("issuer");
-    let home = home_card(&issuer);
+    let home = home_card(&issuer, Arc::new(ManualClock::new()));
     let identity = Identity::generate(now()).unwrap();
     let registry = Arc::new(Registry::in_memory().unwrap());
     let cache = Arc::new(tessera_home::handover::SessionCache::default());
     let markets = Arc::new(StandardMarkets::new(issuer.roots(), home.clone(), cache).unwrap());
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        home.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), home.clone(), markets);
     let (access, cert) = issuer.card_key("access", tessera_crypto::x509::Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -80,6 +74,53 @@ fn pin2_wrong_three_times_blocks_the_real_home_card() {
         tessera_home::ClientKey::sign_tls13(&*home, &[0; 32]),
         Err(tessera_home::KeyError::Locked | tessera_home::KeyError::Card(_))
     ));
+}
+
+#[test]
+fn real_home_and_access_cards_fall_back_after_ten_idle_minutes() {
+    use tessera_home::{ClientKey, KeyError};
+    let rt = runtime();
+    let issuer = Ca::new("issuer");
+    let clock = Arc::new(ManualClock::new());
+    let home = home_card(&issuer, clock.clone());
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(StandardMarkets::new(issuer.roots(), home.clone(), cache).unwrap());
+    let (server, running) = start_home(&rt, &identity, registry.clone(), home.clone(), markets);
+
+    // The access card, unlocked by the terminal, its idle limit on the same clock.
+    let mut access = AccessCard::new(blank(b"ACCESS-3"));
+    access.select().unwrap();
+    access.set_pins(&pin(b"4321"), &pin(b"87654321")).unwrap();
+    access.verify_pin(&pin(b"4321")).unwrap();
+    let cert = access.enrol(issuer.signer(), &issuer.cert, b"ACCESS-3", "erin's phone").unwrap();
+    registry.admit(cert.der(), "erin's phone", now()).unwrap();
+    let access = Arc::new(CardAccess::with_clock(access, clock.clone()).unwrap());
+    let terminal =
+        Terminal::new(access.clone(), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let mut c = terminal.connect().unwrap();
+    c.pin2(PIN2).unwrap();
+
+    // Used within the limit: both stay unlocked (each use restarts the limit).
+    clock.advance(IDLE_LIMIT - std::time::Duration::from_secs(1));
+    assert!(!server.check_idle());
+    assert!(home.sign_tls13(&[1; 32]).is_ok());
+    assert!(access.sign_tls13(&[1; 32]).is_ok());
+
+    // Ten minutes without use: the server's timer tick sends the home card back to the wait
+    // state (END on the card), and the access card relocks on its next use.
+    clock.advance(IDLE_LIMIT);
+    assert!(server.check_idle());
+    assert_eq!(home.sign_tls13(&[1; 32]), Err(KeyError::Locked));
+    let err = c.open("localhost", 9, Mode::Handover, false).unwrap_err();
+    assert!(matches!(err, TerminalError::Refused { code: ErrorCode::Locked, .. }), "{err:?}");
+    assert_eq!(access.sign_tls13(&[1; 32]), Err(KeyError::Locked));
+    assert_eq!(access.sign_tls13(&[1; 32]), Err(KeyError::Locked), "relocked on the card");
+
+    // PIN2 again unlocks the home card.
+    c.pin2(PIN2).unwrap();
+    assert!(home.sign_tls13(&[1; 32]).is_ok());
 }
 
 #[test]
@@ -112,14 +153,7 @@ fn real_home_and_access_cards_through_the_home_server() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let cache = Arc::new(tessera_home::handover::SessionCache::default());
     let markets = Arc::new(StandardMarkets::new(market_ca.roots(), home.clone(), cache).unwrap());
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        home.clone(),
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), home.clone(), markets);
     access
         .set_home_server(&HomeServer {
             spki_sha256: identity.spki_sha256(),

@@ -20,7 +20,7 @@ use tessera_card::{Card, CardOptions, OpenOptions};
 use tessera_crypto::scp03::StaticKeys;
 use tessera_crypto::x509::Role;
 use tessera_home::registry::Registry;
-use tessera_home::server::{CardHome, Identity, ManualClock, StandardMarkets};
+use tessera_home::server::{CardHome, Identity, StandardMarkets};
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{OpenedSession, Terminal, TerminalError};
 use tessera_host::home::{HomeCard, personalize_card_id};
@@ -98,14 +98,7 @@ fn home_card_in_a_pcsc_reader() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let cache = Arc::new(tessera_home::handover::SessionCache::default());
     let markets = Arc::new(StandardMarkets::new(market_ca.roots(), home.clone(), cache).unwrap());
-    let (_server, running) = start_home(
-        &rt,
-        &identity,
-        registry.clone(),
-        home,
-        markets,
-        Arc::new(ManualClock::default()),
-    );
+    let (_server, running) = start_home(&rt, &identity, registry.clone(), home, markets);
     let (access, cert) = issuer.card_key("access", Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =

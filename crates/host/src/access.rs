@@ -7,7 +7,7 @@
 //! signature, [`AccessCard::home_server`] the pinned home server (SPKI hash and address) it
 //! must find at the other end, [`AccessCard::profiles`] the screen and input layouts.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_card::pin::PinBlock;
 use tessera_crypto::hash::sha256;
@@ -18,7 +18,7 @@ use tessera_proto::access::{
 };
 
 use crate::channel::CardChannel;
-pub use crate::home::{CardError, Clock, IDLE_LIMIT, ManualClock, Result, SystemClock};
+pub use crate::home::{CardError, Clock, IDLE_LIMIT, IdleTimer, ManualClock, Result, SystemClock};
 use crate::home::{certify, malformed, run, select_aid};
 
 /// The wire formats of the access applet (`tessera-proto`), for callers of this module.
@@ -190,37 +190,44 @@ impl<C: CardChannel> AccessCard<C> {
 #[derive(Debug)]
 pub struct AccessCardSession<C, K = SystemClock> {
     card: AccessCard<C>,
-    clock: K,
-    idle_limit: Duration,
-    unlocked_since_use: Option<Instant>,
+    idle: IdleTimer<K>,
 }
 
 impl<C: CardChannel, K: Clock> AccessCardSession<C, K> {
     /// A session over a card whose access applet is selected.
     pub fn new(card: AccessCard<C>, clock: K) -> Self {
-        AccessCardSession { card, clock, idle_limit: IDLE_LIMIT, unlocked_since_use: None }
+        AccessCardSession { card, idle: IdleTimer::new(clock) }
+    }
+
+    /// A session over a card the caller has just unlocked with VERIFY (the idle clock starts
+    /// now): for a terminal that verifies the PIN before it builds the session.
+    pub fn unlocked(card: AccessCard<C>, clock: K) -> Self {
+        let mut session = Self::new(card, clock);
+        session.idle.start();
+        session
     }
 
     /// Sets another idle limit.
     pub fn with_idle_limit(mut self, limit: Duration) -> Self {
-        self.idle_limit = limit;
+        self.idle = self.idle.with_limit(limit);
         self
     }
 
     /// True while the host believes the card unlocked.
     pub fn is_unlocked(&self) -> bool {
-        self.unlocked_since_use.is_some()
+        self.idle.is_running()
     }
 
     /// Relocks the card if it has been idle for the limit; true if it did.
     pub fn poll(&mut self) -> Result<bool> {
-        match self.unlocked_since_use {
-            Some(last) if self.clock.now().saturating_duration_since(last) >= self.idle_limit => {
-                self.unlocked_since_use = None;
-                self.card.relock()?;
-                Ok(true)
-            }
-            _ => Ok(false),
+        self.expire().map(|idle| idle.is_some())
+    }
+
+    /// The idle check: VERIFY reset and the idle time if the timer expired.
+    fn expire(&mut self) -> Result<Option<Duration>> {
+        match self.idle.expire() {
+            Some(idle) => self.card.relock().map(|()| Some(idle)),
+            None => Ok(None),
         }
     }
 
@@ -228,25 +235,22 @@ impl<C: CardChannel, K: Clock> AccessCardSession<C, K> {
     pub fn verify_pin(&mut self, pin: &PinBlock) -> Result<()> {
         self.poll()?;
         self.card.verify_pin(pin)?;
-        self.unlocked_since_use = Some(self.clock.now());
+        self.idle.start();
         Ok(())
     }
 
     /// Relocks now (the user's "operation over").
     pub fn relock(&mut self) -> Result<()> {
-        self.unlocked_since_use = None;
+        self.idle.stop();
         self.card.relock()
     }
 
     /// The card after the idle check, the use recorded.
     pub fn card(&mut self) -> Result<&mut AccessCard<C>> {
-        let idle = self.unlocked_since_use.map(|t| self.clock.now().saturating_duration_since(t));
-        if self.poll()? {
-            return Err(CardError::IdleFallback(idle.unwrap_or_default()));
+        if let Some(idle) = self.expire()? {
+            return Err(CardError::IdleFallback(idle));
         }
-        if self.unlocked_since_use.is_some() {
-            self.unlocked_since_use = Some(self.clock.now());
-        }
+        self.idle.touch();
         Ok(&mut self.card)
     }
 

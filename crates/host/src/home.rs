@@ -227,6 +227,62 @@ impl Clock for ManualClock {
     }
 }
 
+/// The idle rule of Figs. 6 and 7 on a [`Clock`]: started when the card is unlocked, it
+/// expires once the card has been unused for the limit ([`IDLE_LIMIT`] by default). The card
+/// has no clock, so whoever powers it keeps this timer: [`HomeCardSession`] and
+/// [`crate::access::AccessCardSession`] here, the home server's software card in tests.
+#[derive(Debug, Clone)]
+pub struct IdleTimer<K = SystemClock> {
+    clock: K,
+    limit: Duration,
+    last_use: Option<Instant>,
+}
+
+impl<K: Clock> IdleTimer<K> {
+    /// A stopped timer with the ten-minute limit.
+    pub fn new(clock: K) -> Self {
+        IdleTimer { clock, limit: IDLE_LIMIT, last_use: None }
+    }
+
+    /// Sets another limit.
+    pub fn with_limit(mut self, limit: Duration) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The card was just unlocked: the timer runs from now.
+    pub fn start(&mut self) {
+        self.last_use = Some(self.clock.now());
+    }
+
+    /// The card was locked: the timer stops.
+    pub fn stop(&mut self) {
+        self.last_use = None;
+    }
+
+    /// True while the timer runs (the card unlocked, not yet expired).
+    pub fn is_running(&self) -> bool {
+        self.last_use.is_some()
+    }
+
+    /// If the timer runs and the card has been unused for the limit, stops it and returns
+    /// how long the card was unused (the caller then locks the card).
+    pub fn expire(&mut self) -> Option<Duration> {
+        let idle = self.clock.now().saturating_duration_since(self.last_use?);
+        (idle >= self.limit).then(|| {
+            self.last_use = None;
+            idle
+        })
+    }
+
+    /// Records a use now, if the timer runs.
+    pub fn touch(&mut self) {
+        if self.last_use.is_some() {
+            self.last_use = Some(self.clock.now());
+        }
+    }
+}
+
 /// What [`HomeCard::enrol`] installed.
 #[derive(Debug, Clone)]
 pub struct HomeEnrolment {
@@ -499,51 +555,47 @@ impl<C: CardChannel> HomeCard<C> {
 #[derive(Debug)]
 pub struct HomeCardSession<C, K = SystemClock> {
     card: HomeCard<C>,
-    clock: K,
-    idle_limit: Duration,
-    enabled_since_use: Option<Instant>,
+    idle: IdleTimer<K>,
 }
 
 impl<C: CardChannel, K: Clock> HomeCardSession<C, K> {
     /// A session over a card whose home applet is selected, with the ten-minute limit.
     pub fn new(card: HomeCard<C>, clock: K) -> Self {
-        HomeCardSession { card, clock, idle_limit: IDLE_LIMIT, enabled_since_use: None }
+        HomeCardSession { card, idle: IdleTimer::new(clock) }
     }
 
     /// Sets another idle limit.
     pub fn with_idle_limit(mut self, limit: Duration) -> Self {
-        self.idle_limit = limit;
+        self.idle = self.idle.with_limit(limit);
         self
     }
 
     /// True while the host believes the card enabled (PIN2 verified, not ended, not idle).
     pub fn is_enabled(&self) -> bool {
-        self.enabled_since_use.is_some()
+        self.idle.is_running()
     }
 
     /// Sends END if the card has been enabled and idle for the limit; true if it did. A
     /// home server may call this from a timer so the fallback happens even without traffic.
     pub fn poll(&mut self) -> Result<bool> {
-        match self.enabled_since_use {
-            Some(last) if self.clock.now().saturating_duration_since(last) >= self.idle_limit => {
-                self.enabled_since_use = None;
-                self.card.end()?;
-                Ok(true)
-            }
-            _ => Ok(false),
+        self.expire().map(|idle| idle.is_some())
+    }
+
+    /// The idle check: END and the idle time if the timer expired.
+    fn expire(&mut self) -> Result<Option<Duration>> {
+        match self.idle.expire() {
+            Some(idle) => self.card.end().map(|()| Some(idle)),
+            None => Ok(None),
         }
     }
 
     /// The card for a command needing the enabled state: the idle check first
     /// ([`CardError::IdleFallback`] after sending END), then the use is recorded.
     fn enabled(&mut self) -> Result<&mut HomeCard<C>> {
-        let idle = self.enabled_since_use.map(|t| self.clock.now().saturating_duration_since(t));
-        if self.poll()? {
-            return Err(CardError::IdleFallback(idle.unwrap_or_default()));
+        if let Some(idle) = self.expire()? {
+            return Err(CardError::IdleFallback(idle));
         }
-        if self.enabled_since_use.is_some() {
-            self.enabled_since_use = Some(self.clock.now());
-        }
+        self.idle.touch();
         Ok(&mut self.card)
     }
 
@@ -552,7 +604,7 @@ impl<C: CardChannel, K: Clock> HomeCardSession<C, K> {
     fn with_card<T>(&mut self, f: impl FnOnce(&mut HomeCard<C>) -> Result<T>) -> Result<T> {
         let r = f(self.enabled()?);
         if matches!(r, Err(CardError::Locked)) {
-            self.enabled_since_use = None;
+            self.idle.stop();
         }
         r
     }
@@ -567,13 +619,13 @@ impl<C: CardChannel, K: Clock> HomeCardSession<C, K> {
     pub fn verify_pin2(&mut self, pin2: &PinBlock) -> Result<()> {
         self.poll()?;
         self.card.verify_pin2(pin2)?;
-        self.enabled_since_use = Some(self.clock.now());
+        self.idle.start();
         Ok(())
     }
 
     /// END (the user's "operation over").
     pub fn end(&mut self) -> Result<()> {
-        self.enabled_since_use = None;
+        self.idle.stop();
         self.card.end()
     }
 

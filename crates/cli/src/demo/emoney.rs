@@ -26,7 +26,7 @@ use tessera_home::emoney::notice::{Notifier, Scheduler, SharedWallet, SmtpSettin
 use tessera_home::emoney::wallet::{self, CardHomeWallet, HomeWallet, RemoteWallet, WalletPort};
 use tessera_home::emoney::{Party, SystemUnixClock, to_hex};
 use tessera_home::registry::Registry;
-use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets, SystemClock};
+use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets};
 use tessera_home::terminal::{CardAccess, Terminal};
 use tessera_host::access::AccessCard;
 use tessera_host::home::{HomeCard, personalize_card_id};
@@ -213,8 +213,7 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
     let markets =
         Arc::new(StandardMarkets::new(roots, home.clone(), cache).map_err(|e| fail("markets", e))?);
     let tls = identity.server_config(registry.clone()).map_err(|e| fail("control TLS", e))?;
-    let server =
-        HomeServer::new(tls, registry.clone(), home.clone(), markets, Arc::new(SystemClock));
+    let server = HomeServer::new(tls, registry.clone(), home.clone(), markets);
     let shared: SharedWallet = Arc::new(Mutex::new(CardHomeWallet(home)));
     let notifier = Arc::new(
         Notifier::new(

@@ -17,7 +17,7 @@ use tessera_crypto::rng::OsRng;
 use tessera_crypto::scp03::StaticKeys;
 use tessera_crypto::x509::{self, AltName, Certificate, IssueRequest, Role, Validity};
 use tessera_home::registry::Registry;
-use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets, SystemClock};
+use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets};
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{
     CardAccess, ControlConnection, OpenedSession, PartialStream, Terminal, TerminalError,
@@ -234,7 +234,7 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
             .map_err(|e| fail("markets", e))?,
     );
     let tls = identity.server_config(registry.clone()).map_err(|e| fail("control TLS", e))?;
-    let server = HomeServer::new(tls, registry.clone(), home, markets, Arc::new(SystemClock));
+    let server = HomeServer::new(tls, registry.clone(), home, markets);
     let running = rt
         .block_on(server.spawn("127.0.0.1:0".parse().map_err(|e| fail("address", e))?))
         .map_err(|e| fail("listen", e))?;

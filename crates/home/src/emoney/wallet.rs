@@ -450,28 +450,28 @@ pub struct CardHomeWallet(pub std::sync::Arc<crate::server::CardHome>);
 
 impl WalletPort for CardHomeWallet {
     fn challenge(&mut self) -> Result<[u8; PAY_CHALLENGE_LEN]> {
-        self.0.card().pay_challenge().map_err(card_error)
+        self.0.card().challenge()
     }
     fn pay(&mut self, notice: &Signed<ChargeNotice>) -> Result<Signed<PaymentToken>> {
-        self.0.card().pay(notice).map_err(card_error)
+        self.0.card().pay(notice)
     }
     fn credit(&mut self, voucher: &Signed<RefillVoucher>) -> Result<Signed<RefillAck>> {
-        self.0.card().credit(voucher).map_err(card_error)
+        self.0.card().credit(voucher)
     }
     fn cancel(
         &mut self,
         confirmation: &Signed<CancelConfirmation>,
     ) -> Result<Signed<CancelReceipt>> {
-        self.0.card().cancel(confirmation).map_err(card_error)
+        self.0.card().cancel(confirmation)
     }
     fn info(&mut self) -> Result<WalletInfo> {
-        self.0.card().wallet().map_err(card_error)
+        self.0.card().info()
     }
     fn read_log(&mut self, from: u64) -> Result<Vec<LogEntry>> {
-        self.0.card().read_log(from).map_err(card_error)
+        self.0.card().read_log(from)
     }
     fn payment_certificate(&mut self) -> Result<Vec<u8>> {
-        self.0.card().payment_certificate().map(|c| c.der().to_vec()).map_err(card_error)
+        self.0.card().payment_certificate()
     }
 }
 
