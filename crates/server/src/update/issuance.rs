@@ -11,7 +11,8 @@
 
 use tessera_apdu::Command;
 use tessera_proto::update::{
-    AID, DGI_GENERATE_KEY, POP_NONCE_RANGE, TAG_UPDATE_KEY, UpdateCommand,
+    AID, DGI_GENERATE_KEY, DGI_LEGACY_STATIC, POP_NONCE_RANGE, STATIC_AUTH_LEN, TAG_UPDATE_KEY,
+    UpdateCommand,
 };
 
 use super::{UpdateError, UpdateResult};
@@ -19,6 +20,16 @@ use super::{UpdateError, UpdateResult};
 /// The personalisation commands that generate the update key, vouched for over `nonce`
 /// (16 to 64 bytes, fresh per card; keep it for [`super::UpdateService::register_card`]).
 pub fn personalisation_commands(nonce: &[u8]) -> UpdateResult<Vec<Command>> {
+    personalisation_commands_with(nonce, None)
+}
+
+/// [`personalisation_commands`], and for a legacy card the static authenticator of claim 10
+/// (DGI `0503` in the same STORE DATA; register the same value with
+/// `Store::update_set_legacy_static`). Issuance does not offer it yet: this is the hook.
+pub fn personalisation_commands_with(
+    nonce: &[u8],
+    legacy_static: Option<&[u8; STATIC_AUTH_LEN]>,
+) -> UpdateResult<Vec<Command>> {
     if !POP_NONCE_RANGE.contains(&nonce.len()) {
         return Err(UpdateError::BadUpdate("update key nonce: 16 to 64 bytes"));
     }
@@ -28,6 +39,11 @@ pub fn personalisation_commands(nonce: &[u8]) -> UpdateResult<Vec<Command>> {
     let mut data = DGI_GENERATE_KEY.to_be_bytes().to_vec();
     data.push(nonce.len() as u8);
     data.extend_from_slice(nonce);
+    if let Some(value) = legacy_static {
+        data.extend_from_slice(&DGI_LEGACY_STATIC.to_be_bytes());
+        data.push(STATIC_AUTH_LEN as u8);
+        data.extend_from_slice(value);
+    }
     Ok(vec![
         Command::new(0x80, 0xE6, 0x20, 0x00).with_data(install).with_le(256),
         Command::new(0x80, 0xE2, 0x88, 0x00).with_data(data),
@@ -115,5 +131,35 @@ mod tests {
             Err(UpdateError::UpdateKeyProof)
         );
         service.register_card("test", CARD_ID, cert, &nonce, &answers[1].data, now).unwrap();
+    }
+
+    #[test]
+    fn a_legacy_card_gets_its_static_authenticator_in_the_same_store_data() {
+        let plain_cmds = personalisation_commands(&[7; 32]).unwrap();
+        let legacy_cmds = personalisation_commands_with(&[7; 32], Some(&[0x42; 16])).unwrap();
+        assert_eq!(plain_cmds[0], legacy_cmds[0]);
+        assert_eq!(
+            legacy_cmds[1].data,
+            [&plain_cmds[1].data[..], &[0x05, 0x03, 16], &[0x42; 16]].concat()
+        );
+        let mut card =
+            Card::in_memory(CardOptions::default().rng(Box::new(SeededRng::from_u64(3))));
+        card.power_on();
+        {
+            let mut plain = Plain(&mut card);
+            let mut s = Script::new(&mut plain);
+            isd_sc::open_initial(&mut s).unwrap();
+            isd_sc::store(&mut s, 0, true, &[(0x0101, CARD_ID)]).unwrap();
+            isd_sc::install_device_identity(&mut s, 0).unwrap();
+            for cmd in &legacy_cmds {
+                s.secure(cmd, StatusWord::SUCCESS).unwrap();
+            }
+        }
+        let select = &read_key_commands()[0];
+        card.transmit(&select.to_bytes().unwrap());
+        let status = UpdateCommand::GetData(tessera_proto::update::TAG_STATUS).to_command();
+        let r = Response::parse(&card.transmit(&status.to_bytes().unwrap())).unwrap();
+        let status = tessera_proto::update::Status::parse(&r.data).unwrap();
+        assert!(status.has_key && status.legacy_static);
     }
 }
