@@ -17,7 +17,9 @@
 //! secure-messaging bit toggled, random bytes after a valid prefix, flipped data bytes). For
 //! every answer: nothing panics; it ends in an ISO status word; and when that status word is
 //! an error (anything but `9000`, `61xx`, `62xx`, `63xx`) the card's persistent state is
-//! byte-identical to its state before the command.
+//! byte-identical to its state before the command; it is never `6F00` or `6581` (a failure
+//! of the card, not a diagnosis of the input); and a read-only command (SELECT, GET
+//! CHALLENGE, GET DATA, GET RESPONSE) never writes the image, whatever its answer.
 //!
 //! A second test sends hostile personalisation (STORE DATA of every known data group with random
 //! values, other card-management commands) through a *valid* SCP03 session, so the content
@@ -312,6 +314,17 @@ fn is_internal_failure(sw: u16) -> bool {
     sw == 0x6F00 || sw == 0x6581
 }
 
+/// Commands that only read, whatever they are answered (docs/card-runtime.md: SELECT, GET
+/// CHALLENGE, GET DATA and GET RESPONSE never write): interindustry SELECT and GET CHALLENGE,
+/// GET DATA and GET RESPONSE in any class.
+fn is_read_only(apdu: &[u8]) -> bool {
+    match apdu {
+        [cla, ins, ..] if cla & 0x80 == 0 && matches!(ins, 0xA4 | 0x84) => true,
+        [_, ins, ..] => matches!(ins, 0xCA | 0xC0),
+        _ => false,
+    }
+}
+
 fn is_error(sw: u16) -> bool {
     !(sw == 0x9000 || matches!(sw >> 8, 0x61..=0x63))
 }
@@ -322,7 +335,16 @@ fn check(prepare: &Prepare, corpus: &[Vec<u8>], steps: &[Step]) -> Result<(), Te
     for step in steps {
         for apdu in apdus(step, corpus) {
             let before = card.persistent_state();
+            let generation = card.generation();
             let out = card.transmit(&apdu);
+            if is_read_only(&apdu) {
+                prop_assert_eq!(
+                    card.generation(),
+                    generation,
+                    "a read-only command wrote: {}",
+                    hex::encode(&apdu)
+                );
+            }
             prop_assert!(out.len() >= 2, "answer without a status word to {}", hex::encode(&apdu));
             let sw = u16::from_be_bytes([out[out.len() - 2], out[out.len() - 1]]);
             prop_assert!(
