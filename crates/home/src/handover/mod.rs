@@ -20,7 +20,8 @@
 //! - [`session`]: the home server's side after the handover (tickets, key updates).
 //! - [`records`]: the terminal's side: TLS records with the handed-over keys.
 //! - [`cache`]: the session cache of Fig. 16 (expiring; resumption needs no home card).
-//! - [`relay`]: relay mode (¶0048): the home server keeps the keys and re-encrypts.
+//! - Relay mode (¶0048), where the home server keeps the keys and re-encrypts, is not here:
+//!   [`crate::server::RelayMarkets`] runs it under this module's [`MarketConfig`].
 //! - [`partial`]: partial proxying (¶0089): the terminal shakes hands, only the
 //!   CertificateVerify signature comes from the home card.
 
@@ -29,14 +30,12 @@ pub mod config;
 pub mod handshake;
 pub mod partial;
 pub mod records;
-pub mod relay;
 pub mod session;
 
 pub use cache::SessionCache;
 pub use config::{MarketConfig, MarketKey};
 pub use handshake::{Handover, connect_market, handshake};
 pub use records::{Event, KeyedConnection};
-pub use relay::RelayConnection;
 pub use session::{MarketSession, PostHandshake};
 pub use tessera_proto::proxy::TrafficKeys;
 

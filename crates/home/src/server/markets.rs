@@ -8,10 +8,8 @@ use tessera_proto::control::{ErrorCode, Mode};
 use tessera_proto::proxy::TrafficKeys;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::{HomeCard, MARKET_TIMEOUT};
-use crate::{ClientKey, KeyError};
 
 /// A market connection after its handshake, as the home server relays it.
 pub trait MarketStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -110,7 +108,7 @@ impl RelayMarkets {
         roots: tokio_rustls::rustls::RootCertStore,
         card: Arc<dyn HomeCard>,
     ) -> Result<Self, crate::handover::HandoverError> {
-        let key: Arc<dyn crate::handover::MarketKey> = Arc::new(CardAsMarketKey(card));
+        let key: Arc<dyn crate::handover::MarketKey> = card;
         let cache = Arc::new(crate::handover::SessionCache::default());
         let plain =
             crate::handover::MarketConfig::new(roots.clone(), key.clone()).client_config()?;
@@ -173,7 +171,7 @@ impl StandardMarkets {
         card: Arc<dyn HomeCard>,
         cache: Arc<crate::handover::SessionCache>,
     ) -> Result<Self, crate::handover::HandoverError> {
-        let key: Arc<dyn crate::handover::MarketKey> = Arc::new(CardAsMarketKey(card.clone()));
+        let key: Arc<dyn crate::handover::MarketKey> = card.clone();
         let plain =
             crate::handover::MarketConfig::new(roots.clone(), key.clone()).client_config()?;
         let cached = crate::handover::MarketConfig::new(roots.clone(), key)
@@ -283,23 +281,5 @@ impl Markets for StandardMarkets {
                 pending: handover.pending,
             })
         })
-    }
-}
-
-/// A home card as the handover module's market key.
-struct CardAsMarketKey(Arc<dyn HomeCard>);
-
-impl ClientKey for CardAsMarketKey {
-    fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
-        self.0.certificate_chain()
-    }
-    fn sign_tls13(&self, transcript_hash: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
-        self.0.sign_tls13(transcript_hash)
-    }
-}
-
-impl crate::handover::MarketKey for CardAsMarketKey {
-    fn sign_tls12(&self, handshake_messages: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.0.sign_tls12(handshake_messages)
     }
 }

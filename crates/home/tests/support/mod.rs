@@ -18,6 +18,7 @@ use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::SeededRng;
 use tessera_crypto::x509::{self, AltName, Certificate, IssueRequest, Role, Validity};
 use tessera_home::SoftwareKey;
+use tessera_home::server::{HomeCard, SoftwareHomeCard};
 
 /// A CA, a market server certificate for `localhost`/`127.0.0.1`, a home card client
 /// certificate, and a second CA the market does not know.
@@ -116,6 +117,15 @@ impl Pki {
     pub fn home_card(&self) -> Arc<SoftwareKey> {
         let key = SigningKey::from_bytes(&*self.home_key.to_bytes()).unwrap();
         Arc::new(SoftwareKey::new(key, vec![CertificateDer::from(self.home_cert.der().to_vec())]))
+    }
+
+    /// The home card as the home server holds it: in software, PIN2 already verified.
+    pub fn unlocked_home_card(&self) -> Arc<SoftwareHomeCard> {
+        let key = SigningKey::from_bytes(&*self.home_key.to_bytes()).unwrap();
+        let chain = vec![CertificateDer::from(self.home_cert.der().to_vec())];
+        let card = SoftwareHomeCard::new(SoftwareKey::new(key, chain), b"2468");
+        card.verify_pin2(b"2468").unwrap();
+        Arc::new(card)
     }
 
     pub fn key_pem(key: &SigningKey) -> String {
