@@ -11,7 +11,8 @@
 //!   token to the market, settlement.
 //! - `tessera wallet refill https://bank:port --account NAME --amount N`: voucher, CREDIT,
 //!   acknowledgement to the bank; `--resume` settles vouchers of an earlier refill cut short.
-//! - `tessera wallet cancel https://market:port ORDER`: the market's confirmation to CANCEL.
+//! - `tessera wallet cancel https://market:port ORDER`: the market's challenge to SIGN
+//!   CANCELLATION REQUEST, the signed request to the market, its confirmation to CANCEL.
 
 use std::cell::RefCell;
 

@@ -9,16 +9,27 @@ mod support;
 
 use serde_json::json;
 use support::*;
+use tessera_home::emoney::https::DirectTransport;
 use tessera_home::emoney::https::{call, field};
 use tessera_home::emoney::market::OrderStatus;
 use tessera_home::emoney::wallet::{self, WalletPort};
 use tessera_home::emoney::{CANCEL_WINDOW, EmoneyError, from_hex, to_hex};
-use tessera_proto::home::{CancelConfirmation, ChargeNotice, EntryKind, PaymentToken, Signed};
+use tessera_proto::home::{
+    CancelChallenge, CancelConfirmation, CancelRequest, ChargeNotice, EntryKind, Message,
+    PaymentToken, Signed,
+};
 
 fn conflict(r: Result<impl std::fmt::Debug, EmoneyError>, needle: &str) {
     match r {
         Err(EmoneyError::Conflict(m)) => assert!(m.contains(needle), "{m}"),
         other => panic!("expected a conflict ({needle}), got {other:?}"),
+    }
+}
+
+fn refused(r: Result<impl std::fmt::Debug, EmoneyError>, needle: &str) {
+    match r {
+        Err(EmoneyError::Refused(m)) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected a refusal ({needle}), got {other:?}"),
     }
 }
 
@@ -293,6 +304,149 @@ fn cancellation_window_once_and_only_with_the_markets_confirmation() {
     assert_eq!(w.balance(), 9_550);
 }
 
+/// The market's cancellation challenge for `order`.
+fn cancel_challenge(market: &mut DirectTransport, order: &str) -> CancelChallenge {
+    let answer =
+        call(market, "POST", &format!("/orders/{order}/cancel-challenge"), Some(&json!({})))
+            .unwrap();
+    CancelChallenge::parse(&hex::decode(field(&answer, "challenge").unwrap()).unwrap()).unwrap()
+}
+
+/// Posts a cancellation of `order` with `request` and `certificate` (each only when given).
+fn post_cancel(
+    market: &mut DirectTransport,
+    order: &str,
+    request: Option<&Signed<CancelRequest>>,
+    certificate: Option<&[u8]>,
+) -> Result<serde_json::Value, EmoneyError> {
+    let mut body = json!({});
+    if let Some(r) = request {
+        body["request"] = to_hex(r).into();
+    }
+    if let Some(c) = certificate {
+        body["certificate"] = hex::encode(c).into();
+    }
+    call(market, "POST", &format!("/orders/{order}/cancel"), Some(&body))
+}
+
+/// Signs `request` with `key` (not the card: what a thief or another card could send).
+fn signed_by(
+    key: &tessera_crypto::ecdsa::SigningKey,
+    request: CancelRequest,
+) -> Signed<CancelRequest> {
+    let signature = key.sign(&request.signed_bytes()).to_bytes();
+    Signed { message: request, signature }
+}
+
+#[test]
+fn a_cancellation_needs_the_cards_signed_request_for_that_order() {
+    let mut w = World::new();
+    let mut market = w.market_client();
+    refill(&mut w, "alice", 10_000).unwrap();
+    let a = wallet::purchase(&mut w.card, &mut market, "book", 1).unwrap();
+    let b = wallet::purchase(&mut w.card, &mut market, "tea", 1).unwrap();
+    let (ra, rb) = (a.order.order.clone(), b.order.order.clone());
+    let certificate = w.card.payment_certificate().unwrap();
+    let balance = w.balance();
+    let unchanged = |w: &mut World| {
+        assert_eq!(w.balance(), balance);
+        for r in [&ra, &rb] {
+            assert_eq!(w.market.status(&fp(w), r).unwrap().status, OrderStatus::Paid);
+        }
+    };
+
+    // No signed request at all (a bare cancellation, as over mutual TLS alone), or one
+    // without the certificate to check it with.
+    refused(post_cancel(&mut market, &ra, None, None), "signed request");
+    let what = cancel_challenge(&mut market, &ra);
+    assert_eq!(
+        (what.market.as_slice(), what.order.as_slice()),
+        (&b"market.test"[..], ra.as_bytes())
+    );
+    let good = w.card.cancel_request(&what).unwrap();
+    assert_eq!(good.message.counter, a.token.message.counter);
+    assert_eq!((good.message.amount, good.message.card.as_slice()), (1_250, &b"HOME-1"[..]));
+    refused(post_cancel(&mut market, &ra, Some(&good), None), "signed request");
+    // Not signed: the signature zeroed, or the request altered after signing (another amount).
+    let mut unsigned = good.clone();
+    unsigned.signature = [0; 64];
+    refused(post_cancel(&mut market, &ra, Some(&unsigned), Some(&certificate)), "signature");
+    let mut altered = good.clone();
+    altered.message.amount = 99_999;
+    refused(post_cancel(&mut market, &ra, Some(&altered), Some(&certificate)), "bad signature");
+    unchanged(&mut w);
+
+    // Signed by another card (certified by the same issuer): with its own certificate it is
+    // another card's; with this card's certificate the signature does not verify.
+    let (other_key, other_cert) = w.ca.issue("HOME-2", tessera_crypto::x509::Role::Payment, &[]);
+    let by_other = signed_by(&other_key, good.message.clone());
+    refused(post_cancel(&mut market, &ra, Some(&by_other), Some(other_cert.der())), "another card");
+    refused(post_cancel(&mut market, &ra, Some(&by_other), Some(&certificate)), "bad signature");
+    // The card's own request for another of its orders, answering this order's challenge.
+    let for_b = w
+        .card
+        .cancel_request(&CancelChallenge { order: rb.as_bytes().to_vec(), ..what.clone() })
+        .unwrap();
+    refused(post_cancel(&mut market, &ra, Some(&for_b), Some(&certificate)), "does not name");
+    conflict(
+        post_cancel(&mut market, &rb, Some(&for_b), Some(&certificate)),
+        "no cancellation challenge",
+    );
+    let what_b = cancel_challenge(&mut market, &rb);
+    refused(post_cancel(&mut market, &rb, Some(&for_b), Some(&certificate)), "challenge");
+    // Each bound field checked, even under a key the issuer certified for this card id (a
+    // clone): another amount, counter, market or order is refused.
+    let (clone_key, clone_cert) = w.ca.issue("HOME-1", tessera_crypto::x509::Role::Payment, &[]);
+    let edits: [fn(&mut CancelRequest); 4] = [
+        |r| r.amount += 1,
+        |r| r.counter += 1,
+        |r| r.market = b"other.market".to_vec(),
+        |r| r.order = b"ord-other".to_vec(),
+    ];
+    for edit in edits {
+        let mut m = good.message.clone();
+        edit(&mut m);
+        let forged = signed_by(&clone_key, m);
+        refused(
+            post_cancel(&mut market, &ra, Some(&forged), Some(clone_cert.der())),
+            "does not name",
+        );
+    }
+    unchanged(&mut w);
+
+    // A new challenge makes the old request stale; the fresh one is accepted, once.
+    let fresh = cancel_challenge(&mut market, &ra);
+    assert_ne!(fresh.challenge, what.challenge);
+    refused(post_cancel(&mut market, &ra, Some(&good), Some(&certificate)), "challenge");
+    unchanged(&mut w);
+    let request = w.card.cancel_request(&fresh).unwrap();
+    let answer = post_cancel(&mut market, &ra, Some(&request), Some(&certificate)).unwrap();
+    let confirmation: Signed<CancelConfirmation> =
+        from_hex(field(&answer, "confirmation").unwrap(), "confirmation").unwrap();
+    assert_eq!(
+        (confirmation.message.counter, confirmation.message.amount),
+        (a.token.message.counter, 1_250)
+    );
+    w.card.cancel(&confirmation).unwrap();
+    assert_eq!(w.balance(), balance + 1_250);
+    // Replayed for a second cancellation: refused by the market; the card signs no more
+    // requests for a cancelled payment.
+    conflict(
+        post_cancel(&mut market, &ra, Some(&request), Some(&certificate)),
+        "cancelled already",
+    );
+    conflict(
+        call(&mut market, "POST", &format!("/orders/{ra}/cancel-challenge"), Some(&json!({}))),
+        "cancelled already",
+    );
+    card_refused(w.card.cancel_request(&fresh));
+    assert_eq!(w.balance(), balance + 1_250);
+    // The other order is untouched and still cancellable with its own challenge.
+    assert_eq!(w.market.status(&fp(&w), &rb).unwrap().status, OrderStatus::Paid);
+    let request_b = w.card.cancel_request(&what_b).unwrap();
+    post_cancel(&mut market, &rb, Some(&request_b), Some(&certificate)).unwrap();
+}
+
 #[test]
 fn orders_belong_to_the_client_that_placed_them() {
     let mut w = World::new();
@@ -306,11 +460,13 @@ fn orders_belong_to_the_client_that_placed_them() {
         w.market_at.addr.port(),
     )
     .unwrap();
-    let path = format!("/orders/{}/cancel", bought.order.order);
-    assert!(matches!(
-        call(&mut theirs, "POST", &path, Some(&json!({}))),
-        Err(EmoneyError::NotFound(_))
-    ));
+    for op in ["cancel", "cancel-challenge"] {
+        let path = format!("/orders/{}/{op}", bought.order.order);
+        assert!(matches!(
+            call(&mut theirs, "POST", &path, Some(&json!({}))),
+            Err(EmoneyError::NotFound(_))
+        ));
+    }
     // A client certificate from another CA does not even connect.
     let stranger = Ca::new("stranger");
     let mut outsider = tessera_home::emoney::https::DirectTransport::new(

@@ -33,9 +33,9 @@ use tessera_crypto::rng::{OsRng, Rng};
 use tessera_crypto::scp03::{SecurityLevel, StaticKeys};
 use tessera_crypto::x509::{self, CaSigner, Certificate, IssueRequest, Role, Validity};
 use tessera_proto::home::{
-    self as proto, CancelConfirmation, CancelReceipt, ChargeNotice, EnrolmentProof, LogEntry,
-    LogPage, PAY_CHALLENGE_LEN, PaymentToken, REF_PIN1, REF_PIN2, REF_PUK, RefillAck,
-    RefillVoucher, Signed, Status, WalletInfo,
+    self as proto, CancelChallenge, CancelConfirmation, CancelReceipt, CancelRequest, ChargeNotice,
+    EnrolmentProof, LogEntry, LogPage, PAY_CHALLENGE_LEN, PaymentToken, REF_PIN1, REF_PIN2,
+    REF_PUK, RefillAck, RefillVoucher, Signed, Status, WalletInfo,
 };
 
 use crate::channel::{CardChannel, ChannelError};
@@ -533,6 +533,15 @@ impl<C: CardChannel> HomeCard<C> {
         Signed::parse(&data).map_err(malformed)
     }
 
+    /// SIGN CANCELLATION REQUEST: the card's signed request to cancel its payment to
+    /// `what.market` for `what.order`, answering the market's challenge (signature not checked
+    /// here: the market checks it). Changes nothing on the card. Enabled state.
+    pub fn sign_cancel_request(&mut self, what: &CancelChallenge) -> Result<Signed<CancelRequest>> {
+        let data =
+            self.run(&proto::sign_cancel_request_command(what), "SIGN CANCELLATION REQUEST")?;
+        Signed::parse(&data).map_err(malformed)
+    }
+
     /// Every log entry from counter `from` on (READ LOG, page after page). Enabled state.
     pub fn read_log(&mut self, from: u64) -> Result<Vec<LogEntry>> {
         let mut out: Vec<LogEntry> = Vec::new();
@@ -839,6 +848,23 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!(card.wallet().unwrap().balance, 7_500);
+        let what = CancelChallenge {
+            market: b"market.example".to_vec(),
+            order: b"A-1".to_vec(),
+            challenge: [4; 16],
+        };
+        let request = card.sign_cancel_request(&what).unwrap();
+        assert_eq!(
+            (request.message.counter, request.message.amount, request.message.challenge),
+            (token.message.counter, 2_500, [4; 16])
+        );
+        pay_key
+            .verify(
+                &request.message.signed_bytes(),
+                &Signature::from_bytes(&request.signature).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(card.wallet().unwrap().balance, 7_500);
         let confirmation = CancelConfirmation {
             market: b"market.example".to_vec(),
             card: b"HOME-1".to_vec(),
@@ -852,6 +878,10 @@ pub(crate) mod tests {
         card.cancel(&signed).unwrap();
         assert!(matches!(
             card.cancel(&signed),
+            Err(CardError::Card { sw: StatusWord::CONDITIONS_NOT_SATISFIED, .. })
+        ));
+        assert!(matches!(
+            card.sign_cancel_request(&what),
             Err(CardError::Card { sw: StatusWord::CONDITIONS_NOT_SATISFIED, .. })
         ));
         let log = card.read_log(0).unwrap();

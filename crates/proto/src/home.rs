@@ -3,8 +3,8 @@
 //!
 //! The home card holds two keys of its own, one per purpose: the **TLS key** (client
 //! authentication of the home server's handshakes with markets; certificate role home) and the
-//! **payment key** (payment tokens, refill acknowledgements, cancellation receipts;
-//! certificate role card). The TLS key signs only TLS client CertificateVerify contents the
+//! **payment key** (payment tokens, refill acknowledgements, cancellation requests and
+//! receipts; certificate role payment). The TLS key signs only TLS client CertificateVerify contents the
 //! card builds or checks itself (`tessera_crypto::tls::certificate_verify`); the payment key
 //! signs only the labelled structures below.
 //!
@@ -34,6 +34,7 @@
 //! | CREDIT | `80 56 00 00 Lc voucher 00` | enabled | [`RefillVoucher`] | [`RefillAck`] |
 //! | CANCEL | `80 58 00 00 Lc confirmation 00` | enabled | [`CancelConfirmation`] | [`CancelReceipt`] |
 //! | READ LOG | `80 5A 00 00 08 from 00` | enabled | first counter wanted | [`LogPage`] |
+//! | SIGN CANCELLATION REQUEST | `80 5C 00 00 Lc what 00` | enabled | [`CancelChallenge`] (market, order, the market's challenge) | [`CancelRequest`] |
 //!
 //! The issuer may also (re)set the PINs through the card-management applet (INSTALL [for
 //! personalization] of this applet, then STORE DATA with DGI [`DGI_PINS`] in an SCP03
@@ -74,6 +75,8 @@ pub const INS_CREDIT: u8 = 0x56;
 pub const INS_CANCEL: u8 = 0x58;
 /// INS of READ LOG.
 pub const INS_READ_LOG: u8 = 0x5A;
+/// INS of SIGN CANCELLATION REQUEST.
+pub const INS_SIGN_CANCEL_REQUEST: u8 = 0x5C;
 
 /// PIN reference (P2) of PIN1 (local, unlocks remote access).
 pub const REF_PIN1: u8 = 0x81;
@@ -114,6 +117,8 @@ pub const CV_TLS12: u8 = 0x12;
 pub const CHALLENGE_LEN: usize = crate::pairing::CHALLENGE_LEN;
 /// Length of the card challenge a charge notice answers (GET CHALLENGE `00 84 00 00 10`).
 pub const PAY_CHALLENGE_LEN: usize = 16;
+/// Length of the market's challenge a cancellation request answers.
+pub const CANCEL_CHALLENGE_LEN: usize = 16;
 /// Length of a raw ECDSA P-256 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Longest market, bank or card id and order reference.
@@ -139,6 +144,8 @@ pub const LABEL_CREDITED: &str = "tessera/home/credited";
 pub const LABEL_CANCEL: &str = "tessera/home/cancel";
 /// Label of the card's cancellation receipt.
 pub const LABEL_CANCELLED: &str = "tessera/home/cancelled";
+/// Label of the card's cancellation request (to the market).
+pub const LABEL_CANCEL_REQUEST: &str = "tessera/home/cancel-request";
 
 /// What the card signs at enrolment: its card id, which key (P1 of GENERATE KEY), the new
 /// public key and the CA's challenge.
@@ -235,6 +242,13 @@ pub fn credit_command(voucher: &Signed<RefillVoucher>) -> Command {
 /// CANCEL with a market's signed confirmation.
 pub fn cancel_command(confirmation: &Signed<CancelConfirmation>) -> Command {
     Command::new(CLA_PROPRIETARY, INS_CANCEL, 0, 0).with_data(confirmation.to_bytes()).with_le(256)
+}
+
+/// SIGN CANCELLATION REQUEST for the payment `what` names, answering the market's challenge.
+pub fn sign_cancel_request_command(what: &CancelChallenge) -> Command {
+    Command::new(CLA_PROPRIETARY, INS_SIGN_CANCEL_REQUEST, 0, 0)
+        .with_data(what.to_bytes())
+        .with_le(256)
 }
 
 /// READ LOG from counter `from` on.
@@ -690,6 +704,82 @@ impl Message for CancelConfirmation {
     }
 }
 
+/// SIGN CANCELLATION REQUEST's data: which payment (the market and its order reference, as
+/// logged) and the market's fresh challenge. Not signed by anybody: the card only looks the
+/// payment up and builds the [`CancelRequest`] itself. Encoded as a message body (three
+/// length-prefixed fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelChallenge {
+    /// The payee market's id.
+    pub market: Vec<u8>,
+    /// The order reference of the payment.
+    pub order: Vec<u8>,
+    /// The market's challenge for this cancellation.
+    pub challenge: [u8; CANCEL_CHALLENGE_LEN],
+}
+
+impl CancelChallenge {
+    /// The encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        body(&[&self.market, &self.order, &self.challenge])
+    }
+
+    /// Parses the encoding.
+    pub fn parse(data: &[u8]) -> Result<CancelChallenge, Malformed> {
+        let [market, order, challenge] = fields(data, "cancel challenge")?;
+        Ok(CancelChallenge {
+            market: id(market, "cancel challenge market")?,
+            order: id(order, "cancel challenge order")?,
+            challenge: fixed(challenge, "cancel challenge challenge")?,
+        })
+    }
+}
+
+/// The card's cancellation request (Fig. 20), signed by the payment key: built by the card
+/// from a logged payment that is not cancelled (card, counter, market, order and amount all
+/// come from the card's own log), bound to the market's fresh challenge. The market cancels
+/// a paid order only on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    /// The card's id.
+    pub card: Vec<u8>,
+    /// The wallet counter of the payment to cancel.
+    pub counter: u64,
+    /// The payee market's id.
+    pub market: Vec<u8>,
+    /// The order reference of the payment.
+    pub order: Vec<u8>,
+    /// The amount paid (to be credited back).
+    pub amount: u64,
+    /// The market's challenge.
+    pub challenge: [u8; CANCEL_CHALLENGE_LEN],
+}
+
+impl Message for CancelRequest {
+    const LABEL: &'static str = LABEL_CANCEL_REQUEST;
+    fn fields(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.card.clone(),
+            self.counter.to_be_bytes().to_vec(),
+            self.market.clone(),
+            self.order.clone(),
+            self.amount.to_be_bytes().to_vec(),
+            self.challenge.to_vec(),
+        ]
+    }
+    fn parse_body(b: &[u8]) -> Result<Self, Malformed> {
+        let [card, counter, market, order, amount, challenge] = fields(b, "cancel request")?;
+        Ok(CancelRequest {
+            card: id(card, "request card")?,
+            counter: u64_field(counter, "request counter")?,
+            market: id(market, "request market")?,
+            order: id(order, "request order")?,
+            amount: u64_field(amount, "request amount")?,
+            challenge: fixed(challenge, "request challenge")?,
+        })
+    }
+}
+
 /// The card's receipt of a cancellation, signed by the payment key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelReceipt {
@@ -902,6 +992,34 @@ mod tests {
     }
 
     #[test]
+    fn cancellation_requests_round_trip_and_are_labelled() {
+        let what = CancelChallenge {
+            market: b"market.example".to_vec(),
+            order: b"order-1".to_vec(),
+            challenge: [5; CANCEL_CHALLENGE_LEN],
+        };
+        assert_eq!(CancelChallenge::parse(&what.to_bytes()).unwrap(), what);
+        let bytes = what.to_bytes();
+        assert!(CancelChallenge::parse(&bytes[..bytes.len() - 1]).is_err());
+        assert!(CancelChallenge::parse(&[bytes.clone(), vec![0]].concat()).is_err());
+        let request = CancelRequest {
+            card: b"CARD-1".to_vec(),
+            counter: 2,
+            market: what.market.clone(),
+            order: what.order.clone(),
+            amount: 1250,
+            challenge: what.challenge,
+        };
+        let s = Signed { message: request.clone(), signature: [9; 64] };
+        assert_eq!(Signed::<CancelRequest>::parse(&s.to_bytes()).unwrap(), s);
+        assert!(request.signed_bytes().starts_with(b"tessera/home/cancel-request\0"));
+        // Neither a market's confirmation nor a payment token parses as a request.
+        assert!(CancelRequest::parse_body(&notice().body()).is_err());
+        let command = sign_cancel_request_command(&what);
+        assert_eq!((command.cla, command.ins), (CLA_PROPRIETARY, INS_SIGN_CANCEL_REQUEST));
+    }
+
+    #[test]
     fn status_and_wallet_round_trip() {
         let s = Status {
             phase: Phase::RemoteWait,
@@ -931,6 +1049,8 @@ mod tests {
             let _ = Signed::<ChargeNotice>::parse(&data);
             let _ = Signed::<RefillVoucher>::parse(&data);
             let _ = Signed::<CancelConfirmation>::parse(&data);
+            let _ = Signed::<CancelRequest>::parse(&data);
+            let _ = CancelChallenge::parse(&data);
             let _ = LogPage::parse(&data);
             let _ = Status::parse(&data);
             let _ = WalletInfo::parse(&data);

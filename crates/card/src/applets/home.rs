@@ -14,7 +14,8 @@
 //!   signs only a TLS client CertificateVerify content the card builds (TLS 1.3, from the
 //!   transcript hash) or checks (TLS 1.2 handshake messages), and only when enabled.
 //! - **Wallet** ([`wallet`]): a payment key of its own (role payment), balance, counter,
-//!   settlement log; PAY, CREDIT, CANCEL, READ LOG, only when enabled.
+//!   settlement log; PAY, CREDIT, CANCEL, SIGN CANCELLATION REQUEST, READ LOG, only when
+//!   enabled.
 //!
 //! Status words: not enabled `6982`; a step out of order (no PINs, no key, no certificate,
 //! already installed) `6985`; a refused certificate or untrusted signer `6984`; a bad
@@ -318,6 +319,7 @@ impl HomeApplet {
             proto::INS_PAY => w.pay(&cmd.data, challenge.as_deref()),
             proto::INS_CREDIT => w.credit(&cmd.data),
             proto::INS_CANCEL => w.cancel(&cmd.data),
+            proto::INS_SIGN_CANCEL_REQUEST => w.sign_cancel_request(&cmd.data),
             _ => w.read_log(&cmd.data),
         }
     }
@@ -391,9 +393,11 @@ impl Applet for HomeApplet {
                 self.require_enabled()?;
                 credential::sign_cv(&self.state.tls, cmd).map(Response::ok)
             }
-            proto::INS_PAY | proto::INS_CREDIT | proto::INS_CANCEL | proto::INS_READ_LOG => {
-                self.wallet(ctx, cmd).map(Response::ok)
-            }
+            proto::INS_PAY
+            | proto::INS_CREDIT
+            | proto::INS_CANCEL
+            | proto::INS_SIGN_CANCEL_REQUEST
+            | proto::INS_READ_LOG => self.wallet(ctx, cmd).map(Response::ok),
             _ => Err(StatusWord::INS_NOT_SUPPORTED),
         }
     }

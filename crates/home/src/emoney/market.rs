@@ -9,7 +9,8 @@
 //! | `POST /orders` | `{sku, quantity}` | the order: `{order, sku, quantity, amount, currency, status}` |
 //! | `POST /orders/{order}/charge` | `{card, challenge}` (hex) | `{notice}`: a signed [`ChargeNotice`] |
 //! | `POST /orders/{order}/pay` | `{token, certificate}` (hex) | `{settlement}`: a signed [`Settlement`] |
-//! | `POST /orders/{order}/cancel` | `{}` | `{confirmation}`: a signed [`CancelConfirmation`] |
+//! | `POST /orders/{order}/cancel-challenge` | `{}` | `{challenge}`: a [`CancelChallenge`] for the card |
+//! | `POST /orders/{order}/cancel` | `{request, certificate}` (hex) | `{confirmation}`: a signed [`CancelConfirmation`] |
 //! | `GET /orders/{order}` | | the order (with the settlement or confirmation, when made) |
 //!
 //! **Payment.** The token must be signed by the payment key certified (role card, common name
@@ -19,8 +20,16 @@
 //! (whose counter repeats) are refused. Accepted tokens are recorded, so each is used once.
 //!
 //! **Cancellation.** Only a paid order, once, and no later than [`CANCEL_WINDOW`] after the
-//! time in the market's own charge notice, on the market's [`UnixClock`]. The confirmation
-//! is signed; the home card credits the amount back only on it.
+//! time in the market's own charge notice, on the market's [`UnixClock`], and only on the
+//! card's own word: the market first hands out a fresh random challenge for the order (a new
+//! one replaces the last), the home card signs a [`CancelRequest`] with its payment key
+//! (SIGN CANCELLATION REQUEST), and the market verifies it against the payment certificate
+//! (issuer CA, role payment, common name the card that paid) and checks that it names exactly
+//! the paid order: card, counter, market, order, amount and the outstanding challenge. A
+//! request without a signature, by another card, for another order or amount, or replayed
+//! (an old challenge, or the order already cancelled) is refused and changes nothing. The
+//! challenge is used up by the cancellation. The confirmation is signed; the home card
+//! credits the amount back only on it.
 //!
 //! State is in SQLite (rusqlite); every check and its update run in one transaction.
 
@@ -36,7 +45,8 @@ use serde_json::{Value, json};
 use tessera_crypto::rng::{OsRng, Rng};
 use tessera_crypto::x509::Certificate;
 use tessera_proto::home::{
-    CancelConfirmation, ChargeNotice, PAY_CHALLENGE_LEN, PaymentToken, Signed,
+    CANCEL_CHALLENGE_LEN, CancelChallenge, CancelConfirmation, CancelRequest, ChargeNotice,
+    PAY_CHALLENGE_LEN, PaymentToken, Signed,
 };
 
 use super::https::Peer;
@@ -142,6 +152,7 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE TABLE IF NOT EXISTS cards (card BLOB PRIMARY KEY, last_counter INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (digest BLOB PRIMARY KEY, reference TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cancel_challenges (reference TEXT PRIMARY KEY, challenge BLOB NOT NULL);
 ";
 
 /// The reference market.
@@ -424,12 +435,9 @@ impl Market {
         Ok(settlement)
     }
 
-    /// Cancels a paid order within [`CANCEL_WINDOW`] of its notice; the signed confirmation.
-    pub fn cancel(&self, client: &[u8; 32], reference: &str) -> Result<Signed<CancelConfirmation>> {
-        let now = self.clock.now();
-        let mut conn = self.db();
-        let tx = conn.transaction()?;
-        let row = Self::owned(&tx, client, reference)?;
+    /// The paid order's card, payment counter and notice time, if it may still be cancelled
+    /// at `now` (see the module docs).
+    fn cancellable(reference: &str, row: &Row, now: i64) -> Result<(Vec<u8>, u64)> {
         match row.status {
             OrderStatus::Paid => {}
             OrderStatus::Cancelled => {
@@ -440,7 +448,8 @@ impl Market {
             }
             _ => return Err(EmoneyError::Conflict(format!("order {reference} is not paid"))),
         }
-        let (Some(card), Some(counter), Some(noticed)) = (row.card, row.counter, row.notice_time)
+        let (Some(card), Some(counter), Some(noticed)) =
+            (row.card.clone(), row.counter, row.notice_time)
         else {
             return Err(EmoneyError::Setup(format!("order {reference}: paid without a notice")));
         };
@@ -448,8 +457,85 @@ impl Market {
             return Err(EmoneyError::Conflict(format!(
                 "order {reference} was charged more than 7 days ago ({}s); it can no longer be \
                  cancelled",
-                now - noticed
+                now.saturating_sub(noticed)
             )));
+        }
+        Ok((card, counter))
+    }
+
+    /// A fresh challenge for cancelling a paid order (within [`CANCEL_WINDOW`]): what the
+    /// home card's signed [`CancelRequest`] must answer. A new one replaces the last.
+    pub fn cancel_challenge(&self, client: &[u8; 32], reference: &str) -> Result<CancelChallenge> {
+        let now = self.clock.now();
+        let mut conn = self.db();
+        let tx = conn.transaction()?;
+        let row = Self::owned(&tx, client, reference)?;
+        Self::cancellable(reference, &row, now)?;
+        let mut challenge = [0u8; CANCEL_CHALLENGE_LEN];
+        OsRng.fill_random(&mut challenge);
+        tx.execute(
+            "INSERT INTO cancel_challenges (reference, challenge) VALUES (?1, ?2)
+             ON CONFLICT(reference) DO UPDATE SET challenge = excluded.challenge",
+            params![reference, &challenge[..]],
+        )?;
+        tx.commit()?;
+        Ok(CancelChallenge {
+            market: self.party.id.as_bytes().to_vec(),
+            order: reference.as_bytes().to_vec(),
+            challenge,
+        })
+    }
+
+    /// Cancels a paid order within [`CANCEL_WINDOW`] of its notice on the card's signed
+    /// `request`, verified with its payment `certificate` (DER); the signed confirmation. See
+    /// the module docs for every check; a refusal changes nothing.
+    pub fn cancel(
+        &self,
+        client: &[u8; 32],
+        reference: &str,
+        request: &Signed<CancelRequest>,
+        certificate: &[u8],
+    ) -> Result<Signed<CancelConfirmation>> {
+        let now = self.clock.now();
+        let mut conn = self.db();
+        let tx = conn.transaction()?;
+        let row = Self::owned(&tx, client, reference)?;
+        let (card, counter) = Self::cancellable(reference, &row, now)?;
+        let challenge: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT challenge FROM cancel_challenges WHERE reference = ?1",
+                params![reference],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(challenge) = challenge else {
+            return Err(EmoneyError::Conflict(format!(
+                "order {reference} has no cancellation challenge (POST \
+                 /orders/{reference}/cancel-challenge first)"
+            )));
+        };
+        // The paying card's payment key, and its signature over the request.
+        let key = card_key(&self.issuer, certificate, &card, now)?;
+        verify(&key, request)
+            .map_err(|e| EmoneyError::Refused(format!("cancellation request: {}", e.reason())))?;
+        let r = &request.message;
+        if r.card != card
+            || r.counter != counter
+            || r.market != self.party.id.as_bytes()
+            || r.order != reference.as_bytes()
+            || r.amount != row.amount
+        {
+            return Err(EmoneyError::Refused(format!(
+                "the cancellation request does not name order {reference} as paid (card, \
+                 counter, market, order and amount must match)"
+            )));
+        }
+        if r.challenge[..] != challenge[..] {
+            return Err(EmoneyError::Refused(
+                "the cancellation request does not answer the outstanding challenge (replayed \
+                 or stale)"
+                    .into(),
+            ));
         }
         let confirmation = self.party.sign(CancelConfirmation {
             market: self.party.id.as_bytes().to_vec(),
@@ -463,8 +549,9 @@ impl Market {
             "UPDATE orders SET status = 'cancelled', confirmation = ?2 WHERE reference = ?1",
             params![reference, confirmation.to_bytes()],
         )?;
+        tx.execute("DELETE FROM cancel_challenges WHERE reference = ?1", params![reference])?;
         tx.commit()?;
-        tracing::info!(order = reference, "order cancelled");
+        tracing::info!(order = reference, "order cancelled on the card's signed request");
         Ok(confirmation)
     }
 
@@ -476,6 +563,7 @@ impl Market {
             .route("/orders/{order}", get(status))
             .route("/orders/{order}/charge", post(charge))
             .route("/orders/{order}/pay", post(pay))
+            .route("/orders/{order}/cancel-challenge", post(cancel_challenge))
             .route("/orders/{order}/cancel", post(cancel))
             .with_state(self)
     }
@@ -549,11 +637,43 @@ async fn pay(
     Ok(Json(json!({ "settlement": to_hex(&settlement) })))
 }
 
-async fn cancel(
+async fn cancel_challenge(
     State(m): S,
     ConnectInfo(p): P,
     UrlPath(r): UrlPath<String>,
 ) -> Result<Json<Value>> {
-    let confirmation = m.cancel(&p.fingerprint()?, &r)?;
+    let what = m.cancel_challenge(&p.fingerprint()?, &r)?;
+    Ok(Json(json!({ "challenge": hex::encode(what.to_bytes()) })))
+}
+
+/// The body of a cancellation; both fields are required (a missing one is refused with the
+/// reason, not a parse error).
+#[derive(Deserialize)]
+struct CancelBody {
+    #[serde(default)]
+    request: Option<String>,
+    #[serde(default)]
+    certificate: Option<String>,
+}
+
+async fn cancel(
+    State(m): S,
+    ConnectInfo(p): P,
+    UrlPath(r): UrlPath<String>,
+    Json(b): Json<CancelBody>,
+) -> Result<Json<Value>> {
+    let client = p.fingerprint()?;
+    // Somebody else's order stays indistinguishable from a missing one.
+    m.status(&client, &r)?;
+    let (Some(request), Some(certificate)) = (b.request, b.certificate) else {
+        return Err(EmoneyError::Refused(
+            "a cancellation needs the card's signed request (request) and its payment \
+             certificate (certificate)"
+                .into(),
+        ));
+    };
+    let request = from_hex(&request, "cancellation request")?;
+    let certificate = bytes_from_hex(&certificate, "certificate")?;
+    let confirmation = m.cancel(&client, &r, &request, &certificate)?;
     Ok(Json(json!({ "confirmation": to_hex(&confirmation) })))
 }

@@ -8,8 +8,11 @@
 //!   bank, which debits the account. [`settle_voucher`] repeats the last two steps and is safe
 //!   to repeat: a lost acknowledgement is recovered by sending the same voucher again (the card
 //!   answers the same acknowledgement and credits nothing) and the bank debits once.
-//! - [`cancel`]: the cancellation to the market → its signed confirmation → CANCEL (the card
-//!   credits the amount back and marks the payment cancelled, once).
+//! - [`cancel`]: the market's cancellation challenge for the order → SIGN CANCELLATION
+//!   REQUEST (the card signs, with its payment key, a request it builds from its own log entry
+//!   of the payment) → the request and the payment certificate to the market, which verifies
+//!   them → its signed confirmation → CANCEL (the card credits the amount back and marks the
+//!   payment cancelled, once).
 //!
 //! Every card operation needs the encryption-enabled state (PIN2 accepted over the control
 //! channel); the card refuses otherwise ([`EmoneyError::Card`] "locked"), and the host's
@@ -20,8 +23,9 @@ use tessera_crypto::x509::Certificate;
 use tessera_host::CardChannel;
 use tessera_host::home::{CardError, Clock, HomeCardSession};
 use tessera_proto::home::{
-    CancelConfirmation, CancelReceipt, ChargeNotice, LOG_PAGE, LogEntry, LogPage,
-    PAY_CHALLENGE_LEN, PaymentToken, RefillAck, RefillVoucher, Signed, WalletInfo,
+    CancelChallenge, CancelConfirmation, CancelReceipt, CancelRequest, ChargeNotice, LOG_PAGE,
+    LogEntry, LogPage, PAY_CHALLENGE_LEN, PaymentToken, RefillAck, RefillVoucher, Signed,
+    WalletInfo,
 };
 
 use super::https::{Transport, call, field};
@@ -36,6 +40,9 @@ pub trait WalletPort {
     fn pay(&mut self, notice: &Signed<ChargeNotice>) -> Result<Signed<PaymentToken>>;
     /// CREDIT.
     fn credit(&mut self, voucher: &Signed<RefillVoucher>) -> Result<Signed<RefillAck>>;
+    /// SIGN CANCELLATION REQUEST: the card's signed request to cancel the payment `what`
+    /// names, answering the market's challenge (changes nothing on the card).
+    fn cancel_request(&mut self, what: &CancelChallenge) -> Result<Signed<CancelRequest>>;
     /// CANCEL.
     fn cancel(
         &mut self,
@@ -62,6 +69,9 @@ impl<C: CardChannel, K: Clock> WalletPort for HomeCardSession<C, K> {
     }
     fn credit(&mut self, voucher: &Signed<RefillVoucher>) -> Result<Signed<RefillAck>> {
         self.card().and_then(|c| c.credit(voucher)).map_err(card_error)
+    }
+    fn cancel_request(&mut self, what: &CancelChallenge) -> Result<Signed<CancelRequest>> {
+        self.card().and_then(|c| c.sign_cancel_request(what)).map_err(card_error)
     }
     fn cancel(
         &mut self,
@@ -230,14 +240,30 @@ pub fn resume_refills(
     Ok(out)
 }
 
-/// Cancels `order` at the market and has the card credit it back; the card's receipt.
+/// Cancels `order` at the market and has the card credit it back (module docs); the card's
+/// receipt.
 pub fn cancel(
     card: &mut dyn WalletPort,
     market: &mut dyn Transport,
     order: &str,
 ) -> Result<Signed<CancelReceipt>> {
-    let path = format!("/orders/{order}/cancel");
+    let path = format!("/orders/{order}/cancel-challenge");
     let answer = call(market, "POST", &path, Some(&json!({})))?;
+    let what = hex::decode(field(&answer, "challenge")?)
+        .ok()
+        .and_then(|b| CancelChallenge::parse(&b).ok())
+        .ok_or_else(|| {
+            EmoneyError::Transport("the cancellation challenge does not parse".into())
+        })?;
+    if what.order != order.as_bytes() {
+        return Err(EmoneyError::Transport(format!(
+            "the market's cancellation challenge is for another order than {order}"
+        )));
+    }
+    let request = card.cancel_request(&what)?;
+    let certificate = card.payment_certificate()?;
+    let body = json!({ "request": to_hex(&request), "certificate": hex::encode(certificate) });
+    let answer = call(market, "POST", &format!("/orders/{order}/cancel"), Some(&body))?;
     let confirmation = from_hex(field(&answer, "confirmation")?, "confirmation")?;
     card.cancel(&confirmation)
 }
@@ -254,6 +280,8 @@ pub enum Request {
     Credit(Signed<RefillVoucher>),
     /// CANCEL with the market's confirmation.
     Cancel(Signed<CancelConfirmation>),
+    /// SIGN CANCELLATION REQUEST for the market's challenge.
+    CancelRequest(CancelChallenge),
     /// GET DATA (wallet).
     Info,
     /// READ LOG from this counter on (one page of at most [`LOG_PAGE`] entries).
@@ -270,6 +298,7 @@ mod op {
     pub const INFO: u8 = 5;
     pub const READ_LOG: u8 = 6;
     pub const CERTIFICATE: u8 = 7;
+    pub const CANCEL_REQUEST: u8 = 8;
 }
 
 impl Request {
@@ -283,6 +312,7 @@ impl Request {
             Request::Info => vec![op::INFO],
             Request::ReadLog(from) => [vec![op::READ_LOG], from.to_be_bytes().to_vec()].concat(),
             Request::Certificate => vec![op::CERTIFICATE],
+            Request::CancelRequest(w) => [vec![op::CANCEL_REQUEST], w.to_bytes()].concat(),
         }
     }
 
@@ -302,6 +332,9 @@ impl Request {
                 .map(|b| Request::ReadLog(u64::from_be_bytes(b)))
                 .map_err(|_| bad(&"counter length")),
             op::CERTIFICATE => none(Request::Certificate),
+            op::CANCEL_REQUEST => {
+                CancelChallenge::parse(arg).map(Request::CancelRequest).map_err(|e| bad(&e))
+            }
             _ => Err(bad(&format!("unknown operation {code}"))),
         }
     }
@@ -325,6 +358,7 @@ pub fn serve(card: &mut dyn WalletPort, request: &[u8]) -> (Vec<u8>, bool) {
                 LogPage { more, entries }.to_bytes()
             }
             Request::Certificate => card.payment_certificate()?,
+            Request::CancelRequest(w) => card.cancel_request(&w)?.to_bytes(),
         };
         Ok((bytes, paid))
     });
@@ -416,6 +450,9 @@ impl WalletPort for RemoteWallet<'_> {
     fn credit(&mut self, voucher: &Signed<RefillVoucher>) -> Result<Signed<RefillAck>> {
         Signed::parse(&self.ask(Request::Credit(voucher.clone()))?).map_err(malformed)
     }
+    fn cancel_request(&mut self, what: &CancelChallenge) -> Result<Signed<CancelRequest>> {
+        Signed::parse(&self.ask(Request::CancelRequest(what.clone()))?).map_err(malformed)
+    }
     fn cancel(
         &mut self,
         confirmation: &Signed<CancelConfirmation>,
@@ -457,6 +494,9 @@ impl WalletPort for CardHomeWallet {
     }
     fn credit(&mut self, voucher: &Signed<RefillVoucher>) -> Result<Signed<RefillAck>> {
         self.0.card().credit(voucher)
+    }
+    fn cancel_request(&mut self, what: &CancelChallenge) -> Result<Signed<CancelRequest>> {
+        self.0.card().cancel_request(what)
     }
     fn cancel(
         &mut self,
@@ -504,9 +544,15 @@ mod tests {
             Request::Info,
             Request::ReadLog(u64::MAX),
             Request::Certificate,
+            Request::CancelRequest(CancelChallenge {
+                market: b"m".to_vec(),
+                order: b"o".to_vec(),
+                challenge: [4; 16],
+            }),
         ] {
             assert_eq!(Request::parse(&r.encode()).unwrap(), r);
         }
+        assert!(matches!(Request::parse(&[8, 0, 1]), Err(EmoneyError::BadRequest(_))));
         let pay = Request::Pay(notice()).encode();
         for bad in [&[][..], &[0], &[8], &[1, 0], &[5, 0], &[6, 0, 0, 0], &pay[..pay.len() - 1]] {
             assert!(matches!(Request::parse(bad), Err(EmoneyError::BadRequest(_))), "{bad:?}");

@@ -9,9 +9,9 @@ use tessera_crypto::rng::SeededRng;
 use tessera_crypto::tls::certificate_verify::tls13_client_content;
 use tessera_crypto::x509::{Certificate, Role};
 use tessera_proto::home::{
-    self as proto, CERT_PAYMENT, CERT_TLS, CancelReceipt, DATA_STATUS, DATA_WALLET, EntryKind,
-    LogPage, Message, PaymentToken, Phase, REF_PIN1, REF_PIN2, RefillAck, Signed, Status,
-    WalletInfo,
+    self as proto, CERT_PAYMENT, CERT_TLS, CancelChallenge, CancelReceipt, CancelRequest,
+    DATA_STATUS, DATA_WALLET, EntryKind, LogPage, Message, PaymentToken, Phase, REF_PIN1, REF_PIN2,
+    RefillAck, Signed, Status, WalletInfo,
 };
 
 use super::scenarios::*;
@@ -368,6 +368,90 @@ fn wallet_attacks_fail_cleanly() {
         .unwrap();
 }
 
+fn what(market: &[u8], order: &[u8], challenge: u8) -> CancelChallenge {
+    CancelChallenge { market: market.to_vec(), order: order.to_vec(), challenge: [challenge; 16] }
+}
+
+#[test]
+fn the_card_signs_a_cancellation_request_only_for_its_own_uncancelled_payment() {
+    let (mut d, pki) = enrolled_card();
+    let mut s = Script::new(&mut d);
+    let key = payment_key(&mut s);
+    s.expect(&proto::credit_command(&pki.by_bank(voucher(1, 5000))), StatusWord::SUCCESS).unwrap();
+    let n = notice(&mut s, b"order-1", 1200).unwrap();
+    s.expect(&proto::pay_command(&pki.by_market(n)), StatusWord::SUCCESS).unwrap();
+    let before = wallet(&mut s);
+
+    // The request: built by the card from its log, bound to the market's challenge.
+    let r = s
+        .expect(
+            &proto::sign_cancel_request_command(&what(MARKET, b"order-1", 7)),
+            StatusWord::SUCCESS,
+        )
+        .unwrap();
+    let request: CancelRequest = verify_signed(&key, &r.data);
+    assert_eq!(
+        request,
+        CancelRequest {
+            card: isd::scenarios::CARD_ID.to_vec(),
+            counter: 2,
+            market: MARKET.to_vec(),
+            order: b"order-1".to_vec(),
+            amount: 1200,
+            challenge: [7; 16],
+        }
+    );
+    // Another challenge, another signature over it; nothing changed on the card.
+    let r = s
+        .expect(
+            &proto::sign_cancel_request_command(&what(MARKET, b"order-1", 8)),
+            StatusWord::SUCCESS,
+        )
+        .unwrap();
+    assert_eq!(verify_signed::<CancelRequest>(&key, &r.data).challenge, [8; 16]);
+    assert_eq!(wallet(&mut s), before);
+
+    // No such payment: another order, another market, a refill's reference (sequence 1).
+    for bad in [
+        what(MARKET, b"order-2", 7),
+        what(b"evil market", b"order-1", 7),
+        what(BANK, &1u64.to_be_bytes(), 7),
+    ] {
+        s.expect(&proto::sign_cancel_request_command(&bad), StatusWord::REFERENCED_DATA_NOT_FOUND)
+            .unwrap();
+    }
+    // Malformed data: never signed as it is.
+    let mut arbitrary = proto::sign_cancel_request_command(&what(MARKET, b"order-1", 7));
+    arbitrary.data = b"tessera/home/cancel-request\0anything".to_vec();
+    s.expect(&arbitrary, StatusWord::INCORRECT_DATA).unwrap();
+    let mut short = proto::sign_cancel_request_command(&what(MARKET, b"order-1", 7));
+    short.data.pop();
+    s.expect(&short, StatusWord::INCORRECT_DATA).unwrap();
+    let mut p1 = proto::sign_cancel_request_command(&what(MARKET, b"order-1", 7));
+    p1.p1 = 1;
+    s.expect(&p1, StatusWord::INCORRECT_P1P2).unwrap();
+    assert_eq!(wallet(&mut s), before);
+
+    // Once cancelled, no more requests for it.
+    let c = pki.by_market(confirmation(2, b"order-1", 1200));
+    s.expect(&proto::cancel_command(&c), StatusWord::SUCCESS).unwrap();
+    s.expect(
+        &proto::sign_cancel_request_command(&what(MARKET, b"order-1", 9)),
+        StatusWord::CONDITIONS_NOT_SATISFIED,
+    )
+    .unwrap();
+
+    // Only in the enabled state.
+    let n = notice(&mut s, b"order-3", 100).unwrap();
+    s.expect(&proto::pay_command(&pki.by_market(n)), StatusWord::SUCCESS).unwrap();
+    s.expect(&proto::end_command(), StatusWord::SUCCESS).unwrap();
+    s.expect(
+        &proto::sign_cancel_request_command(&what(MARKET, b"order-3", 7)),
+        StatusWord::SECURITY_STATUS_NOT_SATISFIED,
+    )
+    .unwrap();
+}
+
 #[test]
 fn the_log_is_a_ring_read_in_pages() {
     let (mut d, pki) = enrolled_card();
@@ -413,6 +497,7 @@ mod model {
         Credit { offset: u64, amount: u64 },
         Pay { order: u8, amount: u64 },
         Cancel { pick: usize },
+        Request { order: u8 },
         Garbage { ins: u8, data: Vec<u8> },
     }
 
@@ -423,8 +508,11 @@ mod model {
             (0u8..4, prop::sample::select(vec![0u64, 100, 700, 2500]))
                 .prop_map(|(order, amount)| Op::Pay { order, amount }),
             (0usize..4).prop_map(|pick| Op::Cancel { pick }),
+            (0u8..5).prop_map(|order| Op::Request { order }),
             (
-                prop::sample::select(vec![0x54u8, 0x56, 0x58, 0x5A, 0x2A, 0xCA, 0xB8, 0xBA, 0xBC]),
+                prop::sample::select(vec![
+                    0x54u8, 0x56, 0x58, 0x5A, 0x5C, 0x2A, 0xCA, 0xB8, 0xBA, 0xBC
+                ]),
                 prop::collection::vec(any::<u8>(), 0..120)
             )
                 .prop_map(|(ins, data)| Op::Garbage { ins, data }),
@@ -506,11 +594,25 @@ mod model {
                         };
                         prop_assert_eq!(sw, expected);
                     }
+                    Op::Request { order } => {
+                        // Read-only: the model does not move.
+                        let reference = format!("order-{order}");
+                        let r = s.send(&proto::sign_cancel_request_command(&what(MARKET, reference.as_bytes(), order))).unwrap();
+                        match m.payments.get(&order) {
+                            Some(&(counter, amount, false)) => {
+                                prop_assert_eq!(r.sw, StatusWord::SUCCESS);
+                                let q = Signed::<CancelRequest>::parse(&r.data).unwrap().message;
+                                prop_assert_eq!((q.counter, q.amount, q.challenge), (counter, amount, [order; 16]));
+                            }
+                            Some(_) => prop_assert_eq!(r.sw, StatusWord::CONDITIONS_NOT_SATISFIED),
+                            None => prop_assert_eq!(r.sw, StatusWord::REFERENCED_DATA_NOT_FOUND),
+                        }
+                    }
                     Op::Garbage { ins, data } => {
                         let r = s.send(&Command::new(0x80, ins, 0, 0).with_data(data).with_le(256)).unwrap();
                         // Read-only commands may succeed; nothing else can.
                         if r.sw == StatusWord::SUCCESS {
-                            prop_assert!(ins == 0x5A || ins == 0xCA, "INS {ins:02X} accepted garbage");
+                            prop_assert!(ins == 0x5A || ins == 0x5C || ins == 0xCA, "INS {ins:02X} accepted garbage");
                         }
                     }
                 }

@@ -16,6 +16,12 @@
 //! - **CANCEL**: a trusted market's confirmation naming a logged payment of this card (counter,
 //!   order, amount must match): credits the amount back, marks the entry cancelled, logs the
 //!   cancellation, answers a signed receipt. A second cancellation is refused (`6985`).
+//! - **SIGN CANCELLATION REQUEST**: for a logged payment (found by market and order
+//!   reference) that is not cancelled, the card builds the [`CancelRequest`] itself (card id,
+//!   the payment's counter, market, order and amount from the log, and the market's fresh
+//!   challenge) and signs it with the payment key; the market cancels only on it. The only
+//!   outside input that reaches the signature is the 16-byte challenge, next to facts of the
+//!   card's own log: the payment key never signs arbitrary data. Read-only (changes nothing).
 //! - **READ LOG**: the entries from a counter on, oldest first, a page at a time.
 //!
 //! Trust: TRUST installs a market's or bank's certificate, issued by the card's CA with role
@@ -28,9 +34,9 @@ use tessera_apdu::StatusWord;
 use tessera_crypto::ecdsa::{PublicKey, Signature, SigningKey};
 use tessera_crypto::x509::Role;
 use tessera_proto::home::{
-    CancelConfirmation, CancelReceipt, ChargeNotice, EntryKind, LOG_CAPACITY, LOG_PAGE, LogEntry,
-    LogPage, MAX_PARTIES, Message, PARTY_BANK, PARTY_MARKET, PaymentToken, RefillAck,
-    RefillVoucher, Signed, WalletInfo,
+    CancelChallenge, CancelConfirmation, CancelReceipt, CancelRequest, ChargeNotice, EntryKind,
+    LOG_CAPACITY, LOG_PAGE, LogEntry, LogPage, MAX_PARTIES, Message, PARTY_BANK, PARTY_MARKET,
+    PaymentToken, RefillAck, RefillVoucher, Signed, WalletInfo,
 };
 
 use super::credential::{Anchor, KeyAndCertificate, REFUSED, VERIFICATION_FAILED, party_id};
@@ -345,6 +351,34 @@ impl Wallet<'_> {
             payment_counter: c.counter,
             counter,
             amount: c.amount,
+        })
+    }
+
+    /// SIGN CANCELLATION REQUEST (see the module docs): `6A88` when no payment to that market
+    /// with that order is logged (or it left the ring), `6985` when it is cancelled already.
+    pub fn sign_cancel_request(&self, data: &[u8]) -> Result<Vec<u8>, StatusWord> {
+        self.key()?;
+        let what = CancelChallenge::parse(data).map_err(|_| StatusWord::INCORRECT_DATA)?;
+        let entry = self
+            .state
+            .log
+            .iter()
+            .find(|e| {
+                e.kind == EntryKind::Payment.code()
+                    && e.party == what.market
+                    && e.reference == what.order
+            })
+            .ok_or(StatusWord::REFERENCED_DATA_NOT_FOUND)?;
+        if entry.cancelled {
+            return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        self.sign(CancelRequest {
+            card: self.card_id.to_vec(),
+            counter: entry.counter,
+            market: entry.party.clone(),
+            order: entry.reference.clone(),
+            amount: entry.amount,
+            challenge: what.challenge,
         })
     }
 
