@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod card_cert;
 pub mod control;
 pub mod emoney;
 pub mod handover;

@@ -1,9 +1,8 @@
 //! The control channel's TLS: TLS 1.3 only, SHA-256 cipher suites only (the card signs a
 //! 32-byte transcript hash), `ring`, mutual authentication.
 //!
-//! - The terminal's client key is a [`ClientKey`] (the access card): [`CardClientCert`]
-//!   resolves it, and its signer hands the card only the transcript hash it extracts from the
-//!   CertificateVerify content rustls asks it to sign.
+//! - The terminal's client key is a [`ClientKey`] (the access card), resolved and signed
+//!   through `crate::card_cert` (TLS 1.3 only: the card gets the transcript hash only).
 //! - The terminal accepts exactly the pinned home-server key ([`PinnedServer`]): the SHA-256
 //!   of the certificate's SubjectPublicKeyInfo, as the access card stores it, compared in
 //!   constant time; the handshake signature is still checked against that key. No CA, no
@@ -19,20 +18,17 @@
 use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
-use tessera_crypto::tls::certificate_verify::{TLS13_CLIENT_CONTEXT, TLS13_CONTENT_LEN};
-use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use tokio_rustls::rustls::sign::{CertifiedKey, Signer, SigningKey};
 use tokio_rustls::rustls::{
-    self, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureAlgorithm,
-    SignatureScheme,
+    self, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
 
+use crate::card_cert::{CardCert, CardKey};
 use crate::registry::Registry;
 use crate::{ClientKey, fingerprint};
 
@@ -68,7 +64,7 @@ pub fn client_config(
         .map_err(|e| TlsSetupError(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(CardClientCert { key }));
+        .with_client_cert_resolver(Arc::new(CardCert(CardKey::Tls13(key))));
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
 }
@@ -84,7 +80,7 @@ pub fn market_client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsSetupError(e.to_string()))?
         .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(CardClientCert { key }));
+        .with_client_cert_resolver(Arc::new(CardCert(CardKey::Tls13(key))));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -214,116 +210,5 @@ impl ClientCertVerifier for AdmittedClients {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ECDSA_NISTP256_SHA256]
-    }
-}
-
-/// Resolves the terminal's client certificate to the card key.
-pub struct CardClientCert {
-    key: Arc<dyn ClientKey>,
-}
-
-impl std::fmt::Debug for CardClientCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardClientCert")
-    }
-}
-
-impl ResolvesClientCert for CardClientCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        if !sigschemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) {
-            return None;
-        }
-        let signing = CardSigningKey { key: self.key.clone() };
-        Some(Arc::new(CertifiedKey::new(self.key.certificate_chain(), Arc::new(signing))))
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// The card key as a rustls signing key (`ecdsa_secp256r1_sha256` only).
-struct CardSigningKey {
-    key: Arc<dyn ClientKey>,
-}
-
-impl std::fmt::Debug for CardSigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardSigningKey")
-    }
-}
-
-impl SigningKey for CardSigningKey {
-    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
-        offered
-            .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
-            .then(|| Box::new(CardSigner { key: self.key.clone() }) as Box<dyn Signer>)
-    }
-
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::ECDSA
-    }
-}
-
-struct CardSigner {
-    key: Arc<dyn ClientKey>,
-}
-
-impl std::fmt::Debug for CardSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardSigner")
-    }
-}
-
-/// The transcript hash inside a TLS 1.3 client CertificateVerify content, or `None` if
-/// `message` is not exactly such a content.
-pub fn tls13_transcript_hash(message: &[u8]) -> Option<[u8; 32]> {
-    if message.len() != TLS13_CONTENT_LEN {
-        return None;
-    }
-    let (prefix, rest) = message.split_at(64);
-    let (context, rest) = rest.split_at(TLS13_CLIENT_CONTEXT.len());
-    let (zero, hash) = rest.split_first()?;
-    if prefix.iter().all(|b| *b == 0x20) && context == TLS13_CLIENT_CONTEXT && *zero == 0 {
-        hash.try_into().ok()
-    } else {
-        None
-    }
-}
-
-impl Signer for CardSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        let hash = tls13_transcript_hash(message).ok_or_else(|| {
-            rustls::Error::General("the card signs only TLS 1.3 client CertificateVerify".into())
-        })?;
-        self.key.sign_tls13(&hash).map_err(|e| rustls::Error::General(e.to_string()))
-    }
-
-    fn scheme(&self) -> SignatureScheme {
-        SignatureScheme::ECDSA_NISTP256_SHA256
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tessera_crypto::tls::certificate_verify::tls13_client_content;
-
-    #[test]
-    fn transcript_hash_extracted_only_from_client_content() {
-        let content = tls13_client_content(&[7; 32]);
-        assert_eq!(tls13_transcript_hash(&content), Some([7; 32]));
-        let mut server = content;
-        server[64..64 + 6].copy_from_slice(b"TLS 1.");
-        server[64 + 9] = b's'; // "TLS 1.3, server ..." differs from the client context
-        assert_eq!(tls13_transcript_hash(&server), None);
-        assert_eq!(tls13_transcript_hash(&content[..content.len() - 1]), None);
-        let mut bad_pad = content;
-        bad_pad[0] = 0;
-        assert_eq!(tls13_transcript_hash(&bad_pad), None);
     }
 }

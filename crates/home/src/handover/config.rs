@@ -13,15 +13,13 @@
 
 use std::sync::Arc;
 
-use rustls::client::{ResolvesClientCert, Resumption, Tls12Resumption};
+use rustls::client::{Resumption, Tls12Resumption};
 use rustls::crypto::{CryptoProvider, ring};
-use rustls::pki_types::CertificateDer;
-use rustls::sign::{CertifiedKey, Signer, SigningKey};
-use rustls::{ClientConfig, RootCertStore, SignatureAlgorithm, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::HandoverError;
 use super::cache::SessionCache;
-use crate::control::tls::tls13_transcript_hash;
+use crate::card_cert::{CardCert, CardKey};
 use crate::{ClientKey, KeyError, SoftwareKey};
 
 /// The home card's TLS client key as the market handshake uses it: a [`ClientKey`] (TLS 1.3)
@@ -118,8 +116,8 @@ impl MarketConfig {
             .with_protocol_versions(&versions)
             .map_err(|e| HandoverError::Config(e.to_string()))?
             .with_root_certificates(self.roots.clone());
-        let mut config =
-            builder.with_client_cert_resolver(Arc::new(CardCert { key: self.key.clone() }));
+        let mut config = builder
+            .with_client_cert_resolver(Arc::new(CardCert(CardKey::Market(self.key.clone()))));
         config.enable_secret_extraction = true;
         config.resumption = match &self.cache {
             Some(cache) => Resumption::store(cache.clone())
@@ -127,91 +125,5 @@ impl MarketConfig {
             None => Resumption::disabled(),
         };
         Ok(Arc::new(config))
-    }
-}
-
-/// Resolves the market's certificate request to the home card.
-pub(crate) struct CardCert {
-    pub(crate) key: Arc<dyn MarketKey>,
-}
-
-impl std::fmt::Debug for CardCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardCert")
-    }
-}
-
-impl ResolvesClientCert for CardCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        if !sigschemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) {
-            return None;
-        }
-        let chain: Vec<CertificateDer<'static>> = self.key.certificate_chain();
-        Some(Arc::new(CertifiedKey::new(chain, Arc::new(CardKey { key: self.key.clone() }))))
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-struct CardKey {
-    key: Arc<dyn MarketKey>,
-}
-
-impl std::fmt::Debug for CardKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardKey")
-    }
-}
-
-impl SigningKey for CardKey {
-    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
-        offered
-            .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
-            .then(|| Box::new(CardSigner { key: self.key.clone() }) as Box<dyn Signer>)
-    }
-
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::ECDSA
-    }
-}
-
-struct CardSigner {
-    key: Arc<dyn MarketKey>,
-}
-
-impl std::fmt::Debug for CardSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CardSigner")
-    }
-}
-
-/// First byte of a TLS 1.2 handshake transcript (a ClientHello).
-const CLIENT_HELLO: u8 = 1;
-
-impl Signer for CardSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        // A TLS 1.3 content starts with 64 spaces, a TLS 1.2 transcript with a ClientHello:
-        // the two cannot be confused.
-        let result = if let Some(hash) = tls13_transcript_hash(message) {
-            self.key.sign_tls13(&hash)
-        } else if message.first() == Some(&CLIENT_HELLO) {
-            self.key.sign_tls12(message)
-        } else {
-            return Err(rustls::Error::General(
-                "the home card signs only a client CertificateVerify with a SHA-256 transcript"
-                    .into(),
-            ));
-        };
-        result.map_err(|e| rustls::Error::General(format!("home card: {e}")))
-    }
-
-    fn scheme(&self) -> SignatureScheme {
-        SignatureScheme::ECDSA_NISTP256_SHA256
     }
 }
