@@ -435,7 +435,7 @@ impl Market {
         Ok(settlement)
     }
 
-    /// The paid order's card, payment counter and notice time, if it may still be cancelled
+    /// The paid order's card and payment counter, if it may still be cancelled
     /// at `now` (see the module docs).
     fn cancellable(reference: &str, row: &Row, now: i64) -> Result<(Vec<u8>, u64)> {
         match row.status {
