@@ -310,7 +310,7 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
     let receipt =
         wallet::cancel(&mut card, &mut shop, &bought.order.order).map_err(|e| fail("cancel", e))?;
     n.say(&format!(
-        "Cancellation (Fig. 20): within 7 days of the notice (by the market's own signed time), the market signed a confirmation; CANCEL credited {} back and marked payment {} cancelled. Card balance {}.",
+        "Cancellation (Fig. 20): the card signed a cancellation request for that payment over the market's fresh challenge; within 7 days of the notice (by the market's own signed time), the market checked it and signed a confirmation; CANCEL credited {} back and marked payment {} cancelled. Card balance {}.",
         money(receipt.message.amount),
         receipt.message.payment_counter,
         money(card.info().map_err(|e| fail("wallet", e))?.balance)
