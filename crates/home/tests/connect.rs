@@ -9,31 +9,15 @@ mod support;
 use std::sync::Arc;
 
 use support::*;
-use tessera_crypto::x509::Role;
-use tessera_home::registry::Registry;
-use tessera_home::server::{Identity, RelayMarkets, SoftwareHomeCard};
 use tessera_home::terminal::http::{self, Request};
-use tessera_home::terminal::{OpenedSession, Terminal, TerminalError};
+use tessera_home::terminal::{OpenedSession, TerminalError};
 use tessera_proto::control::{ErrorCode, Mode};
 
 #[test]
 fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
-    let market = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("alice home card", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let s = Setup::with("alice home card", Connector::Relay);
+    let market = s.market();
+    let mut c = s.unlocked();
 
     // Two sessions over one control connection, one after the other.
     for (i, body) in [b"first".as_slice(), b"second".as_slice()].into_iter().enumerate() {
@@ -57,29 +41,16 @@ fn relay_mode_speaks_https_to_a_market_with_the_home_cards_certificate() {
             )
         );
     }
-    assert_eq!(card.signatures(), 2, "the home card signed each market handshake");
+    assert_eq!(s.card.signatures(), 2, "the home card signed each market handshake");
 }
 
 #[test]
 fn market_faults_are_reported_per_session() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
+    let s = Setup::with("home", Connector::Relay);
     let stranger_ca = Ca::new("not trusted");
-    let market = start_market(&rt, &market_ca, &issuer);
-    let untrusted = start_market(&rt, &stranger_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("home", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card, markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let market = s.market();
+    let untrusted = start_market(&s.rt, &stranger_ca, &s.ca);
+    let mut c = s.unlocked();
 
     let code = |r: Result<_, TerminalError>| match r {
         Err(TerminalError::Refused { code, .. }) => code,
@@ -119,26 +90,9 @@ fn market_faults_are_reported_per_session() {
 
 #[test]
 fn handover_mode_the_terminal_speaks_tls_records_with_handed_over_keys() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
-    let market = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("bob home card", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(
-        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache.clone())
-            .unwrap(),
-    );
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let s = Setup::with("bob home card", Connector::Standard);
+    let market = s.market();
+    let mut c = s.unlocked();
 
     for (i, cache_allowed) in [false, true, true].into_iter().enumerate() {
         let (session, opened) =
@@ -161,36 +115,20 @@ fn handover_mode_the_terminal_speaks_tls_records_with_handed_over_keys() {
     }
     // The first session was a full handshake; the second stored its ticket and the third
     // resumed from the cache without the home card (2 signatures for 3 sessions).
-    assert_eq!(card.signatures(), 2);
+    assert_eq!(s.card.signatures(), 2);
 }
 
 #[test]
 fn partial_mode_the_terminal_shakes_hands_and_the_home_card_signs_through_the_home_server() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
-    let market = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("dave home card", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(
-        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
-    );
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let s = Setup::with("dave home card", Connector::Standard);
+    let market = s.market();
+    let c = s.unlocked();
     let control = Arc::new(std::sync::Mutex::new(c));
     let mut stream = tessera_home::terminal::PartialStream::open(
         control.clone(),
         "localhost",
         market.port(),
-        market_ca.roots(),
+        s.market_ca.roots(),
     )
     .unwrap();
     let req = Request {
@@ -205,7 +143,7 @@ fn partial_mode_the_terminal_shakes_hands_and_the_home_card_signs_through_the_ho
         String::from_utf8(resp.body).unwrap(),
         "GET /partial HTTP/1.1\nclient=dave home card\n"
     );
-    assert_eq!(card.signatures(), 1, "exactly one CertificateVerify signed by the home card");
+    assert_eq!(s.card.signatures(), 1, "exactly one CertificateVerify signed by the home card");
 
     // A market the terminal does not trust is refused by the terminal itself.
     let other_ca = Ca::new("other");
@@ -217,30 +155,14 @@ fn partial_mode_the_terminal_shakes_hands_and_the_home_card_signs_through_the_ho
     )
     .and_then(|mut s| http::exchange(&mut s, &req).map_err(TerminalError::Io));
     assert!(err.is_err());
-    assert_eq!(card.signatures(), 1, "nothing signed for an untrusted market");
+    assert_eq!(s.card.signatures(), 1, "nothing signed for an untrusted market");
 }
 
 #[test]
 fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_session() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
-    let market = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("erin", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(
-        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
-    );
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let mut s = Setup::with("erin", Connector::Standard);
+    let market = s.market();
+    let mut c = s.unlocked();
 
     // A market that reads the ClientHello and closes: the session fails cleanly, the control
     // connection stays usable.
@@ -255,13 +177,14 @@ fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_ses
         Err(TerminalError::Refused { code: ErrorCode::MarketHandshake, .. }) => {}
         other => panic!("{other:?}"),
     }
-    assert_eq!(card.signatures(), 0);
+    assert_eq!(s.card.signatures(), 0);
 
     // The home server stops while a handed-over session is open: the terminal's next read
     // reports it at once (no timeout, no hang).
     let (session, opened) = c.open("localhost", market.port(), Mode::Handover, false).unwrap();
     let OpenedSession::HandedOver(keys) = opened else { panic!("{opened:?}") };
-    rt.block_on(running.stop());
+    let running = s.running.take().unwrap();
+    s.rt.block_on(running.stop());
     let started = std::time::Instant::now();
     let mut stream = c.handover_stream(session, &keys).unwrap();
     let req = Request {
@@ -278,28 +201,15 @@ fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_ses
         "{inner:?}"
     );
     assert!(started.elapsed() < tessera_home::terminal::IO_TIMEOUT);
-    assert!(!card.enabled(), "the home card went back to the wait state");
+    assert!(!s.card.enabled(), "the home card went back to the wait state");
 }
 
 #[test]
 fn relay_mode_with_a_tls12_market_and_from_the_session_cache() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
-    let market12 = start_market_with(&rt, &market_ca, &issuer, true);
-    let market13 = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("frank", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let markets = Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap());
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let s = Setup::with("frank", Connector::Relay);
+    let market12 = start_market_with(&s.rt, &s.market_ca, &s.ca, true);
+    let market13 = s.market();
+    let mut c = s.unlocked();
     let req = Request {
         method: "GET".into(),
         host: "localhost".into(),
@@ -315,36 +225,20 @@ fn relay_mode_with_a_tls12_market_and_from_the_session_cache() {
     };
     // TLS 1.2: the home card signs the TLS 1.2 CertificateVerify (handshake messages it checks).
     assert_eq!(fetch(&mut c, market12.port()), "GET /r HTTP/1.1\nclient=frank\n");
-    assert_eq!(card.signatures(), 1);
+    assert_eq!(s.card.signatures(), 1);
     // The second TLS 1.2 session resumes from the cache: no signature.
     assert_eq!(fetch(&mut c, market12.port()), "GET /r HTTP/1.1\nclient=frank\n");
-    assert_eq!(card.signatures(), 1);
+    assert_eq!(s.card.signatures(), 1);
     // TLS 1.3 too.
     assert_eq!(fetch(&mut c, market13.port()), "GET /r HTTP/1.1\nclient=frank\n");
-    assert_eq!(card.signatures(), 2);
+    assert_eq!(s.card.signatures(), 2);
 }
 
 #[test]
 fn several_market_sessions_interleave_over_one_control_connection() {
-    let rt = runtime();
-    let issuer = Ca::new("issuer");
-    let market_ca = Ca::new("market CA");
-    let market = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (home_key, _) = issuer.card_key("gina", Role::Home);
-    let card = Arc::new(SoftwareHomeCard::new(home_key, PIN2));
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(
-        tessera_home::server::StandardMarkets::new(market_ca.roots(), card.clone(), cache).unwrap(),
-    );
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
-    let mut c = terminal.connect().unwrap();
-    c.pin2(PIN2).unwrap();
+    let s = Setup::with("gina", Connector::Standard);
+    let market = s.market();
+    let mut c = s.unlocked();
     let req = |path: &str| Request {
         method: "GET".into(),
         host: "localhost".into(),

@@ -12,54 +12,15 @@ use std::time::Duration;
 use support::*;
 use tessera_crypto::x509::Role;
 use tessera_home::registry::Registry;
-use tessera_home::server::{IDLE_LIMIT, ManualClock, RelayMarkets, SoftwareHomeCard};
+use tessera_home::server::IDLE_LIMIT;
 use tessera_home::terminal::{Terminal, TerminalError};
 use tessera_home::{ClientKey, SoftwareKey, fingerprint};
 use tessera_proto::control::{ErrorCode, Mode};
 use tokio_rustls::rustls;
 
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    ca: Ca,
-    identity: tessera_home::server::Identity,
-    registry: Arc<Registry>,
-    card: Arc<SoftwareHomeCard>,
-    clock: Arc<ManualClock>,
-    server: Arc<tessera_home::server::HomeServer>,
-    running: Option<tessera_home::server::Running>,
-}
-
-impl Setup {
-    fn new() -> Self {
-        let rt = runtime();
-        let ca = Ca::new("issuer");
-        let identity = tessera_home::server::Identity::generate(now()).unwrap();
-        let registry = Arc::new(Registry::in_memory().unwrap());
-        let (home_key, _) = ca.card_key("home card", Role::Home);
-        let clock = Arc::new(ManualClock::default());
-        let card = Arc::new(SoftwareHomeCard::with_clock(home_key, PIN2, clock.clone()));
-        let markets = Arc::new(RelayMarkets::new(ca.roots(), card.clone()).unwrap());
-        let (server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
-        Setup { rt, ca, identity, registry, card, clock, server, running: Some(running) }
-    }
-
-    fn home(&self) -> String {
-        self.running.as_ref().unwrap().addr.to_string()
-    }
-
-    /// An access card, admitted; the terminal pins the home server's certificate.
-    fn admitted_terminal(&self) -> (Arc<SoftwareKey>, Vec<u8>, Terminal) {
-        let (key, cert) = self.ca.card_key("access card", Role::Access);
-        let key = Arc::new(key);
-        self.registry.admit(&cert, "phone", now()).unwrap();
-        let t = Terminal::new(key.clone(), self.identity.spki_sha256(), self.home()).unwrap();
-        (key, cert, t)
-    }
-}
-
 #[test]
 fn admitted_card_unlocks_the_home_card_and_resumes_without_signing() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (key, _, terminal) = s.admitted_terminal();
     let mut c = terminal.connect().unwrap();
     assert!(!c.resumed());
@@ -79,7 +40,7 @@ fn admitted_card_unlocks_the_home_card_and_resumes_without_signing() {
 
 #[test]
 fn card_not_admitted_is_refused() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (key, _) = s.ca.card_key("stranger", Role::Access);
     let t = Terminal::new(Arc::new(key), s.identity.spki_sha256(), s.home()).unwrap();
     // The verdict arrives after the client's Finished (TLS 1.3): at the latest on the first
@@ -94,7 +55,7 @@ fn card_not_admitted_is_refused() {
 
 #[test]
 fn revoked_card_is_refused_even_with_a_resumption_ticket() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (_, cert, terminal) = s.admitted_terminal();
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();
@@ -121,7 +82,7 @@ fn revoked_card_is_refused_even_with_a_resumption_ticket() {
 
 #[test]
 fn wrong_or_unpinned_home_certificate_is_refused() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (key, cert) = s.ca.card_key("access card", Role::Access);
     s.registry.admit(&cert, "phone", now()).unwrap();
     let other = tessera_home::server::Identity::generate(now()).unwrap();
@@ -140,7 +101,7 @@ fn wrong_or_unpinned_home_certificate_is_refused() {
 
 #[test]
 fn pin2_wrong_three_times_blocks_the_home_card() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (_, _, terminal) = s.admitted_terminal();
     let mut c = terminal.connect().unwrap();
     let refused = |r: Result<(), TerminalError>| match r {
@@ -159,7 +120,7 @@ fn pin2_wrong_three_times_blocks_the_home_card() {
 
 #[test]
 fn market_sessions_need_pin2_and_lock_on_end_and_after_ten_idle_minutes() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (_, _, terminal) = s.admitted_terminal();
     let mut c = terminal.connect().unwrap();
     let locked = |c: &mut tessera_home::terminal::ControlConnection| {
@@ -188,7 +149,7 @@ fn market_sessions_need_pin2_and_lock_on_end_and_after_ten_idle_minutes() {
 
 #[test]
 fn home_server_stopped_mid_session_is_reported_without_hanging() {
-    let mut s = Setup::new();
+    let mut s = Setup::default();
     let (_, _, terminal) = s.admitted_terminal();
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();
@@ -234,7 +195,7 @@ fn registry_persists_and_validates() {
 #[test]
 fn malformed_frames_end_the_connection_with_a_protocol_error() {
     use std::io::Write;
-    let s = Setup::new();
+    let s = Setup::default();
     let (key, cert) = s.ca.card_key("access card", Role::Access);
     s.registry.admit(&cert, "phone", now()).unwrap();
     let config =
@@ -259,7 +220,7 @@ fn malformed_frames_end_the_connection_with_a_protocol_error() {
 
 #[test]
 fn data_for_a_session_that_is_not_open_is_refused_and_the_connection_goes_on() {
-    let s = Setup::new();
+    let s = Setup::default();
     let (_, _, terminal) = s.admitted_terminal();
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();

@@ -11,8 +11,13 @@ use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::OsRng;
 use tessera_crypto::x509::{self, AltName, Certificate, IssueRequest, Role, Validity};
 use tessera_home::SoftwareKey;
+use tessera_home::handover::SessionCache;
 use tessera_home::registry::Registry;
-use tessera_home::server::{HomeCard, HomeServer, Identity, Markets, Running};
+use tessera_home::server::{
+    HomeCard, HomeServer, Identity, ManualClock, Markets, RelayMarkets, Running, SoftwareHomeCard,
+    StandardMarkets,
+};
+use tessera_home::terminal::{ControlConnection, Terminal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, RootCertStore};
@@ -99,6 +104,112 @@ pub fn start_home(
     let server = HomeServer::new(tls, registry, card, markets);
     let running = rt.block_on(server.clone().spawn("127.0.0.1:0".parse().unwrap())).unwrap();
     (server, running)
+}
+
+/// Which market connector the home server of a [`Setup`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connector {
+    /// [`RelayMarkets`]: relay mode only.
+    Relay,
+    /// [`StandardMarkets`]: every mode, with the setup's session cache.
+    Standard,
+}
+
+/// The common scene: an issuer CA (home and access cards), a market CA, a home server on an
+/// ephemeral port with a software home card (its idle limit on a [`ManualClock`]), and
+/// terminals whose access cards it admits.
+pub struct Setup {
+    /// The runtime the servers run on.
+    pub rt: tokio::runtime::Runtime,
+    /// The issuer CA.
+    pub ca: Ca,
+    /// The CA of the markets the home server trusts.
+    pub market_ca: Ca,
+    /// The home server's certificate (pinned by the terminals).
+    pub identity: Identity,
+    /// The admitted access cards.
+    pub registry: Arc<Registry>,
+    /// The home card (PIN2 is [`PIN2`]).
+    pub card: Arc<SoftwareHomeCard>,
+    /// The home card's idle clock.
+    pub clock: Arc<ManualClock>,
+    /// The session cache ([`Connector::Standard`]).
+    pub cache: Arc<SessionCache>,
+    /// The home server.
+    pub server: Arc<HomeServer>,
+    /// The running server (taken to stop it).
+    pub running: Option<Running>,
+}
+
+impl Default for Setup {
+    /// A home server in relay mode with a home card named "home card".
+    fn default() -> Self {
+        Self::with("home card", Connector::Relay)
+    }
+}
+
+impl Setup {
+
+    /// A home server running `connector`, its home card's certificate naming `home_card`.
+    pub fn with(home_card: &str, connector: Connector) -> Self {
+        let rt = runtime();
+        let ca = Ca::new("issuer");
+        let market_ca = Ca::new("market CA");
+        let identity = Identity::generate(now()).unwrap();
+        let registry = Arc::new(Registry::in_memory().unwrap());
+        let (home_key, _) = ca.card_key(home_card, Role::Home);
+        let clock = Arc::new(ManualClock::default());
+        let card = Arc::new(SoftwareHomeCard::with_clock(home_key, PIN2, clock.clone()));
+        let cache = Arc::new(SessionCache::default());
+        let markets: Arc<dyn Markets> = match connector {
+            Connector::Relay => {
+                Arc::new(RelayMarkets::new(market_ca.roots(), card.clone()).unwrap())
+            }
+            Connector::Standard => Arc::new(
+                StandardMarkets::new(market_ca.roots(), card.clone(), cache.clone()).unwrap(),
+            ),
+        };
+        let (server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
+        Setup {
+            rt,
+            ca,
+            market_ca,
+            identity,
+            registry,
+            card,
+            clock,
+            cache,
+            server,
+            running: Some(running),
+        }
+    }
+
+    /// The home server's address.
+    pub fn home(&self) -> String {
+        self.running.as_ref().unwrap().addr.to_string()
+    }
+
+    /// A market certified by the market CA, requiring client certificates of the issuer.
+    pub fn market(&self) -> SocketAddr {
+        start_market(&self.rt, &self.market_ca, &self.ca)
+    }
+
+    /// An access card, admitted; the terminal pins the home server's certificate.
+    pub fn admitted_terminal(&self) -> (Arc<SoftwareKey>, Vec<u8>, Terminal) {
+        let (key, cert) = self.ca.card_key("access card", Role::Access);
+        let key = Arc::new(key);
+        self.registry.admit(&cert, "phone", now()).unwrap();
+        let t = Terminal::new(key.clone(), self.identity.spki_sha256(), self.home()).unwrap();
+        (key, cert, t)
+    }
+
+    /// An admitted terminal's control connection, the home card unlocked with PIN2.
+    pub fn unlocked(&self) -> ControlConnection {
+        let (_, _, terminal) = self.admitted_terminal();
+        let mut c = terminal.connect().unwrap();
+        c.pin2(PIN2).unwrap();
+        c
+    }
 }
 
 /// An in-process market: TLS 1.3 and 1.2, client certificates from `client_ca` required;
