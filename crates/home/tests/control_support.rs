@@ -149,7 +149,6 @@ impl Default for Setup {
 }
 
 impl Setup {
-
     /// A home server running `connector`, its home card's certificate naming `home_card`.
     pub fn with(home_card: &str, connector: Connector) -> Self {
         let rt = runtime();

@@ -95,8 +95,7 @@ fn run_greet(
     suites: Vec<rustls::SupportedCipherSuite>,
 ) -> (Seen, TlsVersion, CipherSuite, usize, String) {
     let pki = Pki::new(1);
-    let market =
-        rustls_market(&pki, (&pki.market_cert, &pki.market_key), tls13, suites, Script::Greet, 1);
+    let market = pki.market(tls13, suites, Script::Greet, 1);
     let card = pki.home_card();
     let config = MarketConfig::new(pki.roots(), card.clone()).client_config().unwrap();
     let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
@@ -148,15 +147,8 @@ fn tls12_aes256_suite() {
 fn tls13_sha384_suite_with_client_auth_fails_cleanly() {
     // The card signs SHA-256 transcript hashes only: the handshake fails with an error, no hang.
     let pki = Pki::new(1);
-    let market = rustls_market(
-        &pki,
-        (&pki.market_cert, &pki.market_key),
-        true,
-        vec![cs::TLS13_AES_256_GCM_SHA384],
-        Script::Greet,
-        1,
-    );
-    let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+    let market = pki.market(true, vec![cs::TLS13_AES_256_GCM_SHA384], Script::Greet, 1);
+    let config = pki.config();
     let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
     let err = handshake(&mut tcp, config, localhost()).unwrap_err();
     assert!(matches!(err, HandoverError::Tls(_)), "{err}");
@@ -167,15 +159,8 @@ fn tls13_sha384_suite_with_client_auth_fails_cleanly() {
 #[test]
 fn tls13_key_update_requested_by_the_market() {
     let pki = Pki::new(2);
-    let market = rustls_market(
-        &pki,
-        (&pki.market_cert, &pki.market_key),
-        true,
-        vec![],
-        Script::KeyUpdate,
-        1,
-    );
-    let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+    let market = pki.market(true, vec![], Script::KeyUpdate, 1);
+    let config = pki.config();
     let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
     let mut h = handshake(&mut tcp, config, localhost()).unwrap();
     let seen = terminal(
@@ -212,15 +197,8 @@ fn market_certificate_that_does_not_validate() {
 #[test]
 fn market_closing_mid_handshake_is_a_clean_error() {
     let pki = Pki::new(4);
-    let market = rustls_market(
-        &pki,
-        (&pki.market_cert, &pki.market_key),
-        true,
-        vec![],
-        Script::CloseMidHandshake,
-        1,
-    );
-    let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+    let market = pki.market(true, vec![], Script::CloseMidHandshake, 1);
+    let config = pki.config();
     let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
     let start = Instant::now();
     let err = handshake(&mut tcp, config, localhost()).unwrap_err();
@@ -232,9 +210,8 @@ fn market_closing_mid_handshake_is_a_clean_error() {
 #[test]
 fn silent_market_times_out() {
     let pki = Pki::new(5);
-    let market =
-        rustls_market(&pki, (&pki.market_cert, &pki.market_key), true, vec![], Script::Silent, 1);
-    let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+    let market = pki.market(true, vec![], Script::Silent, 1);
+    let config = pki.config();
     let mut tcp = connect_market(market.addr, Duration::from_millis(300)).unwrap();
     let err = handshake(&mut tcp, config, localhost()).unwrap_err();
     match err {
@@ -254,14 +231,7 @@ fn market_rejecting_the_client_certificate_ends_the_session() {
     // client's Finished (the alert reaches the terminal); TLS 1.2 before the server's.
     for tls13 in [true, false] {
         let pki = Pki::new(6);
-        let market = rustls_market(
-            &pki,
-            (&pki.market_cert, &pki.market_key),
-            tls13,
-            vec![],
-            Script::Greet,
-            1,
-        );
+        let market = pki.market(tls13, vec![], Script::Greet, 1);
         let other = Pki::new(7); // same market roots for the home server, a foreign home card
         let mut roots = pki.roots();
         roots.add(rustls::pki_types::CertificateDer::from(other.ca.der().to_vec())).unwrap();
@@ -323,14 +293,7 @@ impl tessera_home::handover::MarketKey for LockableCard {
 fn session_cache_resumes_without_the_card_until_expiry() {
     for tls13 in [true, false] {
         let pki = Pki::new(8);
-        let market = rustls_market(
-            &pki,
-            (&pki.market_cert, &pki.market_key),
-            tls13,
-            vec![],
-            Script::Greet,
-            4,
-        );
+        let market = pki.market(tls13, vec![], Script::Greet, 4);
         let clock = Arc::new(ManualClock::new());
         let cache = Arc::new(SessionCache::new(Duration::from_secs(3600), clock.clone()));
         let software = pki.home_card();
@@ -384,9 +347,8 @@ fn terminal_initiated_key_update() {
     // The terminal renews its own sending keys (the home server computes them): it sends a
     // KeyUpdate under the old keys, then its request under the new ones, which the market reads.
     let pki = Pki::new(9);
-    let market =
-        rustls_market(&pki, (&pki.market_cert, &pki.market_key), true, vec![], Script::Greet, 1);
-    let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+    let market = pki.market(true, vec![], Script::Greet, 1);
+    let config = pki.config();
     let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
     let mut h = handshake(&mut tcp, config, localhost()).unwrap();
     let mut conn = KeyedConnection::new(&h.keys).unwrap();
@@ -421,15 +383,8 @@ fn terminal_initiated_key_update() {
 fn malformed_post_handshake_messages_are_refused() {
     for tls13 in [true, false] {
         let pki = Pki::new(10);
-        let market = rustls_market(
-            &pki,
-            (&pki.market_cert, &pki.market_key),
-            tls13,
-            vec![],
-            Script::Greet,
-            1,
-        );
-        let config = MarketConfig::new(pki.roots(), pki.home_card()).client_config().unwrap();
+        let market = pki.market(tls13, vec![], Script::Greet, 1);
+        let config = pki.config();
         let mut tcp = connect_market(market.addr, TIMEOUT).unwrap();
         let mut h = handshake(&mut tcp, config, localhost()).unwrap();
         let s = &mut h.session;

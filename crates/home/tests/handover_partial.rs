@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConnection, StreamOwned};
 use support::nginx::{self, Nginx};
-use support::{GREETING, Pki, Script, localhost, rustls_market};
+use support::{GREETING, Pki, Script, localhost};
 use tessera_home::ClientKey;
 use tessera_home::handover::connect_market;
 use tessera_home::handover::partial::{ForwardedKey, terminal_config};
@@ -29,8 +29,7 @@ fn forwarded(pki: &Pki) -> (Arc<ForwardedKey>, Arc<tessera_home::SoftwareKey>) {
 #[test]
 fn partial_mode_against_a_rustls_market() {
     let pki = Pki::new(31);
-    let market =
-        rustls_market(&pki, (&pki.market_cert, &pki.market_key), true, vec![], Script::Greet, 1);
+    let market = pki.market(true, vec![], Script::Greet, 1);
     let (key, card) = forwarded(&pki);
     let config = terminal_config(pki.roots(), key.clone()).unwrap();
     let tcp = connect_market(market.addr, std::time::Duration::from_secs(5)).unwrap();
@@ -73,8 +72,7 @@ fn partial_mode_against_nginx() {
 #[test]
 fn partial_mode_card_refusal_fails_the_handshake() {
     let pki = Pki::new(33);
-    let market =
-        rustls_market(&pki, (&pki.market_cert, &pki.market_key), true, vec![], Script::Greet, 1);
+    let market = pki.market(true, vec![], Script::Greet, 1);
     let chain = vec![CertificateDer::from(pki.home_cert.der().to_vec())];
     let locked =
         ForwardedKey::new(chain, Arc::new(|_: &[u8; 32]| Err(tessera_home::KeyError::Locked)));

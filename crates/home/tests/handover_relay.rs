@@ -11,7 +11,7 @@ mod support;
 use std::sync::Arc;
 
 use support::nginx::{self, Nginx};
-use support::{GREETING, Pki, Script, rustls_market};
+use support::{GREETING, Pki, Script};
 use tessera_home::server::{MarketStream, Markets, OpenRequest, RelayMarkets, SoftwareHomeCard};
 use tessera_proto::control::Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,14 +46,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn relay_mode_with_a_key_update() {
     block_on(async {
         let pki = Pki::new(41);
-        let market = rustls_market(
-            &pki,
-            (&pki.market_cert, &pki.market_key),
-            true,
-            vec![],
-            Script::KeyUpdate,
-            1,
-        );
+        let market = pki.market(true, vec![], Script::KeyUpdate, 1);
         let (markets, _) = relay(&pki);
         let mut relay = open(&markets, market.addr.port(), false).await;
         let mut seen = Vec::new();

@@ -18,6 +18,7 @@ use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::SeededRng;
 use tessera_crypto::x509::{self, AltName, Certificate, IssueRequest, Role, Validity};
 use tessera_home::SoftwareKey;
+use tessera_home::handover::MarketConfig;
 use tessera_home::server::{HomeCard, SoftwareHomeCard};
 
 /// A CA, a market server certificate for `localhost`/`127.0.0.1`, a home card client
@@ -117,6 +118,23 @@ impl Pki {
     pub fn home_card(&self) -> Arc<SoftwareKey> {
         let key = SigningKey::from_bytes(&*self.home_key.to_bytes()).unwrap();
         Arc::new(SoftwareKey::new(key, vec![CertificateDer::from(self.home_cert.der().to_vec())]))
+    }
+
+    /// A rustls market ([`rustls_market`]) with this PKI's market certificate.
+    pub fn market(
+        &self,
+        tls13: bool,
+        suites: Vec<rustls::SupportedCipherSuite>,
+        script: Script,
+        connections: usize,
+    ) -> RustlsMarket {
+        let cert = (&self.market_cert, &self.market_key);
+        rustls_market(self, cert, tls13, suites, script, connections)
+    }
+
+    /// The home server's market configuration: this PKI's roots, its software home card.
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+        MarketConfig::new(self.roots(), self.home_card()).client_config().unwrap()
     }
 
     /// The home card as the home server holds it: in software, PIN2 already verified.
