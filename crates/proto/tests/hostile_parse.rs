@@ -568,6 +568,12 @@ mod home {
         cancel_receipt: signed((id(), id(), any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(card, market, payment_counter, counter, amount)| CancelReceipt { card, market, payment_counter, counter, amount })),
             Signed::to_bytes, Signed::parse, closed = true;
+        cancel_challenge: (id(), id(), arr::<CANCEL_CHALLENGE_LEN>())
+            .prop_map(|(market, order, challenge)| CancelChallenge { market, order, challenge }),
+            CancelChallenge::to_bytes, CancelChallenge::parse, closed = true;
+        cancel_request: signed((id(), any::<u64>(), id(), id(), any::<u64>(), arr::<CANCEL_CHALLENGE_LEN>())
+            .prop_map(|(card, counter, market, order, amount, challenge)| CancelRequest { card, counter, market, order, amount, challenge })),
+            Signed::to_bytes, Signed::parse, closed = true;
         log_page: (any::<bool>(), vec(entry(), 0..4))
             .prop_map(|(more, entries)| LogPage { more, entries }),
             LogPage::to_bytes, LogPage::parse, closed = true;
