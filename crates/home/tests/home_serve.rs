@@ -15,7 +15,7 @@ use tessera_card::pin::PinBlock;
 use tessera_card::{Card, CardOptions};
 use tessera_crypto::scp03::StaticKeys;
 use tessera_home::registry::Registry;
-use tessera_home::server::{CardHome, Identity, StandardMarkets};
+use tessera_home::server::{CardHome, Identity, Running, StandardMarkets};
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{CardAccess, OpenedSession, Terminal, TerminalError};
 use tessera_host::access::AccessCard;
@@ -34,29 +34,55 @@ fn blank(id: &[u8]) -> Box<dyn CardChannel + Send> {
     Box::new(channel)
 }
 
-/// A home card enrolled by `issuer`, PIN1 verified (remote-access wait), its idle limit on
-/// `clock`.
-fn home_card(issuer: &Ca, clock: Arc<ManualClock>) -> Arc<CardHome> {
-    let mut home = HomeCard::new(blank(b"HOME-2"));
+/// A home card `id` of `holder` enrolled by `issuer`, then PIN1 as at the home server's start
+/// (Fig. 6: prohibited -> remote-access wait); its idle limit on `clock`.
+fn home_card(issuer: &Ca, id: &[u8], holder: &str, clock: Arc<ManualClock>) -> Arc<CardHome> {
+    let mut home = HomeCard::new(blank(id));
     home.select().unwrap();
     home.set_pins(&pin(b"1111"), &pin(PIN2), &pin(b"99999999")).unwrap();
     home.verify_pin1(&pin(b"1111")).unwrap();
     home.verify_pin2(&pin(PIN2)).unwrap();
-    home.enrol(issuer.signer(), &issuer.cert, b"HOME-2", "dora", *b"EUR").unwrap();
+    home.enrol(issuer.signer(), &issuer.cert, id, holder, *b"EUR").unwrap();
     home.end().unwrap();
     Arc::new(CardHome::with_clock(home, clock).unwrap())
+}
+
+/// An access card `id` enrolled by `issuer` as `label`, unlocked with its PIN; its
+/// certificate.
+fn access_card(
+    issuer: &Ca,
+    id: &[u8],
+    label: &str,
+) -> (AccessCard<Box<dyn CardChannel + Send>>, tessera_crypto::x509::Certificate) {
+    let mut access = AccessCard::new(blank(id));
+    access.select().unwrap();
+    access.set_pins(&pin(b"4321"), &pin(b"87654321")).unwrap();
+    access.verify_pin(&pin(b"4321")).unwrap();
+    let cert = access.enrol(issuer.signer(), &issuer.cert, id, label).unwrap();
+    (access, cert)
+}
+
+/// A home server for `home` (StandardMarkets trusting `market_ca`, its own cache) on an
+/// ephemeral port: its identity, registry, server and running handle.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    market_ca: &Ca,
+    home: &Arc<CardHome>,
+) -> (Identity, Arc<Registry>, Arc<tessera_home::server::HomeServer>, Running) {
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let cache = Arc::new(tessera_home::handover::SessionCache::default());
+    let markets = Arc::new(StandardMarkets::new(market_ca.roots(), home.clone(), cache).unwrap());
+    let (server, running) = start_home(rt, &identity, registry.clone(), home.clone(), markets);
+    (identity, registry, server, running)
 }
 
 #[test]
 fn pin2_wrong_three_times_blocks_the_real_home_card() {
     let rt = runtime();
     let issuer = Ca::new("issuer");
-    let home = home_card(&issuer, Arc::new(ManualClock::new()));
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(StandardMarkets::new(issuer.roots(), home.clone(), cache).unwrap());
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), home.clone(), markets);
+    let home = home_card(&issuer, b"HOME-2", "dora", Arc::new(ManualClock::new()));
+    let (identity, registry, _server, running) = serve(&rt, &issuer, &home);
     let (access, cert) = issuer.card_key("access", tessera_crypto::x509::Role::Access);
     registry.admit(&cert, "phone", now()).unwrap();
     let terminal =
@@ -82,19 +108,11 @@ fn real_home_and_access_cards_fall_back_after_ten_idle_minutes() {
     let rt = runtime();
     let issuer = Ca::new("issuer");
     let clock = Arc::new(ManualClock::new());
-    let home = home_card(&issuer, clock.clone());
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(StandardMarkets::new(issuer.roots(), home.clone(), cache).unwrap());
-    let (server, running) = start_home(&rt, &identity, registry.clone(), home.clone(), markets);
+    let home = home_card(&issuer, b"HOME-3", "erin", clock.clone());
+    let (identity, registry, server, running) = serve(&rt, &issuer, &home);
 
     // The access card, unlocked by the terminal, its idle limit on the same clock.
-    let mut access = AccessCard::new(blank(b"ACCESS-3"));
-    access.select().unwrap();
-    access.set_pins(&pin(b"4321"), &pin(b"87654321")).unwrap();
-    access.verify_pin(&pin(b"4321")).unwrap();
-    let cert = access.enrol(issuer.signer(), &issuer.cert, b"ACCESS-3", "erin's phone").unwrap();
+    let (access, cert) = access_card(&issuer, b"ACCESS-3", "erin's phone");
     registry.admit(cert.der(), "erin's phone", now()).unwrap();
     let access = Arc::new(CardAccess::with_clock(access, clock.clone()).unwrap());
     let terminal =
@@ -129,31 +147,11 @@ fn real_home_and_access_cards_through_the_home_server() {
     let issuer = Ca::new("issuer");
     let market_ca = Ca::new("market CA");
     let market = start_market(&rt, &market_ca, &issuer);
-    let identity = Identity::generate(now()).unwrap();
-
-    // The home card: enrolled by the issuer, then PIN1 at the home server's start (Fig. 6:
-    // prohibited -> remote-access wait).
-    let mut home = HomeCard::new(blank(b"HOME-1"));
-    home.select().unwrap();
-    home.set_pins(&pin(b"1111"), &pin(PIN2), &pin(b"99999999")).unwrap();
-    home.verify_pin1(&pin(b"1111")).unwrap();
-    home.verify_pin2(&pin(PIN2)).unwrap();
-    home.enrol(issuer.signer(), &issuer.cert, b"HOME-1", "carol", *b"EUR").unwrap();
-    home.end().unwrap();
-    let home = Arc::new(CardHome::new(home).unwrap());
+    let home = home_card(&issuer, b"HOME-1", "carol", Arc::new(ManualClock::new()));
+    let (identity, registry, _server, running) = serve(&rt, &market_ca, &home);
 
     // The access card: enrolled, pinning this home server.
-    let mut access = AccessCard::new(blank(b"ACCESS-1"));
-    access.select().unwrap();
-    access.set_pins(&pin(b"4321"), &pin(b"87654321")).unwrap();
-    access.verify_pin(&pin(b"4321")).unwrap();
-    let access_cert =
-        access.enrol(issuer.signer(), &issuer.cert, b"ACCESS-1", "carol's phone").unwrap();
-
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(StandardMarkets::new(market_ca.roots(), home.clone(), cache).unwrap());
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), home.clone(), markets);
+    let (mut access, access_cert) = access_card(&issuer, b"ACCESS-1", "carol's phone");
     access
         .set_home_server(&HomeServer {
             spki_sha256: identity.spki_sha256(),
