@@ -65,13 +65,7 @@ fn market_faults_are_reported_per_session() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     assert_eq!(code(c.open("localhost", closed, Mode::Relay, false)), ErrorCode::MarketUnreachable);
     // A market that closes the connection in the middle of the handshake.
-    let rude = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let rude_port = rude.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let (mut s, _) = rude.accept().unwrap();
-        let mut b = [0u8; 10];
-        let _ = std::io::Read::read(&mut s, &mut b);
-    });
+    let rude_port = rude_market();
     assert_eq!(
         code(c.open("localhost", rude_port, Mode::Relay, false)),
         ErrorCode::MarketHandshake
@@ -166,13 +160,7 @@ fn handover_faults_market_closing_mid_handshake_and_home_server_stopping_mid_ses
 
     // A market that reads the ClientHello and closes: the session fails cleanly, the control
     // connection stays usable.
-    let rude = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let rude_port = rude.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let (mut s, _) = rude.accept().unwrap();
-        let mut b = [0u8; 64];
-        let _ = std::io::Read::read(&mut s, &mut b);
-    });
+    let rude_port = rude_market();
     match c.open("localhost", rude_port, Mode::Handover, false) {
         Err(TerminalError::Refused { code: ErrorCode::MarketHandshake, .. }) => {}
         other => panic!("{other:?}"),

@@ -211,6 +211,18 @@ impl Setup {
     }
 }
 
+/// A "market" that reads the ClientHello and closes the connection: its port.
+pub fn rude_market() -> u16 {
+    let rude = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = rude.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = rude.accept().unwrap();
+        let mut b = [0u8; 64];
+        let _ = std::io::Read::read(&mut s, &mut b);
+    });
+    port
+}
+
 /// An in-process market: TLS 1.3 and 1.2, client certificates from `client_ca` required;
 /// answers every HTTP/1.1 request with `200` and a body naming the method, the path, the
 /// client certificate's subject and the request body, then closes.

@@ -108,19 +108,33 @@ impl RelayMarkets {
         roots: tokio_rustls::rustls::RootCertStore,
         card: Arc<dyn HomeCard>,
     ) -> Result<Self, crate::handover::HandoverError> {
+        Self::with_cache(roots, card, Arc::new(crate::handover::SessionCache::default()))
+    }
+
+    /// [`RelayMarkets::new`] with resumable sessions kept in `cache`.
+    pub fn with_cache(
+        roots: tokio_rustls::rustls::RootCertStore,
+        card: Arc<dyn HomeCard>,
+        cache: Arc<crate::handover::SessionCache>,
+    ) -> Result<Self, crate::handover::HandoverError> {
         let key: Arc<dyn crate::handover::MarketKey> = card;
-        let cache = Arc::new(crate::handover::SessionCache::default());
         let plain =
             crate::handover::MarketConfig::new(roots.clone(), key.clone()).client_config()?;
         let cached =
             crate::handover::MarketConfig::new(roots, key).with_cache(cache).client_config()?;
         Ok(RelayMarkets { plain, cached })
     }
+
+    /// The market configuration: with the cache only when the terminal allows it (kept, so
+    /// rustls resumes under the configuration that stored the session).
+    fn config(&self, cache_allowed: bool) -> Arc<tokio_rustls::rustls::ClientConfig> {
+        if cache_allowed { self.cached.clone() } else { self.plain.clone() }
+    }
 }
 
 impl Markets for RelayMarkets {
     fn open(&self, request: OpenRequest) -> BoxFuture<'static, Result<MarketSession, MarketError>> {
-        let config = if request.cache_allowed { self.cached.clone() } else { self.plain.clone() };
+        let config = self.config(request.cache_allowed);
         Box::pin(async move {
             if request.mode != Mode::Relay {
                 return Err(MarketError {
@@ -158,8 +172,7 @@ impl Markets for RelayMarkets {
 /// shakes hands and sends only the CertificateVerify transcript hash to the home card).
 pub struct StandardMarkets {
     card: Arc<dyn HomeCard>,
-    plain: Arc<tokio_rustls::rustls::ClientConfig>,
-    cached: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// Relay mode, and the market configurations handover mode shares with it (one cache).
     relay: RelayMarkets,
 }
 
@@ -171,14 +184,8 @@ impl StandardMarkets {
         card: Arc<dyn HomeCard>,
         cache: Arc<crate::handover::SessionCache>,
     ) -> Result<Self, crate::handover::HandoverError> {
-        let key: Arc<dyn crate::handover::MarketKey> = card.clone();
-        let plain =
-            crate::handover::MarketConfig::new(roots.clone(), key.clone()).client_config()?;
-        let cached = crate::handover::MarketConfig::new(roots.clone(), key)
-            .with_cache(cache)
-            .client_config()?;
-        let relay = RelayMarkets { plain: plain.clone(), cached: cached.clone() };
-        Ok(StandardMarkets { card: card.clone(), plain, cached, relay })
+        let relay = RelayMarkets::with_cache(roots, card.clone(), cache)?;
+        Ok(StandardMarkets { card, relay })
     }
 }
 
@@ -221,17 +228,8 @@ impl Markets for StandardMarkets {
             }
             Mode::Handover => {}
         }
-        let config = if request.cache_allowed { self.cached.clone() } else { self.plain.clone() };
+        let config = self.relay.config(request.cache_allowed);
         Box::pin(async move {
-            if request.mode != Mode::Handover {
-                return Err(MarketError {
-                    code: ErrorCode::Unsupported,
-                    message: format!(
-                        "{} mode is not offered by this home server",
-                        request.mode.name()
-                    ),
-                });
-            }
             let (host, port) = (request.host.clone(), request.port);
             let unreachable =
                 |m: String| MarketError { code: ErrorCode::MarketUnreachable, message: m };
