@@ -104,6 +104,26 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Both ends refuse TLS 1.2 (never negotiated: both configurations are TLS 1.3 only).
+fn tls12_refused() -> rustls::Error {
+    rustls::Error::General("the control channel is TLS 1.3 only".into())
+}
+
+/// The peer's TLS 1.3 handshake signature, checked with `provider`'s algorithms.
+fn verify_tls13(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
 /// Accepts exactly one server key, by the SHA-256 of its SubjectPublicKeyInfo.
 #[derive(Debug)]
 pub struct PinnedServer {
@@ -136,7 +156,7 @@ impl ServerCertVerifier for PinnedServer {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("the control channel is TLS 1.3 only".into()))
+        Err(tls12_refused())
     }
 
     fn verify_tls13_signature(
@@ -145,12 +165,7 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -191,7 +206,7 @@ impl ClientCertVerifier for AdmittedClients {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("the control channel is TLS 1.3 only".into()))
+        Err(tls12_refused())
     }
 
     fn verify_tls13_signature(
@@ -200,12 +215,7 @@ impl ClientCertVerifier for AdmittedClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
