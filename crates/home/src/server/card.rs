@@ -26,7 +26,8 @@ pub enum PinError {
 pub trait HomeCard: crate::handover::MarketKey {
     /// Verifies PIN2; on success the card is in the encryption-enabled state.
     fn verify_pin2(&self, pin: &[u8]) -> Result<(), PinError>;
-    /// The user's "end" or the idle fallback: back to the remote-access wait state.
+    /// The user's "end", or its control connection closing: back to the remote-access wait
+    /// state.
     fn end(&self) -> Result<(), KeyError>;
     /// The idle fallback (Fig. 6): if the card has been enabled and unused for
     /// [`super::IDLE_LIMIT`], back to the wait state; true if it went back now.
