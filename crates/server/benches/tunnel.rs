@@ -63,7 +63,11 @@ async fn issue_cards(store: &Store, n: usize) -> Vec<(String, Card)> {
     for i in 0..n {
         let id = format!("B-{i:04}");
         let issuance = store
-            .start_issuance(&root(), ISSUER, &StartIssuance { card_id: id.clone() })
+            .start_issuance(
+                &root(),
+                ISSUER,
+                &StartIssuance { card_id: id.clone(), legacy_static_auth: false },
+            )
             .await
             .unwrap();
         let mut card = Card::in_memory(CardOptions::default());

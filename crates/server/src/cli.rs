@@ -783,7 +783,15 @@ pub struct IssueArgs {
     /// Bearer token of the issuer (env TESSERA_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
+    /// Also personalise a legacy static authenticator (claim 10) and register it for the
+    /// card, so that `tessera sync --legacy-static-auth` can authenticate it. **Replayable**:
+    /// whoever sees the value once can present it again; only for legacy terminals.
+    #[arg(long)]
+    pub legacy_static_auth: bool,
 }
+
+/// What `tessera issue --legacy-static-auth` prints (and logs) before it runs.
+pub const ISSUE_LEGACY_WARNING: &str = "WARNING: --legacy-static-auth: this card gets a static      authenticator (claim 10) that is replayable: whoever sees it once (a terminal, a log) can      present it again without the card. Remove it with `tessera admin update legacy-static      ISSUER CARD --clear` when no legacy terminal needs it.";
 
 impl TunnelArgs {
     fn client(&self, token: Option<String>) -> Result<ApiClient, Failure> {
@@ -872,23 +880,91 @@ pub async fn sync(
 }
 
 /// Runs `tessera issue`: starts the issuance with the issuer's token, relays it to the blank
-/// card through `transmit`, and reports the initial PIN and PUK (shown once).
+/// card through `transmit`, and reports the initial PIN and PUK (shown once). With
+/// `--legacy-static-auth` (warned), the card also gets a static authenticator, which is
+/// registered for it once the card is issued.
 pub async fn issue(
     args: &IssueArgs,
     transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<Report, Failure> {
     let client = args.tunnel.client(env_or(&args.token, TOKEN_ENV))?;
-    let issuance =
-        client.start_issuance(&args.tunnel.issuer, &args.card_id).await.map_err(api_failure)?;
+    if args.legacy_static_auth {
+        tracing::warn!("{ISSUE_LEGACY_WARNING}");
+    }
+    let issuer = seg(&args.tunnel.issuer)?;
+    if args.legacy_static_auth {
+        // Checked before the card is personalised: the value is registered under this id.
+        seg(&args.card_id)?;
+    }
+    let start = crate::store::issuance::StartIssuance {
+        card_id: args.card_id.clone(),
+        legacy_static_auth: args.legacy_static_auth,
+    };
+    let body = serde_json::to_value(&start).map_err(|e| fail(FailureKind::Local, e.to_string()))?;
+    let issuance: crate::store::issuance::Issuance =
+        call(&client, Method::POST, &format!("/v1/admin/issuers/{issuer}/issuances"), &body)
+            .await?;
+    if args.legacy_static_auth && issuance.legacy_static_hex.is_none() {
+        return Err(fail(
+            FailureKind::Refused,
+            "the server did not personalise a legacy static authenticator",
+        ));
+    }
     let last = client.relay(issuance.session.clone(), transmit).await.map_err(api_failure)?;
     let mut report = outcome_report(&last);
+    let issued = last.outcome.as_ref().is_some_and(|o| o.result == "issued");
+    let mut legacy_registered = false;
+    if let (true, Some(value)) = (issued, &issuance.legacy_static_hex) {
+        let path = format!(
+            "/v1/admin/issuers/{issuer}/cards/{}/update-legacy-static",
+            seg(&args.card_id)?
+        );
+        let _: Value = call(&client, Method::PUT, &path, &json!({ "value_hex": value }))
+            .await
+            .map_err(|f| {
+                fail(
+                    f.kind,
+                    format!(
+                        "card {} issued, but its legacy static authenticator was not \
+                             registered ({}); legacy syncs will fail until the card is re-issued",
+                        args.card_id, f.message
+                    ),
+                )
+            })?;
+        legacy_registered = true;
+        report.human = format!(
+            "{ISSUE_LEGACY_WARNING}\n{}\nlegacy static authenticator registered (tessera sync \
+             --legacy-static-auth)",
+            report.human
+        );
+    }
     report.human.push_str(&format!(
         "\ninitial PIN: {}\nPUK: {}\n(shown once: hand them to the card holder)",
         issuance.initial_pin, issuance.puk
     ));
-    report.json =
-        json!({"outcome": last.outcome, "initial_pin": issuance.initial_pin, "puk": issuance.puk});
+    report.json = json!({
+        "outcome": last.outcome, "initial_pin": issuance.initial_pin, "puk": issuance.puk,
+        "legacy_static": legacy_registered,
+    });
     Ok(report)
+}
+
+/// One JSON request of `tessera issue`: the answer decoded, or the server's refusal.
+async fn call<T: serde::de::DeserializeOwned>(
+    client: &ApiClient,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Result<T, Failure> {
+    let (status, value) = client.request(method, path, Some(body)).await?;
+    if !status.is_success() {
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        return Err(fail(FailureKind::Refused, format!("{status}: {message}")));
+    }
+    serde_json::from_value(value).map_err(|e| fail(FailureKind::Local, e.to_string()))
 }
 
 fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {

@@ -70,7 +70,7 @@ async fn issuance_through_the_tunnel(db: TestDb) {
     use tessera_server::store::issuance::StartIssuance;
     let store = db.store().await;
     store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let start = StartIssuance { card_id: "NEW-1".into() };
+    let start = StartIssuance { card_id: "NEW-1".into(), legacy_static_auth: false };
     let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
     assert_eq!(issuance.initial_pin.len(), 6);
     // The card id is taken while the issuance runs.
@@ -124,7 +124,11 @@ async fn issuance_through_the_tunnel(db: TestDb) {
 
     // Issuing onto a card that is not blank is refused, and records nothing.
     let again = store
-        .start_issuance(&root(), "acme", &StartIssuance { card_id: "NEW-2".into() })
+        .start_issuance(
+            &root(),
+            "acme",
+            &StartIssuance { card_id: "NEW-2".into(), legacy_static_auth: false },
+        )
         .await
         .unwrap();
     card.reset();
@@ -182,7 +186,11 @@ async fn a_wrong_proof_of_possession_is_refused(db: TestDb) {
     // another public key beside the card's signature, the key and signature of another card.
     let other = {
         let issuance = store
-            .start_issuance(&root(), "acme", &StartIssuance { card_id: "OTHER".into() })
+            .start_issuance(
+                &root(),
+                "acme",
+                &StartIssuance { card_id: "OTHER".into(), legacy_static_auth: false },
+            )
             .await
             .unwrap();
         let mut card = Card::in_memory(CardOptions::default());
@@ -201,7 +209,11 @@ async fn a_wrong_proof_of_possession_is_refused(db: TestDb) {
     {
         let id = format!("NEW-{n}");
         let issuance = store
-            .start_issuance(&root(), "acme", &StartIssuance { card_id: id.clone() })
+            .start_issuance(
+                &root(),
+                "acme",
+                &StartIssuance { card_id: id.clone(), legacy_static_auth: false },
+            )
             .await
             .unwrap();
         let mut card = Card::in_memory(CardOptions::default());
@@ -236,7 +248,11 @@ async fn issuance_aborted_by_the_card_records_nothing(db: TestDb) {
     let store = db.store().await;
     store.create_issuer(&root(), "acme", "Acme").await.unwrap();
     let issuance = store
-        .start_issuance(&root(), "acme", &StartIssuance { card_id: "NEW-1".into() })
+        .start_issuance(
+            &root(),
+            "acme",
+            &StartIssuance { card_id: "NEW-1".into(), legacy_static_auth: false },
+        )
         .await
         .unwrap();
     let mut card = Card::in_memory(CardOptions::default());
@@ -267,11 +283,19 @@ async fn responses_replayed_into_another_issuance_are_refused(db: TestDb) {
     let store = db.store().await;
     store.create_issuer(&root(), "acme", "Acme").await.unwrap();
     let a = store
-        .start_issuance(&root(), "acme", &StartIssuance { card_id: "A".into() })
+        .start_issuance(
+            &root(),
+            "acme",
+            &StartIssuance { card_id: "A".into(), legacy_static_auth: false },
+        )
         .await
         .unwrap();
     let b = store
-        .start_issuance(&root(), "acme", &StartIssuance { card_id: "B".into() })
+        .start_issuance(
+            &root(),
+            "acme",
+            &StartIssuance { card_id: "B".into(), legacy_static_auth: false },
+        )
         .await
         .unwrap();
     let mut card = Card::in_memory(CardOptions::default());
@@ -302,7 +326,11 @@ async fn an_update_key_without_the_device_proof_is_refused(db: TestDb) {
     let store = db.store().await;
     store.create_issuer(&root(), "acme", "Acme").await.unwrap();
     let issuance = store
-        .start_issuance(&root(), "acme", &StartIssuance { card_id: "NEW-1".into() })
+        .start_issuance(
+            &root(),
+            "acme",
+            &StartIssuance { card_id: "NEW-1".into(), legacy_static_auth: false },
+        )
         .await
         .unwrap();
     let mut card = Card::in_memory(CardOptions::default());

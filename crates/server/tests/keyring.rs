@@ -406,7 +406,7 @@ async fn issuance_installs_the_keyring_of_the_issuer_policy(db: TestDb) {
         let layout = KeyringLayout { mode, internal_slots: 4, external_slots: 2 };
         let policy = KeyringPolicy { layout: Some(layout), ..KeyringPolicy::default() };
         store.set_keyring_policy(&root(), "acme", &policy).await.unwrap();
-        let start = StartIssuance { card_id: "NEW-1".into() };
+        let start = StartIssuance { card_id: "NEW-1".into(), legacy_static_auth: false };
         let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
         let mut card = Card::in_memory(CardOptions::default());
         card.power_on();

@@ -160,7 +160,11 @@ async fn in_token() {
 
     // Issuance: the device certificate is signed in the token.
     let issuance = store
-        .start_issuance(&root(), "acme", &StartIssuance { card_id: "HSM-1".into() })
+        .start_issuance(
+            &root(),
+            "acme",
+            &StartIssuance { card_id: "HSM-1".into(), legacy_static_auth: false },
+        )
         .await
         .unwrap();
     let mut card = Card::in_memory(CardOptions::default());

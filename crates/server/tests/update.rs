@@ -28,7 +28,7 @@ fn send(card: &mut Card, cmd: &Command) -> Response {
 
 /// Issues a blank in-memory card as `card_id` through the tunnel; returns it and its PIN.
 async fn issue(store: &Store, card_id: &str) -> (Card, String) {
-    let start = StartIssuance { card_id: card_id.into() };
+    let start = StartIssuance { card_id: card_id.into(), legacy_static_auth: false };
     let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
     let mut card = Card::in_memory(CardOptions::default());
     card.power_on();
@@ -339,7 +339,7 @@ async fn a_rolled_back_card_image_is_refused(db: TestDb) {
     // The card in an image file; a copy of the file kept aside after issuance.
     let dir = tempfile::tempdir().unwrap();
     let (path, old) = (dir.path().join("card.img"), dir.path().join("old.img"));
-    let start = StartIssuance { card_id: "CARD-A".into() };
+    let start = StartIssuance { card_id: "CARD-A".into(), legacy_static_auth: false };
     let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
     let mut card = Card::create(&path, CardOptions::default()).unwrap();
     card.power_on();

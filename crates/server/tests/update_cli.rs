@@ -35,7 +35,7 @@ fn send(card: &mut Card, cmd: &Command) -> Response {
 }
 
 async fn issue(store: &Store, card_id: &str) -> (Card, String) {
-    let start = StartIssuance { card_id: card_id.into() };
+    let start = StartIssuance { card_id: card_id.into(), legacy_static_auth: false };
     let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
     let mut card = Card::in_memory(CardOptions::default());
     card.power_on();

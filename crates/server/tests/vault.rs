@@ -72,7 +72,7 @@ async fn issue_with_vault(store: &Store, card_id: &str, role: Role) -> (Card, St
         personalize_vault(&mut s, &groups(role)).unwrap();
     }
     card.reset();
-    let start = StartIssuance { card_id: card_id.into() };
+    let start = StartIssuance { card_id: card_id.into(), legacy_static_auth: false };
     let issuance = store.start_issuance(&root(), "acme", &start).await.unwrap();
     let mut step = issuance.session.clone();
     while !step.done {

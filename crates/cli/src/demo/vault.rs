@@ -256,7 +256,7 @@ fn key_service(n: &mut Narrator) -> Result<(), CliError> {
             personalize_vault(&mut s, &groups(Role::Main)?).map_err(e)?;
         }
         let mut main = InProcessChannel::new(card);
-        let start = StartIssuance { card_id: "DEMO-MAIN".into() };
+        let start = StartIssuance { card_id: "DEMO-MAIN".into(), legacy_static_auth: false };
         let issuance = store.start_issuance(&root, "demo", &start).await.map_err(other)?;
         let (result, _) = drive(&store, &mut main, issuance.session.clone()).await?;
         n.say(&format!("Card DEMO-MAIN issued through the tunnel: {result}."));

@@ -19,6 +19,13 @@ use crate::tunnel::{COUNTER_ISD_KVN, TunnelState, valid_card_id};
 pub struct StartIssuance {
     /// The id the new card gets.
     pub card_id: String,
+    /// Also personalise a legacy static authenticator (claim 10, DGI `0503`): a fresh random
+    /// value, returned once in [`Issuance::legacy_static_hex`] for the client to register
+    /// (`PUT …/cards/{card}/update-legacy-static`) once the card is issued. **Replayable**:
+    /// whoever sees it once can present it again; only for terminals that cannot do
+    /// challenge-response. Audited with `issuance.start`.
+    #[serde(default)]
+    pub legacy_static_auth: bool,
 }
 
 /// An issuance started: the tunnel session to run on a blank card, and the card holder's
@@ -31,6 +38,11 @@ pub struct Issuance {
     pub initial_pin: String,
     /// PUK (8 digits).
     pub puk: String,
+    /// The legacy static authenticator personalised into the card (16 bytes, hex), when the
+    /// issuance asked for one (shown once; the server keeps it only sealed in the session
+    /// until the client registers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_static_hex: Option<String>,
 }
 
 impl std::fmt::Debug for Issuance {
@@ -63,7 +75,7 @@ impl Store {
             ));
         }
         let id = hex::encode(random_bytes::<16>());
-        let secrets = IssuanceSecrets::generate();
+        let secrets = IssuanceSecrets::generate_with(req.legacy_static_auth);
         let json = Zeroizing::new(
             serde_json::to_vec(&secrets).map_err(|e| ServerError::Internal(e.to_string()))?,
         );
@@ -119,7 +131,7 @@ impl Store {
             "issuance.start",
             card_id,
             serde_json::json!({
-                "session": id,
+                "session": id, "legacy_static": req.legacy_static_auth,
             }),
         )
         .await?;
@@ -135,6 +147,7 @@ impl Store {
             },
             initial_pin: secrets.pin.clone(),
             puk: secrets.puk.clone(),
+            legacy_static_hex: secrets.legacy_static.clone(),
         })
     }
 
