@@ -770,6 +770,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_idle_timer_expires_at_the_limit_and_only_while_running() {
+        let clock = ManualClock::new();
+        let mut timer = IdleTimer::new(clock.clone()).with_limit(Duration::from_secs(10));
+        timer.touch();
+        clock.advance(Duration::from_secs(60));
+        assert!(!timer.is_running() && timer.expire().is_none(), "stopped: never expires");
+        timer.start();
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(timer.expire(), None);
+        timer.touch();
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(timer.expire(), None, "the use restarted the limit");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(timer.expire(), Some(Duration::from_secs(10)), "expires at the limit");
+        assert!(!timer.is_running());
+        assert_eq!(timer.expire(), None, "once");
+        timer.start();
+        timer.stop();
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(timer.expire(), None);
+    }
+
+    #[test]
     fn the_session_falls_back_after_ten_idle_minutes() {
         let ca = ca();
         let mut card = enrolled(&ca);
