@@ -11,16 +11,14 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use control_support::{Ca, PIN2, now, runtime, start_home};
+use control_support::{Ca, PIN2, admitted_terminal, runtime, serve_standard};
 use support::Pki;
 use support::nginx::{self, Nginx};
 use tessera_crypto::ecdsa::SigningKey;
-use tessera_crypto::x509::Role;
 use tessera_home::SoftwareKey;
-use tessera_home::registry::Registry;
-use tessera_home::server::{Identity, SoftwareHomeCard, StandardMarkets};
+use tessera_home::server::SoftwareHomeCard;
 use tessera_home::terminal::http::{self, Request};
-use tessera_home::terminal::{ControlConnection, OpenedSession, PartialStream, Terminal};
+use tessera_home::terminal::{ControlConnection, OpenedSession, PartialStream};
 use tessera_proto::control::Mode;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
@@ -60,16 +58,9 @@ fn every_mode_against_nginx_through_the_control_channel() {
     let key = SigningKey::from_bytes(&*pki.home_key.to_bytes()).unwrap();
     let chain = vec![CertificateDer::from(pki.home_cert.der().to_vec())];
     let card = Arc::new(SoftwareHomeCard::new(SoftwareKey::new(key, chain), PIN2));
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(StandardMarkets::new(pki.roots(), card.clone(), cache).unwrap());
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let (_server, running) = start_home(&rt, &identity, registry.clone(), card.clone(), markets);
+    let (identity, registry, _server, running) = serve_standard(&rt, pki.roots(), card.clone());
     let issuer = Ca::new("access issuer");
-    let (access, cert) = issuer.card_key("access", Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let (_, _, terminal) = admitted_terminal(&issuer, &registry, &identity, &running);
     let mut c = terminal.connect().unwrap();
     c.pin2(PIN2).unwrap();
 

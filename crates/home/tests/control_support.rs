@@ -106,6 +106,37 @@ pub fn start_home(
     (server, running)
 }
 
+/// A home server for `card` on an ephemeral port, serving every mode ([`StandardMarkets`]
+/// trusting `market_roots`, its own session cache): its identity, registry, server and
+/// running handle.
+pub fn serve_standard(
+    rt: &tokio::runtime::Runtime,
+    market_roots: RootCertStore,
+    card: Arc<dyn HomeCard>,
+) -> (Identity, Arc<Registry>, Arc<HomeServer>, Running) {
+    let identity = Identity::generate(now()).unwrap();
+    let registry = Arc::new(Registry::in_memory().unwrap());
+    let cache = Arc::new(SessionCache::default());
+    let markets = Arc::new(StandardMarkets::new(market_roots, card.clone(), cache).unwrap());
+    let (server, running) = start_home(rt, &identity, registry.clone(), card, markets);
+    (identity, registry, server, running)
+}
+
+/// A software access card issued by `issuer` and admitted in `registry`, and a terminal
+/// holding it that pins the home server `identity` at `running`.
+pub fn admitted_terminal(
+    issuer: &Ca,
+    registry: &Registry,
+    identity: &Identity,
+    running: &Running,
+) -> (Arc<SoftwareKey>, Vec<u8>, Terminal) {
+    let (key, cert) = issuer.card_key("access card", Role::Access);
+    let key = Arc::new(key);
+    registry.admit(&cert, "phone", now()).unwrap();
+    let t = Terminal::new(key.clone(), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    (key, cert, t)
+}
+
 /// Which market connector the home server of a [`Setup`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connector {
@@ -195,11 +226,8 @@ impl Setup {
 
     /// An access card, admitted; the terminal pins the home server's certificate.
     pub fn admitted_terminal(&self) -> (Arc<SoftwareKey>, Vec<u8>, Terminal) {
-        let (key, cert) = self.ca.card_key("access card", Role::Access);
-        let key = Arc::new(key);
-        self.registry.admit(&cert, "phone", now()).unwrap();
-        let t = Terminal::new(key.clone(), self.identity.spki_sha256(), self.home()).unwrap();
-        (key, cert, t)
+        let running = self.running.as_ref().unwrap();
+        admitted_terminal(&self.ca, &self.registry, &self.identity, running)
     }
 
     /// An admitted terminal's control connection, the home card unlocked with PIN2.

@@ -14,8 +14,7 @@ use tessera_card::applets::isd;
 use tessera_card::pin::PinBlock;
 use tessera_card::{Card, CardOptions};
 use tessera_crypto::scp03::StaticKeys;
-use tessera_home::registry::Registry;
-use tessera_home::server::{CardHome, Identity, Running, StandardMarkets};
+use tessera_home::server::CardHome;
 use tessera_home::terminal::http::{self, Request};
 use tessera_home::terminal::{CardAccess, OpenedSession, Terminal, TerminalError};
 use tessera_host::access::AccessCard;
@@ -62,31 +61,13 @@ fn access_card(
     (access, cert)
 }
 
-/// A home server for `home` (StandardMarkets trusting `market_ca`, its own cache) on an
-/// ephemeral port: its identity, registry, server and running handle.
-fn serve(
-    rt: &tokio::runtime::Runtime,
-    market_ca: &Ca,
-    home: &Arc<CardHome>,
-) -> (Identity, Arc<Registry>, Arc<tessera_home::server::HomeServer>, Running) {
-    let identity = Identity::generate(now()).unwrap();
-    let registry = Arc::new(Registry::in_memory().unwrap());
-    let cache = Arc::new(tessera_home::handover::SessionCache::default());
-    let markets = Arc::new(StandardMarkets::new(market_ca.roots(), home.clone(), cache).unwrap());
-    let (server, running) = start_home(rt, &identity, registry.clone(), home.clone(), markets);
-    (identity, registry, server, running)
-}
-
 #[test]
 fn pin2_wrong_three_times_blocks_the_real_home_card() {
     let rt = runtime();
     let issuer = Ca::new("issuer");
     let home = home_card(&issuer, b"HOME-2", "dora", Arc::new(ManualClock::new()));
-    let (identity, registry, _server, running) = serve(&rt, &issuer, &home);
-    let (access, cert) = issuer.card_key("access", tessera_crypto::x509::Role::Access);
-    registry.admit(&cert, "phone", now()).unwrap();
-    let terminal =
-        Terminal::new(Arc::new(access), identity.spki_sha256(), running.addr.to_string()).unwrap();
+    let (identity, registry, _server, running) = serve_standard(&rt, issuer.roots(), home.clone());
+    let (_, _, terminal) = admitted_terminal(&issuer, &registry, &identity, &running);
     let mut c = terminal.connect().unwrap();
     let code = |r: Result<(), TerminalError>| match r {
         Err(TerminalError::Refused { code, .. }) => code,
@@ -109,7 +90,7 @@ fn real_home_and_access_cards_fall_back_after_ten_idle_minutes() {
     let issuer = Ca::new("issuer");
     let clock = Arc::new(ManualClock::new());
     let home = home_card(&issuer, b"HOME-3", "erin", clock.clone());
-    let (identity, registry, server, running) = serve(&rt, &issuer, &home);
+    let (identity, registry, server, running) = serve_standard(&rt, issuer.roots(), home.clone());
 
     // The access card, unlocked by the terminal, its idle limit on the same clock.
     let (access, cert) = access_card(&issuer, b"ACCESS-3", "erin's phone");
@@ -148,7 +129,8 @@ fn real_home_and_access_cards_through_the_home_server() {
     let market_ca = Ca::new("market CA");
     let market = start_market(&rt, &market_ca, &issuer);
     let home = home_card(&issuer, b"HOME-1", "carol", Arc::new(ManualClock::new()));
-    let (identity, registry, _server, running) = serve(&rt, &market_ca, &home);
+    let (identity, registry, _server, running) =
+        serve_standard(&rt, market_ca.roots(), home.clone());
 
     // The access card: enrolled, pinning this home server.
     let (mut access, access_cert) = access_card(&issuer, b"ACCESS-1", "carol's phone");
