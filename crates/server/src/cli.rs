@@ -919,18 +919,26 @@ pub async fn issue(
             "/v1/admin/issuers/{issuer}/cards/{}/update-legacy-static",
             seg(&args.card_id)?
         );
-        let _: Value = call(&client, Method::PUT, &path, &json!({ "value_hex": value }))
-            .await
-            .map_err(|f| {
-                fail(
-                    f.kind,
-                    format!(
-                        "card {} issued, but its legacy static authenticator was not \
-                             registered ({}); legacy syncs will fail until the card is re-issued",
-                        args.card_id, f.message
-                    ),
-                )
-            })?;
+        let registered: Result<Value, Failure> =
+            call(&client, Method::PUT, &path, &json!({ "value_hex": value })).await;
+        if let Err(f) = registered {
+            // The card is issued: its PIN and PUK, and the value to register by hand, must
+            // not be lost with the error.
+            return Err(fail(
+                f.kind,
+                format!(
+                    "card {card} issued, but its legacy static authenticator was not registered \
+                     ({reason}): register it with `tessera admin update legacy-static {issuer} \
+                     {card} --file F`, F holding {value} (replayable: shown once), or legacy \
+                     syncs fail\ninitial PIN: {pin}\nPUK: {puk}\n(shown once: hand them to \
+                     the card holder)",
+                    card = args.card_id,
+                    reason = f.message,
+                    pin = issuance.initial_pin,
+                    puk = issuance.puk,
+                ),
+            ));
+        }
         legacy_registered = true;
         report.human = format!(
             "{ISSUE_LEGACY_WARNING}\n{}\nlegacy static authenticator registered (tessera sync \
