@@ -25,7 +25,7 @@ pub fn personalisation_commands(nonce: &[u8]) -> UpdateResult<Vec<Command>> {
 
 /// [`personalisation_commands`], and for a legacy card the static authenticator of claim 10
 /// (DGI `0503` in the same STORE DATA; register the same value with
-/// `Store::update_set_legacy_static`). Issuance does not offer it yet: this is the hook.
+/// `Store::update_set_legacy_static`); issuance calls it for `tessera issue --legacy-static-auth`.
 pub fn personalisation_commands_with(
     nonce: &[u8],
     legacy_static: Option<&[u8; STATIC_AUTH_LEN]>,
