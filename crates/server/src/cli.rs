@@ -791,7 +791,10 @@ pub struct IssueArgs {
 }
 
 /// What `tessera issue --legacy-static-auth` prints (and logs) before it runs.
-pub const ISSUE_LEGACY_WARNING: &str = "WARNING: --legacy-static-auth: this card gets a static      authenticator (claim 10) that is replayable: whoever sees it once (a terminal, a log) can      present it again without the card. Remove it with `tessera admin update legacy-static      ISSUER CARD --clear` when no legacy terminal needs it.";
+pub const ISSUE_LEGACY_WARNING: &str = "WARNING: --legacy-static-auth: this card gets a static \
+     authenticator (claim 10) that is replayable: whoever sees it once (a terminal, a log) can \
+     present it again without the card. Remove it with `tessera admin update legacy-static \
+     ISSUER CARD --clear` when no legacy terminal needs it.";
 
 impl TunnelArgs {
     fn client(&self, token: Option<String>) -> Result<ApiClient, Failure> {
@@ -860,7 +863,14 @@ pub async fn sync(
     } else {
         client.open_session(&args.tunnel.issuer, args.card_id.as_deref()).await
     }
-    .map_err(api_failure)?;
+    .map_err(|e| {
+        // The warning stands in front of a refusal too (a card without a registered value).
+        let mut f = api_failure(e);
+        if let Some(w) = warning {
+            f.message = format!("{w}\n{}", f.message);
+        }
+        f
+    })?;
     let last = client.relay(first, transmit).await.map_err(api_failure)?;
     let mut report = outcome_report(&last);
     if let Some(w) = warning {

@@ -139,6 +139,7 @@ async fn legacy_issuance_end_to_end(db: TestDb) {
     let err = sync(&args, |apdu| Ok(plain.transmit(apdu))).await.unwrap_err();
     assert_eq!(err.kind, FailureKind::Refused, "{}", err.message);
     assert!(err.message.contains("no legacy static authenticator registered"), "{}", err.message);
+    assert!(err.message.starts_with(LEGACY_WARNING), "warned before the refusal: {}", err.message);
     // Its challenge-response sync still delivers.
     plain.reset();
     let r = sync(&sync_args(&["--pin-file", &plain_pin]), |apdu| Ok(plain.transmit(apdu)))
