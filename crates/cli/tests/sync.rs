@@ -110,7 +110,9 @@ fn sync_from_hook(server: &Server, args: &[&str], pin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{pin}").unwrap();
+    // A sync that stops before the PIN (an untrusted issuer) may exit before this write: the
+    // broken pipe is then the expected outcome, not a test failure.
+    let _ = writeln!(child.stdin.take().unwrap(), "{pin}");
     child.wait_with_output().unwrap()
 }
 
