@@ -14,23 +14,26 @@
 //! in-process virtual cards (`Card::in_memory`), issued through the server beforehand, each
 //! a terminal of its own (its own HTTPS connections, as `tessera sync` makes them).
 //!
-//! A *complete update session* is what `tessera sync --pin-file` does for a card with one
-//! 1 KiB update pending: VERIFY PIN on the card, open a tunnel session, the identification
-//! and counter exchanges, DEVICE AUTHENTICATE (the whole chain: challenge, device certificate
-//! chain, signature, rollback check), the package (one batch) and its receipt, the session
-//! closed: five HTTPS requests, the relay's four exchanges on one kept-alive connection. Each
-//! round queues one 1 KiB update per card through the admin API (not counted),
-//! then runs every card's session at once; sessions/s = cards / wall time of the round.
+//! A *complete update session* is what a sync does for a card with one 1 KiB update pending:
+//! VERIFY PIN on the card, open a tunnel session, the identification and counter exchanges,
+//! DEVICE AUTHENTICATE (the whole chain: challenge, device certificate chain, signature,
+//! rollback check), the package (one batch) and its receipt, the session closed. The load's
+//! terminals run it two ways, taking turns round by round, so that each row pair is a
+//! before/after in the same run: `open + relay` (`open_session` on a connection of its own,
+//! then `relay`: five HTTPS requests, two TLS handshakes) and `sync` (`ApiClient::sync`: the
+//! session opened on the relay's connection, the counters read with the identification: four
+//! requests, one handshake). Each round queues one 1 KiB update per card through the admin
+//! API (not counted), then runs every card's session at once; sessions/s = cards / wall time.
 //!
 //! Beside it, in the same run, the server's **crypto floor** for one session, measured alone
 //! in this process: the device certificate's chain check, the device-authentication
 //! signature and the receipt signature (three P-256 ECDSA verifications with the same code the
 //! server runs), in CPU time of the measuring thread, the best of three runs. The server's CPU per session (user + system time of the server process over
 //! the round, from `/proc`) is printed against it: the ratio is what the issue's target
-//! (at most 2x) is about. TLS handshakes (two per session), JSON, SQL and the tunnel's
+//! (at most 2x) is about. TLS handshakes, JSON, SQL and the tunnel's
 //! bookkeeping are all in the server's CPU; only the update step's own checks are in the
-//! floor. "busy retries" counts the `503`s of opening sessions only (the relay retries its
-//! exchanges itself).
+//! floor. "busy retries" counts the `503`s of opening sessions in the `open + relay` rounds
+//! (both modes together; `sync` and the relay post again after a `503` themselves).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -241,12 +244,36 @@ where
     }
 }
 
-/// One complete update session for `card` (the client's relay keeps one connection for the
-/// exchanges and posts again after a busy `503`); panics unless one update was delivered.
-async fn session(client: &ApiClient, card: &mut VirtualCard, retries: &AtomicU64) {
+/// How the load process's terminal runs a session.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// `open_session` on a connection of its own, then `relay`: five HTTPS requests on two
+    /// connections (the way before `ApiClient::sync`).
+    Separate,
+    /// `ApiClient::sync`: the session opened on the relay's connection with the counters read
+    /// in the first step: four HTTPS requests on one connection.
+    Sync,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Separate => "open + relay (5 requests, 2 TLS)",
+            Mode::Sync => "sync (4 requests, 1 TLS)",
+        }
+    }
+}
+
+/// One complete update session for `card`; panics unless one update was delivered.
+async fn session(client: &ApiClient, card: &mut VirtualCard, mode: Mode, retries: &AtomicU64) {
     verify_pin(card);
-    let first = retry_busy(retries, || client.open_session(ISSUER, Some(&card.id))).await;
-    let last = client.relay(first, |a| transmit(&mut card.card, a)).await.unwrap();
+    let last = match mode {
+        Mode::Separate => {
+            let first = retry_busy(retries, || client.open_session(ISSUER, Some(&card.id))).await;
+            client.relay(first, |a| transmit(&mut card.card, a)).await.unwrap()
+        }
+        Mode::Sync => client.sync(ISSUER, &card.id, |a| transmit(&mut card.card, a)).await.unwrap(),
+    };
     let outcome = last.outcome.unwrap();
     assert!(outcome.message.ends_with("updates: 1 delivered"), "{outcome:?}");
 }
@@ -256,6 +283,7 @@ async fn session(client: &ApiClient, card: &mut VirtualCard, retries: &AtomicU64
 async fn round(
     server: &Server,
     cards: Vec<VirtualCard>,
+    mode: Mode,
     retries: &Arc<AtomicU64>,
 ) -> (Vec<VirtualCard>, Duration, Duration) {
     let admin = Arc::new(server.client(true));
@@ -285,7 +313,7 @@ async fn round(
             let client = server.client(false);
             let retries = retries.clone();
             tokio::spawn(async move {
-                session(&client, &mut card, &retries).await;
+                session(&client, &mut card, mode, &retries).await;
                 card
             })
         })
@@ -390,9 +418,9 @@ async fn load(rounds: usize) {
         None => eprintln!("NOTICE: PostgreSQL is not installed; measuring SQLite only"),
     }
     println!(
-        "| database | concurrent cards | sessions | sessions/s | server CPU ms/session | crypto floor ms/session | CPU / floor | busy retries |"
+        "| database | terminal | concurrent cards | sessions | sessions/s | server CPU ms/session | crypto floor ms/session | CPU / floor | busy retries |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     if let Some(only) = only_db() {
         backends.retain(|(name, _)| *name == only);
     }
@@ -413,28 +441,35 @@ async fn load(rounds: usize) {
         for n in LEVELS {
             let mut rest = cards.split_off(n);
             let mut mine = cards;
-            // Warm-up round, then the measured rounds.
+            // Warm-up round, then the measured rounds, the two modes taking turns so that the
+            // machine's other load falls on both alike.
             let retries = Arc::new(AtomicU64::new(0));
-            (mine, _, _) = round(&server, mine, &retries).await;
+            (mine, _, _) = round(&server, mine, Mode::Separate, &retries).await;
+            (mine, _, _) = round(&server, mine, Mode::Sync, &retries).await;
             retries.store(0, Ordering::Relaxed);
-            let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+            let mut totals = [(Duration::ZERO, Duration::ZERO); 2];
             for _ in 0..rounds {
-                let (back, w, c) = round(&server, mine, &retries).await;
-                mine = back;
-                wall += w;
-                cpu += c;
+                for (i, mode) in [Mode::Separate, Mode::Sync].into_iter().enumerate() {
+                    let (back, w, c) = round(&server, mine, mode, &retries).await;
+                    mine = back;
+                    totals[i].0 += w;
+                    totals[i].1 += c;
+                }
             }
             let floor = crypto_floor(300);
             let sessions = n * rounds;
-            let per_session = cpu / sessions as u32;
-            println!(
-                "| {name} | {n} | {sessions} | {:.0} | {} | {} | {:.1} | {} |",
-                sessions as f64 / wall.as_secs_f64(),
-                ms(per_session),
-                ms(floor),
-                per_session.as_secs_f64() / floor.as_secs_f64(),
-                retries.load(Ordering::Relaxed)
-            );
+            for (mode, (wall, cpu)) in [Mode::Separate, Mode::Sync].into_iter().zip(totals) {
+                let per_session = cpu / sessions as u32;
+                println!(
+                    "| {name} | {} | {n} | {sessions} | {:.0} | {} | {} | {:.1} | {} |",
+                    mode.label(),
+                    sessions as f64 / wall.as_secs_f64(),
+                    ms(per_session),
+                    ms(floor),
+                    per_session.as_secs_f64() / floor.as_secs_f64(),
+                    retries.load(Ordering::Relaxed)
+                );
+            }
             mine.append(&mut rest);
             cards = mine;
         }

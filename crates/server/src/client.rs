@@ -343,9 +343,36 @@ impl ApiClient {
     pub async fn relay(
         &self,
         first: TunnelStep,
+        transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<TunnelStep, ApiError> {
+        self.relay_on(&mut None, first, transmit).await
+    }
+
+    /// Opens a tunnel session for `card_id` of `issuer` and relays it to its end, all on one
+    /// kept-alive connection (one TLS handshake per session), with the card's counters read
+    /// in the first step (`SessionOptions::read_counters`: one exchange fewer). What a sync
+    /// does; the answer is the last step, with the outcome. Opening is posted again only after
+    /// a busy `503` (nothing was created); a transport failure while opening is an error,
+    /// since the session may exist.
+    pub async fn sync(
+        &self,
+        issuer: &str,
+        card_id: &str,
+        transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<TunnelStep, ApiError> {
+        let body = serde_json::json!({ "card_id": card_id });
+        let path = format!("/v1/issuers/{issuer}/sessions?read_counters=true");
+        let mut conn = None;
+        let first = self.post_on(&mut conn, &path, &body, 0).await?;
+        self.relay_on(&mut conn, first, transmit).await
+    }
+
+    async fn relay_on(
+        &self,
+        conn: &mut Option<Connection>,
+        first: TunnelStep,
         mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
     ) -> Result<TunnelStep, ApiError> {
-        let mut conn = None;
         let mut step = first;
         while !step.done {
             let mut responses = Vec::with_capacity(step.apdus.len());
@@ -355,24 +382,27 @@ impl ApiClient {
                 responses.push(hex::encode_upper(transmit(&bytes).map_err(ApiError::Card)?));
             }
             let req = Exchange { step: step.step, responses };
-            step = self.exchange_on(&mut conn, &step.session_id, &req).await?;
+            let body = serde_json::to_value(&req).map_err(|e| ApiError::Protocol(e.to_string()))?;
+            let path = format!("/v1/sessions/{}/exchange", step.session_id);
+            step = self.post_on(conn, &path, &body, EXCHANGE_RETRIES).await?;
         }
         Ok(step)
     }
 
-    /// [`ApiClient::exchange`] over `conn` (opened or reopened as needed).
-    async fn exchange_on(
+    /// Posts `body` to `path` over `conn` (opened or reopened as needed): again after a busy
+    /// `503`, and after a transport failure at most `transport_retries` times (only for
+    /// idempotent requests).
+    async fn post_on(
         &self,
         conn: &mut Option<Connection>,
-        session_id: &str,
-        req: &Exchange,
+        path: &str,
+        body: &Value,
+        transport_retries: u32,
     ) -> Result<TunnelStep, ApiError> {
-        let body = serde_json::to_value(req).map_err(|e| ApiError::Protocol(e.to_string()))?;
-        let path = format!("/v1/sessions/{session_id}/exchange");
         let (mut attempt, mut busy) = (0, 0);
         loop {
             let sent = async {
-                let request = self.build_request(Method::POST, &path, Some(&body))?;
+                let request = self.build_request(Method::POST, path, Some(body))?;
                 if conn.is_none() {
                     *conn = Some(self.connect().await?);
                 }
@@ -399,7 +429,7 @@ impl ApiClient {
                     return serde_json::from_value(value)
                         .map_err(|e| ApiError::Protocol(e.to_string()));
                 }
-                Err(ClientError::Transport(m)) if attempt < EXCHANGE_RETRIES => {
+                Err(ClientError::Transport(m)) if attempt < transport_retries => {
                     *conn = None;
                     attempt += 1;
                     tracing::warn!(attempt, error = %m, "exchange failed; retrying");

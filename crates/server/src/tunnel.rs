@@ -5,7 +5,8 @@
 //! Step 0 identifies the card: `SELECT` the issuer security domain and `GET DATA 0045` (card
 //! id). Once the server knows the card (and has claimed it for this session), step 1 reads
 //! its counters: `GET DATA 00E0` (key information: the SCP03 key version, which only grows).
-//! Later issues append the card's pending jobs (updates, key renewal) as further steps.
+//! A terminal may ask for both steps' APDUs at once (they go to the same applet): step 0
+//! then answers both. Later issues append the card's pending jobs (updates, key renewal) as further steps.
 
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Response, StatusWord, Tag, Tlv};
@@ -27,6 +28,9 @@ pub enum TunnelState {
     Identify {
         /// The card id given when the session was created.
         expected_card: Option<String>,
+        /// Whether the counter-reading APDUs went out with them (one exchange fewer).
+        #[serde(default)]
+        read_counters: bool,
     },
     /// The card is known; the counter-reading APDUs are out.
     ReadCounters {

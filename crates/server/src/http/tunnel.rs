@@ -1,16 +1,16 @@
 //! Tunnel endpoints: the terminal relays APDUs between the card and the server.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
 use super::{AppState, JsonBody};
 use crate::error::{ErrorBody, ServerResult};
-use crate::store::sessions::{CreateSession, Exchange, TunnelStep};
+use crate::store::sessions::{CreateSession, Exchange, SessionOptions, TunnelStep};
 
 /// Opens a session with a card of this issuer; the answer holds the first APDUs.
 #[utoipa::path(post, path = "/v1/issuers/{issuer}/sessions", tag = "tunnel",
-    params(("issuer" = String, Path, description = "Issuer id")),
+    params(("issuer" = String, Path, description = "Issuer id"), SessionOptions),
     request_body = CreateSession,
     responses(
         (status = 201, body = TunnelStep, description = "Session opened; send `apdus` to the card"),
@@ -21,9 +21,10 @@ use crate::store::sessions::{CreateSession, Exchange, TunnelStep};
 pub async fn create_session(
     State(state): State<AppState>,
     Path(issuer): Path<String>,
+    Query(options): Query<SessionOptions>,
     JsonBody(req): JsonBody<CreateSession>,
 ) -> ServerResult<(StatusCode, Json<TunnelStep>)> {
-    let step = state.store.create_session(&issuer, &req).await?;
+    let step = state.store.create_session_with(&issuer, &req, options).await?;
     Ok((StatusCode::CREATED, Json(step)))
 }
 

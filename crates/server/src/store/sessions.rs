@@ -13,7 +13,7 @@
 //! `session_ttl_secs` after their last exchange.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::Store;
 use super::auth::Principal;
@@ -43,6 +43,18 @@ pub struct CreateSession {
     /// first step.
     #[serde(default)]
     pub card_id: Option<String>,
+}
+
+/// `POST /v1/issuers/{issuer}/sessions` query: how the session's script runs.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SessionOptions {
+    /// Read the card's counters in the first step too, behind the identification APDUs (the
+    /// same applet): one exchange fewer. Off by default, for terminals that expect the
+    /// counters in a step of their own.
+    #[serde(default)]
+    pub read_counters: bool,
 }
 
 /// `POST /v1/sessions/{id}/exchange` body: the card's responses to one step's APDUs.
@@ -109,6 +121,10 @@ fn session_from_row(r: &Row) -> ServerResult<SessionRow> {
         expires_at: r.int(8)?,
     })
 }
+
+/// What an exchange leads to: the next state, its APDUs, the outcome when it ends, and the
+/// session's claim on the card.
+type NextStep = (TunnelState, Vec<Vec<u8>>, Option<Outcome>, Option<String>);
 
 fn request_hash(step: i64, responses: &[Vec<u8>]) -> Vec<u8> {
     let step = step.to_be_bytes();
@@ -194,11 +210,22 @@ impl Store {
         Ok(card)
     }
 
-    /// Opens a tunnel session for a card of `issuer` (identity optional).
+    /// Opens a tunnel session for a card of `issuer` (identity optional), with the default
+    /// [`SessionOptions`].
     pub async fn create_session(
         &self,
         issuer: &str,
         req: &CreateSession,
+    ) -> ServerResult<TunnelStep> {
+        self.create_session_with(issuer, req, SessionOptions::default()).await
+    }
+
+    /// Opens a tunnel session for a card of `issuer` (identity optional).
+    pub async fn create_session_with(
+        &self,
+        issuer: &str,
+        req: &CreateSession,
+        options: SessionOptions,
     ) -> ServerResult<TunnelStep> {
         if let Some(c) = &req.card_id
             && !valid_card_id(c)
@@ -219,7 +246,10 @@ impl Store {
             }
             None => None,
         };
-        let state = TunnelState::Identify { expected_card: req.card_id.clone() };
+        let state = TunnelState::Identify {
+            expected_card: req.card_id.clone(),
+            read_counters: options.read_counters,
+        };
         let state_json = serde_json::to_string(&state)
             .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
         tx.execute(
@@ -251,7 +281,11 @@ impl Store {
         Ok(TunnelStep {
             session_id: id,
             step: 0,
-            apdus: identify_apdus().iter().map(hex::encode_upper).collect(),
+            apdus: identify_apdus()
+                .iter()
+                .chain(options.read_counters.then(counter_apdus).iter().flatten())
+                .map(hex::encode_upper)
+                .collect(),
             done: false,
             outcome: None,
             expires_at,
@@ -326,8 +360,10 @@ impl Store {
         }
 
         let (next_state, answer_apdus, outcome, live_card) = match &s.state {
-            TunnelState::Identify { expected_card } => {
-                let card_id = parse_identify(&responses)?;
+            TunnelState::Identify { expected_card, read_counters } => {
+                let split = if *read_counters { 2 } else { responses.len() };
+                let (identify, counters) = responses.split_at(split.min(responses.len()));
+                let card_id = parse_identify(identify)?;
                 if let Some(expected) = expected_card
                     && *expected != card_id
                 {
@@ -340,34 +376,25 @@ impl Store {
                     Some(live) => live.clone(),
                     None => self.claim_card(&mut tx, &s.issuer, &card_id, session_id).await?,
                 };
-                (TunnelState::ReadCounters { card_id }, counter_apdus(), None, Some(live))
+                if *read_counters {
+                    self.after_counters(
+                        &mut tx,
+                        &s.issuer,
+                        &card_id,
+                        session_id,
+                        counters,
+                        Some(live),
+                        now,
+                    )
+                    .await?
+                } else {
+                    (TunnelState::ReadCounters { card_id }, counter_apdus(), None, Some(live))
+                }
             }
             TunnelState::ReadCounters { card_id } => {
-                let kvn = parse_counters(&responses)?;
-                let card = self.check_card_usable(&mut tx, &s.issuer, card_id).await?;
-                let outcome =
-                    self.check_counter(&mut tx, &s.issuer, &card, session_id, kvn, now).await?;
-                let keyring = match outcome.result.as_str() {
-                    "flagged" => None,
-                    _ => {
-                        self.keyring_sync_start(&mut tx, &s.issuer, card_id, session_id, now)
-                            .await?
-                    }
-                };
-                match keyring {
-                    Some((next, apdus, keyring)) => (next, apdus, keyring, s.live_card.clone()),
-                    None if outcome.result != "flagged" => {
-                        // The update step, when the card has updates pending.
-                        match self
-                            .update_sync_start(&mut tx, &s.issuer, card_id, outcome.clone(), now)
-                            .await?
-                        {
-                            Some((next, apdus, o)) => (next, apdus, o, s.live_card.clone()),
-                            None => (TunnelState::Finished, Vec::new(), Some(outcome), None),
-                        }
-                    }
-                    None => (TunnelState::Finished, Vec::new(), Some(outcome), None),
-                }
+                let live = s.live_card.clone();
+                self.after_counters(&mut tx, &s.issuer, card_id, session_id, &responses, live, now)
+                    .await?
             }
             TunnelState::Keyring(k) => {
                 let (next, apdus, outcome) = self
@@ -555,6 +582,38 @@ impl Store {
         Ok(answer)
     }
 
+    /// The counter step's answers: checks the ISD key version, then starts the sync's first
+    /// pending step (keyring, else update) or ends the session. `live` is the session's claim
+    /// on the card.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_counters(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        session_id: &str,
+        responses: &[Vec<u8>],
+        live: Option<String>,
+        now: i64,
+    ) -> ServerResult<NextStep> {
+        let kvn = parse_counters(responses)?;
+        let card = self.check_card_usable(tx, issuer, card_id).await?;
+        let outcome = self.check_counter(tx, issuer, &card, session_id, kvn, now).await?;
+        if outcome.result == "flagged" {
+            return Ok((TunnelState::Finished, Vec::new(), Some(outcome), None));
+        }
+        if let Some((next, apdus, keyring)) =
+            self.keyring_sync_start(tx, issuer, card_id, session_id, now).await?
+        {
+            return Ok((next, apdus, keyring, live));
+        }
+        // The update step, when the card has updates pending.
+        Ok(match self.update_sync_start(tx, issuer, card_id, outcome.clone(), now).await? {
+            Some((next, apdus, o)) => (next, apdus, o, live),
+            None => (TunnelState::Finished, Vec::new(), Some(outcome), None),
+        })
+    }
+
     /// Compares the presented ISD key version with the highest seen: older flags the card
     /// (clone or rolled-back image), newer is recorded.
     async fn check_counter(
@@ -631,5 +690,112 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests may unwrap
+
+    use tessera_apdu::{Command, StatusWord};
+    use tessera_card::{Card, CardOptions};
+
+    use super::*;
+    use crate::db::{Db, DbLocation};
+    use crate::store::issuance::StartIssuance;
+    use crate::store::update::QueueUpdate;
+
+    fn relay(card: &mut Card, apdus: &[String]) -> Vec<String> {
+        apdus.iter().map(|a| hex::encode_upper(card.transmit(&hex::decode(a).unwrap()))).collect()
+    }
+
+    /// A store on a fresh SQLite file with issuer `acme` and an issued in-memory card
+    /// `CARD-A` with one update pending; the card has its PIN verified.
+    async fn store_with_card(dir: &std::path::Path) -> (Store, Card) {
+        let db = Db::open(&DbLocation::Sqlite(dir.join("t.db"))).await.unwrap();
+        let key = crate::primitives::MasterKey::from_bytes([7; 32]);
+        let store = Store::open(db, key, super::super::StoreConfig::default()).await.unwrap();
+        let root = Principal::system();
+        store.create_issuer(&root, "acme", "Acme").await.unwrap();
+        let start = StartIssuance { card_id: "CARD-A".into(), legacy_static_auth: false };
+        let issuance = store.start_issuance(&root, "acme", &start).await.unwrap();
+        let mut card = Card::in_memory(CardOptions::default());
+        card.power_on();
+        let mut step = issuance.session.clone();
+        while !step.done {
+            let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+            step = store.exchange(&step.session_id, &req).await.unwrap();
+        }
+        let queue = QueueUpdate {
+            object: "wifi".into(),
+            value_hex: hex::encode(b"pw-1"),
+            sealed: false,
+            free_read: false,
+        };
+        store.queue_update(&root, "acme", "CARD-A", &queue).await.unwrap();
+        card.reset();
+        let isd = Command::new(0x00, 0xA4, 0x04, 0x00).with_data(ISD_AID.to_vec()).with_le(256);
+        card.transmit(&isd.to_bytes().unwrap());
+        let mut block = issuance.initial_pin.as_bytes().to_vec();
+        block.resize(8, 0xFF);
+        let verify = Command::new(0x00, 0x20, 0x00, 0x81).with_data(block).to_bytes().unwrap();
+        assert_eq!(card.transmit(&verify), StatusWord::SUCCESS.to_bytes());
+        (store, card)
+    }
+
+    use crate::tunnel::ISD_AID;
+
+    #[tokio::test]
+    async fn counters_read_with_the_identification_save_one_exchange() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut card) = store_with_card(dir.path()).await;
+        let req = CreateSession { card_id: Some("CARD-A".into()) };
+        let options = SessionOptions { read_counters: true };
+        let first = store.create_session_with("acme", &req, options).await.unwrap();
+        // SELECT ISD, GET DATA card id, GET DATA key information.
+        assert_eq!(first.apdus.len(), 3);
+        assert!(first.apdus[2].starts_with("80CA00E0"), "{:?}", first.apdus);
+        let responses = relay(&mut card, &first.apdus);
+        let id = first.session_id.clone();
+        // Too few answers for the combined step: refused, nothing changes.
+        let short = Exchange { step: 0, responses: responses[..2].to_vec() };
+        assert!(matches!(store.exchange(&id, &short).await, Err(ServerError::BadRequest(_))));
+        let req0 = Exchange { step: 0, responses };
+        let update = store.exchange(&id, &req0).await.unwrap();
+        // Straight to the update step: SELECT update, DEVICE AUTHENTICATE.
+        assert_eq!((update.step, update.apdus.len()), (1, 2));
+        // The same answers posted again: the same answer, nothing changes.
+        assert_eq!(store.exchange(&id, &req0).await.unwrap(), update);
+        let mut step = update;
+        let mut exchanges = 1;
+        while !step.done {
+            let req = Exchange { step: step.step, responses: relay(&mut card, &step.apdus) };
+            step = store.exchange(&id, &req).await.unwrap();
+            exchanges += 1;
+        }
+        let outcome = step.outcome.unwrap();
+        assert!(outcome.message.ends_with("updates: 1 delivered"), "{outcome:?}");
+        // Identification and counters, device authentication, the package: three exchanges.
+        assert_eq!(exchanges, 3);
+        let audit = store.audit_entries(&Principal::system(), 0, 1000).await.unwrap();
+        assert_eq!(audit.iter().filter(|e| e.action == "update.deliver").count(), 1);
+        assert!(audit.iter().any(|e| e.action == "session.end" && e.subject == id));
+    }
+
+    #[tokio::test]
+    async fn a_combined_first_step_identifies_an_unnamed_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut card) = store_with_card(dir.path()).await;
+        let req = CreateSession { card_id: Some("CARD-B".into()) };
+        let options = SessionOptions { read_counters: true };
+        // CARD-B is unknown to the issuer: no session.
+        assert!(store.create_session_with("acme", &req, options).await.is_err());
+        let req = CreateSession { card_id: None };
+        let first = store.create_session_with("acme", &req, options).await.unwrap();
+        assert_eq!(first.apdus.len(), 3);
+        let responses = relay(&mut card, &first.apdus);
+        let step = store.exchange(&first.session_id, &Exchange { step: 0, responses }).await;
+        // Identified as CARD-A, claimed, and on to the update step.
+        assert_eq!(step.unwrap().apdus.len(), 2);
     }
 }
