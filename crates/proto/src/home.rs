@@ -146,6 +146,8 @@ pub const LABEL_CANCEL: &str = "tessera/home/cancel";
 pub const LABEL_CANCELLED: &str = "tessera/home/cancelled";
 /// Label of the card's cancellation request (to the market).
 pub const LABEL_CANCEL_REQUEST: &str = "tessera/home/cancel-request";
+/// Label of a market's settlement confirmation (market to home server; the card never sees it).
+pub const LABEL_SETTLED: &str = "tessera/market/settled";
 
 /// What the card signs at enrolment: its card id, which key (P1 of GENERATE KEY), the new
 /// public key and the CA's challenge.
@@ -700,6 +702,49 @@ impl Message for CancelConfirmation {
             order: id(order, "cancel order")?,
             amount: u64_field(amount, "cancel amount")?,
             time: i64_field(time, "cancel time")?,
+        })
+    }
+}
+
+/// A market's confirmation that a payment token was accepted and the order settled (Fig. 17),
+/// signed by the market and kept by the home server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The market's id.
+    pub market: Vec<u8>,
+    /// The paying card's id.
+    pub card: Vec<u8>,
+    /// The token's counter.
+    pub counter: u64,
+    /// The order reference.
+    pub order: Vec<u8>,
+    /// The amount settled.
+    pub amount: u64,
+    /// The market's time of settlement (Unix seconds).
+    pub time: i64,
+}
+
+impl Message for Settlement {
+    const LABEL: &'static str = LABEL_SETTLED;
+    fn fields(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.market.clone(),
+            self.card.clone(),
+            self.counter.to_be_bytes().to_vec(),
+            self.order.clone(),
+            self.amount.to_be_bytes().to_vec(),
+            self.time.to_be_bytes().to_vec(),
+        ]
+    }
+    fn parse_body(b: &[u8]) -> Result<Self, Malformed> {
+        let [market, card, counter, order, amount, time] = fields(b, "settlement")?;
+        Ok(Settlement {
+            market: id(market, "settlement market")?,
+            card: id(card, "settlement card")?,
+            counter: u64_field(counter, "settlement counter")?,
+            order: id(order, "settlement order")?,
+            amount: u64_field(amount, "settlement amount")?,
+            time: i64_field(time, "settlement time")?,
         })
     }
 }

@@ -565,6 +565,9 @@ mod home {
         cancel_confirmation: signed((id(), id(), any::<u64>(), id(), any::<u64>(), any::<i64>())
             .prop_map(|(market, card, counter, order, amount, time)| CancelConfirmation { market, card, counter, order, amount, time })),
             Signed::to_bytes, Signed::parse, closed = true;
+        settlement: signed((id(), id(), any::<u64>(), id(), any::<u64>(), any::<i64>())
+            .prop_map(|(market, card, counter, order, amount, time)| Settlement { market, card, counter, order, amount, time })),
+            Signed::to_bytes, Signed::parse, closed = true;
         cancel_receipt: signed((id(), id(), any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(card, market, payment_counter, counter, amount)| CancelReceipt { card, market, payment_counter, counter, amount })),
             Signed::to_bytes, Signed::parse, closed = true;

@@ -27,14 +27,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tessera_crypto::ecdsa::{PublicKey, Signature, SigningKey};
 use tessera_crypto::x509::{self, Certificate, Role};
-use tessera_proto::home::{Malformed, Message, Signed};
+pub use tessera_proto::home::Settlement;
+use tessera_proto::home::{Message, Signed};
 
 /// How long after its charge notice a payment may be cancelled (Fig. 20: seven days),
 /// measured by the market on its own signed times.
 pub const CANCEL_WINDOW: i64 = 7 * 86_400;
-
-/// Label of the market's settlement confirmation.
-pub const LABEL_SETTLED: &str = "tessera/market/settled";
 
 /// Wall-clock time in Unix seconds, injectable so the seven-day window is tested without
 /// sleeping.
@@ -205,75 +203,6 @@ pub fn card_key(issuer: &Certificate, der: &[u8], card: &[u8], now: i64) -> Resu
         return Err(EmoneyError::Refused("the payment certificate is another card's".into()));
     }
     Ok(info.public_key)
-}
-
-/// The market's confirmation that a payment token was accepted and the order settled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settlement {
-    /// The market's id.
-    pub market: Vec<u8>,
-    /// The paying card's id.
-    pub card: Vec<u8>,
-    /// The token's counter.
-    pub counter: u64,
-    /// The order reference.
-    pub order: Vec<u8>,
-    /// The amount settled.
-    pub amount: u64,
-    /// The market's time of settlement.
-    pub time: i64,
-}
-
-impl Message for Settlement {
-    const LABEL: &'static str = LABEL_SETTLED;
-    fn fields(&self) -> Vec<Vec<u8>> {
-        vec![
-            self.market.clone(),
-            self.card.clone(),
-            self.counter.to_be_bytes().to_vec(),
-            self.order.clone(),
-            self.amount.to_be_bytes().to_vec(),
-            self.time.to_be_bytes().to_vec(),
-        ]
-    }
-    fn parse_body(body: &[u8]) -> std::result::Result<Self, Malformed> {
-        let [market, card, counter, order, amount, time] = fields(body, "settlement")?;
-        Ok(Settlement {
-            market: market.to_vec(),
-            card: card.to_vec(),
-            counter: u64::from_be_bytes(fixed(counter, "settlement counter")?),
-            order: order.to_vec(),
-            amount: u64::from_be_bytes(fixed(amount, "settlement amount")?),
-            time: i64::from_be_bytes(fixed(time, "settlement time")?),
-        })
-    }
-}
-
-fn fixed<const N: usize>(b: &[u8], what: &'static str) -> std::result::Result<[u8; N], Malformed> {
-    b.try_into().map_err(|_| Malformed(what))
-}
-
-/// Splits a body into exactly `N` length-prefixed fields.
-fn fields<'a, const N: usize>(
-    mut data: &'a [u8],
-    what: &'static str,
-) -> std::result::Result<[&'a [u8]; N], Malformed> {
-    let mut out: [&'a [u8]; N] = [&[]; N];
-    for slot in &mut out {
-        if data.len() < 2 {
-            return Err(Malformed(what));
-        }
-        let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
-        data = &data[2..];
-        if data.len() < len {
-            return Err(Malformed(what));
-        }
-        (*slot, data) = data.split_at(len);
-    }
-    if !data.is_empty() {
-        return Err(Malformed(what));
-    }
-    Ok(out)
 }
 
 /// Hex of a signed message.
