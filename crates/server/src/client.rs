@@ -535,4 +535,63 @@ mod tests {
         assert!(ApiClient::new("http://x:notaport", None, None).is_err());
         assert!(ApiClient::new("https://x", Some("zz"), None).is_err());
     }
+
+    fn transmit(card: &mut tessera_card::Card, apdu: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(card.transmit(apdu))
+    }
+
+    /// `sync` over HTTP against a real server: one session on one connection delivers the
+    /// pending update once; a second sync finds nothing; an unknown card is refused.
+    #[tokio::test]
+    async fn sync_delivers_a_pending_update_over_one_connection() {
+        use tessera_apdu::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = crate::server::ServerOptions::new(dir.path());
+        opts.listen = "127.0.0.1:0".parse().unwrap();
+        opts.tls = crate::server::TlsMode::Disabled;
+        let running = crate::server::start(opts, std::future::pending()).await.unwrap();
+        let url = format!("http://{}", running.addr);
+        let admin = ApiClient::new(&url, None, running.bootstrap_token.clone()).unwrap();
+        let body = serde_json::json!({"id": "acme", "name": "Acme"});
+        let (status, v) =
+            admin.request(Method::POST, "/v1/admin/issuers", Some(&body)).await.unwrap();
+        assert!(status.is_success(), "{v}");
+        let issuance = admin.start_issuance("acme", "CARD-A").await.unwrap();
+        let mut card = tessera_card::Card::in_memory(tessera_card::CardOptions::default());
+        card.power_on();
+        let last = admin.relay(issuance.session.clone(), |a| transmit(&mut card, a)).await.unwrap();
+        assert_eq!(last.outcome.unwrap().result, "issued");
+        let path = "/v1/admin/issuers/acme/cards/CARD-A/updates";
+        let body = serde_json::json!({"object": "wifi", "value_hex": "70772d31"});
+        let (status, v) = admin.request(Method::POST, path, Some(&body)).await.unwrap();
+        assert!(status.is_success(), "{v}");
+        // The terminal's part: VERIFY PIN at the ISD.
+        card.reset();
+        let isd = Command::new(0x00, 0xA4, 0x04, 0x00)
+            .with_data(crate::tunnel::ISD_AID.to_vec())
+            .with_le(256);
+        card.transmit(&isd.to_bytes().unwrap());
+        let mut block = issuance.initial_pin.as_bytes().to_vec();
+        block.resize(8, 0xFF);
+        let verify = Command::new(0x00, 0x20, 0x00, 0x81).with_data(block).to_bytes().unwrap();
+        assert_eq!(card.transmit(&verify), [0x90, 0x00]);
+
+        let terminal = ApiClient::new(&url, None, None).unwrap();
+        let last = terminal.sync("acme", "CARD-A", |a| transmit(&mut card, a)).await.unwrap();
+        let outcome = last.outcome.unwrap();
+        assert_eq!(outcome.card_id.as_deref(), Some("CARD-A"));
+        assert!(outcome.message.ends_with("updates: 1 delivered"), "{outcome:?}");
+        let (_, queue) = admin.request(Method::GET, path, None).await.unwrap();
+        let queue = queue.as_array().unwrap();
+        assert_eq!(queue.len(), 1);
+        assert!(queue[0]["delivered_at"].is_i64(), "{queue:?}");
+        let last = terminal.sync("acme", "CARD-A", |a| transmit(&mut card, a)).await.unwrap();
+        assert!(!last.outcome.unwrap().message.contains("updates"));
+        let err = terminal.sync("acme", "CARD-X", |a| transmit(&mut card, a)).await.unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Server { status, .. } if *status == StatusCode::NOT_FOUND),
+            "{err}"
+        );
+        running.shutdown().await.unwrap();
+    }
 }
