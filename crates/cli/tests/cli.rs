@@ -4,28 +4,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_host::pcscd::{self, MachineLock, Pcscd, PcscdError};
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
+mod support;
+use support::{Child, Server, assert_exit, tessera, text};
 
 fn new_image(dir: &Path) -> String {
     let path = dir.join("card.img").to_str().unwrap().to_owned();
@@ -323,20 +308,8 @@ fn issue_count_needs_an_image_dir() {
     assert!(text(&out.stderr).contains("prefix"), "{}", text(&out.stderr));
 }
 
-/// Kills a child process when dropped (a failing assertion must not leave a server running).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn issue_personalises_a_card_in_a_pcsc_reader() {
-    use std::io::{BufRead, BufReader};
-
     let daemon = match Pcscd::start() {
         Ok(d) => d,
         Err(
@@ -361,32 +334,8 @@ fn issue_personalises_a_card_in_a_pcsc_reader() {
     let reader = "Virtual PCD 00 00";
     wait_for_card(reader);
 
-    // The server prints its address, certificate fingerprint and bootstrap token on stdout.
-    let data = dir.path().join("server");
-    let mut server = Child(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["server", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let mut after = |prefix: &str| loop {
-        let line = lines.next().expect("server output ended").unwrap();
-        if let Some(i) = line.find(prefix) {
-            break line[i + prefix.len()..].trim().to_owned();
-        }
-    };
-    let url = after("listening on ");
-    let fingerprint = after("fingerprint: ");
-    let token = after("): ");
-    let with_server = |command: &str, args: &[&str]| {
-        let mut all = vec![command, "--server", &url, "--fingerprint", &fingerprint];
-        all.extend_from_slice(&["--token", &token]);
-        all.extend_from_slice(args);
-        tessera(&all)
-    };
+    let server = Server::start(&dir.path().join("server"));
+    let with_server = |command: &str, args: &[&str]| server.run(command, true, args);
     assert_exit(&with_server("admin", &["issuers", "create", "acme", "Acme Bank"]), 0);
     let out =
         with_server("issue", &["--issuer", "acme", "--card-id", "READER-1", "--reader", reader]);

@@ -3,87 +3,20 @@
 //! a login-hook script, the update delivered, and `tessera data read` showing it.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().unwrap()
-}
+use support::{Server, assert_exit, tessera, text};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
-/// Kills a child process when dropped (a failing assertion must not leave a server running).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `tessera server` on an ephemeral port: its URL, fingerprint and bootstrap token.
-struct Server {
-    _child: Child,
-    url: String,
-    fingerprint: String,
-    token: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Child(
-            Command::new(env!("CARGO_BIN_EXE_tessera"))
-                .args(["server", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-        let mut after = |prefix: &str| loop {
-            let line = lines.next().expect("server output ended").unwrap();
-            if let Some(i) = line.find(prefix) {
-                break line[i + prefix.len()..].trim().to_owned();
-            }
-        };
-        let url = after("listening on ");
-        let fingerprint = after("fingerprint: ");
-        let token = after("): ");
-        Server { _child: child, url, fingerprint, token }
-    }
-
-    /// `tessera COMMAND --server .. --fingerprint .. [--token ..] ARGS`.
-    fn run(&self, command: &str, token: bool, args: &[&str]) -> Output {
-        let mut all = vec![command, "--server", &self.url, "--fingerprint", &self.fingerprint];
-        if token {
-            all.extend_from_slice(&["--token", &self.token]);
-        }
-        all.extend_from_slice(args);
-        tessera(&all)
-    }
-
-    /// The issuer's package-signing certificate (the issuer-list publisher), as a PEM file.
-    fn publisher_pem(&self, issuer: &str, path: &Path) {
-        let out = self.run("admin", true, &["--json", "issuers", "show", issuer]);
-        assert_exit(&out, 0);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        std::fs::write(path, v["signing_cert_pem"].as_str().unwrap()).unwrap();
-    }
+/// The issuer's package-signing certificate (the issuer-list publisher), as a PEM file.
+fn publisher_pem(server: &Server, issuer: &str, path: &Path) {
+    let out = server.admin(&["--json", "issuers", "show", issuer]);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::fs::write(path, v["signing_cert_pem"].as_str().unwrap()).unwrap();
 }
 
 /// Runs `tessera sync ARGS --pin-file /dev/fd/3` from a login-hook-like shell script that
@@ -133,8 +66,8 @@ fn sync_checks_the_issuer_list_before_the_pin_and_delivers_with_a_pin_from_a_des
         stdout.lines().find_map(|l| l.strip_prefix("initial PIN: ")).unwrap().trim().to_owned();
     let acme_pem = dir.path().join("acme.pem");
     let other_pem = dir.path().join("other.pem");
-    server.publisher_pem("acme", &acme_pem);
-    server.publisher_pem("other", &other_pem);
+    publisher_pem(&server, "acme", &acme_pem);
+    publisher_pem(&server, "other", &other_pem);
     let (acme_pem, other_pem) = (acme_pem.to_str().unwrap(), other_pem.to_str().unwrap());
     let held = dir.path().join("trusted-issuers");
     let held_s = held.to_str().unwrap();

@@ -5,9 +5,7 @@
 //! encrypted to the provisioned recipient opens with the backup card.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use tessera_card::applets::isd;
 use tessera_card::applets::vault::scenarios::{
@@ -17,72 +15,8 @@ use tessera_card::script::Script;
 use tessera_card::{Card, CardOptions, OpenOptions, PowerCut, TearDriver};
 use tessera_proto::vault::{Config, Role};
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
-/// Kills the server when dropped (a failing assertion must not leave it running).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Server {
-    _child: Child,
-    url: String,
-    fingerprint: String,
-    token: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Child(
-            Command::new(env!("CARGO_BIN_EXE_tessera"))
-                .args(["server", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-        let mut after = |prefix: &str| loop {
-            let line = lines.next().expect("server output ended").unwrap();
-            if let Some(i) = line.find(prefix) {
-                break line[i + prefix.len()..].trim().to_owned();
-            }
-        };
-        let url = after("listening on ");
-        let fingerprint = after("fingerprint: ");
-        let token = after("): ");
-        Server { _child: child, url, fingerprint, token }
-    }
-
-    fn admin(&self, args: &[&str]) -> Output {
-        let mut all = vec!["admin", "--server", &self.url, "--fingerprint", &self.fingerprint];
-        all.extend_from_slice(&["--token", &self.token]);
-        all.extend_from_slice(args);
-        tessera(&all)
-    }
-}
+mod support;
+use support::{Server, assert_exit, tessera, text};
 
 struct Plain<'a>(&'a mut Card);
 impl TearDriver for Plain<'_> {
