@@ -258,8 +258,8 @@ enum Mode {
 impl Mode {
     fn label(self) -> &'static str {
         match self {
-            Mode::Separate => "open + relay (5 requests, 2 TLS)",
-            Mode::Sync => "sync (4 requests, 1 TLS)",
+            Mode::Separate => "open + relay (5 requests, 2 connections)",
+            Mode::Sync => "sync (4 requests, 1 connection)",
         }
     }
 }
