@@ -375,6 +375,42 @@ pub fn issue(
     issue_with_alt_names(ca_key, ca, req, &[])
 }
 
+/// A TLS server identity made on the spot, for a server started without a configured
+/// certificate: a fresh self-signed CA and a leaf certificate it issued for a fresh key.
+pub struct LocalIdentity {
+    /// The one-off CA (its key is dropped once the leaf is issued).
+    pub ca: Certificate,
+    /// The server's certificate.
+    pub certificate: Certificate,
+    /// The server's key.
+    pub key: SigningKey,
+}
+
+/// Makes a [`LocalIdentity`]: a CA named `ca_name` and a leaf named `subject_cn` with `roles`
+/// and `alt_names`, both valid for `validity`, keys from `rng`.
+pub fn local_identity<R: Rng + ?Sized>(
+    ca_name: &str,
+    subject_cn: &str,
+    roles: &[Role],
+    alt_names: &[AltName],
+    validity: Validity,
+    rng: &mut R,
+) -> Result<LocalIdentity> {
+    let ca_key = SigningKey::generate(rng);
+    let ca = self_signed_ca(&ca_key, ca_name, &random_serial(rng), validity)?;
+    let key = SigningKey::generate(rng);
+    let request = IssueRequest {
+        subject_cn,
+        public_key: &key.public_key(),
+        roles,
+        serial: &random_serial(rng),
+        validity,
+        ca_path_len: None,
+    };
+    let certificate = issue_with_alt_names(&ca_key, &ca, &request, alt_names)?;
+    Ok(LocalIdentity { ca, certificate, key })
+}
+
 /// [`issue`], with a non-critical subjectAltName extension naming `alt_names` (none: no
 /// extension). A TLS server certificate needs it: clients match the host they dialled against
 /// these names, not the common name.

@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::OsRng;
-use tessera_crypto::x509::{self, AltName, IssueRequest, Role, Validity};
+use tessera_crypto::x509::{self, AltName, Role, Validity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -106,27 +105,13 @@ impl ServerIdentity {
         let now = crate::clock::now();
         let validity = Validity { not_before: now - 3600, not_after: now + LIFETIME_SECS };
         let invalid = |e: tessera_crypto::CryptoError| TlsError::Invalid(e.to_string());
-        let ca_key = SigningKey::generate(&mut OsRng);
-        let ca = x509::self_signed_ca(
-            &ca_key,
+        let x509::LocalIdentity { ca, certificate: leaf, key } = x509::local_identity(
             "tessera server local CA",
-            &x509::random_serial(&mut OsRng),
-            validity,
-        )
-        .map_err(invalid)?;
-        let key = SigningKey::generate(&mut OsRng);
-        let leaf = x509::issue_with_alt_names(
-            &ca_key,
-            &ca,
-            &IssueRequest {
-                subject_cn: "tessera server",
-                public_key: &key.public_key(),
-                roles: &[Role::Server],
-                serial: &x509::random_serial(&mut OsRng),
-                validity,
-                ca_path_len: None,
-            },
+            "tessera server",
+            &[Role::Server],
             alt_names,
+            validity,
+            &mut OsRng,
         )
         .map_err(invalid)?;
         let key_der = key.to_pkcs8_der().map_err(invalid)?;

@@ -28,33 +28,18 @@ impl Identity {
 
     /// A fresh self-signed identity (P-256, the `home` role), valid five years from `now`.
     pub fn generate(now: i64) -> Result<Self, crate::control::tls::TlsSetupError> {
-        use tessera_crypto::ecdsa::SigningKey;
         use tessera_crypto::rng::OsRng;
-        use tessera_crypto::x509::{self, AltName, IssueRequest, Role, Validity};
+        use tessera_crypto::x509::{self, AltName, Role, Validity};
         let invalid =
             |e: tessera_crypto::CryptoError| crate::control::tls::TlsSetupError(e.to_string());
         let validity = Validity { not_before: now - 3600, not_after: now + 5 * 365 * 24 * 3600 };
-        let ca_key = SigningKey::generate(&mut OsRng);
-        let ca = x509::self_signed_ca(
-            &ca_key,
+        let x509::LocalIdentity { certificate: leaf, key, .. } = x509::local_identity(
             "tessera home CA",
-            &x509::random_serial(&mut OsRng),
-            validity,
-        )
-        .map_err(invalid)?;
-        let key = SigningKey::generate(&mut OsRng);
-        let leaf = x509::issue_with_alt_names(
-            &ca_key,
-            &ca,
-            &IssueRequest {
-                subject_cn: "tessera home server",
-                public_key: &key.public_key(),
-                roles: &[Role::Home],
-                serial: &x509::random_serial(&mut OsRng),
-                validity,
-                ca_path_len: None,
-            },
+            "tessera home server",
+            &[Role::Home],
             &[AltName::Dns("localhost".into())],
+            validity,
+            &mut OsRng,
         )
         .map_err(invalid)?;
         let key_der = key.to_pkcs8_der().map_err(invalid)?;
