@@ -838,6 +838,17 @@ pub async fn sync(
         verify_pin(pin, &mut transmit)?;
     }
     let mut warning = None;
+    if !args.legacy_static_auth && !args.private {
+        // The usual sync: the card named (read from it unless given), the session opened and
+        // relayed on one connection with the counters read in its first step.
+        let card_id = match &args.card_id {
+            Some(id) => id.clone(),
+            None => read_card_id(&mut transmit)?,
+        };
+        let last =
+            client.sync(&args.tunnel.issuer, &card_id, transmit).await.map_err(api_failure)?;
+        return sync_outcome(&last, None);
+    }
     let first = if args.legacy_static_auth {
         if pin.is_none() {
             return Err(fail(
@@ -852,7 +863,8 @@ pub async fn sync(
             None => read_card_id(&mut transmit)?,
         };
         client.open_legacy_update_session(&args.tunnel.issuer, &card_id).await
-    } else if args.private {
+    } else {
+        // --private (the usual sync returned above).
         if pin.is_none() {
             return Err(fail(
                 FailureKind::Usage,
@@ -860,8 +872,6 @@ pub async fn sync(
             ));
         }
         client.open_private_update_session(&args.tunnel.issuer).await
-    } else {
-        client.open_session(&args.tunnel.issuer, args.card_id.as_deref()).await
     }
     .map_err(|e| {
         // The warning stands in front of a refusal too (a card without a registered value).
@@ -872,7 +882,15 @@ pub async fn sync(
         f
     })?;
     let last = client.relay(first, transmit).await.map_err(api_failure)?;
-    let mut report = outcome_report(&last);
+    sync_outcome(&last, warning)
+}
+
+/// The report of a sync's last step, `warning` in front; the refusals as failures.
+fn sync_outcome(
+    last: &crate::store::sessions::TunnelStep,
+    warning: Option<&str>,
+) -> Result<Report, Failure> {
+    let mut report = outcome_report(last);
     if let Some(w) = warning {
         report.human = format!("{w}\n{}", report.human);
     }

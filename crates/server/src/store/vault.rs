@@ -364,7 +364,9 @@ impl Store {
         step: Step,
     ) -> ServerResult<Step> {
         let from_sync = match previous {
-            TunnelState::ReadCounters { .. } | TunnelState::Keyring(_) => true,
+            TunnelState::ReadCounters { .. }
+            | TunnelState::Identify { read_counters: true, .. }
+            | TunnelState::Keyring(_) => true,
             // Never after an update-only session (the privacy variant, the legacy static
             // authenticator): the attestation would show the terminal who the card is.
             TunnelState::Update(u) => u.session_id.is_none() && u.identity_key.is_none(),
