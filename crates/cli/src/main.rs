@@ -127,10 +127,13 @@ impl Output {
     }
 }
 
-fn init_tracing(trace: bool) {
+fn init_tracing(trace: bool, quiet: bool) {
     use tracing_subscriber::EnvFilter;
-    // TESSERA_LOG takes tracing's filter syntax; --trace adds the APDU log on top.
-    let mut spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| "info".to_owned());
+    // TESSERA_LOG takes tracing's filter syntax; --trace adds the APDU log on top. Quiet
+    // commands (the demo, whose in-process servers would log every session) default to
+    // warnings only.
+    let default = if quiet { "warn" } else { "info" };
+    let mut spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| default.to_owned());
     if trace {
         spec.push_str(&format!(",{}=trace", tessera_host::trace::TARGET));
     }
@@ -145,7 +148,7 @@ fn init_tracing(trace: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.trace);
+    init_tracing(cli.trace, matches!(cli.command, Command::Demo(_)));
     let out = Output { json: cli.json };
     let result: Result<(), CliError> = match cli.command {
         Command::Card(cmd) => card::run(cmd, out),
