@@ -164,7 +164,7 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
     let market_party = party(&ca_key, &ca, "market.demo")?;
     let bank_party = party(&ca_key, &ca, "bank.demo")?;
 
-    n.say("An issuer CA enrols the home card: a TLS key (role home, \"alice\") and a payment key of its own (role card, common name the card id HOME-DEMO), the wallet in EUR. The card trusts the market's and the bank's certificates (TRUST), whose common names are their ids in the signed messages.");
+    n.say("An issuer CA enrols the home card: a TLS key (role home, \"alice\") and a payment key of its own (role payment, common name the card id HOME-DEMO), the wallet in EUR. The card trusts the market's and the bank's certificates (TRUST), whose common names are their ids in the signed messages.");
     let mut home = HomeCard::new(blank(b"HOME-DEMO")?);
     let hc = |e| fail("home card", e);
     home.select().map_err(hc)?;
