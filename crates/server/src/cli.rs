@@ -920,10 +920,6 @@ pub async fn issue(
         tracing::warn!("{ISSUE_LEGACY_WARNING}");
     }
     let issuer = seg(&args.tunnel.issuer)?;
-    if args.legacy_static_auth {
-        // Checked before the card is personalised: the value is registered under this id.
-        seg(&args.card_id)?;
-    }
     let start = crate::store::issuance::StartIssuance {
         card_id: args.card_id.clone(),
         legacy_static_auth: args.legacy_static_auth,
@@ -941,33 +937,9 @@ pub async fn issue(
     let last = client.relay(issuance.session.clone(), transmit).await.map_err(api_failure)?;
     let mut report = outcome_report(&last);
     let issued = last.outcome.as_ref().is_some_and(|o| o.result == "issued");
-    let mut legacy_registered = false;
-    if let (true, Some(value)) = (issued, &issuance.legacy_static_hex) {
-        let path = format!(
-            "/v1/admin/issuers/{issuer}/cards/{}/update-legacy-static",
-            seg(&args.card_id)?
-        );
-        let registered: Result<Value, Failure> =
-            call(&client, Method::PUT, &path, &json!({ "value_hex": value })).await;
-        if let Err(f) = registered {
-            // The card is issued: its PIN and PUK, and the value to register by hand, must
-            // not be lost with the error.
-            return Err(fail(
-                f.kind,
-                format!(
-                    "card {card} issued, but its legacy static authenticator was not registered \
-                     ({reason}): register it with `tessera admin update legacy-static {issuer} \
-                     {card} --file F`, F holding {value} (replayable: shown once), or legacy \
-                     syncs fail\ninitial PIN: {pin}\nPUK: {puk}\n(shown once: hand them to \
-                     the card holder)",
-                    card = args.card_id,
-                    reason = f.message,
-                    pin = issuance.initial_pin,
-                    puk = issuance.puk,
-                ),
-            ));
-        }
-        legacy_registered = true;
+    // The server registered the value in the issuance's last transaction.
+    let legacy_registered = issued && issuance.legacy_static_hex.is_some();
+    if legacy_registered {
         report.human = format!(
             "{ISSUE_LEGACY_WARNING}\n{}\nlegacy static authenticator registered (tessera sync \
              --legacy-static-auth)",

@@ -20,8 +20,8 @@ pub struct StartIssuance {
     /// The id the new card gets.
     pub card_id: String,
     /// Also personalise a legacy static authenticator (claim 10, DGI `0503`): a fresh random
-    /// value, returned once in [`Issuance::legacy_static_hex`] for the client to register
-    /// (`PUT …/cards/{card}/update-legacy-static`) once the card is issued. **Replayable**:
+    /// value, registered for the card in the issuance's last transaction and returned once in
+    /// [`Issuance::legacy_static_hex`]. **Replayable**:
     /// whoever sees it once can present it again; only for terminals that cannot do
     /// challenge-response. Audited with `issuance.start`.
     #[serde(default)]
@@ -39,8 +39,8 @@ pub struct Issuance {
     /// PUK (8 digits).
     pub puk: String,
     /// The legacy static authenticator personalised into the card (16 bytes, hex), when the
-    /// issuance asked for one (shown once; the server keeps it only sealed in the session
-    /// until the client registers it).
+    /// issuance asked for one (shown once; the server keeps it sealed in the session and
+    /// registers it with the issued card).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_static_hex: Option<String>,
 }

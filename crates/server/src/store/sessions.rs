@@ -494,6 +494,18 @@ impl Store {
                     now,
                 )
                 .await?;
+                if let Some(value) = opened.legacy_static()? {
+                    // Registered in the issuance's own transaction: the card never holds a
+                    // static authenticator the server does not know.
+                    self.update_set_legacy_static_in(
+                        &mut tx,
+                        &Principal::system(),
+                        &s.issuer,
+                        card_id,
+                        Some(value),
+                    )
+                    .await?;
+                }
                 let outcome = Outcome {
                     result: "issued".into(),
                     card_id: Some(card_id.clone()),

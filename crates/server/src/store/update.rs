@@ -948,6 +948,21 @@ impl Store {
     ) -> ServerResult<()> {
         principal.require_issuer(issuer)?;
         let mut tx = self.begin().await?;
+        self.update_set_legacy_static_in(&mut tx, principal, issuer, card_id, value).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::update_set_legacy_static`] inside `tx` (the issuance's last step registers the
+    /// value it personalised in its own transaction).
+    pub(crate) async fn update_set_legacy_static_in(
+        &self,
+        tx: &mut Tx,
+        principal: &Principal,
+        issuer: &str,
+        card_id: &str,
+        value: Option<[u8; tessera_proto::update::STATIC_AUTH_LEN]>,
+    ) -> ServerResult<()> {
         let n = tx
             .execute(
                 "UPDATE update_cards SET legacy_static = $1 WHERE issuer_id = $2 AND card_id = $3",
@@ -960,7 +975,7 @@ impl Store {
             )));
         }
         self.audit(
-            &mut tx,
+            tx,
             principal,
             Some(issuer),
             "update.legacy_static.set",
@@ -968,7 +983,6 @@ impl Store {
             serde_json::json!({ "enabled": value.is_some() }),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
