@@ -666,42 +666,6 @@ impl Store {
         self.keyring_status(principal, issuer, card_id).await
     }
 
-    /// Re-seals every keyring record under `new` (master key rotation); returns how many.
-    /// Keyrings of issuances in flight are dropped: rotation ends their sessions.
-    pub(crate) async fn reseal_keyrings(
-        tx: &mut Tx,
-        old: &MasterKey,
-        new: &MasterKey,
-    ) -> ServerResult<usize> {
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT issuer_id, card_id, sealed_record FROM keyring_cards{}",
-                    tx.for_update()
-                ),
-                &[],
-            )
-            .await?;
-        for row in &rows {
-            let (issuer, card) = (row.text(0)?, row.text(1)?);
-            let ctx = record_context(&issuer, &card);
-            let plain = old.open(&row.blob(2)?, &ctx).map_err(internal)?;
-            tx.execute(
-                "UPDATE keyring_cards SET sealed_record = $1, master_key_id = $2 \
-                 WHERE issuer_id = $3 AND card_id = $4",
-                &[
-                    new.seal(&plain, &ctx).map_err(internal)?.into(),
-                    new.id().into(),
-                    issuer.into(),
-                    card.into(),
-                ],
-            )
-            .await?;
-        }
-        tx.execute("DELETE FROM keyring_issuances", &[]).await?;
-        Ok(rows.len())
-    }
-
     /// Starts the keyring step of a sync once the card is identified: `None` when the card
     /// has no keyring. Otherwise the next tunnel state, its APDUs, and the outcome when the
     /// sync ended at once (a card suspended or awaiting re-issue gets no APDUs).

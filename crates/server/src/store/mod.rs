@@ -229,8 +229,24 @@ impl Store {
             .await?;
             count += 1;
         }
-        count += Self::reseal_keyrings(&mut tx, &old, &new).await?;
-        count += Self::reseal_vault_keys(&mut tx, &old, &new).await?;
+        count += reseal_per_card(
+            &mut tx,
+            ("keyring_cards", "sealed_record"),
+            keyring::record_context,
+            &old,
+            &new,
+        )
+        .await?;
+        count += reseal_per_card(
+            &mut tx,
+            ("vault_keys", "sealed_private"),
+            vault::private_key_context,
+            &old,
+            &new,
+        )
+        .await?;
+        // Keyrings of issuances in flight are dropped: rotation ends their sessions (below).
+        tx.execute("DELETE FROM keyring_issuances", &[]).await?;
         // Sessions in flight hold secrets sealed under the old key: end them.
         tx.execute(
             "UPDATE sessions SET status = 'expired', live_card = NULL WHERE status = 'active'",
@@ -252,6 +268,42 @@ impl Store {
         self.master = Arc::new(new);
         Ok(count)
     }
+}
+
+/// Re-seals `column` of every row of `table` (a per-card table keyed by `issuer_id` and
+/// `card_id`) from `old` to `new`, each under `context(issuer, card)`; rows where the column is
+/// NULL hold nothing and stay. Returns how many were re-sealed (master key rotation).
+async fn reseal_per_card(
+    tx: &mut Tx,
+    (table, column): (&str, &str),
+    context: fn(&str, &str) -> String,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> ServerResult<usize> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT issuer_id, card_id, {column} FROM {table} WHERE {column} IS NOT NULL{}",
+                tx.for_update()
+            ),
+            &[],
+        )
+        .await?;
+    for row in &rows {
+        let (issuer, card) = (row.text(0)?, row.text(1)?);
+        let ctx = context(&issuer, &card);
+        let secret =
+            old.open(&row.blob(2)?, &ctx).map_err(|e| ServerError::Internal(e.to_string()))?;
+        tx.execute(
+            &format!(
+                "UPDATE {table} SET {column} = $1, master_key_id = $2 \
+                 WHERE issuer_id = $3 AND card_id = $4"
+            ),
+            &[seal(new, &secret, &ctx)?.into(), new.id().into(), issuer.into(), card.into()],
+        )
+        .await?;
+    }
+    Ok(rows.len())
 }
 
 fn seal(key: &MasterKey, secret: &[u8], context: &str) -> ServerResult<Vec<u8>> {

@@ -31,7 +31,6 @@ use super::auth::Principal;
 use super::sessions::Outcome;
 use crate::db::Tx;
 use crate::error::{ServerError, ServerResult};
-use crate::primitives::MasterKey;
 use crate::tunnel::TunnelState;
 use crate::vault::{seal_key_for_card, verify_attestation};
 
@@ -313,43 +312,6 @@ impl Store {
             queued_at: row.int(5)?,
             delivered_at: row.opt_int(6)?,
         })
-    }
-
-    /// Re-seals every held vault private key under `new` (master key rotation); returns how
-    /// many.
-    pub(crate) async fn reseal_vault_keys(
-        tx: &mut Tx,
-        old: &MasterKey,
-        new: &MasterKey,
-    ) -> ServerResult<usize> {
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT issuer_id, card_id, sealed_private FROM vault_keys \
-                     WHERE sealed_private IS NOT NULL{}",
-                    tx.for_update()
-                ),
-                &[],
-            )
-            .await?;
-        let internal = |e: crate::primitives::PrimitiveError| ServerError::Internal(e.to_string());
-        for row in &rows {
-            let (issuer, card) = (row.text(0)?, row.text(1)?);
-            let ctx = private_key_context(&issuer, &card);
-            let secret = old.open(&row.blob(2)?, &ctx).map_err(internal)?;
-            tx.execute(
-                "UPDATE vault_keys SET sealed_private = $1, master_key_id = $2 \
-                 WHERE issuer_id = $3 AND card_id = $4",
-                &[
-                    new.seal(&secret, &ctx).map_err(internal)?.into(),
-                    new.id().into(),
-                    issuer.into(),
-                    card.into(),
-                ],
-            )
-            .await?;
-        }
-        Ok(rows.len())
     }
 
     /// After a sync step: when it finished a sync (state `Finished` after the counter,
