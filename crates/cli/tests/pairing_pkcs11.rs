@@ -11,13 +11,12 @@ use std::process::{Command, Output, Stdio};
 use tessera_card::applets::isd::scenarios as isd;
 use tessera_card::script::Script;
 use tessera_card::{Card, CardOptions, PowerCut, TearDriver};
+use tessera_crypto::pkcs11::softhsm::{self, MODULE};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "tessera-terminal";
 
 fn softhsm_available() -> bool {
-    let ok = Command::new("softhsm2-util").arg("--version").output().is_ok()
-        && Path::new(MODULE).exists();
+    let ok = softhsm::available();
     if !ok {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -52,20 +51,7 @@ fn terminal_key_in_a_token_enrols_pairs_and_uses_a_service() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
-    )
-    .unwrap();
-    let init = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN, "--pin", "123456", "--so-pin", "654321"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init.stderr));
+    let conf = softhsm::init_token(dir.path(), TOKEN, "123456", "654321").unwrap();
     // The child processes see the test's token only, and never a PIN from our environment.
     let tessera = |args: &[&str], pkcs11_pin: Option<&str>, stdin: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));

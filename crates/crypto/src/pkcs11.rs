@@ -265,3 +265,45 @@ impl CaSigner for TokenKey {
         self.sign(message).map_err(|_| CryptoError::BadSignature)
     }
 }
+
+/// A private SoftHSM2 token store: a configuration file and a token directory of its own, so
+/// tests and demos use PKCS#11 without touching the machine's tokens. A process uses it by
+/// setting `SOFTHSM2_CONF` to [`softhsm::init_token`]'s answer (the module reads the variable
+/// once, when it is loaded, so it must be set before the process opens a token).
+pub mod softhsm {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Where Debian's `softhsm2` package installs the PKCS#11 module.
+    pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+    /// Whether SoftHSM2 (its module and `softhsm2-util`) is installed.
+    pub fn available() -> bool {
+        Command::new("softhsm2-util").arg("--version").output().is_ok()
+            && Path::new(MODULE).exists()
+    }
+
+    /// Initialises a token labelled `label` with the user PIN `pin` and the security officer's
+    /// PIN `so_pin` in a token store under `dir`; returns the configuration file to put in
+    /// `SOFTHSM2_CONF`. The error says what failed (`softhsm2-util`'s own message).
+    pub fn init_token(dir: &Path, label: &str, pin: &str, so_pin: &str) -> Result<PathBuf, String> {
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).map_err(|e| format!("{}: {e}", tokens.display()))?;
+        let conf = dir.join("softhsm2.conf");
+        let text =
+            format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display());
+        std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        let init = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .map_err(|e| format!("softhsm2-util: {e}"))?;
+        if !init.status.success() {
+            return Err(format!(
+                "softhsm2-util --init-token: {}",
+                String::from_utf8_lossy(&init.stderr).trim()
+            ));
+        }
+        Ok(conf)
+    }
+}

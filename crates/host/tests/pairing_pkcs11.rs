@@ -18,6 +18,7 @@ use tessera_card::pin::PinBlock;
 use tessera_card::script::Script;
 use tessera_card::{Card, CardOptions, PowerCut, TearDriver};
 use tessera_crypto::passphrase::KdfCost;
+use tessera_crypto::pkcs11::softhsm::{self, MODULE};
 use tessera_host::pairing::ca::LocalCa;
 use tessera_host::pairing::enrol::{enrol_card, enrol_terminal_key};
 use tessera_host::pairing::files::{PairingStore, TerminalIdentity, TerminalKey};
@@ -27,14 +28,12 @@ use tessera_host::pairing::terminal::{Connection, Terminal, connect};
 use tessera_host::{CardChannel, InProcessChannel};
 use zeroize::Zeroizing;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "tessera-terminal";
 const PIN: &str = "123456";
 const CHILD: &str = "TESSERA_PKCS11_CHILD";
 
 fn softhsm_available() -> bool {
-    let ok = Command::new("softhsm2-util").arg("--version").output().is_ok()
-        && Path::new(MODULE).exists();
+    let ok = softhsm::available();
     if !ok {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -51,20 +50,7 @@ fn terminal_key_in_a_softhsm_token() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
-    )
-    .unwrap();
-    let init = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", LABEL, "--pin", PIN, "--so-pin", "654321"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let conf = softhsm::init_token(dir.path(), LABEL, PIN, "654321").unwrap();
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "in_token", "--nocapture", "--test-threads", "1"])
         .env("SOFTHSM2_CONF", &conf)

@@ -15,20 +15,19 @@ use std::process::Command;
 
 use common::root;
 use tessera_card::{Card, CardOptions};
+use tessera_crypto::pkcs11::softhsm::{self, MODULE};
 use tessera_crypto::x509::{Certificate, Crl, Role, verify_chain};
 use tessera_server::ServerError;
 use tessera_server::pkcs11::{Token, TokenConfig};
 use tessera_server::store::issuance::StartIssuance;
 use tessera_server::store::sessions::Exchange;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "tessera-test";
 const PIN: &str = "123456";
 const CHILD: &str = "TESSERA_PKCS11_CHILD";
 
 fn softhsm_available() -> bool {
-    let ok = Command::new("softhsm2-util").arg("--version").output().is_ok()
-        && Path::new(MODULE).exists();
+    let ok = softhsm::available();
     if !ok {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -45,20 +44,7 @@ fn issuer_keys_in_a_softhsm_token() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
-    )
-    .unwrap();
-    let init = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", LABEL, "--pin", PIN, "--so-pin", "654321"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let conf = softhsm::init_token(dir.path(), LABEL, PIN, "654321").unwrap();
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "in_token", "--nocapture", "--test-threads", "1"])
         .env("SOFTHSM2_CONF", &conf)
