@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera_host::pcscd::{self, MachineLock, Pcscd, PcscdError};
+use tessera_host::pcscd::{self, MachineLock, Pcscd};
 
 mod support;
 use support::{Child, Server, assert_exit, tessera, text};
@@ -234,17 +234,7 @@ fn wait_for_card(reader: &str) {
 
 #[test]
 fn served_image_is_reached_through_pcscd_and_stops_cleanly() {
-    let daemon = match Pcscd::start() {
-        Ok(d) => d,
-        Err(
-            err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
-        ) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {err}");
-            eprintln!("NOTICE: skipping: {err}");
-            return;
-        }
-        Err(err) => panic!("{err}"),
-    };
+    let Some(daemon) = Pcscd::start_for_test(&[]) else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = new_image(dir.path());
     let serve = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -310,17 +300,7 @@ fn issue_count_needs_an_image_dir() {
 
 #[test]
 fn issue_personalises_a_card_in_a_pcsc_reader() {
-    let daemon = match Pcscd::start() {
-        Ok(d) => d,
-        Err(
-            err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
-        ) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {err}");
-            eprintln!("NOTICE: skipping: {err}");
-            return;
-        }
-        Err(err) => panic!("{err}"),
-    };
+    let Some(daemon) = Pcscd::start_for_test(&[]) else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = new_image(dir.path());
     let _serve = Child(

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_card::applets::isd::scenarios as isd;
 use tessera_card::pin::PinBlock;
@@ -19,7 +19,7 @@ use tessera_host::pairing::enrol::{enrol_card, enrol_terminal};
 use tessera_host::pairing::files::PairingStore;
 use tessera_host::pairing::service::LedgerProvider;
 use tessera_host::pairing::terminal::{Connection, Terminal, connect};
-use tessera_host::pcscd::{Pcscd, PcscdError};
+use tessera_host::pcscd::{self, Pcscd};
 use tessera_host::vpcd::{BridgeConfig, DEFAULT_PORT, VpcdBridge};
 use tessera_host::{InProcessChannel, PcscChannel};
 
@@ -34,33 +34,9 @@ impl TearDriver for Plain<'_> {
     fn arm(&mut self) {}
 }
 
-fn card_present() -> bool {
-    tessera_host::list_readers()
-        .map(|rs| rs.iter().any(|r| r.name == SLOT_0 && r.card_present))
-        .unwrap_or(false)
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn pairing_and_a_service_through_pcscd() {
-    let _daemon = match Pcscd::start_with_readers(&[]) {
-        Ok(d) => d,
-        Err(
-            e @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
-        ) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {e}");
-            eprintln!("NOTICE: skipping pcscd test: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(_daemon) = Pcscd::start_for_test(&[]) else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("card.img");
     let pin = PinBlock::from_value(isd::PIN).unwrap();
@@ -82,7 +58,10 @@ fn pairing_and_a_service_through_pcscd() {
             VpcdBridge::new(card, BridgeConfig { port: DEFAULT_PORT, ..Default::default() });
         bridge.run(&flag).unwrap();
     });
-    wait_until("the card in slot 0", card_present);
+    assert!(
+        pcscd::wait_until(Duration::from_secs(15), || pcscd::card_present(SLOT_0)),
+        "timed out waiting for the card in slot 0"
+    );
 
     let mut store = PairingStore::in_memory();
     let channel = PcscChannel::connect(Some(SLOT_0)).unwrap();

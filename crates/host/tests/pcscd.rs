@@ -14,11 +14,11 @@ use std::process::Command as Process;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_apdu::{Command, StatusWord};
 use tessera_card::{Card, CardOptions, OpenOptions};
-use tessera_host::pcscd::{self, MachineLock, Pcscd, PcscdError};
+use tessera_host::pcscd::{self, MachineLock, Pcscd, card_present};
 use tessera_host::vpcd::{BridgeConfig, SECOND_SLOT_PORT, VpcdBridge};
 use tessera_host::{CardChannel, ChannelError, EchoCard, PcscChannel, VirtualCard};
 
@@ -49,16 +49,7 @@ fn start_pcscd_with(extra_readers: &[(&str, u16)]) -> Option<Pcscd> {
         unavailable("opensc-tool is not installed");
         return None;
     }
-    match Pcscd::start_with_readers(extra_readers) {
-        Ok(daemon) => Some(daemon),
-        Err(
-            err @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
-        ) => {
-            unavailable(&err.to_string());
-            None
-        }
-        Err(err) => panic!("{err}"),
-    }
+    Pcscd::start_for_test(extra_readers)
 }
 
 /// A card served to vpcd from a thread, stopped when dropped.
@@ -98,18 +89,9 @@ impl Drop for Served {
     }
 }
 
-fn card_present(reader: &str) -> bool {
-    tessera_host::list_readers()
-        .map(|rs| rs.iter().any(|r| r.name == reader && r.card_present))
-        .unwrap_or(false)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+#[track_caller]
+fn wait_until(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
+    assert!(pcscd::wait_until(timeout, ok), "timed out after {timeout:?} waiting for {what}");
 }
 
 fn opensc_tool(args: &[&str]) -> String {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_apdu::Command;
 use tessera_card::applets::isd::scenarios::{self as isd_sc, CARD_ID, PKI_T0};
@@ -18,7 +18,7 @@ use tessera_card::{Card, CardOptions, OpenOptions, PowerCut, TearDriver};
 use tessera_crypto::hpke::HpkePrivateKey;
 use tessera_crypto::rng::SeededRng;
 use tessera_crypto::x509::Certificate;
-use tessera_host::pcscd::{Pcscd, PcscdError};
+use tessera_host::pcscd::{self, Pcscd};
 use tessera_host::update::{
     Identification, TrustedIssuers, UpdateServer, UpdateTerminal, run_session,
 };
@@ -71,33 +71,9 @@ impl UpdateServer for Server {
     }
 }
 
-fn card_present() -> bool {
-    tessera_host::list_readers()
-        .map(|rs| rs.iter().any(|r| r.name == SLOT_0 && r.card_present))
-        .unwrap_or(false)
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn an_update_session_through_pcscd() {
-    let _daemon = match Pcscd::start_with_readers(&[]) {
-        Ok(d) => d,
-        Err(
-            e @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
-        ) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {e}");
-            eprintln!("NOTICE: skipping pcscd test: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(_daemon) = Pcscd::start_for_test(&[]) else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("card.img");
 
@@ -149,7 +125,10 @@ fn an_update_session_through_pcscd() {
             VpcdBridge::new(card, BridgeConfig { port: DEFAULT_PORT, ..Default::default() });
         bridge.run(&flag).unwrap();
     });
-    wait_until("the card in slot 0", card_present);
+    assert!(
+        pcscd::wait_until(Duration::from_secs(15), || pcscd::card_present(SLOT_0)),
+        "timed out waiting for the card in slot 0"
+    );
 
     let mut terminal = UpdateTerminal::new(PcscChannel::connect(Some(SLOT_0)).unwrap());
     let report =

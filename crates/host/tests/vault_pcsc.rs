@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_card::applets::vault::scenarios::{issuance_groups, issue, test_components};
 use tessera_card::script::Script;
 use tessera_card::{Card, CardOptions, PowerCut, TearDriver};
 use tessera_crypto::rng::SeededRng;
 use tessera_host::PcscChannel;
-use tessera_host::pcscd::{Pcscd, PcscdError};
+use tessera_host::pcscd::{self, Pcscd};
 use tessera_host::vault::files::{self, CardIdentity, FileOutcome};
 use tessera_host::vault::{VaultCard, backup};
 use tessera_host::vpcd::{BridgeConfig, DEFAULT_PORT, SECOND_SLOT_PORT, VpcdBridge};
@@ -71,32 +71,15 @@ impl Drop for Served {
     }
 }
 
-fn card_present(reader: &str) -> bool {
-    tessera_host::list_readers()
-        .map(|rs| rs.iter().any(|r| r.name == reader && r.card_present))
-        .unwrap_or(false)
-}
-
 fn wait_for(reader: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !card_present(reader) {
-        assert!(Instant::now() < deadline, "no card in {reader}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        pcscd::wait_until(Duration::from_secs(10), || pcscd::card_present(reader)),
+        "no card in {reader}"
+    );
 }
 
 fn start_pcscd() -> Option<Pcscd> {
-    match Pcscd::start() {
-        Ok(d) => Some(d),
-        Err(
-            e @ (PcscdError::Missing(_) | PcscdError::AlreadyRunning | PcscdError::NotPermitted),
-        ) => {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true and {e}");
-            eprintln!("NOTICE: skipping pcscd vault test: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+    Pcscd::start_for_test(&[])
 }
 
 fn reader(name: &str) -> VaultCard<PcscChannel> {
