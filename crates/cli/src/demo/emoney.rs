@@ -12,12 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tessera_card::applets::isd;
-use tessera_card::pin::PinBlock;
-use tessera_card::{Card, CardOptions};
 use tessera_crypto::ecdsa::SigningKey;
 use tessera_crypto::rng::OsRng;
-use tessera_crypto::scp03::StaticKeys;
 use tessera_crypto::x509::{self, AltName, Certificate, IssueRequest, Role, Validity};
 use tessera_home::emoney::bank::Bank;
 use tessera_home::emoney::https::{self, ProxyTransport, call};
@@ -28,14 +24,12 @@ use tessera_home::emoney::{Party, SystemUnixClock, to_hex};
 use tessera_home::registry::Registry;
 use tessera_home::server::{CardHome, HomeServer, Identity, StandardMarkets};
 use tessera_home::terminal::{CardAccess, Terminal};
-use tessera_host::access::AccessCard;
-use tessera_host::home::{HomeCard, personalize_card_id};
-use tessera_host::{CardChannel, InProcessChannel};
 use tessera_proto::access::HomeServer as PinnedHome;
 use tessera_proto::control::Mode;
 use tokio_rustls::rustls::RootCertStore;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use super::proxy::{demo_ca, enrolled_access_card, enrolled_home_card, now};
 use super::{Chapter, Narrator};
 use crate::error::{CliError, Exit};
 
@@ -48,24 +42,6 @@ pub const CHAPTER: Chapter = Chapter {
 
 fn fail(what: &str, e: impl std::fmt::Display) -> CliError {
     CliError::new(Exit::Other, format!("e-money demo: {what}: {e}"))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
-fn pin(v: &[u8]) -> Result<PinBlock, CliError> {
-    PinBlock::from_value(v).map_err(|sw| fail("PIN", sw))
-}
-
-fn blank(id: &[u8]) -> Result<Box<dyn CardChannel + Send>, CliError> {
-    let mut channel = InProcessChannel::new(Card::in_memory(CardOptions::default()));
-    personalize_card_id(&mut channel, &StaticKeys::gp_test_keys(isd::INITIAL_KVN), id)
-        .map_err(|e| fail("card id", e))?;
-    Ok(Box::new(channel))
 }
 
 fn money(amount: u64) -> String {
@@ -156,22 +132,13 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| fail("runtime", e))?;
-    let ca_key = SigningKey::generate(&mut OsRng);
-    let validity = Validity { not_before: now() - 3600, not_after: now() + 86_400 };
-    let ca =
-        x509::self_signed_ca(&ca_key, "demo issuer CA", &x509::random_serial(&mut OsRng), validity)
-            .map_err(|e| fail("CA", e))?;
+    let (ca_key, ca) = demo_ca()?;
     let market_party = party(&ca_key, &ca, "market.demo")?;
     let bank_party = party(&ca_key, &ca, "bank.demo")?;
 
     n.say("An issuer CA enrols the home card: a TLS key (role home, \"alice\") and a payment key of its own (role payment, common name the card id HOME-DEMO), the wallet in EUR. The card trusts the market's and the bank's certificates (TRUST), whose common names are their ids in the signed messages.");
-    let mut home = HomeCard::new(blank(b"HOME-DEMO")?);
+    let mut home = enrolled_home_card(&ca_key, &ca)?;
     let hc = |e| fail("home card", e);
-    home.select().map_err(hc)?;
-    home.set_pins(&pin(b"1111")?, &pin(b"2468")?, &pin(b"99999999")?).map_err(hc)?;
-    home.verify_pin1(&pin(b"1111")?).map_err(hc)?;
-    home.verify_pin2(&pin(b"2468")?).map_err(hc)?;
-    home.enrol(&ca_key, &ca, b"HOME-DEMO", "alice", *b"EUR").map_err(hc)?;
     home.trust_market(&market_party.certificate).map_err(hc)?;
     home.trust_bank(&bank_party.certificate).map_err(hc)?;
     home.end().map_err(hc)?;
@@ -235,12 +202,8 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
         .block_on(server.spawn("127.0.0.1:0".parse().map_err(|e| fail("address", e))?))
         .map_err(|e| fail("listen", e))?;
 
-    let mut access = AccessCard::new(blank(b"ACCESS-DEMO")?);
+    let (mut access, access_cert) = enrolled_access_card(&ca_key, &ca)?;
     let ac = |e| fail("access card", e);
-    access.select().map_err(ac)?;
-    access.set_pins(&pin(b"4321")?, &pin(b"87654321")?).map_err(ac)?;
-    access.verify_pin(&pin(b"4321")?).map_err(ac)?;
-    let access_cert = access.enrol(&ca_key, &ca, b"ACCESS-DEMO", "alice's phone").map_err(ac)?;
     access
         .set_home_server(&PinnedHome {
             spki_sha256: identity.spki_sha256(),

@@ -61,6 +61,47 @@ fn blank(id: &[u8]) -> Result<Box<dyn CardChannel + Send>, CliError> {
     Ok(Box::new(channel))
 }
 
+/// The demo's issuer CA (key and certificate, valid for a day).
+pub(crate) fn demo_ca() -> Result<(SigningKey, Certificate), CliError> {
+    let ca_key = SigningKey::generate(&mut OsRng);
+    let validity = Validity { not_before: now() - 3600, not_after: now() + 86_400 };
+    let ca =
+        x509::self_signed_ca(&ca_key, "demo issuer CA", &x509::random_serial(&mut OsRng), validity)
+            .map_err(|e| fail("CA", e))?;
+    Ok((ca_key, ca))
+}
+
+/// A home card enrolled by `ca` (card id HOME-DEMO, TLS key for "alice", wallet in EUR; PIN1
+/// 1111, PIN2 2468), left in the enabled state for the caller's last personalisation.
+pub(crate) fn enrolled_home_card(
+    ca_key: &SigningKey,
+    ca: &Certificate,
+) -> Result<HomeCard<Box<dyn CardChannel + Send>>, CliError> {
+    let mut home = HomeCard::new(blank(b"HOME-DEMO")?);
+    let hc = |e| fail("home card", e);
+    home.select().map_err(hc)?;
+    home.set_pins(&pin(b"1111")?, &pin(b"2468")?, &pin(b"99999999")?).map_err(hc)?;
+    home.verify_pin1(&pin(b"1111")?).map_err(hc)?;
+    home.verify_pin2(&pin(b"2468")?).map_err(hc)?;
+    home.enrol(ca_key, ca, b"HOME-DEMO", "alice", *b"EUR").map_err(hc)?;
+    Ok(home)
+}
+
+/// An access card enrolled by `ca` (card id ACCESS-DEMO, "alice's phone", PIN 4321, verified)
+/// and its certificate.
+pub(crate) fn enrolled_access_card(
+    ca_key: &SigningKey,
+    ca: &Certificate,
+) -> Result<(AccessCard<Box<dyn CardChannel + Send>>, Certificate), CliError> {
+    let mut access = AccessCard::new(blank(b"ACCESS-DEMO")?);
+    let ac = |e| fail("access card", e);
+    access.select().map_err(ac)?;
+    access.set_pins(&pin(b"4321")?, &pin(b"87654321")?).map_err(ac)?;
+    access.verify_pin(&pin(b"4321")?).map_err(ac)?;
+    let cert = access.enrol(ca_key, ca, b"ACCESS-DEMO", "alice's phone").map_err(ac)?;
+    Ok((access, cert))
+}
+
 /// The market: TLS 1.3/1.2, client certificate from `ca` required; answers one HTTP request
 /// per connection naming the client certificate's subject.
 pub(crate) fn start_market(
@@ -199,29 +240,16 @@ fn run(n: &mut Narrator) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| fail("runtime", e))?;
-    let ca_key = SigningKey::generate(&mut OsRng);
-    let validity = Validity { not_before: now() - 3600, not_after: now() + 86_400 };
-    let ca =
-        x509::self_signed_ca(&ca_key, "demo issuer CA", &x509::random_serial(&mut OsRng), validity)
-            .map_err(|e| fail("CA", e))?;
+    let (ca_key, ca) = demo_ca()?;
     n.say("An issuer CA enrols two cards. The home card (home applet) gets the user's TLS key, generated on the card; its certificate names \"alice\". PIN1 1111, PIN2 2468.");
-    let mut home = HomeCard::new(blank(b"HOME-DEMO")?);
+    let mut home = enrolled_home_card(&ca_key, &ca)?;
     let hc = |e| fail("home card", e);
-    home.select().map_err(hc)?;
-    home.set_pins(&pin(b"1111")?, &pin(b"2468")?, &pin(b"99999999")?).map_err(hc)?;
-    home.verify_pin1(&pin(b"1111")?).map_err(hc)?;
-    home.verify_pin2(&pin(b"2468")?).map_err(hc)?;
-    home.enrol(&ca_key, &ca, b"HOME-DEMO", "alice", *b"EUR").map_err(hc)?;
     home.end().map_err(hc)?;
     n.say("The home server verified PIN1 at start: the home card is in the remote-access wait state (Fig. 6) and signs nothing until PIN2 arrives over the control channel.");
     let home = Arc::new(CardHome::new(home).map_err(hc)?);
 
-    let mut access = AccessCard::new(blank(b"ACCESS-DEMO")?);
+    let (mut access, access_cert) = enrolled_access_card(&ca_key, &ca)?;
     let ac = |e| fail("access card", e);
-    access.select().map_err(ac)?;
-    access.set_pins(&pin(b"4321")?, &pin(b"87654321")?).map_err(ac)?;
-    access.verify_pin(&pin(b"4321")?).map_err(ac)?;
-    let access_cert = access.enrol(&ca_key, &ca, b"ACCESS-DEMO", "alice's phone").map_err(ac)?;
 
     let identity = Identity::generate(now()).map_err(|e| fail("identity", e))?;
     let registry = Arc::new(Registry::in_memory().map_err(|e| fail("registry", e))?);
