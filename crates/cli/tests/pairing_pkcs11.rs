@@ -15,18 +15,6 @@ use tessera_crypto::pkcs11::softhsm::{self, MODULE};
 
 const TOKEN: &str = "tessera-terminal";
 
-fn softhsm_available() -> bool {
-    let ok = softhsm::available();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "SoftHSM2 is required when CI=true (scripts/install-test-deps installs softhsm2)"
-        );
-        eprintln!("NOTICE: softhsm2 not installed; skipping the PKCS#11 terminal-key test");
-    }
-    ok
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -47,7 +35,7 @@ impl TearDriver for Plain<'_> {
 
 #[test]
 fn terminal_key_in_a_token_enrols_pairs_and_uses_a_service() {
-    if !softhsm_available() {
+    if !softhsm::available_for_test("the PKCS#11 terminal-key test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

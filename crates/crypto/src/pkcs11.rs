@@ -283,6 +283,21 @@ pub mod softhsm {
             && Path::new(MODULE).exists()
     }
 
+    /// For tests: [`available`], or false after a notice on standard error naming `what` is
+    /// skipped; with `CI=true` a missing SoftHSM2 panics instead, so CI never skips in silence.
+    pub fn available_for_test(what: &str) -> bool {
+        let ok = available();
+        if !ok {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "SoftHSM2 is required when CI=true (scripts/install-test-deps installs softhsm2)"
+            );
+            eprintln!("NOTICE: softhsm2 not installed; skipping {what}");
+        }
+        ok
+    }
+
     /// Initialises a token labelled `label` with the user PIN `pin` and the security officer's
     /// PIN `so_pin` in a token store under `dir`; returns the configuration file to put in
     /// `SOFTHSM2_CONF`. The error says what failed (`softhsm2-util`'s own message).

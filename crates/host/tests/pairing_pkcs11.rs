@@ -32,21 +32,9 @@ const LABEL: &str = "tessera-terminal";
 const PIN: &str = "123456";
 const CHILD: &str = "TESSERA_PKCS11_CHILD";
 
-fn softhsm_available() -> bool {
-    let ok = softhsm::available();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "SoftHSM2 is required when CI=true (scripts/install-test-deps installs softhsm2)"
-        );
-        eprintln!("NOTICE: softhsm2 not installed; skipping the PKCS#11 terminal-key test");
-    }
-    ok
-}
-
 #[test]
 fn terminal_key_in_a_softhsm_token() {
-    if !softhsm_available() {
+    if !softhsm::available_for_test("the PKCS#11 terminal-key test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -26,21 +26,9 @@ const LABEL: &str = "tessera-test";
 const PIN: &str = "123456";
 const CHILD: &str = "TESSERA_PKCS11_CHILD";
 
-fn softhsm_available() -> bool {
-    let ok = softhsm::available();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "SoftHSM2 is required when CI=true (scripts/install-test-deps installs softhsm2)"
-        );
-        eprintln!("NOTICE: softhsm2 not installed; skipping the PKCS#11 tests");
-    }
-    ok
-}
-
 #[test]
 fn issuer_keys_in_a_softhsm_token() {
-    if !softhsm_available() {
+    if !softhsm::available_for_test("the PKCS#11 tests") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
