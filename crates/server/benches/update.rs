@@ -19,11 +19,14 @@
 //! DEVICE AUTHENTICATE (the whole chain: challenge, device certificate chain, signature,
 //! rollback check), the package (one batch) and its receipt, the session closed. The load's
 //! terminals run it two ways, taking turns round by round, so that each row pair is a
-//! before/after in the same run: `open + relay` (`open_session` on a connection of its own,
-//! then `relay`: five HTTPS requests, two TLS handshakes) and `sync` (`ApiClient::sync`: the
-//! session opened on the relay's connection, the counters read with the identification: four
-//! requests, one handshake). Each round queues one 1 KiB update per card through the admin
-//! API (not counted), then runs every card's session at once; sessions/s = cards / wall time.
+//! before/after in the same run, both on one kept-alive connection per session: device
+//! authentication in a step of its own (`ApiClient::sync_with` without
+//! `SessionOptions::device_auth`: open with the identification and counter APDUs, then
+//! device authentication, then the package: four HTTPS requests), and the combined first step
+//! (`ApiClient::sync`: SELECT update and DEVICE AUTHENTICATE go out with the identification
+//! and counters: three requests). Each round queues one 1 KiB update per card through the
+//! admin API (not counted), then runs every card's session at once; sessions/s = cards /
+//! wall time.
 //!
 //! Beside it, in the same run, the server's **crypto floor** for one session, measured alone
 //! in this process: the device certificate's chain check, the device-authentication
@@ -32,8 +35,7 @@
 //! the round, from `/proc`) is printed against it: the ratio is what the issue's target
 //! (at most 2x) is about. TLS handshakes, JSON, SQL and the tunnel's
 //! bookkeeping are all in the server's CPU; only the update step's own checks are in the
-//! floor. "busy retries" counts the `503`s of opening sessions in the `open + relay` rounds
-//! (both modes together; `sync` and the relay post again after a `503` themselves).
+//! floor. (`ApiClient::sync` posts again after a busy `503` itself.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -47,7 +49,6 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tessera_card::{Card, CardOptions};
 use tessera_crypto::device::{self, Purpose};
 use tessera_crypto::ecdsa::SigningKey;
@@ -55,7 +56,8 @@ use tessera_crypto::rng::OsRng;
 use tessera_crypto::x509::{self, IssueRequest, Role, Validity};
 use tessera_proto::update::{Challenge, DeviceAuthResponse, Outcome, Receipt};
 
-use tessera_server::client::{ApiClient, ApiError};
+use tessera_server::client::ApiClient;
+use tessera_server::store::sessions::SessionOptions;
 
 const ISSUER: &str = "bench";
 const LEVELS: [usize; 2] = [100, 1000];
@@ -224,56 +226,38 @@ fn verify_pin(card: &mut VirtualCard) {
     assert_eq!(r, [0x90, 0x00]);
 }
 
-/// Retries `call` while the server answers 503 (a busy database: the transaction rolled back,
-/// nothing changed), as a terminal does; counts the retries.
-async fn retry_busy<T, F, Fut>(retries: &AtomicU64, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
-{
-    loop {
-        match call().await {
-            Err(ApiError::Server { status, .. })
-                if status == hyper::StatusCode::SERVICE_UNAVAILABLE =>
-            {
-                retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
 /// How the load process's terminal runs a session.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
-    /// `open_session` on a connection of its own, then `relay`: five HTTPS requests on two
-    /// connections (the way before `ApiClient::sync`).
-    Separate,
-    /// `ApiClient::sync`: the session opened on the relay's connection with the counters read
-    /// in the first step: four HTTPS requests on one connection.
-    Sync,
+    /// `ApiClient::sync_with` without the combined first step: the counters read with the
+    /// identification, device authentication in a step of its own: four HTTPS requests on one
+    /// connection (the way before the combined first step).
+    Steps,
+    /// `ApiClient::sync`: SELECT update and DEVICE AUTHENTICATE in the first step too (the
+    /// combined first step): three HTTPS requests on one connection.
+    Combined,
 }
 
 impl Mode {
     fn label(self) -> &'static str {
         match self {
-            Mode::Separate => "open + relay (5 requests, 2 connections)",
-            Mode::Sync => "sync (4 requests, 1 connection)",
+            Mode::Steps => "sync, device authentication a step of its own (4 requests)",
+            Mode::Combined => "sync, combined first step (3 requests)",
         }
     }
 }
 
 /// One complete update session for `card`; panics unless one update was delivered.
-async fn session(client: &ApiClient, card: &mut VirtualCard, mode: Mode, retries: &AtomicU64) {
+async fn session(client: &ApiClient, card: &mut VirtualCard, mode: Mode) {
     verify_pin(card);
     let last = match mode {
-        Mode::Separate => {
-            let first = retry_busy(retries, || client.open_session(ISSUER, Some(&card.id))).await;
-            client.relay(first, |a| transmit(&mut card.card, a)).await.unwrap()
+        Mode::Steps => {
+            let options = SessionOptions { read_counters: true, device_auth: false };
+            client.sync_with(ISSUER, &card.id, options, |a| transmit(&mut card.card, a)).await
         }
-        Mode::Sync => client.sync(ISSUER, &card.id, |a| transmit(&mut card.card, a)).await.unwrap(),
-    };
+        Mode::Combined => client.sync(ISSUER, &card.id, |a| transmit(&mut card.card, a)).await,
+    }
+    .unwrap();
     let outcome = last.outcome.unwrap();
     assert!(outcome.message.ends_with("updates: 1 delivered"), "{outcome:?}");
 }
@@ -284,7 +268,6 @@ async fn round(
     server: &Server,
     cards: Vec<VirtualCard>,
     mode: Mode,
-    retries: &Arc<AtomicU64>,
 ) -> (Vec<VirtualCard>, Duration, Duration) {
     let admin = Arc::new(server.client(true));
     let value = hex::encode([0x5A; 1024]);
@@ -311,9 +294,8 @@ async fn round(
         .into_iter()
         .map(|mut card| {
             let client = server.client(false);
-            let retries = retries.clone();
             tokio::spawn(async move {
-                session(&client, &mut card, mode, &retries).await;
+                session(&client, &mut card, mode).await;
                 card
             })
         })
@@ -418,9 +400,9 @@ async fn load(rounds: usize) {
         None => eprintln!("NOTICE: PostgreSQL is not installed; measuring SQLite only"),
     }
     println!(
-        "| database | terminal | concurrent cards | sessions | sessions/s | server CPU ms/session | crypto floor ms/session | CPU / floor | busy retries |"
+        "| database | terminal | concurrent cards | sessions | sessions/s | server CPU ms/session | crypto floor ms/session | CPU / floor |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     if let Some(only) = only_db() {
         backends.retain(|(name, _)| *name == only);
     }
@@ -443,14 +425,12 @@ async fn load(rounds: usize) {
             let mut mine = cards;
             // Warm-up round, then the measured rounds, the two modes taking turns so that the
             // machine's other load falls on both alike.
-            let retries = Arc::new(AtomicU64::new(0));
-            (mine, _, _) = round(&server, mine, Mode::Separate, &retries).await;
-            (mine, _, _) = round(&server, mine, Mode::Sync, &retries).await;
-            retries.store(0, Ordering::Relaxed);
+            (mine, _, _) = round(&server, mine, Mode::Steps).await;
+            (mine, _, _) = round(&server, mine, Mode::Combined).await;
             let mut totals = [(Duration::ZERO, Duration::ZERO); 2];
             for _ in 0..rounds {
-                for (i, mode) in [Mode::Separate, Mode::Sync].into_iter().enumerate() {
-                    let (back, w, c) = round(&server, mine, mode, &retries).await;
+                for (i, mode) in [Mode::Steps, Mode::Combined].into_iter().enumerate() {
+                    let (back, w, c) = round(&server, mine, mode).await;
                     mine = back;
                     totals[i].0 += w;
                     totals[i].1 += c;
@@ -458,16 +438,15 @@ async fn load(rounds: usize) {
             }
             let floor = crypto_floor(300);
             let sessions = n * rounds;
-            for (mode, (wall, cpu)) in [Mode::Separate, Mode::Sync].into_iter().zip(totals) {
+            for (mode, (wall, cpu)) in [Mode::Steps, Mode::Combined].into_iter().zip(totals) {
                 let per_session = cpu / sessions as u32;
                 println!(
-                    "| {name} | {} | {n} | {sessions} | {:.0} | {} | {} | {:.1} | {} |",
+                    "| {name} | {} | {n} | {sessions} | {:.0} | {} | {} | {:.1} |",
                     mode.label(),
                     sessions as f64 / wall.as_secs_f64(),
                     ms(per_session),
                     ms(floor),
                     per_session.as_secs_f64() / floor.as_secs_f64(),
-                    retries.load(Ordering::Relaxed)
                 );
             }
             mine.append(&mut rest);

@@ -17,7 +17,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use crate::store::enrolment::{EnrolledCertificate, EnrolmentChallenge, EnrolmentRequest};
 use crate::store::issuance::Issuance;
 use crate::store::issuers::IssuerInfo;
-use crate::store::sessions::{Exchange, TunnelStep};
+use crate::store::sessions::{Exchange, SessionOptions, TunnelStep};
 use crate::tls::pinned_client_config;
 
 /// Largest response body the client reads.
@@ -350,18 +350,36 @@ impl ApiClient {
 
     /// Opens a tunnel session for `card_id` of `issuer` and relays it to its end, all on one
     /// kept-alive connection (one TLS handshake per session), with the card's counters read
-    /// in the first step (`SessionOptions::read_counters`: one exchange fewer). What a sync
-    /// does; the answer is the last step, with the outcome. Opening is posted again only after
-    /// a busy `503` (nothing was created); a transport failure while opening is an error,
-    /// since the session may exist.
+    /// in the first step (`SessionOptions::read_counters`) and, when the card has updates
+    /// pending, the update step's device authentication too (`SessionOptions::device_auth`,
+    /// the combined first step): a session with one batch of packages is three requests. What
+    /// a sync does; the answer is the last step, with the outcome. Opening is posted again
+    /// only after a busy `503` (nothing was created); a transport failure while opening is an
+    /// error, since the session may exist.
     pub async fn sync(
         &self,
         issuer: &str,
         card_id: &str,
         transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
     ) -> Result<TunnelStep, ApiError> {
+        let options = SessionOptions { read_counters: true, device_auth: true };
+        self.sync_with(issuer, card_id, options, transmit).await
+    }
+
+    /// [`ApiClient::sync`] with the session's `options` (the benchmark compares the steps
+    /// with and without the combined first step).
+    pub async fn sync_with(
+        &self,
+        issuer: &str,
+        card_id: &str,
+        options: SessionOptions,
+        transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<TunnelStep, ApiError> {
         let body = serde_json::json!({ "card_id": card_id });
-        let path = format!("/v1/issuers/{issuer}/sessions?read_counters=true");
+        let path = format!(
+            "/v1/issuers/{issuer}/sessions?read_counters={}&device_auth={}",
+            options.read_counters, options.device_auth
+        );
         let mut conn = None;
         let first = self.post_on(&mut conn, &path, &body, 0).await?;
         self.relay_on(&mut conn, first, transmit).await

@@ -6,7 +6,10 @@
 //! id). Once the server knows the card (and has claimed it for this session), step 1 reads
 //! its counters: `GET DATA 00E0` (key information: the SCP03 key version, which only grows).
 //! A terminal may ask for both steps' APDUs at once (they go to the same applet): step 0
-//! then answers both. Later issues append the card's pending jobs (updates, key renewal) as further steps.
+//! then answers both. Later issues append the card's pending jobs (updates, key renewal) as
+//! further steps; a terminal that names the card and reads the counters in step 0 may also
+//! ask for the update step's device authentication there (the combined first step,
+//! [`crate::store::sessions::SessionOptions::device_auth`]).
 
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Response, StatusWord, Tag, Tlv};
@@ -31,6 +34,12 @@ pub enum TunnelState {
         /// Whether the counter-reading APDUs went out with them (one exchange fewer).
         #[serde(default)]
         read_counters: bool,
+        /// The combined first step: the update step's SELECT update and DEVICE AUTHENTICATE
+        /// went out behind the counters, over this single-use challenge
+        /// ([`tessera_proto::update::Challenge::to_bytes`], hex), recorded when the session
+        /// was opened (one exchange fewer again).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_auth: Option<String>,
     },
     /// The card is known; the counter-reading APDUs are out.
     ReadCounters {

@@ -752,3 +752,251 @@ async fn the_legacy_static_authenticator_is_opt_in_and_replayable(db: TestDb) {
     assert!(store.list_updates(&root(), "acme", "CARD-A").await.unwrap()[0].delivered_at.is_none());
 }
 both!(the_legacy_static_authenticator_is_opt_in_and_replayable);
+
+// The combined first step (`SessionOptions::device_auth`): identification, counters and the
+// update step's device authentication in one exchange; the packages in the next.
+
+async fn combined_session(
+    store: &Store,
+    card_id: &str,
+) -> tessera_server::store::sessions::TunnelStep {
+    use tessera_server::store::sessions::{CreateSession, SessionOptions};
+    let req = CreateSession { card_id: Some(card_id.into()) };
+    let options = SessionOptions { read_counters: true, device_auth: true };
+    store.create_session_with("acme", &req, options).await.unwrap()
+}
+
+/// The challenge in a combined first step's DEVICE AUTHENTICATE (`80 88 00 00 Lc challenge`).
+fn challenge_of(apdu: &str) -> Challenge {
+    let bytes = hex::decode(apdu).unwrap();
+    assert_eq!(&bytes[..4], [0x80, 0x88, 0x00, 0x00], "{apdu}");
+    Challenge::parse(&bytes[5..5 + 40]).unwrap()
+}
+
+fn is_load(step: &tessera_server::store::sessions::TunnelStep) -> bool {
+    step.apdus.iter().any(|a| a.starts_with("80E8"))
+}
+
+async fn delivered(store: &Store, card_id: &str) -> usize {
+    let queue = store.list_updates(&root(), "acme", card_id).await.unwrap();
+    queue.iter().filter(|e| e.delivered_at.is_some()).count()
+}
+
+async fn audit_count(store: &Store, action: &str) -> usize {
+    let audit = store.audit_entries(&root(), 0, 10_000).await.unwrap();
+    audit.iter().filter(|e| e.action == action).count()
+}
+
+async fn the_combined_first_step_delivers_in_three_requests(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    // Nothing pending: the first step is the identification and the counters only.
+    let first = combined_session(&store, "CARD-A").await;
+    assert_eq!(first.apdus.len(), 3, "{:?}", first.apdus);
+    let req = Exchange { step: 0, responses: relay(&mut card, &first.apdus) };
+    let last = store.exchange(&first.session_id, &req).await.unwrap();
+    assert!(last.done);
+    assert!(!last.outcome.unwrap().message.contains("updates"));
+
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    // Request 1: SELECT ISD, GET DATA card id, GET DATA key information, SELECT update,
+    // DEVICE AUTHENTICATE.
+    let first = combined_session(&store, "CARD-A").await;
+    assert_eq!(first.apdus.len(), 5, "{:?}", first.apdus);
+    assert!(first.apdus[3].starts_with("00A40400"), "{:?}", first.apdus);
+    challenge_of(&first.apdus[4]);
+    let id = first.session_id.clone();
+    let req0 = Exchange { step: 0, responses: relay(&mut card, &first.apdus) };
+    // Too few answers for the combined step: refused, nothing changes.
+    let short = Exchange { step: 0, responses: req0.responses[..3].to_vec() };
+    assert!(matches!(store.exchange(&id, &short).await, Err(ServerError::BadRequest(_))));
+    // Request 2: the card authenticated; the package goes out.
+    let packages = store.exchange(&id, &req0).await.unwrap();
+    assert!(is_load(&packages) && !packages.done, "{packages:?}");
+    // A retried first exchange: the same answer, nothing more happens.
+    assert_eq!(store.exchange(&id, &req0).await.unwrap(), packages);
+    assert_eq!(delivered(&store, "CARD-A").await, 0);
+    // Request 3: the receipt; delivered, the session ends.
+    let req1 = Exchange { step: 1, responses: relay(&mut card, &packages.apdus) };
+    let last = store.exchange(&id, &req1).await.unwrap();
+    assert!(last.done && last.apdus.is_empty());
+    let outcome = last.outcome.clone().unwrap();
+    assert_eq!(outcome.result, "identified");
+    assert!(outcome.message.ends_with("updates: 1 delivered"), "{}", outcome.message);
+    // Both retried: the same answers; delivered once, audited once.
+    assert!(matches!(store.exchange(&id, &req0).await, Err(ServerError::Gone(_))));
+    assert_eq!(store.exchange(&id, &req1).await.unwrap(), last);
+    assert_eq!(delivered(&store, "CARD-A").await, 1);
+    assert_eq!(audit_count(&store, "update.deliver").await, 1);
+    let audit = store.audit_entries(&root(), 0, 10_000).await.unwrap();
+    let created = audit.iter().find(|e| e.action == "session.create" && e.subject == id).unwrap();
+    assert!(created.detail.contains("\"device_auth\":true"), "{}", created.detail);
+    assert!(audit.iter().any(|e| e.action == "session.end" && e.subject == id));
+    read_after_pin(&mut card, &card_pin, "wifi", b"pw-1");
+}
+both!(the_combined_first_step_delivers_in_three_requests);
+
+async fn a_replayed_device_authentication_is_refused_in_the_combined_step(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    // An earlier session: the card's answers are recorded, the session runs to its end.
+    let earlier = combined_session(&store, "CARD-A").await;
+    let recorded = relay(&mut card, &earlier.apdus);
+    let step = store
+        .exchange(&earlier.session_id, &Exchange { step: 0, responses: recorded.clone() })
+        .await
+        .unwrap();
+    let req = Exchange { step: 1, responses: relay(&mut card, &step.apdus) };
+    assert!(store.exchange(&earlier.session_id, &req).await.unwrap().done);
+    // A new update, a new session: the recorded answers (a valid identification, counters
+    // and a device signature over the earlier challenge) presented again.
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-2", false)).await.unwrap();
+    let now = combined_session(&store, "CARD-A").await;
+    assert_eq!(now.apdus.len(), 5);
+    let fresh = challenge_of(&now.apdus[4]);
+    let replay = Exchange { step: 0, responses: recorded };
+    let end = store.exchange(&now.session_id, &replay).await.unwrap();
+    let outcome = end.outcome.unwrap();
+    assert!(end.done && end.apdus.is_empty(), "nothing goes out");
+    assert_eq!(outcome.result, "update-error", "{}", outcome.message);
+    assert!(outcome.message.contains("refused (device-signature)"), "{}", outcome.message);
+    assert_eq!(delivered(&store, "CARD-A").await, 1, "pw-2 stays pending");
+    // The session's challenge was used up by the refused answer.
+    card.reset();
+    pin(&mut card, &card_pin);
+    let answer = device_auth(&mut card, fresh);
+    let err = store.update_authenticate("acme", "CARD-A", &fresh, &answer).await.unwrap_err();
+    assert!(err.to_string().contains("challenge"), "{err}");
+}
+both!(a_replayed_device_authentication_is_refused_in_the_combined_step);
+
+async fn an_expired_challenge_is_refused_in_the_combined_step(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    let mut first = combined_session(&store, "CARD-A").await;
+    // Time passes: the challenge's 120 s run out before the answer arrives (its recorded
+    // expiry moved into the past, in the session and in the challenge table alike; the card
+    // signs that same challenge).
+    let issued = challenge_of(&first.apdus[4]);
+    let expired = Challenge { nonce: issued.nonce, expires: issued.expires - 1000 };
+    let raw = Db::open(&db.location).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    let row = tx
+        .query_opt("SELECT state FROM sessions WHERE id = $1", &[first.session_id.as_str().into()])
+        .await
+        .unwrap()
+        .unwrap();
+    let state = row.text(0).unwrap();
+    let (old, new) = (hex::encode(issued.to_bytes()), hex::encode(expired.to_bytes()));
+    assert!(state.contains(&old), "{state}");
+    tx.execute(
+        "UPDATE sessions SET state = $1 WHERE id = $2",
+        &[state.replace(&old, &new).into(), first.session_id.as_str().into()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE update_challenges SET expires = $1 WHERE nonce = $2",
+        &[(expired.expires as i64).into(), expired.nonce.to_vec().into()],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let cmd = UpdateCommand::DeviceAuthenticate { mode: AuthMode::Plain, challenge: Some(expired) };
+    first.apdus[4] = hex::encode_upper(cmd.to_command().to_bytes().unwrap());
+
+    let req = Exchange { step: 0, responses: relay(&mut card, &first.apdus) };
+    let end = store.exchange(&first.session_id, &req).await.unwrap();
+    let outcome = end.outcome.unwrap();
+    assert!(end.done && !outcome.message.contains("delivered"), "{}", outcome.message);
+    assert!(outcome.message.contains("refused (challenge)"), "{}", outcome.message);
+    assert_eq!(delivered(&store, "CARD-A").await, 0);
+}
+both!(an_expired_challenge_is_refused_in_the_combined_step);
+
+async fn a_rolled_back_counter_in_the_combined_step_flags_and_delivers_nothing(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    // The server has seen a higher ISD key version than this card image presents.
+    let raw = Db::open(&db.location).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    tx.execute(
+        "INSERT INTO card_counters (issuer_id, card_id, name, value, updated_at) \
+         VALUES ('acme', 'CARD-A', 'isd.kvn', 200, 0) \
+         ON CONFLICT (issuer_id, card_id, name) DO UPDATE SET value = 200",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = combined_session(&store, "CARD-A").await;
+    assert_eq!(first.apdus.len(), 5);
+    let challenge = challenge_of(&first.apdus[4]);
+    let responses = relay(&mut card, &first.apdus);
+    // The card did sign the challenge; the server does not look at it.
+    let answer = Response::parse(&hex::decode(&responses[4]).unwrap()).unwrap();
+    assert_eq!(answer.sw, StatusWord::SUCCESS);
+    let req = Exchange { step: 0, responses };
+    let end = store.exchange(&first.session_id, &req).await.unwrap();
+    let outcome = end.outcome.clone().unwrap();
+    assert!(end.done && end.apdus.is_empty());
+    assert_eq!(outcome.result, "flagged", "{}", outcome.message);
+    assert_eq!(delivered(&store, "CARD-A").await, 0);
+    assert_eq!(audit_count(&store, "card.flag").await, 1);
+    // The discarded answer is worth nothing later: its challenge was used up.
+    let err = store.update_authenticate("acme", "CARD-A", &challenge, &answer.data).await;
+    assert!(err.unwrap_err().to_string().contains("challenge"));
+    // A retry gets the stored answer; still nothing delivered.
+    assert_eq!(store.exchange(&first.session_id, &req).await.unwrap(), end);
+    assert_eq!(delivered(&store, "CARD-A").await, 0);
+}
+both!(a_rolled_back_counter_in_the_combined_step_flags_and_delivers_nothing);
+
+async fn another_card_answering_a_combined_step_changes_nothing(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card_a, pin_a) = issue(&store, "CARD-A").await;
+    let (mut card_b, pin_b) = issue(&store, "CARD-B").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-a", false)).await.unwrap();
+    store.queue_update(&root(), "acme", "CARD-B", &update("wifi", b"pw-b", false)).await.unwrap();
+    card_b.reset();
+    pin(&mut card_b, &pin_b);
+    let first = combined_session(&store, "CARD-A").await;
+    // Card B answers the session opened for card A (its own id, its own signature).
+    let wrong = Exchange { step: 0, responses: relay(&mut card_b, &first.apdus) };
+    let err = store.exchange(&first.session_id, &wrong).await.unwrap_err();
+    assert!(
+        matches!(&err, ServerError::Conflict(m) if m.contains("CARD-B") && m.contains("opened for CARD-A")),
+        "{err}"
+    );
+    assert_eq!(delivered(&store, "CARD-A").await + delivered(&store, "CARD-B").await, 0);
+    // Nothing changed: card A answers the same step and gets its package, only its own.
+    card_a.reset();
+    pin(&mut card_a, &pin_a);
+    let right = Exchange { step: 0, responses: relay(&mut card_a, &first.apdus) };
+    let (outcome, _, loads) = {
+        let step = store.exchange(&first.session_id, &right).await.unwrap();
+        assert!(is_load(&step));
+        run_session(&store, &mut card_a, step, |_, _| {}).await
+    };
+    assert_eq!(loads, 1);
+    assert!(outcome.message.ends_with("updates: 1 delivered"), "{}", outcome.message);
+    assert_eq!(delivered(&store, "CARD-A").await, 1);
+    assert_eq!(delivered(&store, "CARD-B").await, 0);
+}
+both!(another_card_answering_a_combined_step_changes_nothing);

@@ -223,9 +223,9 @@ impl Db {
     pub async fn begin(&self) -> DbResult<Tx> {
         let inner = match &self.inner {
             DbInner::Sqlite(db) => TxInner::Sqlite(db.begin().await?),
-            DbInner::Postgres(pool) => TxInner::Pg(pool.begin().await?),
+            DbInner::Postgres(pool) => TxInner::Pg(Box::new(pool.begin().await?)),
         };
-        Ok(Tx { inner })
+        Ok(Tx { inner, audit_head: None })
     }
 
     /// Checks that the database answers (for `/healthz`).
@@ -249,11 +249,14 @@ impl Db {
 /// An open transaction. Dropped without [`Tx::commit`], it rolls back.
 pub struct Tx {
     inner: TxInner,
+    /// The audit chain's head `(seq, hash)` as this transaction last wrote it: the chain is
+    /// locked from the first append until commit, so later appends need not read it again.
+    audit_head: Option<(i64, Vec<u8>)>,
 }
 
 enum TxInner {
     Sqlite(sqlite::SqliteTx),
-    Pg(pg::PgTx),
+    Pg(Box<pg::PgTx>),
 }
 
 impl Tx {
@@ -272,6 +275,17 @@ impl Tx {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR UPDATE",
         }
+    }
+
+    /// The audit chain's head this transaction wrote last, taken (see [`Tx::set_audit_head`]).
+    pub(crate) fn take_audit_head(&mut self) -> Option<(i64, Vec<u8>)> {
+        self.audit_head.take()
+    }
+
+    /// Records the audit chain's head after an append in this transaction (which holds the
+    /// chain's lock until it ends).
+    pub(crate) fn set_audit_head(&mut self, seq: i64, hash: Vec<u8>) {
+        self.audit_head = Some((seq, hash));
     }
 
     /// Runs a query and returns its rows.

@@ -1,19 +1,31 @@
 //! PostgreSQL: a small connection pool over `tokio-postgres`, without TLS (the database is
 //! expected on loopback or a private network; see docs/decisions.md "Server storage").
+//!
+//! Round trips are what a transaction costs here, so each pooled connection keeps the
+//! statements it prepared (the queries are a fixed set of texts: a statement is prepared once
+//! per connection, then only bound and executed), and `BEGIN` goes out pipelined with the
+//! transaction's first statement. A schema change through [`PgTx::batch`] (migrations) makes
+//! every connection forget its statements.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::{BUSY_TIMEOUT, DbError, DbResult, Row, Value};
 
 /// Most connections one server process opens.
 const MAX_CONNECTIONS: usize = 16;
+
+/// Most statements one connection keeps prepared (the server's queries are far fewer; the
+/// bound only guards against a caller building texts without end).
+const MAX_STATEMENTS: usize = 512;
 
 #[derive(Clone)]
 pub(super) struct PgPool {
@@ -22,8 +34,18 @@ pub(super) struct PgPool {
 
 struct PoolInner {
     config: Config,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<PgConn>>,
     permits: Arc<Semaphore>,
+    /// Raised by every schema change: statements prepared before it are not reused.
+    schema: AtomicU64,
+}
+
+/// One connection and the statements prepared on it.
+struct PgConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    /// The pool's schema generation the statements were prepared under.
+    schema: u64,
 }
 
 impl PgPool {
@@ -36,6 +58,7 @@ impl PgPool {
                 config,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+                schema: AtomicU64::new(0),
             }),
         })
     }
@@ -48,9 +71,9 @@ impl PgPool {
         loop {
             let idle = self.inner.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match idle {
-                Some(client) if !client.is_closed() => {
+                Some(conn) if !conn.client.is_closed() => {
                     return Ok(PooledClient {
-                        client: Some(client),
+                        client: Some(conn),
                         pool: self.clone(),
                         _permit: permit,
                     });
@@ -69,71 +92,140 @@ impl PgPool {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
             }
         });
-        Ok(PooledClient { client: Some(client), pool: self.clone(), _permit: permit })
+        let conn = PgConn {
+            client,
+            statements: HashMap::new(),
+            schema: self.inner.schema.load(Ordering::Acquire),
+        };
+        Ok(PooledClient { client: Some(conn), pool: self.clone(), _permit: permit })
     }
 
+    /// A transaction on a pooled connection. Its `BEGIN` is sent with the first statement
+    /// (pipelined: one round trip for both).
     pub(super) async fn begin(&self) -> DbResult<PgTx> {
         let conn = self.get().await?;
-        conn.client()?
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await
-            .map_err(map_err)?;
-        Ok(PgTx { conn: Some(conn) })
+        Ok(PgTx { conn: Some(conn), begun: false })
     }
 }
 
 struct PooledClient {
-    client: Option<Client>,
+    client: Option<PgConn>,
     pool: PgPool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl PooledClient {
-    fn client(&self) -> DbResult<&Client> {
-        self.client.as_ref().ok_or_else(|| DbError::Unavailable("connection lost".into()))
+    fn conn(&mut self) -> DbResult<&mut PgConn> {
+        let schema = self.pool.inner.schema.load(Ordering::Acquire);
+        let conn =
+            self.client.as_mut().ok_or_else(|| DbError::Unavailable("connection lost".into()))?;
+        if conn.schema != schema {
+            conn.statements.clear();
+            conn.schema = schema;
+        }
+        Ok(conn)
     }
 
     /// Returns the connection to the pool (only clean, idle connections go back).
     fn release(mut self) {
-        if let Some(client) = self.client.take()
-            && !client.is_closed()
+        if let Some(conn) = self.client.take()
+            && !conn.client.is_closed()
             && let Ok(mut idle) = self.pool.inner.idle.lock()
         {
-            idle.push(client);
+            idle.push(conn);
         }
+    }
+}
+
+const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+impl PgConn {
+    /// The prepared statement for `sql`: from this connection's cache, else prepared now.
+    async fn statement(&mut self, sql: &str) -> DbResult<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql).await.map_err(map_err)?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs `run` on the client, behind `BEGIN` in the same round trip when the transaction
+    /// has not started (`begun`).
+    async fn begun<T, F>(&self, begun: &mut bool, run: F) -> DbResult<T>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        if *begun {
+            return run.await.map_err(map_err);
+        }
+        // Polled in order: BEGIN is sent first, the statement right behind it. BEGIN fails
+        // only when the connection does (and the statement with it); the connection is then
+        // closed, not pooled (`begun` set: the transaction's drop closes it).
+        let (began, result) = tokio::join!(self.client.batch_execute(BEGIN), run);
+        *begun = true;
+        began.map_err(map_err)?;
+        result.map_err(map_err)
     }
 }
 
 pub(super) struct PgTx {
     /// `None` once committed.
     conn: Option<PooledClient>,
+    /// Whether `BEGIN` went out.
+    begun: bool,
 }
 
 impl PgTx {
-    fn client(&self) -> DbResult<&Client> {
-        self.conn
-            .as_ref()
-            .ok_or_else(|| DbError::Other("transaction already ended".into()))?
-            .client()
+    fn conn(&mut self) -> DbResult<&mut PgConn> {
+        self.conn.as_mut().ok_or_else(|| DbError::Other("transaction already ended".into()))?.conn()
     }
 
     pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = self.client()?.query(sql, &refs).await.map_err(map_err)?;
-        rows.iter().map(convert_row).collect()
+        let mut begun = self.begun;
+        let conn = self.conn()?;
+        let statement = conn.statement(sql).await?;
+        let rows = conn.begun(&mut begun, conn.client.query(&statement, &refs)).await;
+        self.begun = begun;
+        rows?.iter().map(convert_row).collect()
     }
 
     pub(super) async fn execute(&mut self, sql: &str, params: &[Value]) -> DbResult<u64> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        self.client()?.execute(sql, &refs).await.map_err(map_err)
+        let mut begun = self.begun;
+        let conn = self.conn()?;
+        let statement = conn.statement(sql).await?;
+        let n = conn.begun(&mut begun, conn.client.execute(&statement, &refs)).await;
+        self.begun = begun;
+        n
     }
 
+    /// Runs `sql` (a schema change: migrations) and makes every connection of the pool
+    /// prepare its statements again.
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
-        self.client()?.batch_execute(sql).await.map_err(map_err)
+        self.start().await?;
+        let conn = self.conn.as_ref().ok_or_else(|| DbError::Other("transaction ended".into()))?;
+        conn.pool.inner.schema.fetch_add(1, Ordering::AcqRel);
+        self.conn()?.client.batch_execute(sql).await.map_err(map_err)
+    }
+
+    /// Sends `BEGIN` now if no statement has yet.
+    async fn start(&mut self) -> DbResult<()> {
+        if !self.begun {
+            self.conn()?.client.batch_execute(BEGIN).await.map_err(map_err)?;
+            self.begun = true;
+        }
+        Ok(())
     }
 
     pub(super) async fn commit(mut self) -> DbResult<()> {
-        self.client()?.batch_execute("COMMIT").await.map_err(map_err)?;
+        if self.begun {
+            self.conn()?.client.batch_execute("COMMIT").await.map_err(map_err)?;
+        }
         if let Some(conn) = self.conn.take() {
             conn.release();
         }
@@ -144,6 +236,11 @@ impl PgTx {
 impl Drop for PgTx {
     fn drop(&mut self) {
         if let Some(mut conn) = self.conn.take() {
+            if !self.begun {
+                // Nothing was sent: the connection is clean.
+                conn.release();
+                return;
+            }
             // A transaction dropped without commit: close its connection, which makes the
             // server roll it back, rather than return a connection in an unknown state.
             conn.client = None;

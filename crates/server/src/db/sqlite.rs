@@ -1,8 +1,16 @@
 //! SQLite: one connection (the single writer), WAL journal, busy timeout.
 //!
 //! Every transaction takes the connection's mutex and starts with `BEGIN IMMEDIATE`, so there is
-//! exactly one writer. SQLite calls are synchronous: on a multi-threaded Tokio runtime they run
-//! under `block_in_place`, so a slow disk does not stall other tasks on the same worker.
+//! exactly one writer. SQLite calls are synchronous and run on the Tokio worker itself: the
+//! statements read and write pages in memory (the WAL is written at commit) and take
+//! microseconds; the commit writes the WAL and waits for the disk (`synchronous=FULL`: one
+//! fsync per commit). Since the mutex lets one transaction at a time reach the disk, at most one
+//! worker waits on it while the others go on serving; handing the worker's core to another
+//! thread for every statement or commit (`block_in_place`) cost more CPU than it saved and
+//! lowered throughput (docs/performance.md, "Remote update"). What may wait long leaves the
+//! worker: a `BEGIN IMMEDIATE` that finds another process holding the write lock (tried first
+//! without waiting, then again with the busy timeout under `block_in_place`), and `batch`
+//! (migrations).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,12 +40,25 @@ impl SqliteDb {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(map_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(map_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(map_err)?;
+        // From now on no waiting by default: only BEGIN can meet another process's lock (the
+        // transaction holds the write lock after it), and it waits off the worker (`begin`).
+        conn.busy_timeout(std::time::Duration::ZERO).map_err(map_err)?;
         Ok(SqliteDb { conn: Arc::new(Mutex::new(conn)) })
     }
 
     pub(super) async fn begin(&self) -> DbResult<SqliteTx> {
         let conn = self.conn.clone().lock_owned().await;
-        blocking(|| conn.execute_batch("BEGIN IMMEDIATE")).map_err(map_err)?;
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(e) if is_busy(&e) => blocking(|| {
+                // Another process writes: wait for it, off the worker.
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                let begun = conn.execute_batch("BEGIN IMMEDIATE");
+                conn.busy_timeout(std::time::Duration::ZERO)?;
+                begun
+            })
+            .map_err(map_err)?,
+            other => other.map_err(map_err)?,
+        }
         Ok(SqliteTx { conn, open: true })
     }
 }
@@ -51,7 +72,7 @@ impl SqliteTx {
     pub(super) fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
         let sql = rewrite_placeholders(sql);
         let conn = &*self.conn;
-        blocking(|| {
+        let run = || {
             let mut stmt = conn.prepare_cached(&sql)?;
             let ncols = stmt.column_count();
             let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
@@ -76,19 +97,17 @@ impl SqliteTx {
                 out.push(Row(values));
             }
             Ok(out)
-        })
-        .map_err(map_err)
+        };
+        run().map_err(map_err)
     }
 
     pub(super) fn execute(&mut self, sql: &str, params: &[Value]) -> DbResult<u64> {
         let sql = rewrite_placeholders(sql);
         let conn = &*self.conn;
-        blocking(|| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            stmt.execute(rusqlite::params_from_iter(params.iter()))
-        })
-        .map(|n| n as u64)
-        .map_err(map_err)
+        conn.prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(params.iter())))
+            .map(|n| n as u64)
+            .map_err(map_err)
     }
 
     pub(super) fn batch(&mut self, sql: &str) -> DbResult<()> {
@@ -97,8 +116,7 @@ impl SqliteTx {
     }
 
     pub(super) fn commit(mut self) -> DbResult<()> {
-        let conn = &*self.conn;
-        let result = blocking(|| conn.execute_batch("COMMIT")).map_err(map_err);
+        let result = self.conn.execute_batch("COMMIT").map_err(map_err);
         if result.is_ok() {
             self.open = false;
         }
@@ -148,6 +166,10 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 fn map_err(e: rusqlite::Error) -> DbError {

@@ -122,12 +122,20 @@ impl Store {
         subject: &str,
         detail: serde_json::Value,
     ) -> ServerResult<i64> {
-        tx.lock(AUDIT_LOCK).await?;
-        let last =
-            tx.query_opt("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[]).await?;
-        let (seq, prev) = match last {
-            Some(r) => (r.int(0)? + 1, r.blob(1)?),
-            None => (1, GENESIS.to_vec()),
+        // The transaction's own last append, if any (it holds the lock since); else the
+        // head, read under the lock.
+        let (seq, prev) = match tx.take_audit_head() {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => {
+                tx.lock(AUDIT_LOCK).await?;
+                let last = tx
+                    .query_opt("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[])
+                    .await?;
+                match last {
+                    Some(r) => (r.int(0)? + 1, r.blob(1)?),
+                    None => (1, GENESIS.to_vec()),
+                }
+            }
         };
         let entry = AuditEntry {
             seq,
@@ -161,6 +169,7 @@ impl Store {
         if seq % self.config.checkpoint_every == 0 {
             self.insert_checkpoint(tx, seq, &hash).await?;
         }
+        tx.set_audit_head(seq, hash.to_vec());
         Ok(seq)
     }
 

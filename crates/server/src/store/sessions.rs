@@ -55,6 +55,13 @@ pub struct SessionOptions {
     /// counters in a step of their own.
     #[serde(default)]
     pub read_counters: bool,
+    /// With `read_counters` and a named card: when, in the opening transaction, the card has
+    /// updates pending and no keyring work, the update step's `SELECT` update and DEVICE
+    /// AUTHENTICATE (over a fresh single-use challenge recorded in that transaction) go out in
+    /// the first step too, behind the counters: the combined first step, one exchange fewer
+    /// again (docs/server.md, "The script"). Otherwise the steps run as without it.
+    #[serde(default)]
+    pub device_auth: bool,
 }
 
 /// `POST /v1/sessions/{id}/exchange` body: the card's responses to one step's APDUs.
@@ -246,9 +253,19 @@ impl Store {
             }
             None => None,
         };
+        // The combined first step: the update step's device authentication goes out now.
+        let device_auth = match &req.card_id {
+            Some(c) if options.read_counters && options.device_auth => {
+                self.update_first_step(&mut tx, issuer, c, now).await?
+            }
+            _ => None,
+        };
         let state = TunnelState::Identify {
             expected_card: req.card_id.clone(),
             read_counters: options.read_counters,
+            device_auth: device_auth
+                .as_ref()
+                .map(|(challenge, _)| hex::encode(challenge.to_bytes())),
         };
         let state_json = serde_json::to_string(&state)
             .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
@@ -274,6 +291,7 @@ impl Store {
             &id,
             serde_json::json!({
                 "card_id": req.card_id,
+                "device_auth": device_auth.is_some(),
             }),
         )
         .await?;
@@ -284,6 +302,7 @@ impl Store {
             apdus: identify_apdus()
                 .iter()
                 .chain(options.read_counters.then(counter_apdus).iter().flatten())
+                .chain(device_auth.iter().flat_map(|(_, apdus)| apdus))
                 .map(hex::encode_upper)
                 .collect(),
             done: false,
@@ -360,9 +379,19 @@ impl Store {
         }
 
         let (next_state, answer_apdus, outcome, live_card) = match &s.state {
-            TunnelState::Identify { expected_card, read_counters } => {
+            TunnelState::Identify { expected_card, read_counters, device_auth } => {
+                // Identification (2), counters (1), device authentication (2): the combined
+                // first step is all or nothing.
+                if device_auth.is_some() && responses.len() != 5 {
+                    return Err(ServerError::BadRequest(format!(
+                        "expected 5 responses to the combined first step, got {}",
+                        responses.len()
+                    )));
+                }
                 let split = if *read_counters { 2 } else { responses.len() };
-                let (identify, counters) = responses.split_at(split.min(responses.len()));
+                let (identify, rest) = responses.split_at(split.min(responses.len()));
+                let (counters, update) =
+                    rest.split_at(if device_auth.is_some() { 1 } else { rest.len() });
                 let card_id = parse_identify(identify)?;
                 if let Some(expected) = expected_card
                     && *expected != card_id
@@ -371,20 +400,22 @@ impl Store {
                         "the card answered id {card_id}, the session was opened for {expected}"
                     )));
                 }
-                self.check_card_usable(&mut tx, &s.issuer, &card_id).await?;
+                let card = self.check_card_usable(&mut tx, &s.issuer, &card_id).await?;
                 let live = match &s.live_card {
                     Some(live) => live.clone(),
                     None => self.claim_card(&mut tx, &s.issuer, &card_id, session_id).await?,
                 };
                 if *read_counters {
+                    let first = device_auth.as_deref().map(|challenge| (challenge, update));
                     self.after_counters(
                         &mut tx,
                         &s.issuer,
-                        &card_id,
+                        &card,
                         session_id,
                         counters,
                         Some(live),
                         now,
+                        first,
                     )
                     .await?
                 } else {
@@ -393,8 +424,11 @@ impl Store {
             }
             TunnelState::ReadCounters { card_id } => {
                 let live = s.live_card.clone();
-                self.after_counters(&mut tx, &s.issuer, card_id, session_id, &responses, live, now)
-                    .await?
+                let card = self.check_card_usable(&mut tx, &s.issuer, card_id).await?;
+                self.after_counters(
+                    &mut tx, &s.issuer, &card, session_id, &responses, live, now, None,
+                )
+                .await?
             }
             TunnelState::Keyring(k) => {
                 let (next, apdus, outcome) = self
@@ -594,30 +628,49 @@ impl Store {
         Ok(answer)
     }
 
-    /// The counter step's answers: checks the ISD key version, then starts the sync's first
-    /// pending step (keyring, else update) or ends the session. `live` is the session's claim
-    /// on the card.
+    /// The counter step's answers: checks the ISD key version of `card` (checked usable, and
+    /// locked, in this transaction), then starts the sync's first pending step (keyring, else
+    /// update) or ends the session. `live` is the session's claim on the card.
+    ///
+    /// `device_auth`, in the combined first step: the challenge that went out and the card's
+    /// answers to `SELECT` update and DEVICE AUTHENTICATE. They are looked at only after the
+    /// counters passed and when no keyring work came up since the session opened; otherwise
+    /// the answer is discarded and the challenge used up, unusable later.
     #[allow(clippy::too_many_arguments)]
     async fn after_counters(
         &self,
         tx: &mut Tx,
         issuer: &str,
-        card_id: &str,
+        card: &super::cards::CardInfo,
         session_id: &str,
         responses: &[Vec<u8>],
         live: Option<String>,
         now: i64,
+        device_auth: Option<(&str, &[Vec<u8>])>,
     ) -> ServerResult<NextStep> {
+        let card_id = card.card_id.as_str();
         let kvn = parse_counters(responses)?;
-        let card = self.check_card_usable(tx, issuer, card_id).await?;
-        let outcome = self.check_counter(tx, issuer, &card, session_id, kvn, now).await?;
+        let outcome = self.check_counter(tx, issuer, card, session_id, kvn, now).await?;
         if outcome.result == "flagged" {
+            if let Some((challenge, _)) = device_auth {
+                self.update_discard_challenge(tx, challenge).await?;
+            }
             return Ok((TunnelState::Finished, Vec::new(), Some(outcome), None));
         }
         if let Some((next, apdus, keyring)) =
             self.keyring_sync_start(tx, issuer, card_id, session_id, now).await?
         {
+            if let Some((challenge, _)) = device_auth {
+                self.update_discard_challenge(tx, challenge).await?;
+            }
             return Ok((next, apdus, keyring, live));
+        }
+        if let Some((challenge, answers)) = device_auth {
+            let (next, apdus, o) = self
+                .update_sync_first(tx, issuer, card_id, outcome, challenge, answers, now)
+                .await?;
+            let live = if matches!(next, TunnelState::Finished) { None } else { live };
+            return Ok((next, apdus, o, live));
         }
         // The update step, when the card has updates pending.
         Ok(match self.update_sync_start(tx, issuer, card_id, outcome.clone(), now).await? {
@@ -762,7 +815,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut card) = store_with_card(dir.path()).await;
         let req = CreateSession { card_id: Some("CARD-A".into()) };
-        let options = SessionOptions { read_counters: true };
+        let options = SessionOptions { read_counters: true, device_auth: false };
         let first = store.create_session_with("acme", &req, options).await.unwrap();
         // SELECT ISD, GET DATA card id, GET DATA key information.
         assert_eq!(first.apdus.len(), 3);
@@ -799,7 +852,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut card) = store_with_card(dir.path()).await;
         let req = CreateSession { card_id: Some("CARD-B".into()) };
-        let options = SessionOptions { read_counters: true };
+        let options = SessionOptions { read_counters: true, device_auth: false };
         // CARD-B is unknown to the issuer: no session.
         assert!(store.create_session_with("acme", &req, options).await.is_err());
         let req = CreateSession { card_id: None };

@@ -997,24 +997,10 @@ impl Store {
         before: Outcome,
         now: i64,
     ) -> ServerResult<Option<Step>> {
-        let pending = tx
-            .query_opt(
-                "SELECT MIN(sequence) FROM update_packages \
-                 WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL",
-                &[issuer.into(), card_id.into()],
-            )
-            .await?
-            .map(|r| r.opt_int(0))
-            .transpose()?
-            .flatten();
-        if pending.is_none() && !self.update_any_due(tx, issuer, card_id, now).await? {
+        if !self.update_has_work(tx, issuer, card_id, now).await? {
             return Ok(None);
         }
         let challenge = self.update_new_challenge(tx, now).await?;
-        let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
-            mode: tessera_proto::update::AuthMode::Plain,
-            challenge: Some(challenge),
-        };
         let sync = UpdateSync {
             card_id: card_id.to_owned(),
             challenge: hex::encode(challenge.to_bytes()),
@@ -1026,11 +1012,102 @@ impl Store {
             session_id: None,
             legacy: false,
         };
-        Ok(Some((
-            TunnelState::Update(sync),
-            vec![apdu(&select_update())?, apdu(&auth.to_command())?],
-            None,
-        )))
+        Ok(Some((TunnelState::Update(sync), device_auth_apdus(challenge)?, None)))
+    }
+
+    /// Whether `card_id` has packages pending or a schedule due (the update step runs).
+    async fn update_has_work(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        now: i64,
+    ) -> ServerResult<bool> {
+        let pending = tx
+            .query_opt(
+                "SELECT MIN(sequence) FROM update_packages \
+                 WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL",
+                &[issuer.into(), card_id.into()],
+            )
+            .await?
+            .map(|r| r.opt_int(0))
+            .transpose()?
+            .flatten();
+        Ok(pending.is_some() || self.update_any_due(tx, issuer, card_id, now).await?)
+    }
+
+    /// The combined first step of a sync that names the card, when its session opens: if the
+    /// card has update work and no keyring (whose step would come first), a fresh single-use
+    /// challenge recorded in `tx` and the APDUs `SELECT` update, DEVICE AUTHENTICATE over it;
+    /// else `None` (the steps run one after the other).
+    pub(crate) async fn update_first_step(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        now: i64,
+    ) -> ServerResult<Option<(Challenge, Vec<Vec<u8>>)>> {
+        let keyring = tx
+            .query_opt(
+                "SELECT card_id FROM keyring_cards WHERE issuer_id = $1 AND card_id = $2",
+                &[issuer.into(), card_id.into()],
+            )
+            .await?;
+        if keyring.is_some() || !self.update_has_work(tx, issuer, card_id, now).await? {
+            return Ok(None);
+        }
+        let challenge = self.update_new_challenge(tx, now).await?;
+        Ok(Some((challenge, device_auth_apdus(challenge)?)))
+    }
+
+    /// Uses up the challenge of a combined first step whose device authentication is not
+    /// looked at (the counters flagged the card, or keyring work came first).
+    pub(crate) async fn update_discard_challenge(
+        &self,
+        tx: &mut Tx,
+        challenge_hex: &str,
+    ) -> ServerResult<()> {
+        let challenge = hex::decode(challenge_hex)
+            .ok()
+            .and_then(|b| Challenge::parse(&b).ok())
+            .ok_or_else(|| ServerError::Internal("stored challenge".into()))?;
+        tx.execute(
+            "DELETE FROM update_challenges WHERE nonce = $1",
+            &[challenge.nonce.to_vec().into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The update step's first exchange inside the combined first step: the card (identified,
+    /// usable and its counters checked in this transaction, ending with `before`) answered
+    /// `SELECT` update and DEVICE AUTHENTICATE over `challenge_hex`. The same checks as
+    /// [`Store::update_sync_step`] on its first exchange: the challenge single-use and
+    /// unexpired, the device certificate chain, the signature, the rollback check; then the
+    /// first batch of packages, or the end.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn update_sync_first(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        before: Outcome,
+        challenge_hex: &str,
+        responses: &[Vec<u8>],
+        now: i64,
+    ) -> ServerResult<Step> {
+        let sync = UpdateSync {
+            card_id: card_id.to_owned(),
+            challenge: challenge_hex.to_owned(),
+            authenticated: None,
+            batch: Vec::new(),
+            delivered: 0,
+            before,
+            identity_key: None,
+            session_id: None,
+            legacy: false,
+        };
+        self.update_sync_step_in(tx, issuer, &sync, responses, now, true).await
     }
 
     /// One exchange of a sync's update step: first the card's answer to DEVICE AUTHENTICATE,
@@ -1046,6 +1123,20 @@ impl Store {
         sync: &UpdateSync,
         responses: &[Vec<u8>],
         now: i64,
+    ) -> ServerResult<Step> {
+        self.update_sync_step_in(tx, issuer, sync, responses, now, false).await
+    }
+
+    /// [`Store::update_sync_step`]; `card_checked`: the card was found registered and not
+    /// revoked (and locked) earlier in `tx`.
+    async fn update_sync_step_in(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        sync: &UpdateSync,
+        responses: &[Vec<u8>],
+        now: i64,
+        card_checked: bool,
     ) -> ServerResult<Step> {
         let parsed: Vec<tessera_apdu::Response> = responses
             .iter()
@@ -1065,7 +1156,7 @@ impl Store {
                     parsed.len()
                 )));
             };
-            match self.update_sync_auth(tx, issuer, sync, answer, now).await? {
+            match self.update_sync_auth(tx, issuer, sync, answer, now, card_checked).await? {
                 Ok((card_id, last_sequence, acknowledged)) => {
                     next.card_id = card_id;
                     next.authenticated = Some(last_sequence);
@@ -1172,6 +1263,7 @@ impl Store {
         sync: &UpdateSync,
         answer: &tessera_apdu::Response,
         now: i64,
+        card_checked: bool,
     ) -> ServerResult<Result<(String, u64, u64), Step>> {
         if sync.legacy {
             return self.update_sync_legacy(tx, issuer, sync, answer, now).await;
@@ -1237,7 +1329,12 @@ impl Store {
         named.card_id = card_id.clone();
         let checked = match taken {
             1 if u64::try_from(now).unwrap_or(u64::MAX) <= challenge.expires => {
-                match self.update_card_usable(tx, issuer, &card_id).await {
+                let usable = if card_checked {
+                    Ok(())
+                } else {
+                    self.update_card_usable(tx, issuer, &card_id).await
+                };
+                match usable {
                     Ok(()) => {
                         self.update_check_auth(tx, issuer, &card_id, &challenge, &auth, now).await
                     }
@@ -1426,6 +1523,15 @@ impl Store {
 
 /// Most packages looked at for one batch.
 const MAX_BATCH: usize = 64;
+
+/// `SELECT` update and DEVICE AUTHENTICATE (plain mode) over `challenge`.
+fn device_auth_apdus(challenge: Challenge) -> ServerResult<Vec<Vec<u8>>> {
+    let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
+        mode: tessera_proto::update::AuthMode::Plain,
+        challenge: Some(challenge),
+    };
+    Ok(vec![apdu(&select_update())?, apdu(&auth.to_command())?])
+}
 
 fn select_update() -> tessera_apdu::Command {
     tessera_apdu::Command::new(0x00, 0xA4, 0x04, 0x00)
