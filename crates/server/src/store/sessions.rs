@@ -102,6 +102,12 @@ pub struct TunnelStep {
     pub expires_at: i64,
 }
 
+/// A card found usable in this transaction: its id and the highest ISD key version seen.
+pub(crate) struct UsableCard {
+    card_id: String,
+    isd_kvn: Option<i64>,
+}
+
 struct SessionRow {
     issuer: String,
     card_id: Option<String>,
@@ -184,37 +190,52 @@ impl Store {
     ) -> ServerResult<String> {
         let key = live_key(issuer, card_id);
         let now = crate::clock::now();
-        // A holder past its expiry no longer counts.
-        tx.execute(
-            "UPDATE sessions SET status = 'expired', live_card = NULL WHERE live_card = $1 AND expires_at < $2",
-            &[key.clone().into(), now.into()],
-        )
-        .await?;
         let holder = tx
             .query_opt(
-                "SELECT id FROM sessions WHERE live_card = $1 AND id <> $2",
+                "SELECT id, expires_at FROM sessions WHERE live_card = $1 AND id <> $2",
                 &[key.clone().into(), session.into()],
             )
             .await?;
-        if holder.is_some() {
-            return Err(ServerError::Conflict(format!(
-                "card {card_id} already has a live session"
-            )));
+        if let Some(holder) = holder {
+            if holder.int(1)? >= now {
+                return Err(ServerError::Conflict(format!(
+                    "card {card_id} already has a live session"
+                )));
+            }
+            // A holder past its expiry no longer counts.
+            tx.execute(
+                "UPDATE sessions SET status = 'expired', live_card = NULL WHERE id = $1",
+                &[holder.text(0)?.into()],
+            )
+            .await?;
         }
         Ok(key)
     }
 
+    /// The card, which must be registered for `issuer` and not revoked, with the highest ISD
+    /// key version seen; its row is locked for the rest of the transaction.
     async fn check_card_usable(
         &self,
         tx: &mut Tx,
         issuer: &str,
         card_id: &str,
-    ) -> ServerResult<super::cards::CardInfo> {
-        let card = self.load_card(tx, issuer, card_id, true).await?;
-        if card.status == STATUS_REVOKED {
+    ) -> ServerResult<UsableCard> {
+        let sql = format!(
+            "SELECT c.status, (SELECT k.value FROM card_counters k WHERE k.issuer_id = c.issuer_id \
+             AND k.card_id = c.card_id AND k.name = $3) FROM cards c \
+             WHERE c.issuer_id = $1 AND c.card_id = $2{}",
+            tx.for_update()
+        );
+        let row = tx
+            .query_opt(&sql, &[issuer.into(), card_id.into(), COUNTER_ISD_KVN.into()])
+            .await?
+            .ok_or_else(|| {
+                ServerError::NotFound(format!("issuer {issuer} has no card {card_id}"))
+            })?;
+        if row.text(0)? == STATUS_REVOKED {
             return Err(ServerError::Forbidden(format!("card {card_id} is revoked")));
         }
-        Ok(card)
+        Ok(UsableCard { card_id: card_id.to_owned(), isd_kvn: row.opt_int(1)? })
     }
 
     /// Opens a tunnel session for a card of `issuer` (identity optional), with the default
@@ -641,7 +662,7 @@ impl Store {
         &self,
         tx: &mut Tx,
         issuer: &str,
-        card: &super::cards::CardInfo,
+        card: &UsableCard,
         session_id: &str,
         responses: &[Vec<u8>],
         live: Option<String>,
@@ -685,12 +706,12 @@ impl Store {
         &self,
         tx: &mut Tx,
         issuer: &str,
-        card: &super::cards::CardInfo,
+        card: &UsableCard,
         session_id: &str,
         kvn: u8,
         now: i64,
     ) -> ServerResult<Outcome> {
-        let seen = card.counters.get(COUNTER_ISD_KVN).copied();
+        let seen = card.isd_kvn;
         let presented = i64::from(kvn);
         let card_id = &card.card_id;
         if let Some(seen) = seen.filter(|v| presented < *v) {

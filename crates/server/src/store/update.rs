@@ -452,11 +452,26 @@ impl Store {
     ) -> Checked<AuthenticatedCard> {
         let response = DeviceAuthResponse::parse(answer)
             .map_err(|_| check_err(UpdateError::DeviceSignature))?;
-        let (ca, device) = self.update_card_certs(tx, issuer, card_id).await.map_err(server_err)?;
+        // The certificates and the highest delivered sequence, in one query (nothing changes
+        // them in between: the checks below run in this order).
+        let row = tx
+            .query_opt(
+                "SELECT i.ca_cert, u.device_cert, (SELECT MAX(p.sequence) FROM update_packages p \
+                 WHERE p.issuer_id = u.issuer_id AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL) \
+                 FROM update_cards u JOIN issuers i ON i.id = u.issuer_id \
+                 WHERE u.issuer_id = $1 AND u.card_id = $2",
+                &[issuer.into(), card_id.into()],
+            )
+            .await
+            .map_err(server_err)?
+            .ok_or_else(|| check_err(UpdateError::UnknownCard(card_id.into())))?;
+        let bad = |e: tessera_crypto::CryptoError| server_err(ServerError::Internal(e.to_string()));
+        let ca = Certificate::from_der(row.blob(0).map_err(server_err)?).map_err(bad)?;
+        let device = Certificate::from_der(row.blob(1).map_err(server_err)?).map_err(bad)?;
         let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(check_err)?;
         verify_device_auth(&key, card_id.as_bytes(), challenge, &response).map_err(check_err)?;
-        let acknowledged =
-            self.update_acknowledged(tx, issuer, card_id).await.map_err(server_err)?;
+        let delivered = row.opt_int(2).map_err(server_err)?.unwrap_or(0);
+        let acknowledged = u64::try_from(delivered).unwrap_or(0);
         if response.last_sequence < acknowledged {
             return Err(check_err(UpdateError::RolledBack {
                 reported: response.last_sequence,
@@ -489,23 +504,6 @@ impl Store {
             Certificate::from_der(row.blob(0)?).map_err(bad)?,
             Certificate::from_der(row.blob(1)?).map_err(bad)?,
         ))
-    }
-
-    async fn update_acknowledged(
-        &self,
-        tx: &mut Tx,
-        issuer: &str,
-        card_id: &str,
-    ) -> ServerResult<u64> {
-        let row = tx
-            .query_opt(
-                "SELECT MAX(sequence) FROM update_packages \
-                 WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NOT NULL",
-                &[issuer.into(), card_id.into()],
-            )
-            .await?;
-        let max = row.map(|r| r.opt_int(0)).transpose()?.flatten().unwrap_or(0);
-        Ok(u64::try_from(max).unwrap_or(0))
     }
 
     /// The packages pending for an authenticated card, `(sequence, bytes)` in sequence order.
@@ -566,11 +564,14 @@ impl Store {
             Receipt::parse(receipt).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
         let sequence =
             i64::try_from(receipt.sequence).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
+        // The package and the card's device certificate, in one query.
         let row = tx
             .query_opt(
                 &format!(
-                    "SELECT package FROM update_packages WHERE issuer_id = $1 AND card_id = $2 \
-                     AND sequence = $3 AND delivered_at IS NULL{}",
+                    "SELECT p.package, u.device_cert FROM update_packages p \
+                     JOIN update_cards u ON u.issuer_id = p.issuer_id AND u.card_id = p.card_id \
+                     WHERE p.issuer_id = $1 AND p.card_id = $2 \
+                     AND p.sequence = $3 AND p.delivered_at IS NULL{}",
                     tx.for_update()
                 ),
                 &[issuer.into(), card_id.into(), sequence.into()],
@@ -581,7 +582,8 @@ impl Store {
         if sha256(&row.blob(0).map_err(server_err)?) != receipt.digest {
             return Err(check_err(UpdateError::ReceiptMismatch));
         }
-        let (_, device) = self.update_card_certs(tx, issuer, card_id).await.map_err(server_err)?;
+        let device = Certificate::from_der(row.blob(1).map_err(server_err)?)
+            .map_err(|e| server_err(ServerError::Internal(e.to_string())))?;
         verify_receipt(&device, card_id.as_bytes(), &receipt).map_err(check_err)?;
         let marked = tx
             .execute(
@@ -1047,13 +1049,21 @@ impl Store {
         card_id: &str,
         now: i64,
     ) -> ServerResult<Option<(Challenge, Vec<Vec<u8>>)>> {
-        let keyring = tx
+        // Pending packages and a keyring record, in one query.
+        let row = tx
             .query_opt(
-                "SELECT card_id FROM keyring_cards WHERE issuer_id = $1 AND card_id = $2",
+                "SELECT (SELECT MIN(sequence) FROM update_packages \
+                 WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL), \
+                 (SELECT COUNT(*) FROM keyring_cards WHERE issuer_id = $1 AND card_id = $2)",
                 &[issuer.into(), card_id.into()],
             )
-            .await?;
-        if keyring.is_some() || !self.update_has_work(tx, issuer, card_id, now).await? {
+            .await?
+            .ok_or_else(|| ServerError::Internal("no row".into()))?;
+        if row.int(1)? != 0 {
+            return Ok(None);
+        }
+        let pending = row.opt_int(0)?.is_some();
+        if !pending && !self.update_any_due(tx, issuer, card_id, now).await? {
             return Ok(None);
         }
         let challenge = self.update_new_challenge(tx, now).await?;
