@@ -370,7 +370,7 @@ fn privacy_variant_seals_the_card_id_to_the_server() {
     // Packages wrapped for delivery (privacy variant) open only on this card.
     let p = package_for(&issued, CARD_ID, 1, Mode::Apply, b"wrapped");
     let wrap = |key: &tessera_crypto::hpke::HpkePublicKey, bytes: &[u8]| {
-        let sealed = hpke::seal(
+        let sealed = hpke::seal_with_rng(
             &mut SeededRng::from_u64(5),
             key,
             proto::DELIVERY_INFO,

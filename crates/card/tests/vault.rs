@@ -256,8 +256,7 @@ fn transcrypt_rewraps_and_macs_the_new_header_inside_the_card() {
     .unwrap();
     // A header made by the host with a known file key.
     let file_key = [0x21u8; 16];
-    let mut rng = SeededRng::from_u64(5);
-    let stanza = age::p256tag_seal(&mut rng, &main_pk, &file_key).unwrap();
+    let stanza = age::p256tag_seal(&main_pk, &file_key).unwrap();
     let tag = age::p256tag_stanza_tag(&stanza.enc, &main_pk);
     let mut old_header = b"age-encryption.org/v1\n".to_vec();
     old_header.extend(proto::p256tag_stanza_text(&tag, &stanza.enc, &stanza.body));
@@ -318,9 +317,7 @@ fn keys_at_issuance_and_from_a_key_service() {
     let pk = send(&mut c, &VaultCommand::GetData(proto::TAG_TRANSPORT_KEY)).data;
     let pk = tessera_crypto::hpke::HpkePublicKey::from_bytes(&pk).unwrap();
     let info = tessera_card::applets::vault::import_sealed_info(isd::scenarios::CARD_ID);
-    let sealed =
-        tessera_crypto::hpke::seal(&mut SeededRng::from_u64(1), &pk, &info, AID, &TEST_PRIVATE_KEY)
-            .unwrap();
+    let sealed = tessera_crypto::hpke::seal(&pk, &info, AID, &TEST_PRIVATE_KEY).unwrap();
     let mut tampered = sealed.clone();
     tampered[70] ^= 1;
     assert_eq!(send(&mut c, &VaultCommand::ImportSealed(tampered)).sw, BAD);

@@ -1,5 +1,6 @@
-//! The primitives of the age file format (age-encryption.org/v1) that a card performs: the
-//! tagged P-256 recipient stanza (`p256tag`, C2SP age "tagged recipients") and the header MAC.
+//! The primitives of the age file format (age-encryption.org/v1): the tagged P-256 recipient
+//! stanza (`p256tag`, C2SP age "tagged recipients") and the header MAC, which a card performs,
+//! and the payload's STREAM chunks ([`PayloadKey`]), which the host seals.
 //!
 //! A `p256tag` stanza wraps the 16-byte file key with HPKE base mode, DHKEM(P-256,
 //! HKDF-SHA256), HKDF-SHA256, **ChaCha20-Poly1305**, `info = "age-encryption.org/p256tag"`,
@@ -11,20 +12,16 @@
 //! Interoperability with the `age` crate's own `p256tag` recipient is tested in
 //! `tessera-host` (files made by `age` open here, headers rewritten here open in `age`).
 
+use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use hkdf::Hkdf;
-use hpke::aead::ChaCha20Poly1305;
-use hpke::kdf::HkdfSha256;
-use hpke::kem::DhP256HkdfSha256;
-use hpke::{Deserializable, Kem as KemTrait, OpModeR, OpModeS, Serializable};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::ecdsa::PublicKey;
-use crate::rng::Rng;
+use crate::hpke::{self, Aead, HpkePrivateKey, HpkePublicKey};
 use crate::{CryptoError, Result};
-
-type Kem = DhP256HkdfSha256;
 
 /// The HPKE `info` (and tag salt) of the `p256tag` recipient type.
 pub const P256TAG_INFO: &[u8] = b"age-encryption.org/p256tag";
@@ -51,69 +48,28 @@ pub struct P256TagStanza {
     pub body: [u8; STANZA_BODY_LEN],
 }
 
-struct RngRef<'a, R: Rng + ?Sized>(&'a mut R);
-
-impl<R: Rng + ?Sized> rand_core::TryRng for RngRef<'_, R> {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> core::result::Result<u32, Self::Error> {
-        Ok(rand_core::Rng::next_u32(self.0))
-    }
-    fn try_next_u64(&mut self) -> core::result::Result<u64, Self::Error> {
-        Ok(rand_core::Rng::next_u64(self.0))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> core::result::Result<(), Self::Error> {
-        self.0.fill_random(dst);
-        Ok(())
-    }
-}
-
-impl<R: Rng + ?Sized> rand_core::TryCryptoRng for RngRef<'_, R> {}
-
-/// Wraps `file_key` to `recipient` as a `p256tag` stanza.
-pub fn p256tag_seal<R: Rng + ?Sized>(
-    rng: &mut R,
-    recipient: &PublicKey,
-    file_key: &[u8; FILE_KEY_LEN],
-) -> Result<P256TagStanza> {
-    let pk = <Kem as KemTrait>::PublicKey::from_bytes(&recipient.to_sec1_bytes())
-        .map_err(|_| CryptoError::Malformed("P-256 recipient"))?;
-    let (enc, ct) = hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, Kem>(
-        &OpModeS::Base,
-        &pk,
-        P256TAG_INFO,
-        file_key,
-        &[],
-        &mut RngRef(rng),
-    )
-    .map_err(|_| CryptoError::Malformed("HPKE seal"))?;
-    let enc: [u8; ENC_LEN] = enc
-        .to_bytes()
-        .as_slice()
-        .try_into()
-        .map_err(|_| CryptoError::Malformed("HPKE encapsulated key"))?;
+/// Wraps `file_key` to `recipient` (a fresh ephemeral key from the operating system).
+pub fn p256tag_seal(recipient: &PublicKey, file_key: &[u8; FILE_KEY_LEN]) -> Result<P256TagStanza> {
+    let recipient = HpkePublicKey::from_public_key(recipient);
+    let (enc, ct) =
+        hpke::seal_with(Aead::ChaCha20Poly1305, &recipient, P256TAG_INFO, &[], file_key)?;
     let body: [u8; STANZA_BODY_LEN] =
         ct.as_slice().try_into().map_err(|_| CryptoError::Malformed("stanza body"))?;
     Ok(P256TagStanza { enc, body })
 }
 
-/// Unwraps a `p256tag` stanza with the recipient's private scalar (32 bytes).
+/// Unwraps a `p256tag` stanza with the recipient's key.
 /// [`CryptoError::AuthenticationFailed`] when the stanza is not for this key or was modified.
-pub fn p256tag_open(private_scalar: &[u8], stanza: &P256TagStanza) -> Result<FileKey> {
-    let sk = <Kem as KemTrait>::PrivateKey::from_bytes(private_scalar)
-        .map_err(|_| CryptoError::InvalidKeyLength(private_scalar.len()))?;
-    let enc = <Kem as KemTrait>::EncappedKey::from_bytes(&stanza.enc)
-        .map_err(|_| CryptoError::Malformed("HPKE encapsulated key"))?;
-    let pt = Zeroizing::new(
-        hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
-            &OpModeR::Base,
-            &sk,
-            &enc,
-            P256TAG_INFO,
-            &stanza.body,
-            &[],
-        )
-        .map_err(|_| CryptoError::AuthenticationFailed)?,
-    );
+pub fn p256tag_open(recipient: &HpkePrivateKey, stanza: &P256TagStanza) -> Result<FileKey> {
+    let pt = hpke::open_with(
+        Aead::ChaCha20Poly1305,
+        recipient,
+        &stanza.enc,
+        P256TAG_INFO,
+        &[],
+        &stanza.body,
+    )
+    .map_err(|_| CryptoError::AuthenticationFailed)?;
     let mut key = Zeroizing::new([0u8; FILE_KEY_LEN]);
     if pt.len() != FILE_KEY_LEN {
         return Err(CryptoError::AuthenticationFailed);
@@ -167,6 +123,54 @@ pub fn verify_header_mac(file_key: &[u8; FILE_KEY_LEN], header: &[u8], mac: &[u8
     }
 }
 
+/// Plaintext length of every STREAM chunk but the last (64 KiB).
+pub const CHUNK_LEN: usize = 64 * 1024;
+/// Length of the payload nonce written after the header.
+pub const PAYLOAD_NONCE_LEN: usize = 16;
+/// Length of each chunk's Poly1305 tag.
+pub const CHUNK_TAG_LEN: usize = 16;
+
+/// The payload's STREAM key: ChaCha20-Poly1305 under `HKDF-SHA256(ikm = file key, salt =
+/// payload nonce, info = "payload")`. Chunk `i` is sealed with the 12-byte nonce `i` (11 bytes,
+/// big-endian) followed by `01` for the last chunk and `00` otherwise, no associated data.
+/// Chunks are independent, so callers may seal them in parallel.
+pub struct PayloadKey(ChaCha20Poly1305);
+
+impl PayloadKey {
+    /// The key of the payload whose nonce is `nonce`.
+    pub fn new(file_key: &[u8; FILE_KEY_LEN], nonce: &[u8; PAYLOAD_NONCE_LEN]) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(nonce), file_key);
+        let mut key = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit.
+        if hk.expand(b"payload", key.as_mut_slice()).is_err() {
+            unreachable!("32-byte HKDF output is always valid");
+        }
+        Self(ChaCha20Poly1305::new(&(*key).into()))
+    }
+
+    /// Seals chunk `index` in place and returns its tag, which follows it in the file. `chunk`
+    /// holds at most [`CHUNK_LEN`] bytes; only the last chunk may be shorter, and only an
+    /// empty payload's single chunk may be empty.
+    pub fn seal_chunk(
+        &self,
+        index: u64,
+        last: bool,
+        chunk: &mut [u8],
+    ) -> Result<[u8; CHUNK_TAG_LEN]> {
+        if chunk.len() > CHUNK_LEN {
+            return Err(CryptoError::InvalidLength("age STREAM chunk longer than 64 KiB"));
+        }
+        let mut nonce = [0u8; 12];
+        nonce[3..11].copy_from_slice(&index.to_be_bytes());
+        nonce[11] = u8::from(last);
+        let tag = self
+            .0
+            .encrypt_inout_detached(&nonce.into(), &[], chunk.into())
+            .map_err(|_| CryptoError::InvalidLength("age STREAM chunk"))?;
+        Ok(tag.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,15 +193,17 @@ mod tests {
         let sk = SigningKey::generate(&mut rng);
         let other = SigningKey::generate(&mut rng);
         let key = [7u8; FILE_KEY_LEN];
-        let stanza = p256tag_seal(&mut rng, &sk.public_key(), &key).unwrap();
-        assert_eq!(*p256tag_open(sk.to_bytes().as_slice(), &stanza).unwrap(), key);
+        let stanza = p256tag_seal(&sk.public_key(), &key).unwrap();
+        let open_key =
+            |k: &SigningKey| HpkePrivateKey::from_bytes(k.to_bytes().as_slice()).unwrap();
+        assert_eq!(*p256tag_open(&open_key(&sk), &stanza).unwrap(), key);
         assert_eq!(
-            p256tag_open(other.to_bytes().as_slice(), &stanza).unwrap_err(),
+            p256tag_open(&open_key(&other), &stanza).unwrap_err(),
             CryptoError::AuthenticationFailed
         );
         let mut bad = stanza.clone();
         bad.body[3] ^= 1;
-        assert!(p256tag_open(sk.to_bytes().as_slice(), &bad).is_err());
+        assert!(p256tag_open(&open_key(&sk), &bad).is_err());
     }
 
     #[test]

@@ -282,6 +282,43 @@ fn files_encrypted_by_the_age_crate_open_with_main_and_backup_and_recover_onto_a
     assert!(again.iter().all(|r| r.outcome == FileOutcome::AlreadyRecovered), "{again:?}");
 }
 
+#[test]
+fn our_encryption_opens_in_the_age_crate_at_every_chunk_boundary_and_for_every_recipient() {
+    // The age crate's decryptor checks the header MAC and every STREAM chunk (the last-chunk
+    // flag included), so these sizes pin the batching and the read-ahead of `files::encrypt`.
+    let (mut main, _backup) = backed_up_pair();
+    let mut other = new_card();
+    let recipients = [main.public_key().unwrap(), other.public_key().unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = tessera_crypto::age::CHUNK_LEN;
+    let batch = files::STREAM_BATCH * chunk;
+    for len in [0, 1, chunk - 1, chunk, chunk + 1, batch - 1, batch, batch + 1, 2 * batch + chunk] {
+        let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        files::encrypt(&recipients, plain.as_slice(), &mut out).unwrap();
+        let sealed_chunks = len.div_ceil(chunk).max(1);
+        let header = files::parse_header(&out).unwrap();
+        assert_eq!(header.stanzas.len(), 2);
+        assert_eq!(out.len(), header.len + 16 + len + 16 * sealed_chunks, "length {len}");
+        let p = write(&dir, &format!("{len}.age"), &out);
+        for card in [&mut main, &mut other] {
+            let taken = std::mem::replace(card, new_card());
+            let (r, back) = decrypt_with(taken, &p);
+            *card = back;
+            assert!(r.unwrap() == plain, "length {len}");
+        }
+        // A payload cut at a chunk boundary (its last chunk gone) does not open.
+        if len > chunk {
+            let cut = header.len + 16 + (chunk + 16);
+            let p = write(&dir, &format!("{len}.cut.age"), &out[..cut]);
+            let (r, back) = decrypt_with(std::mem::replace(&mut main, new_card()), &p);
+            main = back;
+            assert!(r.is_err(), "truncated file of length {len} opened");
+        }
+    }
+    assert!(files::encrypt(&[], &b"x"[..], &mut Vec::new()).is_err());
+}
+
 /// Everything after the header.
 fn body_of(p: &PathBuf) -> Vec<u8> {
     let bytes = std::fs::read(p).unwrap();

@@ -127,7 +127,7 @@ fn backup_decrypt_and_recovery_between_two_readers() {
     let s = &header.stanzas[0];
     let (enc, body) = files::stanza_for(&s.tag, &s.args, &s.body, &new_key.public_key()).unwrap();
     let key = tessera_crypto::age::p256tag_open(
-        new_key.to_bytes().as_slice(),
+        &tessera_crypto::hpke::HpkePrivateKey::from_bytes(new_key.to_bytes().as_slice()).unwrap(),
         &tessera_crypto::age::P256TagStanza { enc, body },
     )
     .unwrap();

@@ -250,8 +250,7 @@ async fn key_service_delivers_a_sealed_key_then_backup_moves_it(db: TestDb) {
     // The backup card opens a file key wrapped to the provisioned recipient.
     let recipient = PublicKey::from_sec1_bytes(&hex::decode(&info.public_key).unwrap()).unwrap();
     let file_key = [0x42u8; 16];
-    let P256TagStanza { enc, body } =
-        p256tag_seal(&mut SeededRng::from_u64(1), &recipient, &file_key).unwrap();
+    let P256TagStanza { enc, body } = p256tag_seal(&recipient, &file_key).unwrap();
     select_vault(&mut backup);
     let r = vault(&mut backup, &VaultCommand::Decrypt { enc, body });
     assert_eq!((r.sw, r.data.as_slice()), (StatusWord::SUCCESS, &file_key[..]));

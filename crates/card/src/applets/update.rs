@@ -205,7 +205,6 @@ impl UpdateApplet {
                     auth: self.signed_auth(ctx, &challenge)?,
                 };
                 hpke::seal(
-                    ctx.rng(),
                     &server,
                     proto::IDENTITY_INFO,
                     &challenge.to_bytes(),

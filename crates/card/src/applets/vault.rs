@@ -73,6 +73,13 @@ struct KeyPair {
     origin: u8,
 }
 
+impl KeyPair {
+    /// The pair as an HPKE recipient key (its public key as stored, not recomputed).
+    fn hpke(&self) -> Result<HpkePrivateKey, StatusWord> {
+        HpkePrivateKey::from_stored(&self.private, &self.public).map_err(|_| StatusWord::UNKNOWN)
+    }
+}
+
 impl Drop for KeyPair {
     fn drop(&mut self) {
         self.private.zeroize();
@@ -373,15 +380,11 @@ impl Vault {
         self.install_key(&private, KeyOrigin::Sealed)
     }
 
-    fn transcrypt(
-        &self,
-        ctx: &mut Context<'_>,
-        req: &TranscryptRequest,
-    ) -> Result<Vec<u8>, StatusWord> {
+    fn transcrypt(&self, req: &TranscryptRequest) -> Result<Vec<u8>, StatusWord> {
         let key = self.key()?;
         let old = P256TagStanza { enc: req.enc, body: req.body };
         let file_key =
-            age::p256tag_open(&key.private, &old).map_err(|_| StatusWord::INCORRECT_DATA)?;
+            age::p256tag_open(&key.hpke()?, &old).map_err(|_| StatusWord::INCORRECT_DATA)?;
         // The stanza must belong to this header: its file key verifies the header's MAC.
         age::verify_header_mac(&file_key, &req.old_header, &req.old_mac)
             .map_err(|_| StatusWord::INCORRECT_DATA)?;
@@ -392,8 +395,7 @@ impl Vault {
         }
         let recipient =
             PublicKey::from_sec1_bytes(&req.recipient).map_err(|_| StatusWord::INCORRECT_DATA)?;
-        let new =
-            age::p256tag_seal(ctx.rng(), &recipient, &file_key).map_err(|_| StatusWord::UNKNOWN)?;
+        let new = age::p256tag_seal(&recipient, &file_key).map_err(|_| StatusWord::UNKNOWN)?;
         let tag = age::p256tag_stanza_tag(&new.enc, &recipient);
         let mut header = req.new_prefix.clone();
         header.extend_from_slice(&proto::p256tag_stanza_text(&tag, &new.enc, &new.body));
@@ -468,18 +470,17 @@ impl Vault {
             }
             VaultCommand::Decrypt { enc, body } => {
                 let key = self.key()?;
-                let file_key = age::p256tag_open(&key.private, &P256TagStanza { enc, body })
+                let file_key = age::p256tag_open(&key.hpke()?, &P256TagStanza { enc, body })
                     .map_err(|_| StatusWord::INCORRECT_DATA)?;
                 Ok(file_key.to_vec())
             }
             VaultCommand::Encrypt(file_key) => {
                 let public = PublicKey::from_sec1_bytes(&self.key()?.public)
                     .map_err(|_| StatusWord::UNKNOWN)?;
-                let s = age::p256tag_seal(ctx.rng(), &public, &file_key)
-                    .map_err(|_| StatusWord::UNKNOWN)?;
+                let s = age::p256tag_seal(&public, &file_key).map_err(|_| StatusWord::UNKNOWN)?;
                 Ok([&s.enc[..], &s.body].concat())
             }
-            VaultCommand::Transcrypt(req) => self.transcrypt(ctx, &req),
+            VaultCommand::Transcrypt(req) => self.transcrypt(&req),
             VaultCommand::Attest(nonce) => self.attest(ctx, &nonce),
             VaultCommand::GetData(tag) => self.get_data(tag),
         }

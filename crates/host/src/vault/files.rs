@@ -21,6 +21,7 @@ use base64::Engine;
 use base64::prelude::BASE64_STANDARD_NO_PAD;
 use tessera_crypto::age as agec;
 use tessera_crypto::ecdsa::PublicKey;
+use tessera_crypto::rng::{OsRng, Rng};
 use tessera_proto::vault::{self as proto, BODY_LEN, ENC_LEN, MAC_LEN, PUBLIC_KEY_LEN};
 
 use super::{VaultCard, VaultError};
@@ -127,27 +128,136 @@ impl<C: CardChannel> age::Identity for CardIdentity<C> {
     }
 }
 
-/// Encrypts `input` to the `p256tag` recipients (uncompressed public keys) into `output`.
+/// Encrypts `input` to the `p256tag` recipients (uncompressed public keys) into `output`: an
+/// age v1 file whose file key each recipient's stanza wraps (HPKE in `tessera_crypto`), with
+/// the payload's STREAM chunks sealed on every core ([`STREAM_BATCH`] chunks at a time).
 pub fn encrypt(
     recipients: &[[u8; PUBLIC_KEY_LEN]],
     mut input: impl Read,
-    output: impl Write,
+    mut output: impl Write,
 ) -> Result<(), VaultError> {
-    let parsed = recipients
-        .iter()
-        .map(|pk| {
-            recipient_string(pk)?
-                .parse::<age::tag::Recipient>()
-                .map_err(|e| file_err(format!("recipient: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let encryptor =
-        age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| file_err(format!("age: {e}")))?;
-    let mut writer = encryptor.wrap_output(output).map_err(file_err)?;
-    copy_chunks(&mut input, &mut writer).map_err(file_err)?;
-    writer.finish().map_err(file_err)?;
-    Ok(())
+    if recipients.is_empty() {
+        return Err(file_err("no recipient"));
+    }
+    let mut file_key = agec::FileKey::new([0u8; agec::FILE_KEY_LEN]);
+    OsRng.fill_random(file_key.as_mut_slice());
+    let mut header = VERSION_LINE.to_vec();
+    for pk in recipients {
+        let pk = PublicKey::from_sec1_bytes(pk)
+            .map_err(|_| file_err("recipient is not a P-256 point"))?;
+        let stanza = agec::p256tag_seal(&pk, &file_key).map_err(file_err)?;
+        let tag = agec::p256tag_stanza_tag(&stanza.enc, &pk);
+        header.extend_from_slice(&proto::p256tag_stanza_text(&tag, &stanza.enc, &stanza.body));
+    }
+    header.extend_from_slice(b"---");
+    let mac = agec::header_mac(&file_key, &header);
+    let mut header = with_mac(header, &mac);
+    let mut nonce = [0u8; agec::PAYLOAD_NONCE_LEN];
+    OsRng.fill_random(&mut nonce);
+    header.extend_from_slice(&nonce);
+    output.write_all(&header).map_err(file_err)?;
+    let key = agec::PayloadKey::new(&file_key, &nonce);
+    seal_payload(&key, &mut input, &mut output).map_err(file_err)?;
+    output.flush().map_err(file_err)
+}
+
+/// Chunks sealed per batch by [`encrypt`] (1 MiB of plaintext).
+pub const STREAM_BATCH: usize = 16;
+
+/// A sealed chunk's length in the file.
+const SEALED_CHUNK: usize = agec::CHUNK_LEN + agec::CHUNK_TAG_LEN;
+
+/// Seals `input` as age's STREAM into `output`. Chunks are read into slots of
+/// [`SEALED_CHUNK`] bytes, sealed in place (on as many threads as there are cores) and written
+/// together: every chunk but the last is full, so the batch is contiguous. A full chunk is the
+/// last only if nothing follows it, so one chunk is read ahead.
+fn seal_payload(
+    key: &agec::PayloadKey,
+    input: &mut impl Read,
+    output: &mut impl Write,
+) -> io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let mut batch = vec![0u8; STREAM_BATCH * SEALED_CHUNK];
+    let mut ahead = vec![0u8; agec::CHUNK_LEN];
+    let mut ahead_len = read_full(input, &mut ahead)?;
+    let mut index = 0u64;
+    loop {
+        // Fill the batch: the chunk read ahead, then more while they come full.
+        let mut lens = Vec::with_capacity(STREAM_BATCH);
+        let mut last = false;
+        while lens.len() < STREAM_BATCH {
+            let slot = lens.len() * SEALED_CHUNK;
+            batch[slot..slot + ahead_len].copy_from_slice(&ahead[..ahead_len]);
+            lens.push(ahead_len);
+            if ahead_len < agec::CHUNK_LEN {
+                last = true;
+                break;
+            }
+            ahead_len = read_full(input, &mut ahead)?;
+            if ahead_len == 0 {
+                last = true;
+                break;
+            }
+        }
+        let first = index;
+        let n = lens.len();
+        let seal = |slots: &mut [u8], from: usize| -> io::Result<()> {
+            for (i, slot) in slots.chunks_mut(SEALED_CHUNK).enumerate() {
+                let at = from + i;
+                let is_last = last && at == n - 1;
+                let (data, tag) = slot.split_at_mut(lens[at]);
+                let t = key
+                    .seal_chunk(first + at as u64, is_last, data)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                tag[..agec::CHUNK_TAG_LEN].copy_from_slice(&t);
+            }
+            Ok(())
+        };
+        let used = &mut batch[..n * SEALED_CHUNK];
+        let per_thread = n.div_ceil(threads);
+        if threads > 1 && n > 1 {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = used
+                    .chunks_mut(per_thread * SEALED_CHUNK)
+                    .enumerate()
+                    .map(|(t, slots)| scope.spawn(move || seal(slots, t * per_thread)))
+                    .collect();
+                workers.into_iter().try_for_each(|w| {
+                    w.join().unwrap_or_else(|_| Err(io::Error::other("sealing thread failed")))
+                })
+            })?;
+        } else {
+            seal(used, 0)?;
+        }
+        let len = (n - 1) * SEALED_CHUNK + lens[n - 1] + agec::CHUNK_TAG_LEN;
+        output.write_all(&batch[..len])?;
+        index += n as u64;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// An age header up to `---`, completed with its MAC line.
+fn with_mac(mut header: Vec<u8>, mac: &[u8; MAC_LEN]) -> Vec<u8> {
+    header.push(b' ');
+    header.extend_from_slice(BASE64_STANDARD_NO_PAD.encode(mac).as_bytes());
+    header.push(b'\n');
+    header
 }
 
 /// Decrypts an age file through the card.
@@ -444,7 +554,7 @@ struct Rewrite {
     path: PathBuf,
     /// The original, open.
     source: File,
-    /// Where its payload starts.
+    /// Where its payload starts (the length of its header).
     payload_at: u64,
     /// The new header, MAC line included.
     header: Vec<u8>,
@@ -638,20 +748,25 @@ fn prepare_one<C: CardChannel>(
     let mut out = prefix;
     out.extend_from_slice(&proto::p256tag_stanza_text(&tag, &answer.enc, &answer.body));
     out.extend_from_slice(&suffix);
-    out.push(b' ');
-    out.extend_from_slice(BASE64_STANDARD_NO_PAD.encode(answer.mac).as_bytes());
-    out.push(b'\n');
     Ok(Some(Rewrite {
         path: path.to_path_buf(),
         source: file,
         payload_at: header.len as u64,
-        header: out,
+        header: with_mac(out, &answer.mac),
     }))
 }
 
-/// Writes a recovered file to its temporary path (new header, then the old payload).
+/// Writes a recovered file to its temporary path: a copy of the whole original with the new
+/// header written over the old one (a `p256tag` stanza re-wrapped by the card has the same
+/// length as the one it replaces, so the payload stays where it was). The copy is one
+/// `copy_file_range` of the whole file, which filesystems that share blocks (XFS, btrfs)
+/// perform as a clone: there the payload is not written again, only the header's block.
 fn write_temp(rewrite: Rewrite) -> Result<(PathBuf, File), VaultError> {
+    use std::os::unix::fs::FileExt;
     let Rewrite { path, mut source, payload_at, header } = rewrite;
+    if header.len() as u64 != payload_at {
+        return Err(file_err("the re-wrapped header differs in length from the original"));
+    }
     let tmp = temp_path(&path);
     let _ = fs::remove_file(&tmp);
     let mut w = OpenOptions::new()
@@ -660,9 +775,9 @@ fn write_temp(rewrite: Rewrite) -> Result<(PathBuf, File), VaultError> {
         .open(&tmp)
         .map_err(|e| file_err(format!("creating {}: {e}", tmp.display())))?;
     let copy = (|| -> io::Result<()> {
-        w.write_all(&header)?;
-        source.seek(SeekFrom::Start(payload_at))?;
+        source.seek(SeekFrom::Start(0))?;
         io::copy(&mut source, &mut w)?;
+        w.write_all_at(&header, 0)?;
         if let Ok(meta) = fs::metadata(&path) {
             w.set_permissions(meta.permissions())?;
         }

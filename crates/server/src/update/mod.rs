@@ -260,7 +260,7 @@ pub fn seal_package(
     check_update(name, value)?;
     let info = Package::seal_info(target.card_id, name);
     let aad = Package::seal_aad(target.sequence, mode, rule);
-    let sealed = hpke::seal(rng, target.update_key, &info, &aad, value)
+    let sealed = hpke::seal_with_rng(rng, target.update_key, &info, &aad, value)
         .map_err(|e| UpdateError::Crypto(e.to_string()))?;
     let mut package = Package {
         card_id: target.card_id.to_vec(),
@@ -329,7 +329,7 @@ pub fn wrap_for_delivery(
     update_key: &HpkePublicKey,
     package: &[u8],
 ) -> UpdateResult<Vec<u8>> {
-    let sealed = hpke::seal(rng, update_key, DELIVERY_INFO, DELIVERY_MAGIC, package)
+    let sealed = hpke::seal_with_rng(rng, update_key, DELIVERY_INFO, DELIVERY_MAGIC, package)
         .map_err(|e| UpdateError::Crypto(e.to_string()))?;
     Ok([&DELIVERY_MAGIC[..], &sealed].concat())
 }

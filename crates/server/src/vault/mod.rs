@@ -63,7 +63,7 @@ pub fn seal_key_for_card(
 ) -> Result<Vec<u8>, VaultServiceError> {
     let pk =
         HpkePublicKey::from_bytes(transport_key).map_err(|_| VaultServiceError::TransportKey)?;
-    hpke::seal(rng, &pk, &import_sealed_info(card_id), AID, private)
+    hpke::seal_with_rng(rng, &pk, &import_sealed_info(card_id), AID, private)
         .map_err(|e| VaultServiceError::Crypto(e.to_string()))
 }
 

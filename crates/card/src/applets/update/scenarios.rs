@@ -164,7 +164,7 @@ pub fn make_package(
 ) -> Option<Package> {
     let info = Package::seal_info(card_id, name);
     let aad = Package::seal_aad(sequence, mode, rule);
-    let sealed = hpke::seal(rng, update_key, &info, &aad, value).ok()?;
+    let sealed = hpke::seal_with_rng(rng, update_key, &info, &aad, value).ok()?;
     let mut package = Package {
         card_id: card_id.to_vec(),
         sequence,
@@ -269,7 +269,7 @@ fn apply_wrapped(d: &mut dyn TearDriver) -> Result<(), TearError> {
     let mut s = Script::new(d);
     let issued = issued_card(&mut s)?;
     let p = package(&issued, 1, Mode::Apply, b"private")?;
-    let sealed = hpke::seal(
+    let sealed = hpke::seal_with_rng(
         &mut SeededRng::from_u64(9),
         &issued.update_key,
         proto::DELIVERY_INFO,

@@ -177,7 +177,7 @@ fn import_sealed(d: &mut dyn TearDriver) -> Result<(), TearError> {
     issued(&mut s, Role::Main, 1, true)?;
     let r = send(&mut s, &VaultCommand::GetData(proto::TAG_TRANSPORT_KEY))?;
     let pk = HpkePublicKey::from_bytes(&r.data).map_err(|e| unexpected(e.to_string()))?;
-    let sealed = hpke::seal(
+    let sealed = hpke::seal_with_rng(
         &mut SeededRng::from_u64(9),
         &pk,
         &import_sealed_info(isd::scenarios::CARD_ID),
