@@ -42,14 +42,39 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, after_help = EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options every command takes.
+#[derive(Debug, clap::Args)]
+struct GlobalArgs {
     /// Log every APDU exchanged to stderr (PINs and key material redacted).
     #[arg(long, global = true)]
     trace: bool,
     /// Print results as JSON on stdout (commands that report data).
     #[arg(long, global = true)]
     json: bool,
+}
+
+// `tessera file …` parsed on its own, with the same arguments and help: file commands run
+// once per file in scripts, and building the whole command tree (every subcommand of every
+// service) cost a small file's encryption more than the encryption itself
+// (docs/performance.md, "Files and recovery").
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera file",
+    version,
+    about = "Files in the age format, encrypted to a vault card and decrypted through it.",
+    after_help = EXIT_CODES
+)]
+struct FileCli {
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
-    command: Command,
+    command: file::FileCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,9 +172,16 @@ fn init_tracing(trace: bool, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "file") {
+        let cli = FileCli::parse_from(
+            std::iter::once("tessera file".into()).chain(std::env::args_os().skip(2)),
+        );
+        init_tracing(cli.global.trace, false);
+        return finish(file::run(cli.command, Output { json: cli.global.json }));
+    }
     let cli = Cli::parse();
-    init_tracing(cli.trace, matches!(cli.command, Command::Demo(_)));
-    let out = Output { json: cli.json };
+    init_tracing(cli.global.trace, matches!(cli.command, Command::Demo(_)));
+    let out = Output { json: cli.global.json };
     let result: Result<(), CliError> = match cli.command {
         Command::Card(cmd) => card::run(cmd, out),
         Command::Apdu(cmd) => apdu::run(cmd, out),
@@ -171,6 +203,11 @@ fn main() -> ExitCode {
         Command::Wallet(cmd) => wallet::run(cmd, out),
         Command::Bench(cmd) => bench::run(cmd, out),
     };
+    finish(result)
+}
+
+/// The exit code of a command's result, its error printed.
+fn finish(result: Result<(), CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -102,6 +102,11 @@ fn issue_backup_encrypt_lose_recover() {
     std::fs::write(&plain, b"tessera vault file\n".repeat(500)).unwrap();
     let enc = d.join("doc.txt.age");
     ok(&["file", "encrypt", "--image", s(&main), "-o", s(&enc), s(&plain)]);
+    // `tessera file …` is parsed on its own; global options work before and after it.
+    let json = ok(&["--json", "file", "encrypt", "--image", s(&main), "-o", s(&enc), s(&plain)]);
+    let after = ok(&["file", "encrypt", "--json", "--image", s(&main), "-o", s(&enc), s(&plain)]);
+    assert!(json.contains("\"output\"") && after.contains("\"output\""), "{json} {after}");
+    assert!(ok(&["file", "--help"]).contains("decrypt"));
     for card in [&main, &backup] {
         let out = d.join("out.txt");
         ok(&["file", "decrypt", "--image", s(card), "-o", s(&out), s(&enc)]);

@@ -285,14 +285,15 @@ fn files_encrypted_by_the_age_crate_open_with_main_and_backup_and_recover_onto_a
 #[test]
 fn our_encryption_opens_in_the_age_crate_at_every_chunk_boundary_and_for_every_recipient() {
     // The age crate's decryptor checks the header MAC and every STREAM chunk (the last-chunk
-    // flag included), so these sizes pin the batching and the read-ahead of `files::encrypt`.
+    // flag included), so these sizes pin the rounds of chunks and the read-ahead of `files::encrypt`.
     let (mut main, _backup) = backed_up_pair();
     let mut other = new_card();
     let recipients = [main.public_key().unwrap(), other.public_key().unwrap()];
     let dir = tempfile::tempdir().unwrap();
     let chunk = tessera_crypto::age::CHUNK_LEN;
-    let batch = files::STREAM_BATCH * chunk;
-    for len in [0, 1, chunk - 1, chunk, chunk + 1, batch - 1, batch, batch + 1, 2 * batch + chunk] {
+    for len in
+        [0, 1, chunk - 1, chunk, chunk + 1, 2 * chunk, 3 * chunk, 16 * chunk + 1, 33 * chunk + 5]
+    {
         let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let mut out = Vec::new();
         files::encrypt(&recipients, plain.as_slice(), &mut out).unwrap();
