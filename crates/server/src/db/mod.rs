@@ -335,6 +335,22 @@ impl Tx {
         }
     }
 
+    /// [`Tx::lock`] on `key`, then `sql` (run once the lock is held, so it sees what the
+    /// lock's previous holders committed). On PostgreSQL both go out in one round trip
+    /// (pipelined: the server runs them in order, and at READ COMMITTED the query's snapshot
+    /// is taken after the lock was granted).
+    pub async fn lock_then_query(
+        &mut self,
+        key: i64,
+        sql: &str,
+        params: &[Value],
+    ) -> DbResult<Vec<Row>> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => tx.query(sql, params),
+            TxInner::Pg(tx) => tx.lock_then_query(key, sql, params).await,
+        }
+    }
+
     /// Commits the transaction.
     pub async fn commit(self) -> DbResult<()> {
         match self.inner {

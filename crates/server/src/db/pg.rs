@@ -204,6 +204,33 @@ impl PgTx {
         n
     }
 
+    /// `pg_advisory_xact_lock(key)`, then `sql`, pipelined (see `Tx::lock_then_query`).
+    pub(super) async fn lock_then_query(
+        &mut self,
+        key: i64,
+        sql: &str,
+        params: &[Value],
+    ) -> DbResult<Vec<Row>> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let key = Value::Int(key);
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let mut begun = self.begun;
+        let conn = self.conn()?;
+        let lock = conn.statement("SELECT pg_advisory_xact_lock($1)").await?;
+        let statement = conn.statement(sql).await?;
+        let client = &conn.client;
+        let both = async {
+            // Polled in order: the lock is sent first, the query right behind it.
+            let (locked, rows) =
+                tokio::join!(client.query(&lock, &lock_params), client.query(&statement, &refs));
+            locked?;
+            rows
+        };
+        let rows = conn.begun(&mut begun, both).await;
+        self.begun = begun;
+        rows?.iter().map(convert_row).collect()
+    }
+
     /// Runs `sql` (a schema change: migrations) and makes every connection of the pool
     /// prepare its statements again.
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {

@@ -127,11 +127,14 @@ impl Store {
         let (seq, prev) = match tx.take_audit_head() {
             Some((seq, hash)) => (seq + 1, hash),
             None => {
-                tx.lock(AUDIT_LOCK).await?;
-                let last = tx
-                    .query_opt("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[])
+                let mut rows = tx
+                    .lock_then_query(
+                        AUDIT_LOCK,
+                        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                        &[],
+                    )
                     .await?;
-                match last {
+                match rows.pop() {
                     Some(r) => (r.int(0)? + 1, r.blob(1)?),
                     None => (1, GENESIS.to_vec()),
                 }

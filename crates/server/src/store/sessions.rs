@@ -106,6 +106,8 @@ pub struct TunnelStep {
 pub(crate) struct UsableCard {
     card_id: String,
     isd_kvn: Option<i64>,
+    /// Whether the card has a keyring record (its sync runs a keyring step).
+    keyring: bool,
 }
 
 struct SessionRow {
@@ -222,20 +224,26 @@ impl Store {
     ) -> ServerResult<UsableCard> {
         let sql = format!(
             "SELECT c.status, (SELECT k.value FROM card_counters k WHERE k.issuer_id = c.issuer_id \
-             AND k.card_id = c.card_id AND k.name = $3) FROM cards c \
-             WHERE c.issuer_id = $1 AND c.card_id = $2{}",
+             AND k.card_id = c.card_id AND k.name = $3), \
+             (SELECT COUNT(*) FROM keyring_cards r WHERE r.issuer_id = c.issuer_id AND r.card_id = c.card_id) \
+             FROM cards c WHERE c.issuer_id = $1 AND c.card_id = $2{}",
             tx.for_update()
         );
-        let row = tx
-            .query_opt(&sql, &[issuer.into(), card_id.into(), COUNTER_ISD_KVN.into()])
-            .await?
-            .ok_or_else(|| {
-                ServerError::NotFound(format!("issuer {issuer} has no card {card_id}"))
-            })?;
+        let row =
+            tx.query_opt(&sql, &[issuer.into(), card_id.into(), COUNTER_ISD_KVN.into()]).await?;
+        let Some(row) = row else {
+            // Which is unknown: the issuer, or its card.
+            self.require_issuer_exists(tx, issuer).await?;
+            return Err(ServerError::NotFound(format!("issuer {issuer} has no card {card_id}")));
+        };
         if row.text(0)? == STATUS_REVOKED {
             return Err(ServerError::Forbidden(format!("card {card_id} is revoked")));
         }
-        Ok(UsableCard { card_id: card_id.to_owned(), isd_kvn: row.opt_int(1)? })
+        Ok(UsableCard {
+            card_id: card_id.to_owned(),
+            isd_kvn: row.opt_int(1)?,
+            keyring: row.int(2)? != 0,
+        })
     }
 
     /// Opens a tunnel session for a card of `issuer` (identity optional), with the default
@@ -266,7 +274,10 @@ impl Store {
         let now = crate::clock::now();
         let expires_at = now + self.config.session_ttl_secs;
         let mut tx = self.begin().await?;
-        self.require_issuer_exists(&mut tx, issuer).await?;
+        if req.card_id.is_none() {
+            // (A named card's query below finds an unknown issuer too.)
+            self.require_issuer_exists(&mut tx, issuer).await?;
+        }
         let live = match &req.card_id {
             Some(c) => {
                 self.check_card_usable(&mut tx, issuer, c).await?;
@@ -678,9 +689,11 @@ impl Store {
             }
             return Ok((TunnelState::Finished, Vec::new(), Some(outcome), None));
         }
-        if let Some((next, apdus, keyring)) =
-            self.keyring_sync_start(tx, issuer, card_id, session_id, now).await?
-        {
+        let keyring = match card.keyring {
+            true => self.keyring_sync_start(tx, issuer, card_id, session_id, now).await?,
+            false => None,
+        };
+        if let Some((next, apdus, keyring)) = keyring {
             if let Some((challenge, _)) = device_auth {
                 self.update_discard_challenge(tx, challenge).await?;
             }
