@@ -28,7 +28,7 @@ use chacha20poly1305::ChaCha20Poly1305;
 use hkdf::{Hkdf, HkdfExtract};
 use p256::NonZeroScalar;
 use sha2::Sha256;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::ecdsa::PublicKey;
 use crate::rng::Rng;
@@ -118,6 +118,12 @@ pub struct HpkePrivateKey {
 pub struct HpkePublicKey {
     point: PublicKey,
     bytes: [u8; ENC_LEN],
+}
+
+impl Drop for HpkePrivateKey {
+    fn drop(&mut self) {
+        self.scalar.zeroize();
+    }
 }
 
 impl core::fmt::Debug for HpkePrivateKey {
