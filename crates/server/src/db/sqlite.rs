@@ -21,6 +21,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{BUSY_TIMEOUT, DbError, DbResult, Row, Value};
 
+/// Prepared statements kept per connection (the server's queries are a fixed set, well under
+/// this).
+const STATEMENT_CACHE: usize = 256;
+
 #[derive(Clone)]
 pub(super) struct SqliteDb {
     conn: Arc<Mutex<Connection>>,
@@ -40,6 +44,15 @@ impl SqliteDb {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(map_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(map_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(map_err)?;
+        // The query planner's stability guarantee: plans never depend on bound values, so a
+        // cached statement is reused as it is. Without it, a statement whose plan looked at a
+        // parameter (a `LIMIT $n`, a range bound such as `next_due <= $3`) is expired at every
+        // new binding and compiled again at its next step.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(map_err)?;
+        // Room for every statement the server runs (the default keeps 16, fewer than one
+        // update session uses, so statements were compiled again and again).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // From now on no waiting by default: only BEGIN can meet another process's lock (the
         // transaction holds the write lock after it), and it waits off the worker (`begin`).
         conn.busy_timeout(std::time::Duration::ZERO).map_err(map_err)?;
