@@ -104,7 +104,7 @@ impl PgPool {
     /// (pipelined: one round trip for both).
     pub(super) async fn begin(&self) -> DbResult<PgTx> {
         let conn = self.get().await?;
-        Ok(PgTx { conn: Some(conn), begun: false })
+        Ok(PgTx { conn: Some(conn), begun: false, schema_changed: false })
     }
 }
 
@@ -177,6 +177,8 @@ pub(super) struct PgTx {
     conn: Option<PooledClient>,
     /// Whether `BEGIN` went out.
     begun: bool,
+    /// Whether `batch` changed the schema.
+    schema_changed: bool,
 }
 
 impl PgTx {
@@ -235,9 +237,19 @@ impl PgTx {
     /// prepare its statements again.
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
         self.start().await?;
-        let conn = self.conn.as_ref().ok_or_else(|| DbError::Other("transaction ended".into()))?;
-        conn.pool.inner.schema.fetch_add(1, Ordering::AcqRel);
-        self.conn()?.client.batch_execute(sql).await.map_err(map_err)
+        self.schema_changed = true;
+        self.conn()?.client.batch_execute(sql).await.map_err(map_err)?;
+        self.forget_statements();
+        Ok(())
+    }
+
+    /// Makes every connection of the pool prepare its statements again (after a schema
+    /// change, and again at its commit: a statement another connection prepared in between
+    /// saw the old schema).
+    fn forget_statements(&self) {
+        if let Some(conn) = &self.conn {
+            conn.pool.inner.schema.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Sends `BEGIN` now if no statement has yet.
@@ -252,6 +264,9 @@ impl PgTx {
     pub(super) async fn commit(mut self) -> DbResult<()> {
         if self.begun {
             self.conn()?.client.batch_execute("COMMIT").await.map_err(map_err)?;
+        }
+        if self.schema_changed {
+            self.forget_statements();
         }
         if let Some(conn) = self.conn.take() {
             conn.release();
