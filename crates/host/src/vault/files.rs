@@ -603,43 +603,83 @@ enum Job {
     Abort,
 }
 
-/// The I/O thread: writes, flushes and renames in job order, sending each written file's
-/// final outcome.
+/// The I/O thread: has the batch's new files written by [`WRITERS`] writer threads (the copy
+/// is the kernel's work, about as much CPU as the card's), then, at the batch's end, flushes
+/// and renames them; sends each written file's final outcome.
 fn io_worker(
     jobs: std::sync::mpsc::Receiver<Job>,
     done: std::sync::mpsc::Sender<(usize, FileOutcome)>,
 ) {
-    let mut written: Vec<(usize, PathBuf, PathBuf, File)> = Vec::new();
-    for job in jobs {
-        match job {
-            Job::Write { index, rewrite } => {
-                let path = rewrite.path.clone();
-                match write_temp(rewrite) {
+    type Written = (usize, PathBuf, Result<(PathBuf, File), VaultError>);
+    std::thread::scope(|scope| {
+        let (results_tx, results) = std::sync::mpsc::channel::<Written>();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (to_writer, work) = std::sync::mpsc::channel::<(usize, Rewrite)>();
+                let results_tx = results_tx.clone();
+                scope.spawn(move || {
+                    for (index, rewrite) in work {
+                        let path = rewrite.path.clone();
+                        if results_tx.send((index, path, write_temp(rewrite))).is_err() {
+                            return;
+                        }
+                    }
+                });
+                to_writer
+            })
+            .collect();
+        drop(results_tx);
+        let mut written: Vec<(usize, PathBuf, PathBuf, File)> = Vec::new();
+        let mut pending = 0usize;
+        // Waits for every file handed to the writers.
+        let collect = |pending: &mut usize, written: &mut Vec<_>| {
+            while *pending > 0 {
+                let Ok((index, path, result)) = results.recv() else { break };
+                *pending -= 1;
+                match result {
                     Ok((tmp, file)) => written.push((index, path, tmp, file)),
                     Err(e) => {
                         let _ = done.send((index, FileOutcome::Failed(e.to_string())));
                     }
                 }
             }
-            Job::EndBatch => {
-                for (index, outcome) in finish_batch(std::mem::take(&mut written)) {
-                    let _ = done.send((index, outcome));
+        };
+        for (n, job) in jobs.into_iter().enumerate() {
+            match job {
+                Job::Write { index, rewrite } => {
+                    if writers[n % WRITERS].send((index, rewrite)).is_ok() {
+                        pending += 1;
+                    } else {
+                        let stopped = FileOutcome::Failed("the writing thread stopped".into());
+                        let _ = done.send((index, stopped));
+                    }
                 }
-            }
-            Job::Abort => {
-                for (_, _, tmp, file) in written.drain(..) {
-                    drop(file);
-                    let _ = fs::remove_file(&tmp);
+                Job::EndBatch => {
+                    collect(&mut pending, &mut written);
+                    for (index, outcome) in finish_batch(std::mem::take(&mut written)) {
+                        let _ = done.send((index, outcome));
+                    }
+                }
+                Job::Abort => {
+                    collect(&mut pending, &mut written);
+                    for (_, _, tmp, file) in written.drain(..) {
+                        drop(file);
+                        let _ = fs::remove_file(&tmp);
+                    }
                 }
             }
         }
-    }
-    // Closed without the batch's end (the card thread stopped): its files are not renamed.
-    for (_, _, tmp, file) in written {
-        drop(file);
-        let _ = fs::remove_file(&tmp);
-    }
+        // Closed without the batch's end (the card thread stopped): its files are not renamed.
+        collect(&mut pending, &mut written);
+        for (_, _, tmp, file) in written {
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+        }
+    });
 }
+
+/// Threads writing recovered files (each copy is a `copy_file_range` of a whole file).
+const WRITERS: usize = 2;
 
 /// Phase 2 of a batch: flush every written file, concurrently (the file system commits
 /// concurrent flushes together), rename each flushed one over its original; phase 3: flush
