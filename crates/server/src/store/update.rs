@@ -695,6 +695,22 @@ pub struct UpdateSync {
 }
 
 impl UpdateSync {
+    /// A step about to send DEVICE AUTHENTICATE over `challenge` (hex): nothing authenticated
+    /// or delivered yet, plain device authentication.
+    fn new(card_id: String, challenge: String, before: Outcome) -> Self {
+        UpdateSync {
+            card_id,
+            challenge,
+            authenticated: None,
+            batch: Vec::new(),
+            delivered: 0,
+            before,
+            identity_key: None,
+            session_id: None,
+            legacy: false,
+        }
+    }
+
     fn private(&self) -> bool {
         self.identity_key.is_some()
     }
@@ -855,15 +871,9 @@ impl Store {
                 message: "LEGACY static authenticator (replayable, claim 10)".into(),
             };
             let sync = UpdateSync {
-                card_id: card_id.clone(),
-                challenge: String::new(),
-                authenticated: None,
-                batch: Vec::new(),
-                delivered: 0,
-                before,
-                identity_key: None,
                 session_id: Some(id.clone()),
                 legacy: true,
+                ..UpdateSync::new(card_id.clone(), String::new(), before)
             };
             let auth = tessera_proto::update::UpdateCommand::DeviceAuthenticate {
                 mode: tessera_proto::update::AuthMode::LegacyStatic,
@@ -883,15 +893,9 @@ impl Store {
                 message: "private session (the card id sealed to the server)".into(),
             };
             let sync = UpdateSync {
-                card_id: String::new(),
-                challenge: hex::encode(challenge.to_bytes()),
-                authenticated: None,
-                batch: Vec::new(),
-                delivered: 0,
-                before,
                 identity_key: Some(hex::encode(sealed)),
                 session_id: Some(id.clone()),
-                legacy: false,
+                ..UpdateSync::new(String::new(), hex::encode(challenge.to_bytes()), before)
             };
             let mode = tessera_proto::update::AuthMode::Private {
                 server_key: key.public_key().to_bytes(),
@@ -1003,17 +1007,7 @@ impl Store {
             return Ok(None);
         }
         let challenge = self.update_new_challenge(tx, now).await?;
-        let sync = UpdateSync {
-            card_id: card_id.to_owned(),
-            challenge: hex::encode(challenge.to_bytes()),
-            authenticated: None,
-            batch: Vec::new(),
-            delivered: 0,
-            before,
-            identity_key: None,
-            session_id: None,
-            legacy: false,
-        };
+        let sync = UpdateSync::new(card_id.to_owned(), hex::encode(challenge.to_bytes()), before);
         Ok(Some((TunnelState::Update(sync), device_auth_apdus(challenge)?, None)))
     }
 
@@ -1106,17 +1100,7 @@ impl Store {
         responses: &[Vec<u8>],
         now: i64,
     ) -> ServerResult<Step> {
-        let sync = UpdateSync {
-            card_id: card_id.to_owned(),
-            challenge: challenge_hex.to_owned(),
-            authenticated: None,
-            batch: Vec::new(),
-            delivered: 0,
-            before,
-            identity_key: None,
-            session_id: None,
-            legacy: false,
-        };
+        let sync = UpdateSync::new(card_id.to_owned(), challenge_hex.to_owned(), before);
         self.update_sync_step_in(tx, issuer, &sync, responses, now, true).await
     }
 
