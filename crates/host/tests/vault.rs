@@ -291,9 +291,9 @@ fn our_encryption_opens_in_the_age_crate_at_every_chunk_boundary_and_for_every_r
     let recipients = [main.public_key().unwrap(), other.public_key().unwrap()];
     let dir = tempfile::tempdir().unwrap();
     let chunk = tessera_crypto::age::CHUNK_LEN;
-    for len in
-        [0, 1, chunk - 1, chunk, chunk + 1, 2 * chunk, 3 * chunk, 16 * chunk + 1, 33 * chunk + 5]
-    {
+    // Sealed alone up to 32 chunks, then in rounds on every core.
+    let sizes = [0, 1, chunk - 1, chunk, chunk + 1, 32 * chunk, 32 * chunk + 1, 41 * chunk + 5];
+    for len in sizes {
         let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let mut out = Vec::new();
         files::encrypt(&recipients, plain.as_slice(), &mut out).unwrap();

@@ -188,8 +188,9 @@ impl Chunk {
     }
 }
 
-/// Seals `input` as age's STREAM into `output` on every core: the calling thread reads a round
-/// of [`CHUNKS_PER_THREAD`] chunks per thread, seals the first group and hands the others to
+/// Seals `input` as age's STREAM into `output`: the first [`SEQUENTIAL_CHUNKS`] chunks one at a
+/// time on the calling thread, then on every core: the calling thread reads a round of
+/// [`CHUNKS_PER_THREAD`] chunks per thread, seals the first group and hands the others to
 /// worker threads (started once), then writes the round in order. A full chunk is the last
 /// only if nothing follows it, so one chunk is read ahead. Buffers are reused from round to
 /// round: every page touched is a page fault, which costs a small file more than its
@@ -199,34 +200,34 @@ fn seal_payload(
     input: &mut impl Read,
     output: &mut impl Write,
 ) -> io::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let mut ahead = vec![0u8; SEALED_CHUNK];
     let mut ahead_len = read_full(input, &mut ahead[..agec::CHUNK_LEN])?;
-    // A payload of one chunk is sealed here; larger ones on every core.
-    let threads = match ahead_len < agec::CHUNK_LEN {
-        true => 1,
-        false => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
-    };
-    let per = CHUNKS_PER_THREAD;
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut index = 0u64;
     std::thread::scope(|scope| {
-        let workers: Vec<_> = (1..threads)
-            .map(|_| {
-                let (to_worker, jobs) = std::sync::mpsc::channel::<Vec<Chunk>>();
-                let (to_caller, results) = std::sync::mpsc::channel::<io::Result<Vec<Chunk>>>();
-                scope.spawn(move || {
-                    for mut group in jobs {
-                        let sealed = group.iter_mut().try_for_each(|c| c.seal(key)).map(|()| group);
-                        if to_caller.send(sealed).is_err() {
-                            return;
-                        }
+        let spawn_worker = || {
+            let (to_worker, jobs) = std::sync::mpsc::channel::<Vec<Chunk>>();
+            let (to_caller, results) = std::sync::mpsc::channel::<io::Result<Vec<Chunk>>>();
+            scope.spawn(move || {
+                for mut group in jobs {
+                    let sealed = group.iter_mut().try_for_each(|c| c.seal(key)).map(|()| group);
+                    if to_caller.send(sealed).is_err() {
+                        return;
                     }
-                });
-                (to_worker, results)
-            })
-            .collect();
+                }
+            });
+            (to_worker, results)
+        };
+        let mut workers = Vec::new();
         let gone = || io::Error::other("a sealing thread stopped");
         loop {
+            // Past the first chunks, the workers start: a small file is sealed here alone.
+            if workers.is_empty() && cores > 1 && index >= SEQUENTIAL_CHUNKS {
+                workers = (1..cores).map(|_| spawn_worker()).collect();
+            }
+            let threads = workers.len() + 1;
+            let per = if workers.is_empty() { 1 } else { CHUNKS_PER_THREAD };
             // Read a round: up to `per` chunks for each thread, in file order.
             let mut round = Vec::with_capacity(threads * per);
             let mut last = false;
@@ -249,7 +250,7 @@ fn seal_payload(
             }
             groups.reverse();
             let handed = groups.len();
-            for (group, (to_worker, _)) in groups.into_iter().zip(&workers) {
+            for (group, (to_worker, _)) in groups.into_iter().zip(workers.iter()) {
                 to_worker.send(group).map_err(|_| gone())?;
             }
             round.iter_mut().try_for_each(|c| c.seal(key))?;
@@ -267,9 +268,14 @@ fn seal_payload(
     })
 }
 
-/// Chunks each thread seals per round of [`seal_payload`]: fewer means more hand-overs
-/// between threads, more means more memory touched (measured best at 4 for 1 MiB files).
+/// Chunks each thread seals per round of [`seal_payload`] once the workers run: fewer means
+/// more hand-overs between threads, more means more memory touched.
 const CHUNKS_PER_THREAD: usize = 4;
+
+/// Chunks [`seal_payload`] seals alone before it starts workers (2 MiB): for a small file, the
+/// pages of the workers' buffers and stacks (each first touch a page fault) cost more than the
+/// second core saves.
+const SEQUENTIAL_CHUNKS: u64 = 32;
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
