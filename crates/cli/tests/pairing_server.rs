@@ -6,9 +6,13 @@
 //! A keeps working; B's key file takes the new CRL too (`tessera enroll crl --server`).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use support::{Server, text};
 
 use tessera_card::applets::isd::scenarios as isd;
 use tessera_card::script::Script;
@@ -27,10 +31,6 @@ fn tessera(args: &[&str], stdin: &str) -> Output {
     // A command refused before it reads stdin closes the pipe: that is not a failure here.
     let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn ok(out: &Output) -> String {
@@ -57,38 +57,13 @@ fn issued_image(dir: &Path) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// Kills the server when dropped (a failing assertion must not leave it running).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn enrol_through_the_server_pair_revoke_and_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let mut server = Child(
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["server", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let mut after = |prefix: &str| loop {
-        let line = lines.next().expect("server output ended").unwrap();
-        if let Some(i) = line.find(prefix) {
-            break line[i + prefix.len()..].trim().to_owned();
-        }
-    };
-    let url = after("listening on ");
-    let fingerprint = after("fingerprint: ");
-    let root = after("): ");
+    let server = Server::start(&data);
+    let (url, fingerprint, root) =
+        (server.url.clone(), server.fingerprint.clone(), server.token.clone());
     let admin = |token: &str, args: &[&str]| {
         let mut all = vec!["--json", "admin", "--server", &url, "--fingerprint", &fingerprint];
         all.extend_from_slice(&["--token", token]);
