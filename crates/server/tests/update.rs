@@ -26,6 +26,15 @@ fn send(card: &mut Card, cmd: &Command) -> Response {
     Response::parse(&card.transmit(&cmd.to_bytes().unwrap())).unwrap()
 }
 
+/// Issuer `acme`, its card `CARD-A` issued, and one update (`wifi` = `pw-1`) queued for it:
+/// the card and its PIN.
+async fn acme_card_with_update(store: &Store) -> (Card, String) {
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let issued = issue(store, "CARD-A").await;
+    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    issued
+}
+
 /// Issues a blank in-memory card as `card_id` through the tunnel; returns it and its PIN.
 async fn issue(store: &Store, card_id: &str) -> (Card, String) {
     let start = StartIssuance { card_id: card_id.into(), legacy_static_auth: false };
@@ -215,9 +224,7 @@ both!(challenges_are_single_use_and_bound_to_the_card);
 
 async fn a_lost_receipt_is_redelivered_and_applied_once(db: TestDb) {
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
 
     // First session: the card applies the package, the receipt never reaches the server.
     pin(&mut card, &card_pin);
@@ -383,9 +390,7 @@ both!(a_rolled_back_card_image_is_refused);
 
 async fn a_package_the_card_refuses_ends_the_sync_and_stays_pending(db: TestDb) {
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
     // The stored package is altered (its last signature byte): the card refuses it.
     let raw = Db::open(&db.location).await.unwrap();
     let mut tx = raw.begin().await.unwrap();
@@ -556,9 +561,7 @@ both!(the_private_variant_never_shows_the_card_id_to_the_terminal);
 
 async fn each_failing_check_ends_the_sync_with_its_own_error(db: TestDb) {
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
     let mut run = async |tamper: &dyn Fn(&str, &mut Vec<u8>)| {
         card.reset();
         pin(&mut card, &card_pin);
@@ -696,9 +699,7 @@ fn read_after_pin_value(card: &mut Card, card_pin: &str) -> Vec<u8> {
 async fn the_legacy_static_authenticator_is_opt_in_and_replayable(db: TestDb) {
     use tessera_server::store::update::CreateUpdateSession;
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
     let legacy =
         CreateUpdateSession { mode: "legacy-static".into(), card_id: Some("CARD-A".into()) };
     // Opt-in per card: none registered, no legacy session.
@@ -841,9 +842,7 @@ both!(the_combined_first_step_delivers_in_three_requests);
 
 async fn a_replayed_device_authentication_is_refused_in_the_combined_step(db: TestDb) {
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
     card.reset();
     pin(&mut card, &card_pin);
     // An earlier session: the card's answers are recorded, the session runs to its end.
@@ -879,9 +878,7 @@ both!(a_replayed_device_authentication_is_refused_in_the_combined_step);
 
 async fn an_expired_challenge_is_refused_in_the_combined_step(db: TestDb) {
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
     card.reset();
     pin(&mut card, &card_pin);
     let mut first = combined_session(&store, "CARD-A").await;
@@ -927,9 +924,7 @@ both!(an_expired_challenge_is_refused_in_the_combined_step);
 
 async fn a_rolled_back_counter_in_the_combined_step_flags_and_delivers_nothing(db: TestDb) {
     let store = db.store().await;
-    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
-    let (mut card, card_pin) = issue(&store, "CARD-A").await;
-    store.queue_update(&root(), "acme", "CARD-A", &update("wifi", b"pw-1", false)).await.unwrap();
+    let (mut card, card_pin) = acme_card_with_update(&store).await;
     // The server has seen a higher ISD key version than this card image presents.
     let raw = Db::open(&db.location).await.unwrap();
     let mut tx = raw.begin().await.unwrap();
