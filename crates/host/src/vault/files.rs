@@ -480,11 +480,11 @@ pub fn old_path(path: &Path) -> PathBuf {
 /// Re-wraps each file's key from the backup card to `new_recipient`, rewriting only headers.
 ///
 /// Two threads in a pipeline: this one reads each header and has the card TRANSCRYPT it (the
-/// card is the slow part), while an I/O thread writes the previous files: the new header, then
-/// the payload copied byte for byte, into a temporary file next to the old one. At the end of
-/// each batch of `batch` files the I/O thread flushes the batch's new files together (`fsync`,
-/// concurrently), renames each over its original, then flushes the directories, while the
-/// card already works on the next batch. A crash leaves every path with either its old or its
+/// card is the slow part), while an I/O thread has the previous files written: a copy of the
+/// whole original with the new header written over the old one, into a temporary file next to
+/// it, its write-back started at once. At the end of each batch of `batch` files the I/O thread
+/// flushes the batch's new files together (`fsync`, concurrently), renames each over its
+/// original, then flushes the directories, while the card already works on the next batch. A crash leaves every path with either its old or its
 /// new content (the backup card opens the old, the new card the new); stale temporary files
 /// are replaced by the next run. If the backup card goes away, the batches before the failure
 /// are completed, the failing batch's temporary files removed and its originals left as they
@@ -611,7 +611,8 @@ enum Job {
 
 /// The I/O thread: has the batch's new files written by [`WRITERS`] writer threads (the copy
 /// is the kernel's work, about as much CPU as the card's), then, at the batch's end, flushes
-/// and renames them; sends each written file's final outcome.
+/// and renames them and has the replaced originals removed on other threads while it goes on;
+/// sends each written file's final outcome.
 fn io_worker(
     jobs: std::sync::mpsc::Receiver<Job>,
     done: std::sync::mpsc::Sender<(usize, FileOutcome)>,
@@ -637,6 +638,8 @@ fn io_worker(
         drop(results_tx);
         let mut written: Vec<(usize, PathBuf, PathBuf, File)> = Vec::new();
         let mut pending = 0usize;
+        // Removes the previous batch's replaced originals while the next batch is written.
+        let mut remover: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
         // Waits for every file handed to the writers.
         let collect = |pending: &mut usize, written: &mut Vec<_>| {
             while *pending > 0 {
@@ -662,9 +665,14 @@ fn io_worker(
                 }
                 Job::EndBatch => {
                     collect(&mut pending, &mut written);
-                    for (index, outcome) in finish_batch(std::mem::take(&mut written)) {
+                    let (outcomes, aside) = finish_batch(std::mem::take(&mut written));
+                    for (index, outcome) in outcomes {
                         let _ = done.send((index, outcome));
                     }
+                    if let Some(previous) = remover.take() {
+                        let _ = previous.join();
+                    }
+                    remover = Some(scope.spawn(move || remove_all(&aside)));
                 }
                 Job::Abort => {
                     collect(&mut pending, &mut written);
@@ -674,6 +682,9 @@ fn io_worker(
                     }
                 }
             }
+        }
+        if let Some(previous) = remover {
+            let _ = previous.join();
         }
         // Closed without the batch's end (the card thread stopped): its files are not renamed.
         collect(&mut pending, &mut written);
@@ -689,14 +700,17 @@ const WRITERS: usize = 2;
 
 /// Phase 2 of a batch: flush every written file, concurrently (the file system commits
 /// concurrent flushes together), rename each flushed one over its original; phase 3: flush
-/// the directories. Returns each file's outcome.
+/// the directories. Returns each file's outcome and the second names to remove.
 ///
 /// Before each rename the original gets a second name ([`old_path`]), so the rename only
 /// swaps a directory entry: freeing a replaced file's blocks costs milliseconds on ext4
-/// (more with `discard`), and one after another that was half of recovery's time. The old
-/// names are removed at the end, concurrently. A crash in between leaves a stale old name,
-/// which the next run removes; the path itself always holds the old or the new file.
-fn finish_batch(written: Vec<(usize, PathBuf, PathBuf, File)>) -> Vec<(usize, FileOutcome)> {
+/// (more with `discard`), and one after another that was half of recovery's time. The caller
+/// removes the old names ([`remove_all`]) while the next batch is written. A crash in between
+/// leaves a stale old name, which the next run removes; the path itself always holds the old
+/// or the new file.
+fn finish_batch(
+    written: Vec<(usize, PathBuf, PathBuf, File)>,
+) -> (Vec<(usize, FileOutcome)>, Vec<PathBuf>) {
     let files: Vec<&File> = written.iter().map(|(_, _, _, f)| f).collect();
     let flushed = flush_all(&files);
     let mut dirs = BTreeSet::new();
@@ -728,8 +742,7 @@ fn finish_batch(written: Vec<(usize, PathBuf, PathBuf, File)>) -> Vec<(usize, Fi
             let _ = d.sync_all();
         }
     }
-    remove_all(&aside);
-    out
+    (out, aside)
 }
 
 /// Removes `paths` (the replaced originals' second names) on up to [`FLUSH_THREADS`]
@@ -860,6 +873,10 @@ fn write_temp(rewrite: Rewrite) -> Result<(PathBuf, File), VaultError> {
         if let Ok(meta) = fs::metadata(&path) {
             w.set_permissions(meta.permissions())?;
         }
+        // Starts the copy's write-back now (POSIX_FADV_DONTNEED writes dirty pages without
+        // waiting, and drops none that are dirty), so the disk works while the card re-wraps
+        // the next files instead of all at the batch's flush. Only advice: a failure is ignored.
+        let _ = rustix::fs::fadvise(&w, 0, None, rustix::fs::Advice::DontNeed);
         Ok(())
     })();
     if let Err(e) = copy {
