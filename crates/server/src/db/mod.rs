@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use migrate::{LATEST_VERSION, MIGRATION_VERSIONS};
 
 /// A database error, classified by what the caller should do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum DbError {
     /// The database cannot be reached or is too busy: retry later (HTTP 503).
     #[error("database unavailable: {0}")]
@@ -354,7 +354,7 @@ impl Tx {
     /// Commits the transaction.
     pub async fn commit(self) -> DbResult<()> {
         match self.inner {
-            TxInner::Sqlite(tx) => tx.commit(),
+            TxInner::Sqlite(tx) => tx.commit().await,
             TxInner::Pg(tx) => tx.commit().await,
         }
     }
