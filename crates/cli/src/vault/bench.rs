@@ -115,12 +115,20 @@ fn run_timed(cmd: &mut Command) -> Result<Duration, CliError> {
     Ok(elapsed)
 }
 
+/// The best of `n` timings of `f`; before each, the files in `settle` that exist are flushed,
+/// so no run pays for the write-back of what an earlier one (or the setup) wrote.
 fn best_of(
     n: usize,
+    settle: &[&Path],
     mut f: impl FnMut() -> Result<Duration, CliError>,
 ) -> Result<Duration, CliError> {
     let mut best = Duration::MAX;
     for _ in 0..n {
+        for p in settle {
+            if let Ok(file) = std::fs::File::open(p) {
+                file.sync_all().map_err(other)?;
+            }
+        }
         best = best.min(f()?);
     }
     Ok(best)
@@ -210,7 +218,8 @@ fn bench(
         let (te, re, td, rd) =
             (dir.join("t.age"), dir.join("r.age"), dir.join("t.out"), dir.join("r.out"));
         let reps = if mib <= 16 { 5 } else { 1 };
-        let t_enc = best_of(reps, || {
+        let settle: [&Path; 5] = [&input, &te, &re, &td, &rd];
+        let t_enc = best_of(reps, &settle, || {
             run_timed(&mut tessera(&[
                 "file",
                 "encrypt",
@@ -221,10 +230,10 @@ fn bench(
                 &s(&input),
             ]))
         })?;
-        let r_enc = best_of(reps, || {
+        let r_enc = best_of(reps, &settle, || {
             run_timed(&mut rage(&["-e", "-r", &recipient, "-o", &s(&re), &s(&input)]))
         })?;
-        let t_dec = best_of(reps, || {
+        let t_dec = best_of(reps, &settle, || {
             run_timed(&mut tessera(&[
                 "file",
                 "decrypt",
@@ -235,7 +244,7 @@ fn bench(
                 &s(&te),
             ]))
         })?;
-        let r_dec = best_of(reps, || {
+        let r_dec = best_of(reps, &settle, || {
             run_timed(&mut rage(&["-d", "-i", &s(&main_id), "-o", &s(&rd), &s(&re)]))
         })?;
         for p in [&input, &te, &re, &td, &rd] {
