@@ -314,6 +314,18 @@ impl Tx {
         }
     }
 
+    /// Runs a statement whose row count the caller does not need, as part of this
+    /// transaction. On PostgreSQL it goes out with the transaction's next statement or its
+    /// commit, in the same round trip (pipelined, in order), and an error it meets is returned
+    /// by that call; on SQLite it runs now. Every later statement of the transaction sees its
+    /// effect, as with [`Tx::execute`].
+    pub async fn execute_deferred(&mut self, sql: &str, params: &[Value]) -> DbResult<()> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => tx.execute(sql, params).map(drop),
+            TxInner::Pg(tx) => tx.defer(sql, params).await,
+        }
+    }
+
     /// Runs several statements without parameters (migrations).
     pub async fn batch(&mut self, sql: &str) -> DbResult<()> {
         match &mut self.inner {

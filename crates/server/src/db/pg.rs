@@ -9,8 +9,11 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -104,7 +107,7 @@ impl PgPool {
     /// (pipelined: one round trip for both).
     pub(super) async fn begin(&self) -> DbResult<PgTx> {
         let conn = self.get().await?;
-        Ok(PgTx { conn: Some(conn), begun: false, schema_changed: false })
+        Ok(PgTx { conn: Some(conn), begun: false, schema_changed: false, deferred: Vec::new() })
     }
 }
 
@@ -179,6 +182,45 @@ pub(super) struct PgTx {
     begun: bool,
     /// Whether `batch` changed the schema.
     schema_changed: bool,
+    /// Statements whose row counts nobody reads ([`PgTx::defer`]): they go out ahead of the
+    /// transaction's next statement or its commit, in the same round trip.
+    deferred: Vec<(Statement, Vec<Value>)>,
+}
+
+/// A pipelined statement's future.
+type Sent<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Sends `deferred` in order (each is written when first polled, so all go out before whatever
+/// is polled after this) and waits for their answers; the first error, if any.
+async fn send_deferred(
+    client: &Client,
+    deferred: &[(Statement, Vec<Value>)],
+) -> Result<(), tokio_postgres::Error> {
+    let mut pending: Vec<Sent<'_>> = deferred
+        .iter()
+        .map(|(statement, params)| -> Sent<'_> {
+            Box::pin(async move {
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+                client.execute(statement, &refs).await
+            })
+        })
+        .collect();
+    let mut first_error = None;
+    std::future::poll_fn(|cx| {
+        // In order: answers come back in the order the statements went out.
+        pending.retain_mut(|f| match f.as_mut().poll(cx) {
+            Poll::Ready(result) => {
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+                false
+            }
+            Poll::Pending => true,
+        });
+        if pending.is_empty() { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    first_error.map_or(Ok(()), Err)
 }
 
 impl PgTx {
@@ -188,22 +230,60 @@ impl PgTx {
 
     pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let deferred = std::mem::take(&mut self.deferred);
         let mut begun = self.begun;
         let conn = self.conn()?;
         let statement = conn.statement(sql).await?;
-        let rows = conn.begun(&mut begun, conn.client.query(&statement, &refs)).await;
+        let client = &conn.client;
+        let all = async {
+            let (before, rows) =
+                tokio::join!(send_deferred(client, &deferred), client.query(&statement, &refs));
+            before?;
+            rows
+        };
+        let rows = conn.begun(&mut begun, all).await;
         self.begun = begun;
         rows?.iter().map(convert_row).collect()
     }
 
     pub(super) async fn execute(&mut self, sql: &str, params: &[Value]) -> DbResult<u64> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let deferred = std::mem::take(&mut self.deferred);
         let mut begun = self.begun;
         let conn = self.conn()?;
         let statement = conn.statement(sql).await?;
-        let n = conn.begun(&mut begun, conn.client.execute(&statement, &refs)).await;
+        let client = &conn.client;
+        let all = async {
+            let (before, n) =
+                tokio::join!(send_deferred(client, &deferred), client.execute(&statement, &refs));
+            before?;
+            n
+        };
+        let n = conn.begun(&mut begun, all).await;
         self.begun = begun;
         n
+    }
+
+    /// Queues a statement whose row count nobody reads: it is sent with the transaction's next
+    /// statement or its commit, in the same round trip, and an error it meets fails that call
+    /// (the transaction is then lost, as with any failed statement).
+    pub(super) async fn defer(&mut self, sql: &str, params: &[Value]) -> DbResult<()> {
+        let statement = self.conn()?.statement(sql).await?;
+        self.deferred.push((statement, params.to_vec()));
+        Ok(())
+    }
+
+    /// Sends the deferred statements now, if any.
+    async fn flush(&mut self) -> DbResult<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut begun = self.begun;
+        let conn = self.conn()?;
+        let sent = conn.begun(&mut begun, send_deferred(&conn.client, &deferred)).await;
+        self.begun = begun;
+        sent
     }
 
     /// `pg_advisory_xact_lock(key)`, then `sql`, pipelined (see `Tx::lock_then_query`).
@@ -216,15 +296,20 @@ impl PgTx {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         let key = Value::Int(key);
         let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let deferred = std::mem::take(&mut self.deferred);
         let mut begun = self.begun;
         let conn = self.conn()?;
         let lock = conn.statement("SELECT pg_advisory_xact_lock($1)").await?;
         let statement = conn.statement(sql).await?;
         let client = &conn.client;
         let both = async {
-            // Polled in order: the lock is sent first, the query right behind it.
-            let (locked, rows) =
-                tokio::join!(client.query(&lock, &lock_params), client.query(&statement, &refs));
+            // Polled in order: the deferred statements, the lock, the query right behind it.
+            let (before, locked, rows) = tokio::join!(
+                send_deferred(client, &deferred),
+                client.query(&lock, &lock_params),
+                client.query(&statement, &refs)
+            );
+            before?;
             locked?;
             rows
         };
@@ -236,6 +321,7 @@ impl PgTx {
     /// Runs `sql` (a schema change: migrations) and makes every connection of the pool
     /// prepare its statements again.
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
+        self.flush().await?;
         self.start().await?;
         self.schema_changed = true;
         self.conn()?.client.batch_execute(sql).await.map_err(map_err)?;
@@ -262,8 +348,23 @@ impl PgTx {
     }
 
     pub(super) async fn commit(mut self) -> DbResult<()> {
-        if self.begun {
-            self.conn()?.client.batch_execute("COMMIT").await.map_err(map_err)?;
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut begun = self.begun;
+        if begun || !deferred.is_empty() {
+            let conn = self.conn()?;
+            let client = &conn.client;
+            let all = async {
+                // The deferred statements and COMMIT in one round trip. After a failed
+                // statement PostgreSQL answers COMMIT with a rollback, not an error: the
+                // statement's error is the transaction's.
+                let (before, committed) =
+                    tokio::join!(send_deferred(client, &deferred), client.batch_execute("COMMIT"));
+                before?;
+                committed
+            };
+            let committed = conn.begun(&mut begun, all).await;
+            self.begun = begun;
+            committed?;
         }
         if self.schema_changed {
             self.forget_statements();

@@ -152,7 +152,7 @@ impl Store {
             hash: String::new(),
         };
         let hash = entry_hash(&entry, &prev);
-        tx.execute(
+        tx.execute_deferred(
             &format!(
                 "INSERT INTO audit_log ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             ),
@@ -178,7 +178,7 @@ impl Store {
 
     async fn insert_checkpoint(&self, tx: &mut Tx, seq: i64, hash: &[u8]) -> ServerResult<()> {
         let sig = self.checkpoint_key.sign(&checkpoint_message(seq, hash));
-        tx.execute(
+        tx.execute_deferred(
             "INSERT INTO audit_checkpoints (seq, hash, at, signature) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (seq) DO NOTHING",
             &[seq.into(), hash.to_vec().into(), crate::clock::now().into(), sig.into()],

@@ -301,7 +301,7 @@ impl Store {
         };
         let state_json = serde_json::to_string(&state)
             .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
-        tx.execute(
+        tx.execute_deferred(
             "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
              VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7)",
             &[
@@ -626,7 +626,7 @@ impl Store {
             serde_json::to_string(&answer).map_err(|e| ServerError::Internal(e.to_string()))?;
         let state_json =
             serde_json::to_string(&next_state).map_err(|e| ServerError::Internal(e.to_string()))?;
-        tx.execute(
+        tx.execute_deferred(
             "UPDATE sessions SET step = $1, state = $2, status = $3, card_id = $4, live_card = $5, \
              last_request = $6, last_answer = $7, updated_at = $8, expires_at = $9 WHERE id = $10",
             &[
@@ -771,7 +771,7 @@ impl Store {
         value: i64,
         now: i64,
     ) -> ServerResult<()> {
-        tx.execute(
+        tx.execute_deferred(
             "INSERT INTO card_counters (issuer_id, card_id, name, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (issuer_id, card_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             &[issuer.into(), card_id.into(), name.into(), value.into(), now.into()],

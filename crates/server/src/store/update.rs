@@ -297,16 +297,8 @@ impl Store {
             sequence: u64::try_from(sequence)
                 .map_err(|_| ServerError::Internal("sequence counter".into()))?,
         };
-        let package = seal_package(
-            &mut OsRng,
-            &signer,
-            &package_target,
-            object.as_bytes(),
-            value,
-            mode,
-            rule,
-        )
-        .map_err(update_err)?;
+        let package = seal_package(&signer, &package_target, object.as_bytes(), value, mode, rule)
+            .map_err(update_err)?;
         tx.execute(
             "INSERT INTO update_packages (issuer_id, card_id, sequence, object_name, mode, package, queued_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -388,8 +380,9 @@ impl Store {
     async fn update_new_challenge(&self, tx: &mut Tx, now: i64) -> ServerResult<Challenge> {
         let nonce = crate::primitives::random_bytes::<NONCE_LEN>();
         let expires = u64::try_from(now).unwrap_or(0).saturating_add(CHALLENGE_TTL);
-        tx.execute("DELETE FROM update_challenges WHERE expires < $1", &[now.into()]).await?;
-        tx.execute(
+        tx.execute_deferred("DELETE FROM update_challenges WHERE expires < $1", &[now.into()])
+            .await?;
+        tx.execute_deferred(
             "INSERT INTO update_challenges (nonce, expires) VALUES ($1, $2)",
             &[nonce.to_vec().into(), i64::try_from(expires).unwrap_or(i64::MAX).into()],
         )
@@ -1227,8 +1220,7 @@ impl Store {
                 .map_err(|_| ServerError::Internal("stored sequence".into()))?;
             let mut package = row.blob(1)?;
             if let Some(key) = &update_key {
-                package = crate::update::wrap_for_delivery(&mut OsRng, key, &package)
-                    .map_err(update_err)?;
+                package = crate::update::wrap_for_delivery(key, &package).map_err(update_err)?;
             }
             let segments = package_apdus(&package)?;
             let fits = bytes + package.len() <= BATCH_BYTES

@@ -246,10 +246,41 @@ pub struct PackageTarget<'a> {
 }
 
 /// Builds a package: `value` sealed with HPKE to the card's update key (bound to the card id,
-/// name, sequence, mode and rule), the whole signed by the issuer's package-signing key.
+/// name, sequence, mode and rule) under a fresh ephemeral key from the system's generator
+/// ([`hpke::seal`], `ring`'s ECDH), the whole signed by the issuer's package-signing key.
 /// Returns [`Package::to_bytes`]; the plaintext goes nowhere else.
 pub fn seal_package(
+    signer: &dyn CaSigner,
+    target: &PackageTarget<'_>,
+    name: &[u8],
+    value: &[u8],
+    mode: Mode,
+    rule: ReadRule,
+) -> UpdateResult<Vec<u8>> {
+    let seal = |info: &[u8], aad: &[u8]| hpke::seal(target.update_key, info, aad, value);
+    build_package(seal, signer, target, name, value, mode, rule)
+}
+
+/// [`seal_package`] with the ephemeral key drawn from `rng` ([`hpke::seal_with_rng`], the
+/// portable and slower arithmetic): for an injected generator, where a test replays a package
+/// byte for byte.
+pub fn seal_package_with_rng(
     rng: &mut dyn Rng,
+    signer: &dyn CaSigner,
+    target: &PackageTarget<'_>,
+    name: &[u8],
+    value: &[u8],
+    mode: Mode,
+    rule: ReadRule,
+) -> UpdateResult<Vec<u8>> {
+    let seal =
+        |info: &[u8], aad: &[u8]| hpke::seal_with_rng(rng, target.update_key, info, aad, value);
+    build_package(seal, signer, target, name, value, mode, rule)
+}
+
+/// The package around `seal(info, aad)`, signed.
+fn build_package(
+    seal: impl FnOnce(&[u8], &[u8]) -> tessera_crypto::Result<Vec<u8>>,
     signer: &dyn CaSigner,
     target: &PackageTarget<'_>,
     name: &[u8],
@@ -260,8 +291,7 @@ pub fn seal_package(
     check_update(name, value)?;
     let info = Package::seal_info(target.card_id, name);
     let aad = Package::seal_aad(target.sequence, mode, rule);
-    let sealed = hpke::seal_with_rng(rng, target.update_key, &info, &aad, value)
-        .map_err(|e| UpdateError::Crypto(e.to_string()))?;
+    let sealed = seal(&info, &aad).map_err(|e| UpdateError::Crypto(e.to_string()))?;
     let mut package = Package {
         card_id: target.card_id.to_vec(),
         sequence: target.sequence,
@@ -323,8 +353,16 @@ pub fn verify_receipt(
 }
 
 /// Wraps a package once more to the card's update key for delivery in the privacy variant
-/// (`"TUW1" || HPKE(update key; package)`), fresh each time.
-pub fn wrap_for_delivery(
+/// (`"TUW1" || HPKE(update key; package)`), fresh each time (an ephemeral key from the
+/// system's generator, [`hpke::seal`]).
+pub fn wrap_for_delivery(update_key: &HpkePublicKey, package: &[u8]) -> UpdateResult<Vec<u8>> {
+    let sealed = hpke::seal(update_key, DELIVERY_INFO, DELIVERY_MAGIC, package)
+        .map_err(|e| UpdateError::Crypto(e.to_string()))?;
+    Ok([&DELIVERY_MAGIC[..], &sealed].concat())
+}
+
+/// [`wrap_for_delivery`] with the ephemeral key drawn from `rng` (an injected generator).
+pub fn wrap_for_delivery_with_rng(
     rng: &mut dyn Rng,
     update_key: &HpkePublicKey,
     package: &[u8],
@@ -490,7 +528,8 @@ impl<S: UpdateStore> UpdateService<S> {
             .ok_or_else(|| UpdateError::UnknownIssuer(card.issuer.clone()))?;
         let mut build = |sequence: u64| -> UpdateResult<Vec<u8>> {
             let target = PackageTarget { card_id, update_key: &card.update_key, sequence };
-            seal_package(rng, issuer.package_signer.as_ref(), &target, name, value, mode, rule)
+            let signer = issuer.package_signer.as_ref();
+            seal_package_with_rng(rng, signer, &target, name, value, mode, rule)
         };
         self.store.enqueue(card_id, &mut build)
     }
@@ -625,7 +664,7 @@ impl<S: UpdateStore> UpdateService<S> {
         let key = self.card(&card.card_id)?.update_key;
         pending
             .into_iter()
-            .map(|p| Ok((p.sequence, wrap_for_delivery(rng, &key, &p.bytes)?)))
+            .map(|p| Ok((p.sequence, wrap_for_delivery_with_rng(rng, &key, &p.bytes)?)))
             .collect()
     }
 
