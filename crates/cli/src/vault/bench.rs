@@ -212,7 +212,7 @@ fn bench(
         write_random(&input, mib * MIB)?;
         let (te, re, td, rd) =
             (dir.join("t.age"), dir.join("r.age"), dir.join("t.out"), dir.join("r.out"));
-        let reps = if mib <= 16 { 5 } else { 1 };
+        let reps = if mib <= 16 { 5 } else { 3 };
         let settle: [&Path; 5] = [&input, &te, &re, &td, &rd];
         let t_enc = best_of(reps, &settle, || {
             run_timed(&mut tools.tessera(&[
