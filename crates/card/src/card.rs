@@ -71,13 +71,33 @@ fn check_permissions(_path: &Path, _file: &fs::File) -> Result<(), CardError> {
     Ok(())
 }
 
+/// Takes the image's exclusive lock, waiting at most [`LOCK_WAIT`] for it.
+///
+/// The wait is for a lock that is about to go: the lock belongs to the open file description,
+/// which a child process forked by any thread of the process that last held it shares until
+/// it execs (its descriptors close then). Such a child keeps the lock for a moment after the
+/// card was dropped; a card that is really in use elsewhere still reports
+/// [`CardError::Locked`], after the wait.
 fn lock(path: &Path, file: &fs::File) -> Result<(), CardError> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(fs::TryLockError::WouldBlock) => Err(CardError::Locked { path: path.to_owned() }),
-        Err(fs::TryLockError::Error(e)) => Err(CardError::io(path, e)),
+    let give_up = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(CardError::Locked { path: path.to_owned() });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(CardError::io(path, e)),
+        }
     }
 }
+
+/// How long [`lock`] waits for an image's lock before reporting it locked.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Card {
     /// Makes a blank card image at `path` and opens it. Fails if the file exists.

@@ -250,3 +250,53 @@ async fn audit_chain_verifies_and_checkpoints(db: TestDb) {
     assert!(!store.verify_audit(Some((10, vec![0; 32]))).await.unwrap().ok);
 }
 both!(audit_chain_verifies_and_checkpoints);
+
+/// `Tx::execute_deferred`: later statements of the transaction see its effect; its error is
+/// the next call's (or the commit's), and nothing of the transaction is committed.
+async fn deferred_statements_run_in_order_and_fail_their_transaction(db: TestDb) {
+    use tessera_server::db::{Db, DbError, Value};
+    let raw = Db::open(&db.location).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    tx.batch("CREATE TABLE deferred_t (id BIGINT PRIMARY KEY)").await.unwrap();
+    tx.commit().await.unwrap();
+    let insert = "INSERT INTO deferred_t (id) VALUES ($1)";
+    let count = "SELECT COUNT(*) FROM deferred_t";
+
+    let mut tx = raw.begin().await.unwrap();
+    tx.execute_deferred(insert, &[Value::Int(1)]).await.unwrap();
+    tx.execute_deferred(insert, &[Value::Int(2)]).await.unwrap();
+    let n = tx.query_opt(count, &[]).await.unwrap().unwrap().int(0).unwrap();
+    assert_eq!(n, 2, "a later query sees the deferred inserts");
+    tx.execute_deferred(insert, &[Value::Int(3)]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // A failing deferred statement fails the next call, and the transaction commits nothing.
+    let mut tx = raw.begin().await.unwrap();
+    let deferred = tx.execute_deferred(insert, &[Value::Int(4)]).await;
+    let duplicate = match tx.execute_deferred(insert, &[Value::Int(1)]).await {
+        Err(e) => Err(e),
+        Ok(()) => tx.query(count, &[]).await.map(drop),
+    };
+    assert!(deferred.is_ok());
+    assert!(matches!(duplicate, Err(DbError::Constraint(_))), "{duplicate:?}");
+    drop(tx);
+    // The same at the commit.
+    let mut tx = raw.begin().await.unwrap();
+    tx.execute_deferred(insert, &[Value::Int(5)]).await.unwrap();
+    let committed = match tx.execute_deferred(insert, &[Value::Int(2)]).await {
+        // (SQLite runs it at once.)
+        Err(e) => {
+            drop(tx);
+            Err(e)
+        }
+        Ok(()) => tx.commit().await,
+    };
+    assert!(matches!(committed, Err(DbError::Constraint(_))), "{committed:?}");
+
+    let mut tx = raw.begin().await.unwrap();
+    let rows = tx.query("SELECT id FROM deferred_t ORDER BY id", &[]).await.unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.int(0).unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    tx.commit().await.unwrap();
+}
+both!(deferred_statements_run_in_order_and_fail_their_transaction);

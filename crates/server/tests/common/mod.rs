@@ -109,7 +109,10 @@ fn pg_bin() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    })
 }
 
 fn run_pg(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
@@ -124,7 +127,17 @@ fn run_pg(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// `postgres://postgres@127.0.0.1:PORT` of the shared cluster, started if needed.
+///
+/// Found (or started) once per test process: looking spawns processes (`id`, `pg_ctl status`,
+/// `chown -R`), and a child forked while another test's thread has a card image open shares
+/// that image's lock until it execs, so a test reopening its image right after closing it
+/// could find it locked (see `lock` in crates/card/src/card.rs).
 pub fn cluster_url() -> Option<String> {
+    static URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    URL.get_or_init(find_or_start_cluster).clone()
+}
+
+fn find_or_start_cluster() -> Option<String> {
     let Some(bin) = pg_bin() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!(
