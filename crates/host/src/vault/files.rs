@@ -876,6 +876,7 @@ fn write_temp(rewrite: Rewrite) -> Result<(PathBuf, File), VaultError> {
         // Starts the copy's write-back now (POSIX_FADV_DONTNEED writes dirty pages without
         // waiting, and drops none that are dirty), so the disk works while the card re-wraps
         // the next files instead of all at the batch's flush. Only advice: a failure is ignored.
+        #[cfg(target_os = "linux")]
         let _ = rustix::fs::fadvise(&w, 0, None, rustix::fs::Advice::DontNeed);
         Ok(())
     })();
