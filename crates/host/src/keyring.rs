@@ -30,7 +30,7 @@ pub enum KeyringError {
         sw: StatusWord,
     },
     /// The card's answer does not parse.
-    #[error(transparent)]
+    #[error("malformed keyring answer: {0}")]
     Malformed(#[from] ProtoError),
 }
 

@@ -107,7 +107,7 @@ pub enum UpdateError {
         sw: StatusWord,
     },
     /// An answer does not parse.
-    #[error(transparent)]
+    #[error("malformed update answer: {0}")]
     Malformed(#[from] ProtoError),
 }
 

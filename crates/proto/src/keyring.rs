@@ -18,6 +18,8 @@
 
 use tessera_apdu::{Command, Response, StatusWord};
 
+pub use crate::error::{ProtoError, Result};
+
 /// The keyring applet's AID: `F0` (proprietary) `TESSERA` `KR`.
 pub const AID: &[u8] = &[0xF0, 0x54, 0x45, 0x53, 0x53, 0x45, 0x52, 0x41, 0x4B, 0x52];
 
@@ -81,33 +83,6 @@ pub const LABEL_RENEW_RESPONSE: &str = "tessera/keyring/renew/response";
 pub const LABEL_RENEW_POSSESSION: &str = "tessera/keyring/renew/possession";
 /// Label of the session mixing value computed with the bottom external key.
 pub const LABEL_SESSION: &str = "tessera/keyring/session";
-
-/// A malformed keyring message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtoError {
-    /// The data has the wrong length for this command or response.
-    #[error("keyring: wrong length ({0})")]
-    Length(&'static str),
-    /// A field has a value outside its range.
-    #[error("keyring: bad value ({0})")]
-    Value(&'static str),
-    /// P1 or P2 is not one this command takes.
-    #[error("keyring: bad P1/P2 ({0})")]
-    Parameters(&'static str),
-}
-
-impl ProtoError {
-    /// The ISO status word a card answers for this error.
-    pub fn status_word(&self) -> StatusWord {
-        match self {
-            ProtoError::Length(_) => StatusWord::WRONG_LENGTH,
-            ProtoError::Value(_) => StatusWord::INCORRECT_DATA,
-            ProtoError::Parameters(_) => StatusWord::INCORRECT_P1P2,
-        }
-    }
-}
-
-type Result<T> = core::result::Result<T, ProtoError>;
 
 /// The cryptography a card runs, chosen at issuance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

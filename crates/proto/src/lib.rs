@@ -16,11 +16,13 @@
 //! - [`access`]: the access card (control-channel TLS key, pinned home server, profiles).
 //! - [`control`]: the proxy's control channel between terminal and home server (market
 //!   sessions, PIN2, handed-over keys, relayed bytes).
+//! - [`error`]: the one parse error of the applet protocols (keyring, update, vault).
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod control;
+pub mod error;
 pub mod home;
 pub mod keyring;
 pub mod pairing;

@@ -14,7 +14,9 @@
 //! the card is never a signing oracle. Every command parses here, once, into
 //! [`UpdateCommand`].
 
-use tessera_apdu::{Command, StatusWord};
+use tessera_apdu::Command;
+
+pub use crate::error::{ProtoError, Result};
 
 /// The update applet's AID: `F0` (proprietary) `TESSERA` `UP`.
 pub const AID: &[u8] = &[0xF0, 0x54, 0x45, 0x53, 0x53, 0x45, 0x52, 0x41, 0x55, 0x50];
@@ -88,38 +90,6 @@ pub const TAG_UPDATE_KEY: u16 = 0x0102;
 pub const TAG_ISSUER_CA: u16 = 0x0103;
 /// GET DATA tag: the object names, each `rule(1) len(1) name`.
 pub const TAG_DIRECTORY: u16 = 0x0104;
-
-/// What can be wrong with update data.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtoError {
-    /// The data has the wrong length.
-    #[error("update: wrong length ({0})")]
-    Length(&'static str),
-    /// A field has a value outside its range.
-    #[error("update: bad value ({0})")]
-    Value(&'static str),
-    /// P1 or P2 is not one this command takes.
-    #[error("update: bad P1/P2 ({0})")]
-    Parameters(&'static str),
-    /// The instruction is not an update command.
-    #[error("update: unknown instruction {0:02X}")]
-    Instruction(u8),
-}
-
-impl ProtoError {
-    /// The ISO status word a card answers for this error.
-    pub fn status_word(&self) -> StatusWord {
-        match self {
-            ProtoError::Length(_) => StatusWord::WRONG_LENGTH,
-            ProtoError::Value(_) => StatusWord::INCORRECT_DATA,
-            ProtoError::Parameters(_) => StatusWord::INCORRECT_P1P2,
-            ProtoError::Instruction(_) => StatusWord::INS_NOT_SUPPORTED,
-        }
-    }
-}
-
-/// Result of parsing update data.
-pub type Result<T> = core::result::Result<T, ProtoError>;
 
 /// Who may read an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

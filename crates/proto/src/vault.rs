@@ -5,7 +5,9 @@
 //! (`CLA 80`); the issuer's data groups arrive through the card-management applet's STORE
 //! DATA. Every command parses here, once, into [`VaultCommand`].
 
-use tessera_apdu::{Command, StatusWord};
+use tessera_apdu::Command;
+
+pub use crate::error::{ProtoError, Result};
 
 /// The vault applet's AID: `F0` (proprietary) `TESSERA` `VT`.
 pub const AID: &[u8] = &[0xF0, 0x54, 0x45, 0x53, 0x53, 0x45, 0x52, 0x41, 0x56, 0x54];
@@ -100,38 +102,6 @@ pub const ATTEST_NONCE_MIN: usize = 16;
 pub const ATTEST_NONCE_MAX: usize = 64;
 /// Length of an ECDSA P-256 signature (`r || s`).
 pub const SIGNATURE_LEN: usize = 64;
-
-/// What can be wrong with a vault command or response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtoError {
-    /// The data has the wrong length.
-    #[error("vault: wrong length ({0})")]
-    Length(&'static str),
-    /// A field has a value outside its range.
-    #[error("vault: bad value ({0})")]
-    Value(&'static str),
-    /// P1 or P2 is not one this command takes.
-    #[error("vault: bad P1/P2 ({0})")]
-    Parameters(&'static str),
-    /// The instruction is not a vault command.
-    #[error("vault: unknown instruction {0:02X}")]
-    Instruction(u8),
-}
-
-impl ProtoError {
-    /// The ISO status word a card answers for this error.
-    pub fn status_word(&self) -> StatusWord {
-        match self {
-            ProtoError::Length(_) => StatusWord::WRONG_LENGTH,
-            ProtoError::Value(_) => StatusWord::INCORRECT_DATA,
-            ProtoError::Parameters(_) => StatusWord::INCORRECT_P1P2,
-            ProtoError::Instruction(_) => StatusWord::INS_NOT_SUPPORTED,
-        }
-    }
-}
-
-/// Result of parsing vault data.
-pub type Result<T> = core::result::Result<T, ProtoError>;
 
 /// A vault card's role in its pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
