@@ -102,12 +102,15 @@ pub struct TunnelStep {
     pub expires_at: i64,
 }
 
-/// A card found usable in this transaction: its id and the highest ISD key version seen.
+/// A card found usable in this transaction: its id, the highest ISD key version seen, and what
+/// its sync will have to do.
 pub(crate) struct UsableCard {
-    card_id: String,
+    pub(crate) card_id: String,
     isd_kvn: Option<i64>,
     /// Whether the card has a keyring record (its sync runs a keyring step).
-    keyring: bool,
+    pub(crate) keyring: bool,
+    /// Whether the card has update packages pending.
+    pub(crate) updates_pending: bool,
 }
 
 struct SessionRow {
@@ -225,7 +228,9 @@ impl Store {
         let sql = format!(
             "SELECT c.status, (SELECT k.value FROM card_counters k WHERE k.issuer_id = c.issuer_id \
              AND k.card_id = c.card_id AND k.name = $3), \
-             (SELECT COUNT(*) FROM keyring_cards r WHERE r.issuer_id = c.issuer_id AND r.card_id = c.card_id) \
+             (SELECT COUNT(*) FROM keyring_cards r WHERE r.issuer_id = c.issuer_id AND r.card_id = c.card_id), \
+             (SELECT MIN(p.sequence) FROM update_packages p WHERE p.issuer_id = c.issuer_id \
+             AND p.card_id = c.card_id AND p.delivered_at IS NULL) \
              FROM cards c WHERE c.issuer_id = $1 AND c.card_id = $2{}",
             tx.for_update()
         );
@@ -243,6 +248,7 @@ impl Store {
             card_id: card_id.to_owned(),
             isd_kvn: row.opt_int(1)?,
             keyring: row.int(2)? != 0,
+            updates_pending: row.opt_int(3)?.is_some(),
         })
     }
 
@@ -278,17 +284,17 @@ impl Store {
             // (A named card's query below finds an unknown issuer too.)
             self.require_issuer_exists(&mut tx, issuer).await?;
         }
-        let live = match &req.card_id {
+        let (live, card) = match &req.card_id {
             Some(c) => {
-                self.check_card_usable(&mut tx, issuer, c).await?;
-                Some(self.claim_card(&mut tx, issuer, c, &id).await?)
+                let card = self.check_card_usable(&mut tx, issuer, c).await?;
+                (Some(self.claim_card(&mut tx, issuer, c, &id).await?), Some(card))
             }
-            None => None,
+            None => (None, None),
         };
         // The combined first step: the update step's device authentication goes out now.
-        let device_auth = match &req.card_id {
-            Some(c) if options.read_counters && options.device_auth => {
-                self.update_first_step(&mut tx, issuer, c, now).await?
+        let device_auth = match &card {
+            Some(card) if options.read_counters && options.device_auth => {
+                self.update_first_step(&mut tx, issuer, card, now).await?
             }
             _ => None,
         };

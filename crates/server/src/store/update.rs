@@ -425,7 +425,7 @@ impl Store {
             return Err(update_err(UpdateError::Challenge));
         }
         let mut tx = self.begin().await?;
-        let card = self
+        let (card, _) = self
             .update_check_auth(&mut tx, issuer, card_id, challenge, answer, now)
             .await
             .map_err(|(e, _)| e)?;
@@ -433,7 +433,8 @@ impl Store {
         Ok(card)
     }
 
-    /// The checks of device authentication after the challenge was used up.
+    /// The checks of device authentication after the challenge was used up. Besides the card,
+    /// what the same query found for the steps after it ([`AuthFound`]).
     async fn update_check_auth(
         &self,
         tx: &mut Tx,
@@ -442,18 +443,26 @@ impl Store {
         challenge: &Challenge,
         answer: &[u8],
         now: i64,
-    ) -> Checked<AuthenticatedCard> {
+    ) -> Checked<(AuthenticatedCard, AuthFound)> {
         let response = DeviceAuthResponse::parse(answer)
             .map_err(|_| check_err(UpdateError::DeviceSignature))?;
+        let reported = i64::try_from(response.last_sequence).unwrap_or(i64::MAX);
         // The certificates and the highest delivered sequence, in one query (nothing changes
-        // them in between: the checks below run in this order).
+        // them in between: the checks below run in this order); with them, for after the
+        // checks, whether packages below the reported sequence are pending and whether a
+        // schedule is due (the card's session holds its row: nobody else delivers its packages
+        // meanwhile).
         let row = tx
             .query_opt(
                 "SELECT i.ca_cert, u.device_cert, (SELECT MAX(p.sequence) FROM update_packages p \
-                 WHERE p.issuer_id = u.issuer_id AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL) \
+                 WHERE p.issuer_id = u.issuer_id AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL), \
+                 (SELECT COUNT(*) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
+                 AND p.card_id = u.card_id AND p.sequence < $3 AND p.delivered_at IS NULL), \
+                 (SELECT COUNT(*) FROM update_schedules s WHERE s.issuer_id = u.issuer_id \
+                 AND s.card_id = u.card_id AND s.next_due <= $4) \
                  FROM update_cards u JOIN issuers i ON i.id = u.issuer_id \
                  WHERE u.issuer_id = $1 AND u.card_id = $2",
-                &[issuer.into(), card_id.into()],
+                &[issuer.into(), card_id.into(), reported.into(), now.into()],
             )
             .await
             .map_err(server_err)?
@@ -471,11 +480,16 @@ impl Store {
                 acknowledged,
             }));
         }
-        Ok(AuthenticatedCard {
+        let card = AuthenticatedCard {
             card_id: card_id.as_bytes().to_vec(),
             last_sequence: response.last_sequence,
             private: false,
-        })
+        };
+        let found = AuthFound {
+            pending_below: row.int(3).map_err(server_err)? > 0,
+            due: row.int(4).map_err(server_err)? > 0,
+        };
+        Ok((card, found))
     }
 
     async fn update_card_certs(
@@ -657,6 +671,15 @@ impl Store {
         tx.commit().await?;
         row.map(|r| r.blob(0)).transpose().map_err(Into::into)
     }
+}
+
+/// What device authentication's query found for the steps after the checks.
+struct AuthFound {
+    /// Packages below the sequence the card reported are still pending (it acknowledged them
+    /// by reporting it: [`Store::update_acknowledge_below`]).
+    pending_below: bool,
+    /// A schedule of the card is due ([`Store::update_run_due_tx`]).
+    due: bool,
 }
 
 /// Where a sync's update step is, kept in the tunnel session.
@@ -1028,29 +1051,21 @@ impl Store {
     /// The combined first step of a sync that names the card, when its session opens: if the
     /// card has update work and no keyring (whose step would come first), a fresh single-use
     /// challenge recorded in `tx` and the APDUs `SELECT` update, DEVICE AUTHENTICATE over it;
-    /// else `None` (the steps run one after the other).
+    /// else `None` (the steps run one after the other). `card` was found usable, its row
+    /// locked, in `tx`.
     pub(crate) async fn update_first_step(
         &self,
         tx: &mut Tx,
         issuer: &str,
-        card_id: &str,
+        card: &super::sessions::UsableCard,
         now: i64,
     ) -> ServerResult<Option<(Challenge, Vec<Vec<u8>>)>> {
-        // Pending packages and a keyring record, in one query.
-        let row = tx
-            .query_opt(
-                "SELECT (SELECT MIN(sequence) FROM update_packages \
-                 WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL), \
-                 (SELECT COUNT(*) FROM keyring_cards WHERE issuer_id = $1 AND card_id = $2)",
-                &[issuer.into(), card_id.into()],
-            )
-            .await?
-            .ok_or_else(|| ServerError::Internal("no row".into()))?;
-        if row.int(1)? != 0 {
+        // Pending packages and a keyring record: read with the card's row.
+        if card.keyring {
             return Ok(None);
         }
-        let pending = row.opt_int(0)?.is_some();
-        if !pending && !self.update_any_due(tx, issuer, card_id, now).await? {
+        let card_id = card.card_id.as_str();
+        if !card.updates_pending && !self.update_any_due(tx, issuer, card_id, now).await? {
             return Ok(None);
         }
         let challenge = self.update_new_challenge(tx, now).await?;
@@ -1330,7 +1345,7 @@ impl Store {
             _ => Err(fail(UpdateError::Challenge)),
         };
         match checked {
-            Ok(card) => {
+            Ok((card, found)) => {
                 if let (Some(session_id), true) = (&sync.session_id, sync.private()) {
                     // The session row stays anonymous; the server's own record names the card.
                     self.audit(
@@ -1343,11 +1358,17 @@ impl Store {
                     )
                     .await?;
                 }
-                let acknowledged = self
-                    .update_acknowledge_below(tx, issuer, &card_id, card.last_sequence, now)
-                    .await?;
+                let acknowledged = match found.pending_below {
+                    true => {
+                        self.update_acknowledge_below(tx, issuer, &card_id, card.last_sequence, now)
+                            .await?
+                    }
+                    false => 0,
+                };
                 // Scheduled changes due now are generated for the authenticated card.
-                self.update_run_due_tx(tx, issuer, &card_id, now).await?;
+                if found.due {
+                    self.update_run_due_tx(tx, issuer, &card_id, now).await?;
+                }
                 Ok(Ok((card_id, card.last_sequence, acknowledged)))
             }
             Err((e, code)) if refusal(&e) => Ok(Err(refused(&named, &e, code))),
