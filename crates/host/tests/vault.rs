@@ -268,6 +268,8 @@ fn files_encrypted_by_the_age_crate_open_with_main_and_backup_and_recover_onto_a
         backup_card = b;
         assert!(r.is_err());
         assert!(!files::temp_path(p).exists());
+        // Every batch's replaced originals are gone by the time recover returns.
+        assert!(!files::old_path(p).exists(), "{}: the old file's second name stayed", p.display());
     }
     let d = age::Decryptor::new(std::fs::File::open(&paths[0]).unwrap()).unwrap();
     let mut out = Vec::new();
