@@ -36,6 +36,13 @@ pub const MAX_TLS13_CIPHERTEXT_LEN: usize = MAX_PLAINTEXT_LEN + 256;
 pub const MAX_TLS12_CIPHERTEXT_LEN: usize = MAX_PLAINTEXT_LEN + 2048;
 /// Length of an IV (TLS 1.3) or salt + explicit nonce start (TLS 1.2).
 pub const IV_LEN: usize = 12;
+/// Most records a [`RecordSealer`] protects under one AES-GCM key: 2^23, the confidentiality
+/// limit of the AEAD usage-limit analysis (draft-irtf-cfrg-aead-limits; rustls applies the
+/// same to its GCM suites; RFC 8446 section 5.5 allows 2^24.5 full-size records). The record
+/// after it is refused: the sender updates its keys (a TLS 1.3 KeyUpdate) or opens a new
+/// connection. Sequence numbers count the records under the current key (both versions start
+/// them at 0 with each key).
+pub const AES_GCM_RECORD_LIMIT: u64 = 1 << 23;
 
 const TAG_LEN: usize = 16;
 const EXPLICIT_NONCE_LEN: usize = 8;
@@ -210,8 +217,14 @@ impl RecordSealer {
         self.0.seq
     }
 
+    /// How many more records this key may protect ([`AES_GCM_RECORD_LIMIT`]).
+    pub fn records_left(&self) -> u64 {
+        self.0.seq.map_or(0, |seq| AES_GCM_RECORD_LIMIT.saturating_sub(seq))
+    }
+
     /// One protected record (header included) carrying `content` (at most
-    /// [`MAX_PLAINTEXT_LEN`] bytes) as `typ`.
+    /// [`MAX_PLAINTEXT_LEN`] bytes) as `typ`; refused once the key has protected
+    /// [`AES_GCM_RECORD_LIMIT`] records.
     pub fn seal(&mut self, typ: ContentType, content: &[u8]) -> Result<Vec<u8>> {
         self.seal_padded(typ, content, 0)
     }
@@ -231,8 +244,26 @@ impl RecordSealer {
             return Err(CryptoError::Malformed("change_cipher_spec is never protected"));
         }
         let seq = self.0.current_seq()?;
+        if seq >= AES_GCM_RECORD_LIMIT {
+            return Err(CryptoError::ChannelState(
+                "AES-GCM record limit of this key reached: update the keys or reconnect",
+            ));
+        }
+        let record = self.protect(seq, typ, content, padding)?;
+        self.0.advance(seq);
+        Ok(record)
+    }
+
+    /// The record `seq` of this direction (no limit checked, nothing advanced).
+    fn protect(
+        &self,
+        seq: u64,
+        typ: ContentType,
+        content: &[u8],
+        padding: usize,
+    ) -> Result<Vec<u8>> {
         let s = &self.0;
-        let record = match s.version {
+        Ok(match s.version {
             Version::Tls13 => {
                 // The inner plaintext (content, type, zeros) must fit the ciphertext limit.
                 if content.len() + 1 + padding + TAG_LEN > MAX_TLS13_CIPHERTEXT_LEN
@@ -267,9 +298,7 @@ impl RecordSealer {
                 out.extend_from_slice(&ct);
                 out
             }
-        };
-        self.0.advance(seq);
-        Ok(record)
+        })
     }
 }
 
@@ -488,16 +517,34 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_never_wrap() {
+    fn a_key_seals_at_most_the_gcm_record_limit() {
         for version in [Version::Tls12, Version::Tls13] {
-            let (mut s, mut o) = pair(version, 16, u64::MAX);
+            let (mut s, mut o) = pair(version, 16, AES_GCM_RECORD_LIMIT - 1);
+            assert_eq!(s.records_left(), 1);
             let rec = s.seal(ContentType::ApplicationData, b"last").unwrap();
-            assert_eq!(s.next_seq(), None);
+            assert_eq!((s.next_seq(), s.records_left()), (Some(AES_GCM_RECORD_LIMIT), 0));
+            for typ in [ContentType::ApplicationData, ContentType::Alert, ContentType::Handshake] {
+                assert!(matches!(s.seal(typ, b"more"), Err(CryptoError::ChannelState(_))));
+            }
+            assert_eq!(s.next_seq(), Some(AES_GCM_RECORD_LIMIT), "a refusal moves nothing");
+            assert_eq!(o.open(&rec).unwrap().content, b"last");
+            // Handed-over keys already past the limit seal nothing.
+            let (mut late, _) = pair(version, 16, u64::MAX);
             assert!(matches!(
-                s.seal(ContentType::ApplicationData, b"more"),
+                late.seal(ContentType::ApplicationData, b"x"),
                 Err(CryptoError::ChannelState(_))
             ));
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap() {
+        for version in [Version::Tls12, Version::Tls13] {
+            // Only the opener can get this far (the peer's key, the peer's limit).
+            let (s, mut o) = pair(version, 16, u64::MAX);
+            let rec = s.protect(u64::MAX, ContentType::ApplicationData, b"last", 0).unwrap();
             assert_eq!(o.open(&rec).unwrap().content, b"last");
+            assert_eq!(o.next_seq(), None);
             assert!(matches!(o.open(&rec), Err(CryptoError::ChannelState(_))));
         }
     }
@@ -521,7 +568,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(v13 in any::<bool>(), aes256 in any::<bool>(), seq in 0u64..u64::MAX - 4,
+        fn round_trip(v13 in any::<bool>(), aes256 in any::<bool>(), seq in 0u64..AES_GCM_RECORD_LIMIT - 4,
                       msgs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..4)) {
             let version = if v13 { Version::Tls13 } else { Version::Tls12 };
             let (mut s, mut o) = pair(version, if aes256 { 32 } else { 16 }, seq);
