@@ -51,7 +51,7 @@ pub enum KeyringError {
         sw: StatusWord,
     },
     /// The card's answer is malformed.
-    #[error(transparent)]
+    #[error("malformed keyring message: {0}")]
     Malformed(#[from] ProtoError),
     /// A cryptogram, signature, confirmation or check value from the card did not verify.
     #[error("verification failed: {0}")]
