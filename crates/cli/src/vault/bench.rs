@@ -43,6 +43,11 @@ pub struct FilesBenchArgs {
     rage: PathBuf,
 }
 
+/// A path as a command-line argument.
+fn arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
 fn other(e: impl std::fmt::Display) -> CliError {
     CliError::new(Exit::Other, e.to_string())
 }
@@ -203,8 +208,7 @@ fn bench(
     let main_id = identity("main.img")?;
     let backup_id = identity("backup.img")?;
     let tools = Tools { exe, rage: &args.rage, path_env };
-    let s = |p: &Path| p.to_string_lossy().into_owned();
-    let main_img = s(&dir.join("main.img"));
+    let main_img = arg(&dir.join("main.img"));
     let mut rows: Vec<Value> = Vec::new();
     let mut lines = Vec::new();
     for &mib in &args.sizes {
@@ -221,12 +225,12 @@ fn bench(
                 "-r",
                 &recipient,
                 "-o",
-                &s(&te),
-                &s(&input),
+                &arg(&te),
+                &arg(&input),
             ]))
         })?;
         let r_enc = best_of(reps, &settle, || {
-            run_timed(&mut tools.rage(&["-e", "-r", &recipient, "-o", &s(&re), &s(&input)]))
+            run_timed(&mut tools.rage(&["-e", "-r", &recipient, "-o", &arg(&re), &arg(&input)]))
         })?;
         let t_dec = best_of(reps, &settle, || {
             run_timed(&mut tools.tessera(&[
@@ -235,12 +239,12 @@ fn bench(
                 "--image",
                 &main_img,
                 "-o",
-                &s(&td),
-                &s(&te),
+                &arg(&td),
+                &arg(&te),
             ]))
         })?;
         let r_dec = best_of(reps, &settle, || {
-            run_timed(&mut tools.rage(&["-d", "-i", &s(&main_id), "-o", &s(&rd), &s(&re)]))
+            run_timed(&mut tools.rage(&["-d", "-i", &arg(&main_id), "-o", &arg(&rd), &arg(&re)]))
         })?;
         for p in [&input, &te, &re, &td, &rd] {
             let _ = std::fs::remove_file(p);
@@ -343,7 +347,6 @@ fn recovery_round(
     new_recipient: &str,
     backup_id: &Path,
 ) -> Result<RecoveryRound, CliError> {
-    let s = |p: &Path| p.to_string_lossy().into_owned();
     let (a, b) = (dir.join("tessera"), dir.join("rage"));
     std::fs::create_dir_all(&a).map_err(other)?;
     std::fs::create_dir_all(&b).map_err(other)?;
@@ -359,7 +362,7 @@ fn recovery_round(
             let (pa, pb) = (a.join(format!("{i}.age")), b.join(format!("{i}.age")));
             std::fs::write(&pa, &enc).map_err(other)?;
             std::fs::write(&pb, &enc).map_err(other)?;
-            list_a.push(s(&pa));
+            list_a.push(arg(&pa));
             list_b.push(pb);
         }
         // The setup's writes reach the disk before anything is timed, so neither side pays for
@@ -368,7 +371,7 @@ fn recovery_round(
         for p in list_a.iter().map(PathBuf::from).chain(list_b.iter().cloned()) {
             std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(other)?;
         }
-        let backup_img = s(&dir.with_file_name("backup.img"));
+        let backup_img = arg(&dir.with_file_name("backup.img"));
         let mut cmd = tools.tessera(&[
             "vault",
             "recover",
@@ -384,13 +387,13 @@ fn recovery_round(
         for p in &list_b {
             let tmp = p.with_extension("new");
             let mut dec = tools
-                .rage(&["-d", "-i", &s(backup_id), &s(p)])
+                .rage(&["-d", "-i", &arg(backup_id), &arg(p)])
                 .stdout(Stdio::piped())
                 .spawn()
                 .map_err(other)?;
             let stdin = dec.stdout.take().ok_or_else(|| other("rage stdout"))?;
             let enc_status = tools
-                .rage(&["-e", "-r", new_recipient, "-o", &s(&tmp)])
+                .rage(&["-e", "-r", new_recipient, "-o", &arg(&tmp)])
                 .stdin(stdin)
                 .status()
                 .map_err(other)?;
