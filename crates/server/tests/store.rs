@@ -300,3 +300,40 @@ async fn deferred_statements_run_in_order_and_fail_their_transaction(db: TestDb)
     tx.commit().await.unwrap();
 }
 both!(deferred_statements_run_in_order_and_fail_their_transaction);
+
+/// `Tx::query_all`: the queries run in order, each seeing what the ones before it changed,
+/// with the deferred statements before them; a failing one fails the call, and the
+/// transaction commits nothing.
+async fn pipelined_queries_run_in_order_and_fail_together(db: TestDb) {
+    use tessera_server::db::{Db, DbError, Value};
+    let raw = Db::open(&db.location).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    tx.batch("CREATE TABLE pipelined_t (id BIGINT PRIMARY KEY)").await.unwrap();
+    tx.commit().await.unwrap();
+    let insert = "INSERT INTO pipelined_t (id) VALUES ($1) RETURNING id";
+    let count = "SELECT COUNT(*) FROM pipelined_t";
+    let (one, two) = ([Value::Int(1)], [Value::Int(2)]);
+
+    let mut tx = raw.begin().await.unwrap();
+    tx.execute_deferred("INSERT INTO pipelined_t (id) VALUES ($1)", &[Value::Int(0)])
+        .await
+        .unwrap();
+    let rows = tx.query_all(&[(count, &[]), (insert, &one), (count, &[]), (insert, &two)]).await;
+    let rows = rows.unwrap();
+    let firsts: Vec<i64> = rows.iter().map(|r| r[0].int(0).unwrap()).collect();
+    assert_eq!(firsts, [1, 1, 2, 2], "each query sees the ones before it");
+    assert!(tx.query_all(&[]).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+
+    // A failing query in the middle: the call fails, nothing of the transaction stays.
+    let mut tx = raw.begin().await.unwrap();
+    let three = [Value::Int(3)];
+    let failed = tx.query_all(&[(insert, &three), (insert, &one), (count, &[])]).await;
+    assert!(matches!(failed, Err(DbError::Constraint(_))), "{failed:?}");
+    drop(tx);
+    let mut tx = raw.begin().await.unwrap();
+    let n = tx.query_opt(count, &[]).await.unwrap().unwrap().int(0).unwrap();
+    assert_eq!(n, 3, "the failed transaction left nothing");
+    tx.commit().await.unwrap();
+}
+both!(pipelined_queries_run_in_order_and_fail_together);

@@ -219,6 +219,14 @@ async fn challenges_are_single_use_and_bound_to_the_card(db: TestDb) {
     let answer = device_auth(&mut card, fresh);
     store.update_authenticate("acme", "CARD-A", &fresh, &answer).await.unwrap();
     assert!(store.update_authenticate("acme", "CARD-A", &fresh, &answer).await.is_err());
+    // Once revoked, the card's valid answer to a fresh challenge is refused.
+    store.revoke_card(&root(), "acme", "CARD-A").await.unwrap();
+    let fresh = store.update_challenge().await.unwrap();
+    let answer = device_auth(&mut card, fresh);
+    assert!(matches!(
+        store.update_authenticate("acme", "CARD-A", &fresh, &answer).await,
+        Err(ServerError::Forbidden(m)) if m.contains("revoked")
+    ));
 }
 both!(challenges_are_single_use_and_bound_to_the_card);
 

@@ -142,6 +142,14 @@ impl Row {
     }
 }
 
+/// The one row of a query expected to return at most one.
+pub fn at_most_one(mut rows: Vec<Row>) -> DbResult<Option<Row>> {
+    match rows.len() {
+        0 | 1 => Ok(rows.pop()),
+        n => Err(DbError::Data(format!("expected at most one row, got {n}"))),
+    }
+}
+
 /// Which SQL dialect a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -298,11 +306,18 @@ impl Tx {
 
     /// Runs a query expected to return at most one row.
     pub async fn query_opt(&mut self, sql: &str, params: &[Value]) -> DbResult<Option<Row>> {
-        let mut rows = self.query(sql, params).await?;
-        match rows.len() {
-            0 => Ok(None),
-            1 => Ok(rows.pop()),
-            n => Err(DbError::Data(format!("expected at most one row, got {n}"))),
+        at_most_one(self.query(sql, params).await?)
+    }
+
+    /// Runs the queries of `batch` in order and returns their rows, in order. On PostgreSQL
+    /// they go out together, in one round trip (pipelined: the server runs each after the one
+    /// before, so each sees what those changed); on SQLite they run one after the other.
+    pub async fn query_all(&mut self, batch: &[(&str, &[Value])]) -> DbResult<Vec<Vec<Row>>> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
+                batch.iter().map(|(sql, params)| tx.query(sql, params)).collect()
+            }
+            TxInner::Pg(tx) => tx.query_all(batch).await,
         }
     }
 

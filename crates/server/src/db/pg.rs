@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use bytes::BytesMut;
+use futures_util::TryStreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -141,6 +142,8 @@ impl PooledClient {
 }
 
 const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+const COMMIT: &str = "COMMIT";
+const ADVISORY_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 impl PgConn {
     /// The prepared statement for `sql`: from this connection's cache, else prepared now.
@@ -154,24 +157,6 @@ impl PgConn {
         }
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
-    }
-
-    /// Runs `run` on the client, behind `BEGIN` in the same round trip when the transaction
-    /// has not started (`begun`).
-    async fn begun<T, F>(&self, begun: &mut bool, run: F) -> DbResult<T>
-    where
-        F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    {
-        if *begun {
-            return run.await.map_err(map_err);
-        }
-        // Polled in order: BEGIN is sent first, the statement right behind it. BEGIN fails
-        // only when the connection does (and the statement with it); the connection is then
-        // closed, not pooled (`begun` set: the transaction's drop closes it).
-        let (began, result) = tokio::join!(self.client.batch_execute(BEGIN), run);
-        *begun = true;
-        began.map_err(map_err)?;
-        result.map_err(map_err)
     }
 }
 
@@ -187,40 +172,60 @@ pub(super) struct PgTx {
     deferred: Vec<(Statement, Vec<Value>)>,
 }
 
-/// A pipelined statement's future.
-type Sent<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+/// What the server answered to one statement.
+struct Answer {
+    rows: Vec<tokio_postgres::Row>,
+    /// The rows an `INSERT`, `UPDATE` or `DELETE` changed (0 for other statements).
+    changed: u64,
+}
 
-/// Sends `deferred` in order (each is written when first polled, so all go out before whatever
-/// is polled after this) and waits for their answers; the first error, if any.
-async fn send_deferred(
+/// One statement's answer, on its way.
+type Sent<'a> = Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Sends one statement (it is written to the connection when first polled) and reads its
+/// answer.
+async fn send(
     client: &Client,
-    deferred: &[(Statement, Vec<Value>)],
-) -> Result<(), tokio_postgres::Error> {
-    let mut pending: Vec<Sent<'_>> = deferred
+    statement: &Statement,
+    params: &[Value],
+) -> Result<Answer, tokio_postgres::Error> {
+    let mut stream = std::pin::pin!(client.query_raw(statement, params).await?);
+    let rows = stream.as_mut().try_collect().await?;
+    Ok(Answer { rows, changed: stream.rows_affected().unwrap_or(0) })
+}
+
+/// Sends `statements` in order, all before waiting for any answer (one round trip), and
+/// returns their answers in order, or the first error. After a failed statement the server
+/// refuses the rest of the transaction: the first error is the cause.
+async fn pipeline(
+    client: &Client,
+    statements: &[(Statement, &[Value])],
+) -> Result<Vec<Answer>, tokio_postgres::Error> {
+    let mut pending: Vec<Option<Sent<'_>>> = statements
         .iter()
-        .map(|(statement, params)| -> Sent<'_> {
-            Box::pin(async move {
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                client.execute(statement, &refs).await
-            })
-        })
+        .map(|(statement, params)| Some(Box::pin(send(client, statement, params)) as Sent<'_>))
         .collect();
-    let mut first_error = None;
+    let mut answers: Vec<Option<Result<Answer, tokio_postgres::Error>>> =
+        pending.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
-        // In order: answers come back in the order the statements went out.
-        pending.retain_mut(|f| match f.as_mut().poll(cx) {
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    first_error.get_or_insert(e);
+        // In order: each statement is written when first polled, and the answers come back
+        // in the order the statements went out.
+        let mut done = true;
+        for (slot, answer) in pending.iter_mut().zip(&mut answers) {
+            if let Some(sent) = slot {
+                match sent.as_mut().poll(cx) {
+                    Poll::Ready(result) => {
+                        *answer = Some(result);
+                        *slot = None;
+                    }
+                    Poll::Pending => done = false,
                 }
-                false
             }
-            Poll::Pending => true,
-        });
-        if pending.is_empty() { Poll::Ready(()) } else { Poll::Pending }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
     })
     .await;
-    first_error.map_or(Ok(()), Err)
+    answers.into_iter().flatten().collect()
 }
 
 impl PgTx {
@@ -228,40 +233,47 @@ impl PgTx {
         self.conn.as_mut().ok_or_else(|| DbError::Other("transaction already ended".into()))?.conn()
     }
 
-    pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+    /// Sends, in one round trip: `BEGIN` if the transaction has not started, the deferred
+    /// statements, then `batch`. Returns the answers to `batch`, in order. The one way this
+    /// transaction talks to the server.
+    async fn run(&mut self, batch: &[(&str, &[Value])]) -> DbResult<Vec<Answer>> {
         let deferred = std::mem::take(&mut self.deferred);
-        let mut begun = self.begun;
+        let begun = self.begun;
         let conn = self.conn()?;
-        let statement = conn.statement(sql).await?;
-        let client = &conn.client;
-        let all = async {
-            let (before, rows) =
-                tokio::join!(send_deferred(client, &deferred), client.query(&statement, &refs));
-            before?;
-            rows
-        };
-        let rows = conn.begun(&mut begun, all).await;
-        self.begun = begun;
-        rows?.iter().map(convert_row).collect()
+        let mut statements: Vec<(Statement, &[Value])> =
+            Vec::with_capacity(1 + deferred.len() + batch.len());
+        if !begun {
+            statements.push((conn.statement(BEGIN).await?, &[]));
+        }
+        let skip = statements.len() + deferred.len();
+        statements.extend(deferred.iter().map(|(s, params)| (s.clone(), params.as_slice())));
+        for (sql, params) in batch {
+            statements.push((conn.statement(sql).await?, params));
+        }
+        let answers = pipeline(&conn.client, &statements).await;
+        // From here the connection's state is the server's: should anything have failed, the
+        // transaction's drop closes it rather than pool it.
+        self.begun = true;
+        let mut answers = answers.map_err(map_err)?;
+        Ok(answers.split_off(skip))
+    }
+
+    pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
+        let answer = self.run(&[(sql, params)]).await?.pop();
+        answer.map_or(Ok(Vec::new()), |a| a.rows.iter().map(convert_row).collect())
     }
 
     pub(super) async fn execute(&mut self, sql: &str, params: &[Value]) -> DbResult<u64> {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut begun = self.begun;
-        let conn = self.conn()?;
-        let statement = conn.statement(sql).await?;
-        let client = &conn.client;
-        let all = async {
-            let (before, n) =
-                tokio::join!(send_deferred(client, &deferred), client.execute(&statement, &refs));
-            before?;
-            n
-        };
-        let n = conn.begun(&mut begun, all).await;
-        self.begun = begun;
-        n
+        Ok(self.run(&[(sql, params)]).await?.pop().map_or(0, |a| a.changed))
+    }
+
+    /// Runs the queries of `batch` in order, in one round trip; their rows, in order.
+    pub(super) async fn query_all(
+        &mut self,
+        batch: &[(&str, &[Value])],
+    ) -> DbResult<Vec<Vec<Row>>> {
+        let answers = self.run(batch).await?;
+        answers.iter().map(|a| a.rows.iter().map(convert_row).collect()).collect()
     }
 
     /// Queues a statement whose row count nobody reads: it is sent with the transaction's next
@@ -273,19 +285,6 @@ impl PgTx {
         Ok(())
     }
 
-    /// Sends the deferred statements now, if any.
-    async fn flush(&mut self) -> DbResult<()> {
-        if self.deferred.is_empty() {
-            return Ok(());
-        }
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut begun = self.begun;
-        let conn = self.conn()?;
-        let sent = conn.begun(&mut begun, send_deferred(&conn.client, &deferred)).await;
-        self.begun = begun;
-        sent
-    }
-
     /// `pg_advisory_xact_lock(key)`, then `sql`, pipelined (see `Tx::lock_then_query`).
     pub(super) async fn lock_then_query(
         &mut self,
@@ -293,36 +292,16 @@ impl PgTx {
         sql: &str,
         params: &[Value],
     ) -> DbResult<Vec<Row>> {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let key = Value::Int(key);
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut begun = self.begun;
-        let conn = self.conn()?;
-        let lock = conn.statement("SELECT pg_advisory_xact_lock($1)").await?;
-        let statement = conn.statement(sql).await?;
-        let client = &conn.client;
-        let both = async {
-            // Polled in order: the deferred statements, the lock, the query right behind it.
-            let (before, locked, rows) = tokio::join!(
-                send_deferred(client, &deferred),
-                client.query(&lock, &lock_params),
-                client.query(&statement, &refs)
-            );
-            before?;
-            locked?;
-            rows
-        };
-        let rows = conn.begun(&mut begun, both).await;
-        self.begun = begun;
-        rows?.iter().map(convert_row).collect()
+        let key = [Value::Int(key)];
+        let mut rows = self.query_all(&[(ADVISORY_LOCK, &key), (sql, params)]).await?;
+        Ok(rows.pop().unwrap_or_default())
     }
 
     /// Runs `sql` (a schema change: migrations) and makes every connection of the pool
     /// prepare its statements again.
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
-        self.flush().await?;
-        self.start().await?;
+        // BEGIN and the deferred statements first.
+        self.run(&[]).await?;
         self.schema_changed = true;
         self.conn()?.client.batch_execute(sql).await.map_err(map_err)?;
         self.forget_statements();
@@ -338,33 +317,12 @@ impl PgTx {
         }
     }
 
-    /// Sends `BEGIN` now if no statement has yet.
-    async fn start(&mut self) -> DbResult<()> {
-        if !self.begun {
-            self.conn()?.client.batch_execute(BEGIN).await.map_err(map_err)?;
-            self.begun = true;
-        }
-        Ok(())
-    }
-
+    /// Commits: the deferred statements and `COMMIT` in one round trip. After a failed
+    /// statement PostgreSQL answers `COMMIT` with a rollback, not an error: the statement's
+    /// error is the transaction's.
     pub(super) async fn commit(mut self) -> DbResult<()> {
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut begun = self.begun;
-        if begun || !deferred.is_empty() {
-            let conn = self.conn()?;
-            let client = &conn.client;
-            let all = async {
-                // The deferred statements and COMMIT in one round trip. After a failed
-                // statement PostgreSQL answers COMMIT with a rollback, not an error: the
-                // statement's error is the transaction's.
-                let (before, committed) =
-                    tokio::join!(send_deferred(client, &deferred), client.batch_execute("COMMIT"));
-                before?;
-                committed
-            };
-            let committed = conn.begun(&mut begun, all).await;
-            self.begun = begun;
-            committed?;
+        if self.begun || !self.deferred.is_empty() {
+            self.run(&[(COMMIT, &[])]).await?;
         }
         if self.schema_changed {
             self.forget_statements();

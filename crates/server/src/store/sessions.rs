@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::Store;
 use super::auth::Principal;
 use super::cards::STATUS_REVOKED;
-use crate::db::{Row, Tx, Value};
+use crate::db::{Row, Tx, Value, at_most_one};
 use crate::error::{ServerError, ServerResult};
 use crate::primitives::{random_bytes, sha256_parts};
 use crate::tunnel::{
@@ -34,6 +34,10 @@ pub const MAX_RESPONSE_LEN: usize = 65538;
 pub(crate) fn live_key(issuer: &str, card_id: &str) -> String {
     format!("{issuer}/{card_id}")
 }
+
+/// The live session holding a card other than `$2`, by the card's [`live_key`] `$1`: its id
+/// and expiry.
+const LIVE_HOLDER: &str = "SELECT id, expires_at FROM sessions WHERE live_card = $1 AND id <> $2";
 
 /// `POST /v1/issuers/{issuer}/sessions` body.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -194,37 +198,45 @@ impl Store {
         session: &str,
     ) -> ServerResult<String> {
         let key = live_key(issuer, card_id);
-        let now = crate::clock::now();
-        let holder = tx
-            .query_opt(
-                "SELECT id, expires_at FROM sessions WHERE live_card = $1 AND id <> $2",
-                &[key.clone().into(), session.into()],
-            )
-            .await?;
-        if let Some(holder) = holder {
-            if holder.int(1)? >= now {
-                return Err(ServerError::Conflict(format!(
-                    "card {card_id} already has a live session"
-                )));
-            }
-            // A holder past its expiry no longer counts.
-            tx.execute(
-                "UPDATE sessions SET status = 'expired', live_card = NULL WHERE id = $1",
-                &[holder.text(0)?.into()],
-            )
-            .await?;
-        }
+        let holder = tx.query_opt(LIVE_HOLDER, &[key.clone().into(), session.into()]).await?;
+        self.take_over_card(tx, card_id, holder).await?;
         Ok(key)
     }
 
+    /// The rest of [`Store::claim_card`] once its [`LIVE_HOLDER`] query answered: a live
+    /// holder refuses the claim, one past its expiry is ended.
+    async fn take_over_card(
+        &self,
+        tx: &mut Tx,
+        card_id: &str,
+        holder: Option<Row>,
+    ) -> ServerResult<()> {
+        let Some(holder) = holder else { return Ok(()) };
+        if holder.int(1)? >= crate::clock::now() {
+            return Err(ServerError::Conflict(format!(
+                "card {card_id} already has a live session"
+            )));
+        }
+        // A holder past its expiry no longer counts.
+        tx.execute(
+            "UPDATE sessions SET status = 'expired', live_card = NULL WHERE id = $1",
+            &[holder.text(0)?.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The card, which must be registered for `issuer` and not revoked, with the highest ISD
-    /// key version seen; its row is locked for the rest of the transaction.
+    /// key version seen; its row is locked for the rest of the transaction. With `claim_for`
+    /// a session, the card is also claimed for it ([`Store::claim_card`]; its key returned),
+    /// both read in one round trip.
     async fn check_card_usable(
         &self,
         tx: &mut Tx,
         issuer: &str,
         card_id: &str,
-    ) -> ServerResult<UsableCard> {
+        claim_for: Option<&str>,
+    ) -> ServerResult<(UsableCard, Option<String>)> {
         let sql = format!(
             "SELECT c.status, (SELECT k.value FROM card_counters k WHERE k.issuer_id = c.issuer_id \
              AND k.card_id = c.card_id AND k.name = $3), \
@@ -234,8 +246,19 @@ impl Store {
              FROM cards c WHERE c.issuer_id = $1 AND c.card_id = $2{}",
             tx.for_update()
         );
-        let row =
-            tx.query_opt(&sql, &[issuer.into(), card_id.into(), COUNTER_ISD_KVN.into()]).await?;
+        let card_params = [issuer.into(), card_id.into(), COUNTER_ISD_KVN.into()];
+        let key = claim_for.map(|_| live_key(issuer, card_id));
+        let holder_params = match (&key, claim_for) {
+            (Some(key), Some(session)) => vec![key.into(), session.into()],
+            _ => Vec::new(),
+        };
+        let mut queries = vec![(sql.as_str(), card_params.as_slice())];
+        if claim_for.is_some() {
+            queries.push((LIVE_HOLDER, holder_params.as_slice()));
+        }
+        let mut answers = tx.query_all(&queries).await?.into_iter();
+        let row = at_most_one(answers.next().unwrap_or_default())?;
+        let holder = at_most_one(answers.next().unwrap_or_default())?;
         let Some(row) = row else {
             // Which is unknown: the issuer, or its card.
             self.require_issuer_exists(tx, issuer).await?;
@@ -244,12 +267,16 @@ impl Store {
         if row.text(0)? == STATUS_REVOKED {
             return Err(ServerError::Forbidden(format!("card {card_id} is revoked")));
         }
-        Ok(UsableCard {
+        if key.is_some() {
+            self.take_over_card(tx, card_id, holder).await?;
+        }
+        let card = UsableCard {
             card_id: card_id.to_owned(),
             isd_kvn: row.opt_int(1)?,
             keyring: row.int(2)? != 0,
             updates_pending: row.opt_int(3)?.is_some(),
-        })
+        };
+        Ok((card, key))
     }
 
     /// Opens a tunnel session for a card of `issuer` (identity optional), with the default
@@ -286,8 +313,8 @@ impl Store {
         }
         let (live, card) = match &req.card_id {
             Some(c) => {
-                let card = self.check_card_usable(&mut tx, issuer, c).await?;
-                (Some(self.claim_card(&mut tx, issuer, c, &id).await?), Some(card))
+                let (card, live) = self.check_card_usable(&mut tx, issuer, c, Some(&id)).await?;
+                (live, Some(card))
             }
             None => (None, None),
         };
@@ -438,11 +465,12 @@ impl Store {
                         "the card answered id {card_id}, the session was opened for {expected}"
                     )));
                 }
-                let card = self.check_card_usable(&mut tx, &s.issuer, &card_id).await?;
-                let live = match &s.live_card {
-                    Some(live) => live.clone(),
-                    None => self.claim_card(&mut tx, &s.issuer, &card_id, session_id).await?,
-                };
+                let claim = if s.live_card.is_none() { Some(session_id) } else { None };
+                let (card, claimed) =
+                    self.check_card_usable(&mut tx, &s.issuer, &card_id, claim).await?;
+                let live = claimed.or_else(|| s.live_card.clone()).ok_or_else(|| {
+                    ServerError::Internal("a session without its claim on the card".into())
+                })?;
                 if *read_counters {
                     let first = device_auth.as_deref().map(|challenge| (challenge, update));
                     self.after_counters(
@@ -462,7 +490,7 @@ impl Store {
             }
             TunnelState::ReadCounters { card_id } => {
                 let live = s.live_card.clone();
-                let card = self.check_card_usable(&mut tx, &s.issuer, card_id).await?;
+                let (card, _) = self.check_card_usable(&mut tx, &s.issuer, card_id, None).await?;
                 self.after_counters(
                     &mut tx, &s.issuer, &card, session_id, &responses, live, now, None,
                 )

@@ -30,7 +30,7 @@ use super::Store;
 use super::auth::Principal;
 use super::issuers::signing_key_context;
 use super::sessions::Outcome;
-use crate::db::Tx;
+use crate::db::{Row, Tx, Value, at_most_one};
 use crate::error::{ServerError, ServerResult};
 use crate::tunnel::TunnelState;
 use crate::update::{
@@ -433,8 +433,9 @@ impl Store {
         Ok(card)
     }
 
-    /// The checks of device authentication after the challenge was used up. Besides the card,
-    /// what the same query found for the steps after it ([`AuthFound`]).
+    /// The checks of device authentication after the challenge was used up ([`check_auth`]
+    /// on what [`AUTH_READ`] finds). Besides the card, what the same query found for the
+    /// steps after it ([`AuthFound`]).
     async fn update_check_auth(
         &self,
         tx: &mut Tx,
@@ -446,50 +447,11 @@ impl Store {
     ) -> Checked<(AuthenticatedCard, AuthFound)> {
         let response = DeviceAuthResponse::parse(answer)
             .map_err(|_| check_err(UpdateError::DeviceSignature))?;
-        let reported = i64::try_from(response.last_sequence).unwrap_or(i64::MAX);
-        // The certificates and the highest delivered sequence, in one query (nothing changes
-        // them in between: the checks below run in this order); with them, for after the
-        // checks, whether packages below the reported sequence are pending and whether a
-        // schedule is due (the card's session holds its row: nobody else delivers its packages
-        // meanwhile).
         let row = tx
-            .query_opt(
-                "SELECT i.ca_cert, u.device_cert, (SELECT MAX(p.sequence) FROM update_packages p \
-                 WHERE p.issuer_id = u.issuer_id AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL), \
-                 (SELECT COUNT(*) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
-                 AND p.card_id = u.card_id AND p.sequence < $3 AND p.delivered_at IS NULL), \
-                 (SELECT COUNT(*) FROM update_schedules s WHERE s.issuer_id = u.issuer_id \
-                 AND s.card_id = u.card_id AND s.next_due <= $4) \
-                 FROM update_cards u JOIN issuers i ON i.id = u.issuer_id \
-                 WHERE u.issuer_id = $1 AND u.card_id = $2",
-                &[issuer.into(), card_id.into(), reported.into(), now.into()],
-            )
+            .query_opt(AUTH_READ, &auth_read_params(issuer, card_id, &response, now))
             .await
-            .map_err(server_err)?
-            .ok_or_else(|| check_err(UpdateError::UnknownCard(card_id.into())))?;
-        let bad = |e: tessera_crypto::CryptoError| server_err(ServerError::Internal(e.to_string()));
-        let ca = Certificate::from_der(row.blob(0).map_err(server_err)?).map_err(bad)?;
-        let device = Certificate::from_der(row.blob(1).map_err(server_err)?).map_err(bad)?;
-        let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(check_err)?;
-        verify_device_auth(&key, card_id.as_bytes(), challenge, &response).map_err(check_err)?;
-        let delivered = row.opt_int(2).map_err(server_err)?.unwrap_or(0);
-        let acknowledged = u64::try_from(delivered).unwrap_or(0);
-        if response.last_sequence < acknowledged {
-            return Err(check_err(UpdateError::RolledBack {
-                reported: response.last_sequence,
-                acknowledged,
-            }));
-        }
-        let card = AuthenticatedCard {
-            card_id: card_id.as_bytes().to_vec(),
-            last_sequence: response.last_sequence,
-            private: false,
-        };
-        let found = AuthFound {
-            pending_below: row.int(3).map_err(server_err)? > 0,
-            due: row.int(4).map_err(server_err)? > 0,
-        };
-        Ok((card, found))
+            .map_err(server_err)?;
+        check_auth(row, card_id, challenge, &response, now)
     }
 
     async fn update_card_certs(
@@ -680,6 +642,108 @@ struct AuthFound {
     pending_below: bool,
     /// A schedule of the card is due ([`Store::update_run_due_tx`]).
     due: bool,
+}
+
+/// What device authentication reads of a card, in one query (nothing changes it in between:
+/// [`check_auth`] runs its checks in order): `$1` the issuer, `$2` the card, `$3` the
+/// sequence the card reported, `$4` now. Columns: the card's status (`NULL` without a card
+/// row), the issuer CA certificate, the device certificate, the highest delivered sequence;
+/// for after the checks, how many packages below `$3` are pending and how many of the card's
+/// schedules are due (the card's session holds its row: nobody else delivers its packages
+/// meanwhile).
+const AUTH_READ: &str = "SELECT c.status, i.ca_cert, u.device_cert, \
+     (SELECT MAX(p.sequence) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
+     AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL), \
+     (SELECT COUNT(*) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
+     AND p.card_id = u.card_id AND p.sequence < $3 AND p.delivered_at IS NULL), \
+     (SELECT COUNT(*) FROM update_schedules s WHERE s.issuer_id = u.issuer_id \
+     AND s.card_id = u.card_id AND s.next_due <= $4) \
+     FROM update_cards u JOIN issuers i ON i.id = u.issuer_id \
+     LEFT JOIN cards c ON c.issuer_id = u.issuer_id AND c.card_id = u.card_id \
+     WHERE u.issuer_id = $1 AND u.card_id = $2";
+
+/// [`AUTH_READ`]'s parameters.
+fn auth_read_params(
+    issuer: &str,
+    card_id: &str,
+    response: &DeviceAuthResponse,
+    now: i64,
+) -> [Value; 4] {
+    let reported = i64::try_from(response.last_sequence).unwrap_or(i64::MAX);
+    [issuer.into(), card_id.into(), reported.into(), now.into()]
+}
+
+/// Uses up a challenge: one row when it was still there.
+const TAKE_CHALLENGE: &str = "DELETE FROM update_challenges WHERE nonce = $1 RETURNING nonce";
+
+/// The packages pending for a card, in sequence order: `$1` the issuer, `$2` the card, `$3`
+/// the most.
+const PENDING_PACKAGES: &str = "SELECT sequence, package FROM update_packages \
+     WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL ORDER BY sequence LIMIT $3";
+
+/// Device authentication's checks, in order, on what [`AUTH_READ`] found for `card_id`
+/// (`row`): the card registered for updates and not revoked, its device certificate chaining
+/// to the issuer CA and naming it, the signature over `challenge`, the reported sequence not
+/// below the highest delivered one.
+fn check_auth(
+    row: Option<Row>,
+    card_id: &str,
+    challenge: &Challenge,
+    response: &DeviceAuthResponse,
+    now: i64,
+) -> Checked<(AuthenticatedCard, AuthFound)> {
+    let row = row.ok_or_else(|| check_err(UpdateError::UnknownCard(card_id.into())))?;
+    match row.opt_text(0).map_err(server_err)? {
+        None => return Err(check_err(UpdateError::UnknownCard(card_id.into()))),
+        Some(status) if status == super::cards::STATUS_REVOKED => {
+            return Err((ServerError::Forbidden(format!("card {card_id} is revoked")), "revoked"));
+        }
+        Some(_) => {}
+    }
+    let bad = |e: tessera_crypto::CryptoError| server_err(ServerError::Internal(e.to_string()));
+    let ca = Certificate::from_der(row.blob(1).map_err(server_err)?).map_err(bad)?;
+    let device = Certificate::from_der(row.blob(2).map_err(server_err)?).map_err(bad)?;
+    let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(check_err)?;
+    verify_device_auth(&key, card_id.as_bytes(), challenge, response).map_err(check_err)?;
+    let delivered = row.opt_int(3).map_err(server_err)?.unwrap_or(0);
+    let acknowledged = u64::try_from(delivered).unwrap_or(0);
+    if response.last_sequence < acknowledged {
+        return Err(check_err(UpdateError::RolledBack {
+            reported: response.last_sequence,
+            acknowledged,
+        }));
+    }
+    let card = AuthenticatedCard {
+        card_id: card_id.as_bytes().to_vec(),
+        last_sequence: response.last_sequence,
+        private: false,
+    };
+    let found = AuthFound {
+        pending_below: row.int(4).map_err(server_err)? > 0,
+        due: row.int(5).map_err(server_err)? > 0,
+    };
+    Ok((card, found))
+}
+
+/// What a sync's device authentication read in one round trip ([`Store::update_auth_reads`]).
+struct AuthReads {
+    /// [`AUTH_READ`]'s row.
+    auth: Option<Row>,
+    /// The first batch's packages ([`PENDING_PACKAGES`]).
+    pending: Vec<Row>,
+}
+
+/// A card authenticated in a sync's update step.
+struct SyncAuth {
+    /// The card (opened from the sealed identity in the privacy variant).
+    card_id: String,
+    /// The sequence the card reported.
+    last_sequence: u64,
+    /// Packages below it the card acknowledged by reporting it (marked delivered now).
+    acknowledged: u64,
+    /// The first batch's packages ([`PENDING_PACKAGES`]), unless they changed since they were
+    /// read.
+    pending: Option<Vec<Row>>,
 }
 
 /// Where a sync's update step is, kept in the tunnel session.
@@ -1109,7 +1173,7 @@ impl Store {
         now: i64,
     ) -> ServerResult<Step> {
         let sync = UpdateSync::new(card_id.to_owned(), challenge_hex.to_owned(), before);
-        self.update_sync_step_in(tx, issuer, &sync, responses, now, true).await
+        self.update_sync_step(tx, issuer, &sync, responses, now).await
     }
 
     /// One exchange of a sync's update step: first the card's answer to DEVICE AUTHENTICATE,
@@ -1126,20 +1190,6 @@ impl Store {
         responses: &[Vec<u8>],
         now: i64,
     ) -> ServerResult<Step> {
-        self.update_sync_step_in(tx, issuer, sync, responses, now, false).await
-    }
-
-    /// [`Store::update_sync_step`]; `card_checked`: the card was found registered and not
-    /// revoked (and locked) earlier in `tx`.
-    async fn update_sync_step_in(
-        &self,
-        tx: &mut Tx,
-        issuer: &str,
-        sync: &UpdateSync,
-        responses: &[Vec<u8>],
-        now: i64,
-        card_checked: bool,
-    ) -> ServerResult<Step> {
         let parsed: Vec<tessera_apdu::Response> = responses
             .iter()
             .map(|r| {
@@ -1151,6 +1201,8 @@ impl Store {
             })
             .collect::<ServerResult<_>>()?;
         let mut next = sync.clone();
+        // The next batch's packages, when read with something before.
+        let mut pending = None;
         if sync.authenticated.is_none() {
             let [_, answer] = parsed.as_slice() else {
                 return Err(ServerError::BadRequest(format!(
@@ -1158,11 +1210,12 @@ impl Store {
                     parsed.len()
                 )));
             };
-            match self.update_sync_auth(tx, issuer, sync, answer, now, card_checked).await? {
-                Ok((card_id, last_sequence, acknowledged)) => {
-                    next.card_id = card_id;
-                    next.authenticated = Some(last_sequence);
-                    next.delivered += acknowledged;
+            match self.update_sync_auth(tx, issuer, sync, answer, now).await? {
+                Ok(auth) => {
+                    next.card_id = auth.card_id;
+                    next.authenticated = Some(auth.last_sequence);
+                    next.delivered += auth.acknowledged;
+                    pending = auth.pending;
                 }
                 Err(step) => return Ok(step),
             }
@@ -1215,13 +1268,14 @@ impl Store {
             }
         }
         // The next batch of pending packages, if any.
-        let rows = tx
-            .query(
-                "SELECT sequence, package FROM update_packages WHERE issuer_id = $1 AND card_id = $2 \
-                 AND delivered_at IS NULL ORDER BY sequence LIMIT $3",
-                &[issuer.into(), next.card_id.as_str().into(), (MAX_BATCH as i64).into()],
-            )
-            .await?;
+        let rows = match pending {
+            Some(rows) => rows,
+            None => {
+                let card_id = next.card_id.as_str();
+                let params = [issuer.into(), card_id.into(), (MAX_BATCH as i64).into()];
+                tx.query(PENDING_PACKAGES, &params).await?
+            }
+        };
         let mut apdus = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0usize;
@@ -1254,9 +1308,12 @@ impl Store {
         Ok((TunnelState::Update(next), apdus, None))
     }
 
-    /// The answer to DEVICE AUTHENTICATE in a sync: the card id (opened from the sealed
-    /// identity in the privacy variant), the sequence the card reported and how many packages
-    /// below it were acknowledged by it, or the step that ends the sync.
+    /// The answer to DEVICE AUTHENTICATE in a sync: the card, authenticated ([`SyncAuth`]), or
+    /// the step that ends the sync. The challenge is used up whatever the answer.
+    ///
+    /// The plain variant names its card up front, so what authentication reads of it and the
+    /// first batch's packages go out with the challenge's `DELETE`, in one round trip; the
+    /// privacy variant's card is known once its sealed id is opened, and they follow.
     async fn update_sync_auth(
         &self,
         tx: &mut Tx,
@@ -1264,8 +1321,7 @@ impl Store {
         sync: &UpdateSync,
         answer: &tessera_apdu::Response,
         now: i64,
-        card_checked: bool,
-    ) -> ServerResult<Result<(String, u64, u64), Step>> {
+    ) -> ServerResult<Result<SyncAuth, Step>> {
         if sync.legacy {
             return self.update_sync_legacy(tx, issuer, sync, answer, now).await;
         }
@@ -1273,12 +1329,25 @@ impl Store {
             .ok()
             .and_then(|b| Challenge::parse(&b).ok())
             .ok_or_else(|| ServerError::Internal("stored challenge".into()))?;
-        let taken = tx
-            .execute(
-                "DELETE FROM update_challenges WHERE nonce = $1",
-                &[challenge.nonce.to_vec().into()],
-            )
-            .await?;
+        let success = answer.sw == tessera_apdu::StatusWord::SUCCESS;
+        let private = match (&sync.identity_key, &sync.session_id) {
+            (Some(key), Some(session_id)) => Some((key, session_id)),
+            _ => None,
+        };
+        let nonce = [Value::from(challenge.nonce.to_vec())];
+        let plain = match private {
+            None if success => DeviceAuthResponse::parse(&answer.data).ok(),
+            _ => None,
+        };
+        let (taken, mut reads) = match &plain {
+            Some(response) => {
+                let (taken, reads) = self
+                    .update_auth_reads(tx, issuer, &sync.card_id, response, now, Some(&nonce))
+                    .await?;
+                (taken, Some(reads))
+            }
+            None => (tx.query(TAKE_CHALLENGE, &nonce).await?.len(), None),
+        };
         if answer.sw == tessera_apdu::StatusWord(0x6982) {
             let step = finish(
                 sync,
@@ -1288,7 +1357,7 @@ impl Store {
             );
             return Ok(Err(step));
         }
-        if answer.sw != tessera_apdu::StatusWord::SUCCESS {
+        if !success {
             return Ok(Err(finish(
                 sync,
                 Some(UPDATE_ERROR),
@@ -1300,8 +1369,8 @@ impl Store {
         }
         let fail = check_err;
         // The privacy variant: open the card's sealed id with the session's key.
-        let (card_id, auth) = match (&sync.identity_key, &sync.session_id) {
-            (Some(sealed_key), Some(session_id)) => {
+        let (card_id, auth) = match private {
+            Some((sealed_key, session_id)) => {
                 let key = hex::decode(sealed_key)
                     .ok()
                     .and_then(|b| self.master.open(&b, &identity_key_context(session_id)).ok())
@@ -1315,65 +1384,94 @@ impl Store {
                 )
                 .ok()
                 .and_then(|p| tessera_proto::update::SealedIdentity::parse(&p).ok())
-                .and_then(|i| Some((String::from_utf8(i.card_id).ok()?, i.auth.to_bytes())));
+                .and_then(|i| Some((String::from_utf8(i.card_id).ok()?, i.auth)));
                 match opened {
-                    Some(x) => x,
+                    Some((card_id, auth)) => (card_id, Some(auth)),
                     None => {
                         let (e, code) = fail(UpdateError::SealedIdentity);
                         return Ok(Err(refused(sync, &e, code)));
                     }
                 }
             }
-            _ => (sync.card_id.clone(), answer.data.clone()),
+            None => (sync.card_id.clone(), plain),
         };
         let mut named = sync.clone();
         named.card_id = card_id.clone();
-        let checked = match taken {
-            1 if u64::try_from(now).unwrap_or(u64::MAX) <= challenge.expires => {
-                let usable = if card_checked {
-                    Ok(())
-                } else {
-                    self.update_card_usable(tx, issuer, &card_id).await
-                };
-                match usable {
-                    Ok(()) => {
-                        self.update_check_auth(tx, issuer, &card_id, &challenge, &auth, now).await
-                    }
-                    Err(e) => Err(e),
-                }
+        let checks = match auth {
+            _ if taken != 1 || u64::try_from(now).unwrap_or(u64::MAX) > challenge.expires => {
+                Err(UpdateError::Challenge)
             }
-            _ => Err(fail(UpdateError::Challenge)),
+            None => Err(UpdateError::DeviceSignature),
+            Some(auth) => Ok(auth),
         };
-        match checked {
-            Ok((card, found)) => {
-                if let (Some(session_id), true) = (&sync.session_id, sync.private()) {
-                    // The session row stays anonymous; the server's own record names the card.
-                    self.audit(
-                        tx,
-                        &Principal::system(),
-                        Some(issuer),
-                        "update.authenticate",
-                        &card_id,
-                        serde_json::json!({ "session": session_id, "mode": "private" }),
-                    )
-                    .await?;
-                }
-                let acknowledged = match found.pending_below {
-                    true => {
-                        self.update_acknowledge_below(tx, issuer, &card_id, card.last_sequence, now)
-                            .await?
-                    }
-                    false => 0,
-                };
-                // Scheduled changes due now are generated for the authenticated card.
-                if found.due {
-                    self.update_run_due_tx(tx, issuer, &card_id, now).await?;
-                }
-                Ok(Ok((card_id, card.last_sequence, acknowledged)))
+        let auth = match checks {
+            Ok(auth) => auth,
+            Err(e) => {
+                let (e, code) = fail(e);
+                return Ok(Err(refused(&named, &e, code)));
             }
-            Err((e, code)) if refusal(&e) => Ok(Err(refused(&named, &e, code))),
-            Err((e, _)) => Err(e),
+        };
+        let reads = match reads.take() {
+            Some(reads) => reads,
+            None => self.update_auth_reads(tx, issuer, &card_id, &auth, now, None).await?.1,
+        };
+        let (card, found) = match check_auth(reads.auth, &card_id, &challenge, &auth, now) {
+            Ok(checked) => checked,
+            Err((e, code)) if refusal(&e) => return Ok(Err(refused(&named, &e, code))),
+            Err((e, _)) => return Err(e),
+        };
+        if let (Some(session_id), true) = (&sync.session_id, sync.private()) {
+            // The session row stays anonymous; the server's own record names the card.
+            self.audit(
+                tx,
+                &Principal::system(),
+                Some(issuer),
+                "update.authenticate",
+                &card_id,
+                serde_json::json!({ "session": session_id, "mode": "private" }),
+            )
+            .await?;
         }
+        let acknowledged = match found.pending_below {
+            true => {
+                self.update_acknowledge_below(tx, issuer, &card_id, card.last_sequence, now).await?
+            }
+            false => 0,
+        };
+        // Scheduled changes due now are generated for the authenticated card.
+        if found.due {
+            self.update_run_due_tx(tx, issuer, &card_id, now).await?;
+        }
+        // What was read before is out of date once either changed the card's packages.
+        let pending = (acknowledged == 0 && !found.due).then_some(reads.pending);
+        Ok(Ok(SyncAuth { card_id, last_sequence: card.last_sequence, acknowledged, pending }))
+    }
+
+    /// What device authentication reads of `card_id` ([`AUTH_READ`]) and the first batch's
+    /// packages ([`PENDING_PACKAGES`]), in one round trip; with `take_challenge` (its nonce),
+    /// the challenge used up first ([`TAKE_CHALLENGE`]), and how many rows that removed.
+    async fn update_auth_reads(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        response: &DeviceAuthResponse,
+        now: i64,
+        take_challenge: Option<&[Value; 1]>,
+    ) -> ServerResult<(usize, AuthReads)> {
+        let auth = auth_read_params(issuer, card_id, response, now);
+        let pending = [issuer.into(), card_id.into(), (MAX_BATCH as i64).into()];
+        let mut queries = Vec::with_capacity(3);
+        if let Some(nonce) = take_challenge {
+            queries.push((TAKE_CHALLENGE, nonce.as_slice()));
+        }
+        queries.push((AUTH_READ, auth.as_slice()));
+        queries.push((PENDING_PACKAGES, pending.as_slice()));
+        let mut answers = tx.query_all(&queries).await?;
+        let pending = answers.pop().unwrap_or_default();
+        let auth = at_most_one(answers.pop().unwrap_or_default())?;
+        let taken = answers.pop().map_or(0, |rows| rows.len());
+        Ok((taken, AuthReads { auth, pending }))
     }
 
     /// Marks delivered the pending packages below the sequence `reported` that the card
@@ -1436,7 +1534,7 @@ impl Store {
         sync: &UpdateSync,
         answer: &tessera_apdu::Response,
         now: i64,
-    ) -> ServerResult<Result<(String, u64, u64), Step>> {
+    ) -> ServerResult<Result<SyncAuth, Step>> {
         let card_id = sync.card_id.as_str();
         if answer.sw != tessera_apdu::StatusWord::SUCCESS {
             return Ok(Err(finish(
@@ -1487,7 +1585,12 @@ impl Store {
         )
         .await?;
         self.update_run_due_tx(tx, issuer, card_id, now).await?;
-        Ok(Ok((card_id.to_owned(), 0, 0)))
+        Ok(Ok(SyncAuth {
+            card_id: card_id.to_owned(),
+            last_sequence: 0,
+            acknowledged: 0,
+            pending: None,
+        }))
     }
 
     /// A card registered for updates of `issuer` and not revoked (the privacy variant has no
