@@ -514,6 +514,40 @@ async fn a_batch_goes_in_one_exchange_and_stops_at_the_first_refusal(db: TestDb)
 }
 both!(a_batch_goes_in_one_exchange_and_stops_at_the_first_refusal);
 
+/// A card answering a batch with the first package's receipt again in the second's place
+/// (both receipts are read before either package is marked): the first is delivered and
+/// audited once, the second stays pending, and the sync ends refused.
+async fn a_receipt_given_twice_in_a_batch_delivers_once(db: TestDb) {
+    let store = db.store().await;
+    store.create_issuer(&root(), "acme", "Acme").await.unwrap();
+    let (mut card, card_pin) = issue(&store, "CARD-A").await;
+    for (object, value) in [("a", b"1"), ("b", b"2")] {
+        store.queue_update(&root(), "acme", "CARD-A", &update(object, value, false)).await.unwrap();
+    }
+    card.reset();
+    pin(&mut card, &card_pin);
+    let first = plain_session(&store).await;
+    let mut kept: Option<Vec<u8>> = None;
+    let (o, _, loads) = run_session(&store, &mut card, first, |apdu, r| {
+        // A LOAD PACKAGE answered with data: a package's last segment, and its receipt.
+        if apdu.starts_with("80E8") && r.len() > 2 {
+            match &kept {
+                None => kept = Some(r.clone()),
+                Some(k) => r.clone_from(k),
+            }
+        }
+    })
+    .await;
+    assert_eq!((o.result.as_str(), loads), ("update-error", 1), "{}", o.message);
+    assert!(o.message.contains("1 delivered, then refused (receipt-mismatch)"), "{}", o.message);
+    let queue = store.list_updates(&root(), "acme", "CARD-A").await.unwrap();
+    let delivered: Vec<bool> = queue.iter().map(|e| e.delivered_at.is_some()).collect();
+    assert_eq!(delivered, [true, false]);
+    assert_eq!(audit_count(&store, "update.deliver").await, 1);
+    assert!(store.verify_audit(None).await.unwrap().ok);
+}
+both!(a_receipt_given_twice_in_a_batch_delivers_once);
+
 async fn the_private_variant_never_shows_the_card_id_to_the_terminal(db: TestDb) {
     let store = db.store().await;
     store.create_issuer(&root(), "acme", "Acme").await.unwrap();

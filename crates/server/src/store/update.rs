@@ -529,42 +529,92 @@ impl Store {
         now: i64,
     ) -> Checked<u64> {
         let card_id = card_str(card).map_err(server_err)?;
+        let sequence =
+            Receipt::parse(receipt).map_err(|_| check_err(UpdateError::ReceiptMismatch))?.sequence;
+        let (mut rows, _) = self
+            .update_receipt_reads(tx, issuer, card_id, &[sequence], None)
+            .await
+            .map_err(server_err)?;
+        let row = rows.pop().flatten();
+        self.update_accept_receipt_row(tx, issuer, card, sequence, receipt, row, now).await?;
+        Ok(sequence)
+    }
+
+    /// The packages the receipts of a batch are for, by `sequences` (each row locked, with
+    /// the card's device certificate; none for a package not pending), and with `next_after`
+    /// the last of them, the packages of the batch after it ([`PENDING_PACKAGES`]): all in one
+    /// round trip.
+    async fn update_receipt_reads(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card_id: &str,
+        sequences: &[u64],
+        next_after: Option<u64>,
+    ) -> ServerResult<(Vec<Option<Row>>, Option<Vec<Row>>)> {
+        let sql = format!(
+            "SELECT p.package, u.device_cert FROM update_packages p \
+             JOIN update_cards u ON u.issuer_id = p.issuer_id AND u.card_id = p.card_id \
+             WHERE p.issuer_id = $1 AND p.card_id = $2 \
+             AND p.sequence = $3 AND p.delivered_at IS NULL{}",
+            tx.for_update()
+        );
+        // A sequence beyond the column's range names no package.
+        let column = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let reads: Vec<[Value; 3]> =
+            sequences.iter().map(|&s| [issuer.into(), card_id.into(), column(s).into()]).collect();
+        let after = next_after
+            .map(|s| [issuer.into(), card_id.into(), (MAX_BATCH as i64).into(), column(s).into()]);
+        let mut queries: Vec<(&str, &[Value])> =
+            reads.iter().map(|p| (sql.as_str(), p.as_slice())).collect();
+        if let Some(params) = &after {
+            queries.push((PENDING_PACKAGES, params));
+        }
+        let mut answers = tx.query_all(&queries).await?;
+        let next = if after.is_some() { answers.pop() } else { None };
+        let rows = answers.into_iter().map(at_most_one).collect::<Result<_, _>>()?;
+        Ok((rows, next))
+    }
+
+    /// Accepts `receipt`, the card's answer for package `sequence`, on what
+    /// [`Store::update_receipt_reads`] found of it (`row`): it must name that package, match
+    /// its digest and carry the card's device signature. The package is then marked delivered
+    /// (its row is locked and was found pending: the `UPDATE` goes out with the next
+    /// statement) and the delivery audited `update.deliver`.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_accept_receipt_row(
+        &self,
+        tx: &mut Tx,
+        issuer: &str,
+        card: &AuthenticatedCard,
+        sequence: u64,
+        receipt: &[u8],
+        row: Option<Row>,
+        now: i64,
+    ) -> Checked<()> {
+        let card_id = card_str(card).map_err(server_err)?;
         let receipt =
             Receipt::parse(receipt).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
-        let sequence =
-            i64::try_from(receipt.sequence).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
-        // The package and the card's device certificate, in one query.
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT p.package, u.device_cert FROM update_packages p \
-                     JOIN update_cards u ON u.issuer_id = p.issuer_id AND u.card_id = p.card_id \
-                     WHERE p.issuer_id = $1 AND p.card_id = $2 \
-                     AND p.sequence = $3 AND p.delivered_at IS NULL{}",
-                    tx.for_update()
-                ),
-                &[issuer.into(), card_id.into(), sequence.into()],
-            )
-            .await
-            .map_err(server_err)?
-            .ok_or_else(|| check_err(UpdateError::ReceiptMismatch))?;
+        if receipt.sequence != sequence {
+            let e = format!("receipt for {}, package {sequence} was out", receipt.sequence);
+            return Err((ServerError::Conflict(e), "receipt-mismatch"));
+        }
+        let row = row.ok_or_else(|| check_err(UpdateError::ReceiptMismatch))?;
         if sha256(&row.blob(0).map_err(server_err)?) != receipt.digest {
             return Err(check_err(UpdateError::ReceiptMismatch));
         }
         let device = Certificate::from_der(row.blob(1).map_err(server_err)?)
             .map_err(|e| server_err(ServerError::Internal(e.to_string())))?;
         verify_receipt(&device, card_id.as_bytes(), &receipt).map_err(check_err)?;
-        let marked = tx
-            .execute(
-                "UPDATE update_packages SET delivered_at = $1 WHERE issuer_id = $2 AND card_id = $3 \
-                 AND sequence = $4 AND delivered_at IS NULL",
-                &[now.into(), issuer.into(), card_id.into(), sequence.into()],
-            )
-            .await
-            .map_err(server_err)?;
-        if marked != 1 {
-            return Err(check_err(UpdateError::ReceiptMismatch));
-        }
+        let sequence =
+            i64::try_from(sequence).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
+        tx.execute_deferred(
+            "UPDATE update_packages SET delivered_at = $1 WHERE issuer_id = $2 AND card_id = $3 \
+             AND sequence = $4",
+            &[now.into(), issuer.into(), card_id.into(), sequence.into()],
+        )
+        .await
+        .map_err(server_err)?;
         self.audit(
             tx,
             &Principal::system(),
@@ -581,7 +631,7 @@ impl Store {
         )
         .await
         .map_err(server_err)?;
-        Ok(receipt.sequence)
+        Ok(())
     }
 
     /// The issuer list `issuer` publishes for terminals (claims 4, 13): its own CA
@@ -677,9 +727,15 @@ fn auth_read_params(
 const TAKE_CHALLENGE: &str = "DELETE FROM update_challenges WHERE nonce = $1 RETURNING nonce";
 
 /// The packages pending for a card, in sequence order: `$1` the issuer, `$2` the card, `$3`
-/// the most.
+/// the most, `$4` only after this sequence.
 const PENDING_PACKAGES: &str = "SELECT sequence, package FROM update_packages \
-     WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL ORDER BY sequence LIMIT $3";
+     WHERE issuer_id = $1 AND card_id = $2 AND delivered_at IS NULL AND sequence > $4 \
+     ORDER BY sequence LIMIT $3";
+
+/// [`PENDING_PACKAGES`]' parameters for the first batch.
+fn first_batch_params(issuer: &str, card_id: &str) -> [Value; 4] {
+    [issuer.into(), card_id.into(), (MAX_BATCH as i64).into(), i64::MIN.into()]
+}
 
 /// Device authentication's checks, in order, on what [`AUTH_READ`] found for `card_id`
 /// (`row`): the card registered for updates and not revoked, its device certificate chaining
@@ -1201,8 +1257,8 @@ impl Store {
             })
             .collect::<ServerResult<_>>()?;
         let mut next = sync.clone();
-        // The next batch's packages, when read with something before.
-        let mut pending = None;
+        // The next batch's packages, when read with what came before (`None`: read them below).
+        let pending;
         if sync.authenticated.is_none() {
             let [_, answer] = parsed.as_slice() else {
                 return Err(ServerError::BadRequest(format!(
@@ -1232,49 +1288,56 @@ impl Store {
                 last_sequence: sync.authenticated.unwrap_or(0),
                 private: sync.private(),
             };
+            // The batch's answers, package by package, up to the first the card refused.
             let mut rest = parsed.as_slice();
+            let mut receipts = Vec::with_capacity(sync.batch.len());
+            let mut card_refused = None;
             for &(sequence, n) in &sync.batch {
                 let (answers, tail) = rest.split_at(n.min(rest.len()));
                 rest = tail;
                 if let Some(r) = answers.iter().find(|r| r.sw != tessera_apdu::StatusWord::SUCCESS)
                 {
-                    let (code, meaning) = card_refusal(r.sw.0);
-                    let delivered = if next.delivered > 0 {
-                        format!("{} delivered, then ", next.delivered)
-                    } else {
-                        String::new()
-                    };
-                    return Ok(finish(
-                        &next,
-                        Some(UPDATE_ERROR),
-                        format!(
-                            "{delivered}refused ({code}): update {sequence}: {meaning} ({:04X})",
-                            r.sw.0
-                        ),
-                    ));
+                    card_refused = Some((sequence, r.sw.0));
+                    break;
                 }
                 let receipt = answers.last().map(|r| r.data.as_slice()).unwrap_or_default();
-                match self.update_accept_receipt(tx, issuer, &card, receipt, now).await {
-                    Ok(s) if s == sequence => next.delivered += 1,
-                    Ok(s) => {
-                        let e = ServerError::Conflict(format!(
-                            "receipt for {s}, package {sequence} was out"
-                        ));
-                        return Ok(refused(&next, &e, "receipt-mismatch"));
-                    }
+                receipts.push((sequence, receipt));
+            }
+            // Their packages, and the next batch's should every package be applied, in one
+            // round trip.
+            let sequences: Vec<u64> = receipts.iter().map(|(s, _)| *s).collect();
+            let last = if card_refused.is_none() { sequences.last().copied() } else { None };
+            let (rows, after) =
+                self.update_receipt_reads(tx, issuer, &sync.card_id, &sequences, last).await?;
+            for ((sequence, receipt), row) in receipts.into_iter().zip(rows) {
+                match self
+                    .update_accept_receipt_row(tx, issuer, &card, sequence, receipt, row, now)
+                    .await
+                {
+                    Ok(()) => next.delivered += 1,
                     Err((e, code)) if refusal(&e) => return Ok(refused(&next, &e, code)),
                     Err((e, _)) => return Err(e),
                 }
             }
+            if let Some((sequence, sw)) = card_refused {
+                let (code, meaning) = card_refusal(sw);
+                let delivered = if next.delivered > 0 {
+                    format!("{} delivered, then ", next.delivered)
+                } else {
+                    String::new()
+                };
+                return Ok(finish(
+                    &next,
+                    Some(UPDATE_ERROR),
+                    format!("{delivered}refused ({code}): update {sequence}: {meaning} ({sw:04X})"),
+                ));
+            }
+            pending = after;
         }
         // The next batch of pending packages, if any.
         let rows = match pending {
             Some(rows) => rows,
-            None => {
-                let card_id = next.card_id.as_str();
-                let params = [issuer.into(), card_id.into(), (MAX_BATCH as i64).into()];
-                tx.query(PENDING_PACKAGES, &params).await?
-            }
+            None => tx.query(PENDING_PACKAGES, &first_batch_params(issuer, &next.card_id)).await?,
         };
         let mut apdus = Vec::new();
         let mut batch = Vec::new();
@@ -1460,7 +1523,7 @@ impl Store {
         take_challenge: Option<&[Value; 1]>,
     ) -> ServerResult<(usize, AuthReads)> {
         let auth = auth_read_params(issuer, card_id, response, now);
-        let pending = [issuer.into(), card_id.into(), (MAX_BATCH as i64).into()];
+        let pending = first_batch_params(issuer, card_id);
         let mut queries = Vec::with_capacity(3);
         if let Some(nonce) = take_challenge {
             queries.push((TAKE_CHALLENGE, nonce.as_slice()));
