@@ -127,6 +127,9 @@ struct SessionRow {
     last_request: Option<Vec<u8>>,
     last_answer: Option<String>,
     expires_at: i64,
+    /// Whether the session's card has a vault key queued, read with the session (`None`
+    /// before the card is known).
+    vault_queued: Option<bool>,
 }
 
 fn session_from_row(r: &Row) -> ServerResult<SessionRow> {
@@ -141,6 +144,7 @@ fn session_from_row(r: &Row) -> ServerResult<SessionRow> {
         last_request: r.opt_blob(6)?,
         last_answer: r.opt_text(7)?,
         expires_at: r.int(8)?,
+        vault_queued: r.opt_text(1)?.map(|_| r.int(9)).transpose()?.map(|n| n > 0),
     })
 }
 
@@ -406,11 +410,13 @@ impl Store {
         let row = tx
             .query_opt(
                 &format!(
-                    "SELECT issuer_id, card_id, live_card, status, step, state, last_request, last_answer, expires_at \
-                     FROM sessions WHERE id = $1{}",
+                    "SELECT s.issuer_id, s.card_id, s.live_card, s.status, s.step, s.state, s.last_request, \
+                     s.last_answer, s.expires_at, (SELECT COUNT(*) FROM vault_keys v WHERE v.issuer_id = s.issuer_id \
+                     AND v.card_id = s.card_id AND v.status = $2) \
+                     FROM sessions s WHERE s.id = $1{}",
                     tx.for_update()
                 ),
-                &[session_id.into()],
+                &[session_id.into(), super::vault::STATUS_QUEUED.into()],
             )
             .await?
             .ok_or_else(|| ServerError::NotFound(format!("no session {session_id}")))?;
@@ -630,7 +636,13 @@ impl Store {
         };
         // The vault step, once the sync's other steps are done and a key is queued.
         let (next_state, answer_apdus, outcome, live_card) = match self
-            .vault_sync_after(&mut tx, &s.issuer, &s.state, (next_state, answer_apdus, outcome))
+            .vault_sync_after(
+                &mut tx,
+                &s.issuer,
+                &s.state,
+                s.card_id.as_deref().zip(s.vault_queued),
+                (next_state, answer_apdus, outcome),
+            )
             .await?
         {
             (next @ TunnelState::Vault(_), apdus, o) => (next, apdus, o, s.live_card.clone()),

@@ -317,12 +317,14 @@ impl Store {
     /// After a sync step: when it finished a sync (state `Finished` after the counter,
     /// keyring or update step) with a result the vault step may follow, and the card has a
     /// key queued, the vault step starts (SELECT vault, ATTEST); otherwise `step` is returned
-    /// unchanged.
+    /// unchanged. `known`: a card and whether it has a key queued, as read earlier in `tx`
+    /// (with the session), which spares reading it again.
     pub(crate) async fn vault_sync_after(
         &self,
         tx: &mut Tx,
         issuer: &str,
         previous: &TunnelState,
+        known: Option<(&str, bool)>,
         step: Step,
     ) -> ServerResult<Step> {
         let from_sync = match previous {
@@ -339,13 +341,17 @@ impl Store {
         if !from_sync || !CONTINUE_AFTER.contains(&outcome.result.as_str()) {
             return Ok(step);
         }
-        let queued = tx
-            .query_opt(
-                "SELECT status FROM vault_keys WHERE issuer_id = $1 AND card_id = $2 AND status = $3",
-                &[issuer.into(), card_id.as_str().into(), STATUS_QUEUED.into()],
-            )
-            .await?;
-        if queued.is_none() {
+        let queued = match known {
+            Some((card, queued)) if card == card_id => queued,
+            _ => tx
+                .query_opt(
+                    "SELECT status FROM vault_keys WHERE issuer_id = $1 AND card_id = $2 AND status = $3",
+                    &[issuer.into(), card_id.as_str().into(), STATUS_QUEUED.into()],
+                )
+                .await?
+                .is_some(),
+        };
+        if !queued {
             return Ok(step);
         }
         let nonce = new_nonce();
