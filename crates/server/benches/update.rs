@@ -395,7 +395,11 @@ async fn load(rounds: usize) {
                     .unwrap();
             tokio::spawn(conn);
             client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-            backends.push(("postgres", Some(format!("{url}/{name}"))));
+            let server_url = match std::env::var("TESSERA_BENCH_PG_SOCKET") {
+                Ok(dir) => url.replace("127.0.0.1", &dir.replace('/', "%2F")),
+                Err(_) => url.clone(),
+            };
+            backends.push(("postgres", Some(format!("{server_url}/{name}"))));
         }
         None => eprintln!("NOTICE: PostgreSQL is not installed; measuring SQLite only"),
     }

@@ -28,7 +28,7 @@ pub enum PrimitiveError {
 pub use tessera_crypto::hash::sha256;
 
 /// SHA-256 over several parts, each prefixed by its 8-byte big-endian length, so that no two
-/// different part lists hash alike.
+/// different part lists hash alike: the hash of [`length_prefixed`]`(parts)`.
 pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
@@ -36,6 +36,16 @@ pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
         h.update(p);
     }
     h.finalize()
+}
+
+/// The parts, each prefixed by its 8-byte big-endian length: what [`sha256_parts`] hashes.
+pub fn length_prefixed(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| 8 + p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
 }
 
 /// `N` random bytes from the operating system.
@@ -165,6 +175,8 @@ mod tests {
     #[test]
     fn length_prefixing_separates_part_boundaries() {
         assert_ne!(sha256_parts(&[b"ab", b"c"]), sha256_parts(&[b"a", b"bc"]));
+        let parts: [&[u8]; 3] = [b"ab", b"", b"cde"];
+        assert_eq!(sha256_parts(&parts), sha256(&length_prefixed(&parts)));
     }
 
     #[test]

@@ -192,6 +192,9 @@ enum DbInner {
     Postgres(pg::PgPool),
 }
 
+/// A PostgreSQL transaction-scoped advisory lock on `$1` (see [`Tx::lock`]).
+const ADVISORY_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
 /// How long SQLite waits for another process's lock, and PostgreSQL for a connection.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -233,7 +236,7 @@ impl Db {
             DbInner::Sqlite(db) => TxInner::Sqlite(db.begin().await?),
             DbInner::Postgres(pool) => TxInner::Pg(Box::new(pool.begin().await?)),
         };
-        Ok(Tx { inner, audit_head: None })
+        Ok(Tx { inner, audit_head: None, chained_audit: 0 })
     }
 
     /// Checks that the database answers (for `/healthz`).
@@ -257,9 +260,14 @@ impl Db {
 /// An open transaction. Dropped without [`Tx::commit`], it rolls back.
 pub struct Tx {
     inner: TxInner,
-    /// The audit chain's head `(seq, hash)` as this transaction last wrote it: the chain is
-    /// locked from the first append until commit, so later appends need not read it again.
+    /// The audit chain's head `(seq, hash)` as this transaction last wrote it, where the
+    /// server chains the entries (SQLite: the writer lock holds the chain until commit, so
+    /// later appends need not read it again).
     audit_head: Option<(i64, Vec<u8>)>,
+    /// How many audit entries the database chains in this transaction (PostgreSQL: see
+    /// `Store::audit`). Their sequence numbers are known only there, so the transaction then
+    /// ends with [`Tx::query_and_commit`], which reads them back.
+    chained_audit: i64,
 }
 
 enum TxInner {
@@ -294,6 +302,16 @@ impl Tx {
     /// chain's lock until it ends).
     pub(crate) fn set_audit_head(&mut self, seq: i64, hash: Vec<u8>) {
         self.audit_head = Some((seq, hash));
+    }
+
+    /// How many audit entries the database chains in this transaction.
+    pub(crate) fn chained_audit(&self) -> i64 {
+        self.chained_audit
+    }
+
+    /// Records one more audit entry for the database to chain (see [`Tx::chained_audit`]).
+    pub(crate) fn add_chained_audit(&mut self) {
+        self.chained_audit += 1;
     }
 
     /// Runs a query and returns its rows.
@@ -356,33 +374,47 @@ impl Tx {
         match &mut self.inner {
             TxInner::Sqlite(_) => Ok(()),
             TxInner::Pg(tx) => {
-                tx.query("SELECT pg_advisory_xact_lock($1)", &[Value::Int(key)]).await?;
+                tx.query(ADVISORY_LOCK, &[Value::Int(key)]).await?;
                 Ok(())
             }
         }
     }
 
-    /// [`Tx::lock`] on `key`, then `sql` (run once the lock is held, so it sees what the
-    /// lock's previous holders committed). On PostgreSQL both go out in one round trip
-    /// (pipelined: the server runs them in order, and at READ COMMITTED the query's snapshot
-    /// is taken after the lock was granted).
-    pub async fn lock_then_query(
-        &mut self,
-        key: i64,
-        sql: &str,
-        params: &[Value],
-    ) -> DbResult<Vec<Row>> {
+    /// [`Tx::lock`], sent with the transaction's next statement or its commit, in the same
+    /// round trip (see [`Tx::execute_deferred`]).
+    pub async fn lock_deferred(&mut self, key: i64) -> DbResult<()> {
         match &mut self.inner {
-            TxInner::Sqlite(tx) => tx.query(sql, params),
-            TxInner::Pg(tx) => tx.lock_then_query(key, sql, params).await,
+            TxInner::Sqlite(_) => Ok(()),
+            TxInner::Pg(tx) => tx.defer(ADVISORY_LOCK, &[Value::Int(key)]).await,
         }
     }
 
-    /// Commits the transaction.
+    /// Commits the transaction. One in which the database chained audit entries is refused
+    /// (and rolled back): it ends with [`Tx::query_and_commit`], through the store.
     pub async fn commit(self) -> DbResult<()> {
+        if self.chained_audit > 0 {
+            return Err(DbError::Other(
+                "audit entries were chained in this transaction: commit it through the store"
+                    .into(),
+            ));
+        }
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await,
             TxInner::Pg(tx) => tx.commit().await,
+        }
+    }
+
+    /// Runs a query as the transaction's last statement and commits; the query's rows once the
+    /// commit succeeded. On PostgreSQL both go out with the deferred statements, in one round
+    /// trip.
+    pub async fn query_and_commit(self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
+        match self.inner {
+            TxInner::Sqlite(mut tx) => {
+                let rows = tx.query(sql, params)?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            TxInner::Pg(tx) => tx.query_and_commit(sql, params).await,
         }
     }
 }

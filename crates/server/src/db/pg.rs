@@ -143,7 +143,6 @@ impl PooledClient {
 
 const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 const COMMIT: &str = "COMMIT";
-const ADVISORY_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 impl PgConn {
     /// The prepared statement for `sql`: from this connection's cache, else prepared now.
@@ -285,18 +284,6 @@ impl PgTx {
         Ok(())
     }
 
-    /// `pg_advisory_xact_lock(key)`, then `sql`, pipelined (see `Tx::lock_then_query`).
-    pub(super) async fn lock_then_query(
-        &mut self,
-        key: i64,
-        sql: &str,
-        params: &[Value],
-    ) -> DbResult<Vec<Row>> {
-        let key = [Value::Int(key)];
-        let mut rows = self.query_all(&[(ADVISORY_LOCK, &key), (sql, params)]).await?;
-        Ok(rows.pop().unwrap_or_default())
-    }
-
     /// Runs `sql` (a schema change: migrations) and makes every connection of the pool
     /// prepare its statements again.
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
@@ -324,13 +311,31 @@ impl PgTx {
         if self.begun || !self.deferred.is_empty() {
             self.run(&[(COMMIT, &[])]).await?;
         }
+        self.release();
+        Ok(())
+    }
+
+    /// `sql`, then the commit (see [`PgTx::commit`]), in one round trip: `sql`'s rows.
+    pub(super) async fn query_and_commit(
+        mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> DbResult<Vec<Row>> {
+        let answers = self.run(&[(sql, params), (COMMIT, &[])]).await?;
+        self.release();
+        let rows = answers.first().map(|a| a.rows.as_slice()).unwrap_or_default();
+        rows.iter().map(convert_row).collect()
+    }
+
+    /// After the commit: the pool forgets the statements of an older schema, and takes the
+    /// connection back.
+    fn release(&mut self) {
         if self.schema_changed {
             self.forget_statements();
         }
         if let Some(conn) = self.conn.take() {
             conn.release();
         }
-        Ok(())
     }
 }
 

@@ -4,9 +4,12 @@
 //! Entry `n` stores `hash_n = SHA-256(len-prefixed "tessera audit v1", n, at, actor, issuer,
 //! action, subject, detail, hash_{n-1})` with `hash_0` = 32 zero bytes. Appends take a
 //! database-wide lock (PostgreSQL advisory lock; SQLite's single writer), so sequence
-//! numbers are gap-free and every replica extends the same chain. Every
+//! numbers are gap-free and every replica extends the same chain. On PostgreSQL the database
+//! itself chains each entry when the transaction commits (its `sha256` over the same bytes),
+//! so the lock is held for the commit's round trip only. Every
 //! [`super::StoreConfig::checkpoint_every`] entries, the server signs `(n, hash_n)` with its
-//! checkpoint key (ECDSA P-256). Both tables are append-only at the database level too
+//! checkpoint key (ECDSA P-256): in the transaction that appends entry `n` on SQLite, right
+//! after it commits on PostgreSQL ([`Store::commit`]). Both tables are append-only at the database level too
 //! (triggers refuse `UPDATE` and `DELETE`).
 //!
 //! [`Store::verify_audit`] recomputes the chain: a changed row breaks its own hash, a removed
@@ -18,9 +21,9 @@ use utoipa::ToSchema;
 
 use super::Store;
 use super::auth::Principal;
-use crate::db::{Row, Tx, Value};
+use crate::db::{Dialect, Row, Tx, Value};
 use crate::error::{ServerError, ServerResult};
-use crate::primitives::{sha256_parts, verify_p256};
+use crate::primitives::{length_prefixed, sha256, verify_p256};
 
 /// Advisory-lock key that serialises audit appends across replicas.
 pub const AUDIT_LOCK: i64 = 0x7465_7373_0002;
@@ -68,12 +71,23 @@ pub struct VerifyReport {
 }
 
 /// The hash of an entry's content (its `prev_hash` and `hash` fields are not read; the
-/// previous hash comes as raw bytes).
+/// previous hash comes as raw bytes): SHA-256 over the length-prefixed parts
+/// (`sha256_parts`) label, `seq`, `at`, actor, issuer (empty if none), whether there is one,
+/// action, subject, detail, previous hash.
 fn entry_hash(e: &AuditEntry, prev: &[u8]) -> [u8; 32] {
+    let (head, middle) = hash_frame(e);
+    sha256(&[head.as_slice(), &e.seq.to_be_bytes(), &middle, &length_prefixed(&[prev])].concat())
+}
+
+/// An entry's hash input without its sequence number and previous hash, which only the
+/// chain's head gives: the encoded parts before the sequence number, and those between it
+/// and the previous hash ([`entry_hash`]; on PostgreSQL, [`CHAIN_ENTRY`]).
+fn hash_frame(e: &AuditEntry) -> (Vec<u8>, Vec<u8>) {
+    let mut head = length_prefixed(&[b"tessera audit v1"]);
+    // The sequence number's own length prefix ends the head.
+    head.extend_from_slice(&8u64.to_be_bytes());
     let issuer = e.issuer.as_deref();
-    sha256_parts(&[
-        b"tessera audit v1",
-        &e.seq.to_be_bytes(),
+    let middle = length_prefixed(&[
         &e.at.to_be_bytes(),
         e.actor.as_bytes(),
         issuer.unwrap_or("").as_bytes(),
@@ -81,9 +95,26 @@ fn entry_hash(e: &AuditEntry, prev: &[u8]) -> [u8; 32] {
         e.action.as_bytes(),
         e.subject.as_bytes(),
         e.detail.as_bytes(),
-        prev,
-    ])
+    ]);
+    (head, middle)
 }
+
+/// Appends an entry on PostgreSQL, chained by the database: its sequence number follows the
+/// head's, its previous hash is the head's (`$9`, the genesis hash, for the first entry), and
+/// its hash is `sha256` over the entry's [`hash_frame`] (`$7`, `$8`) around the sequence
+/// number and the length-prefixed previous hash, as [`entry_hash`] computes it. Run under
+/// the chain's lock.
+const CHAIN_ENTRY: &str = "WITH head AS (SELECT COALESCE(MAX(seq), 0) AS seq FROM audit_log) \
+     INSERT INTO audit_log (seq, at, actor, issuer_id, action, subject, detail, prev_hash, hash) \
+     SELECT head.seq + 1, $1::bigint, $2::text, $3::text, $4::text, $5::text, $6::text, \
+     COALESCE(l.hash, $9::bytea), \
+     sha256($7::bytea || int8send(head.seq + 1) || $8::bytea \
+     || int8send(length(COALESCE(l.hash, $9::bytea))::bigint) || COALESCE(l.hash, $9::bytea)) \
+     FROM head LEFT JOIN audit_log l ON l.seq = head.seq";
+
+/// The last `$1` entries, newest first: those a transaction chained, read back before its
+/// commit.
+const CHAINED: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT $1";
 
 fn checkpoint_message(seq: i64, hash: &[u8]) -> Vec<u8> {
     [b"tessera audit checkpoint v1".as_slice(), &seq.to_be_bytes(), hash].concat()
@@ -111,8 +142,43 @@ fn entry_from_row(r: &Row) -> ServerResult<(AuditEntry, Vec<u8>, Vec<u8>)> {
     ))
 }
 
+/// [`Store::audit`] on PostgreSQL: the chain's lock (once per transaction) and the entry,
+/// deferred.
+async fn chain_in_database(tx: &mut Tx, entry: AuditEntry) -> ServerResult<()> {
+    if tx.chained_audit() == 0 {
+        tx.lock_deferred(AUDIT_LOCK).await?;
+    }
+    let (head, middle) = hash_frame(&entry);
+    tx.execute_deferred(
+        CHAIN_ENTRY,
+        &[
+            entry.at.into(),
+            entry.actor.into(),
+            entry.issuer.into(),
+            entry.action.into(),
+            entry.subject.into(),
+            entry.detail.into(),
+            head.into(),
+            middle.into(),
+            GENESIS.to_vec().into(),
+        ],
+    )
+    .await?;
+    tx.add_chained_audit();
+    Ok(())
+}
+
 impl Store {
     /// Appends an entry inside `tx` (so it commits or rolls back with the change it records).
+    ///
+    /// On SQLite (one writer) the entry is chained here: the head is read, the entry hashed
+    /// and inserted, and every [`super::StoreConfig::checkpoint_every`]-th entry signed in a
+    /// checkpoint in the same transaction. On PostgreSQL the database chains it
+    /// ([`CHAIN_ENTRY`]): the chain's lock and the entry go out with the transaction's next
+    /// statement, normally its commit, so the lock, which serialises every append across
+    /// replicas, is held for that round trip only; the transaction then ends with
+    /// [`Store::commit`], which reads the entries' sequence numbers back and signs a
+    /// checkpoint that fell due.
     pub(crate) async fn audit(
         &self,
         tx: &mut Tx,
@@ -121,27 +187,9 @@ impl Store {
         action: &str,
         subject: &str,
         detail: serde_json::Value,
-    ) -> ServerResult<i64> {
-        // The transaction's own last append, if any (it holds the lock since); else the
-        // head, read under the lock.
-        let (seq, prev) = match tx.take_audit_head() {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => {
-                let mut rows = tx
-                    .lock_then_query(
-                        AUDIT_LOCK,
-                        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                        &[],
-                    )
-                    .await?;
-                match rows.pop() {
-                    Some(r) => (r.int(0)? + 1, r.blob(1)?),
-                    None => (1, GENESIS.to_vec()),
-                }
-            }
-        };
+    ) -> ServerResult<()> {
         let entry = AuditEntry {
-            seq,
+            seq: 0,
             at: crate::clock::now(),
             actor: principal.actor(),
             issuer: issuer.map(str::to_owned),
@@ -151,6 +199,29 @@ impl Store {
             prev_hash: String::new(),
             hash: String::new(),
         };
+        match tx.dialect() {
+            Dialect::Sqlite => self.append_here(tx, entry).await,
+            Dialect::Postgres => chain_in_database(tx, entry).await,
+        }
+    }
+
+    /// [`Store::audit`] on SQLite: the entry chained here.
+    async fn append_here(&self, tx: &mut Tx, mut entry: AuditEntry) -> ServerResult<()> {
+        // The transaction's own last append, if any; else the head (the transaction holds
+        // SQLite's one writer lock: nobody else appends until it ends).
+        let (seq, prev) = match tx.take_audit_head() {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => {
+                let mut rows = tx
+                    .query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[])
+                    .await?;
+                match rows.pop() {
+                    Some(r) => (r.int(0)? + 1, r.blob(1)?),
+                    None => (1, GENESIS.to_vec()),
+                }
+            }
+        };
+        entry.seq = seq;
         let hash = entry_hash(&entry, &prev);
         tx.execute_deferred(
             &format!(
@@ -173,7 +244,35 @@ impl Store {
             self.insert_checkpoint(tx, seq, &hash).await?;
         }
         tx.set_audit_head(seq, hash.to_vec());
-        Ok(seq)
+        Ok(())
+    }
+
+    /// Commits `tx` (see [`Tx::commit`]). When the database chained audit entries in it
+    /// ([`Store::audit`] on PostgreSQL), their sequence numbers and hashes are read back in
+    /// the commit's round trip, and a checkpoint due at one of them is signed and written
+    /// right after, in a transaction of its own. Should that fail, the entries stand (and the
+    /// error is logged): the next checkpoint, or the periodic one, covers them.
+    pub(crate) async fn commit(&self, tx: Tx) -> ServerResult<()> {
+        let chained = tx.chained_audit();
+        if chained == 0 {
+            return Ok(tx.commit().await?);
+        }
+        let rows = tx.query_and_commit(CHAINED, &[chained.into()]).await?;
+        for row in rows {
+            let (seq, hash) = (row.int(0)?, row.blob(1)?);
+            if seq % self.config.checkpoint_every != 0 {
+                continue;
+            }
+            let written = async {
+                let mut tx = self.begin().await?;
+                self.insert_checkpoint(&mut tx, seq, &hash).await?;
+                ServerResult::Ok(tx.commit().await?)
+            };
+            if let Err(e) = written.await {
+                tracing::warn!(seq, error = %e, "audit checkpoint after commit failed");
+            }
+        }
+        Ok(())
     }
 
     async fn insert_checkpoint(&self, tx: &mut Tx, seq: i64, hash: &[u8]) -> ServerResult<()> {
@@ -199,7 +298,7 @@ impl Store {
         };
         let seq = last.int(0)?;
         self.insert_checkpoint(&mut tx, seq, &last.blob(1)?).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(seq)
     }
 
@@ -231,7 +330,7 @@ impl Store {
                 .await?
             }
         };
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter().map(|r| entry_from_row(r).map(|e| e.0)).collect()
     }
 
@@ -305,7 +404,7 @@ impl Store {
                 Some(_) => {}
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         if let Some((seq, hash)) = expected_head {
             match hashes.get(&seq) {
                 None => problems.push(format!("expected head {seq} is gone (truncated log)")),

@@ -125,7 +125,7 @@ impl Store {
                 &[hash_token(secret).into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         let row = row.ok_or_else(denied)?;
         if row.opt_int(3)?.is_some() || row.int(2)? <= crate::clock::now() {
             return Err(denied());
@@ -155,7 +155,7 @@ impl Store {
                 BOOTSTRAP_TTL_SECS,
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Some(token))
     }
 
@@ -232,7 +232,7 @@ impl Store {
             self.require_issuer_exists(&mut tx, i).await?;
         }
         let token = self.insert_token(&mut tx, principal, issuer, label, ttl_secs).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(token)
     }
 
@@ -249,7 +249,7 @@ impl Store {
                 .await?
             }
         };
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -288,7 +288,7 @@ impl Store {
             .await?;
             info.revoked_at = Some(now);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(info)
     }
 }

@@ -116,7 +116,7 @@ impl Store {
         )
         .await?;
         let card = self.load_card(&mut tx, issuer, card_id, false).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(card)
     }
 
@@ -139,7 +139,7 @@ impl Store {
         for r in &rows {
             out.push(Self::card_from_row(&mut tx, r).await?);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(out)
     }
 
@@ -153,7 +153,7 @@ impl Store {
         principal.require_issuer(issuer)?;
         let mut tx = self.begin().await?;
         let card = self.load_card(&mut tx, issuer, card_id, false).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(card)
     }
 
@@ -189,7 +189,7 @@ impl Store {
             .await?;
         }
         let card = self.load_card(&mut tx, issuer, card_id, false).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(card)
     }
 }

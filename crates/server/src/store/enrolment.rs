@@ -150,7 +150,7 @@ impl Store {
             ],
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(EnrolmentChallenge { challenge, expires_at })
     }
 
@@ -182,7 +182,7 @@ impl Store {
                 &[issuer.into(), challenge_hex.clone().into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         let unknown = || bad("unknown, used or expired enrolment challenge");
         let row = row.ok_or_else(unknown)?;
         if deleted != 1 || row.text(0)? != principal.token_id || row.int(1)? < now {
@@ -255,7 +255,7 @@ impl Store {
             }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(EnrolledCertificate {
             serial: serial_hex,
             role: role_name.to_owned(),

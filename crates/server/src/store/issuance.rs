@@ -135,7 +135,7 @@ impl Store {
             }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Issuance {
             session: TunnelStep {
                 session_id: id,

@@ -307,7 +307,7 @@ impl Store {
             // with another replica can: the token then holds two unused keys).
             let mut tx = self.begin().await?;
             let taken = tx.query_opt("SELECT id FROM issuers WHERE id = $1", &[id.into()]).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             if taken.is_some() {
                 return Err(ServerError::Conflict(format!("issuer {id} already exists")));
             }
@@ -386,7 +386,7 @@ impl Store {
             serde_json::json!({"name": name, "ca_serial": hex::encode(ca_serial)}),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(IssuerInfo {
             id: id.to_owned(),
             name: name.to_owned(),
@@ -415,7 +415,7 @@ impl Store {
                 &[],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         let all: Vec<IssuerInfo> =
             rows.iter().map(Self::issuer_from_row).collect::<ServerResult<_>>()?;
         Ok(all.into_iter().filter(|i| principal.require_issuer(&i.id).is_ok()).collect())
@@ -431,7 +431,7 @@ impl Store {
                 &[id.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Self::issuer_from_row(&row.ok_or_else(|| ServerError::NotFound(format!("no issuer {id}")))?)
     }
 
@@ -451,7 +451,7 @@ impl Store {
                 &[issuer.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|r| {
                 Ok(CertificateInfo {
@@ -469,7 +469,7 @@ impl Store {
     pub async fn issuer_crl(&self, issuer: &str) -> ServerResult<Vec<u8>> {
         let mut tx = self.begin().await?;
         let row = tx.query_opt("SELECT crl FROM issuers WHERE id = $1", &[issuer.into()]).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         row.ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?
             .blob(0)
             .map_err(Into::into)
@@ -555,7 +555,7 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.list_certificates(principal, issuer)
             .await?
             .into_iter()

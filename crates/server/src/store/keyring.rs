@@ -412,7 +412,7 @@ impl Store {
         let mut tx = self.begin().await?;
         self.require_issuer_exists(&mut tx, issuer).await?;
         let p = self.load_keyring_policy(&mut tx, issuer).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(p)
     }
 
@@ -437,7 +437,7 @@ impl Store {
         .await?;
         let detail = serde_json::to_value(policy).map_err(internal)?;
         self.audit(&mut tx, principal, Some(issuer), "keyring.policy", issuer, detail).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(policy.clone())
     }
 
@@ -459,7 +459,7 @@ impl Store {
         self.load_card(&mut tx, issuer, card_id, true).await?;
         let (groups, keys) = generate_keyring(card_id, layout, now)?;
         self.record_new_keyring(&mut tx, principal, issuer, card_id, &keys, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(groups)
     }
 
@@ -501,7 +501,7 @@ impl Store {
                 &[issuer.into(), card_id.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         let (reported, reported_at) = match report {
             Some(r) => {
                 let slots: Vec<ReportedSlot> = match r.opt_text(0)? {
@@ -566,7 +566,7 @@ impl Store {
         let now = crate::clock::now();
         self.write_keyring(&mut tx, principal, (issuer, card_id), Some(keys), &[after], now)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.keyring_status(principal, issuer, card_id).await
     }
 
@@ -662,7 +662,7 @@ impl Store {
         let now = crate::clock::now();
         self.write_keyring(&mut tx, principal, (issuer, card_id), Some(keys), &[after], now)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.keyring_status(principal, issuer, card_id).await
     }
 

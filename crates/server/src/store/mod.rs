@@ -264,7 +264,7 @@ impl Store {
             }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.master = Arc::new(new);
         Ok(count)
     }

@@ -170,7 +170,7 @@ impl Store {
                 &[crate::clock::now().into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n)
     }
 
@@ -189,7 +189,7 @@ impl Store {
             self.audit(&mut tx, &Principal::system(), None, "sessions.purge", "sessions", detail)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n)
     }
 
@@ -364,7 +364,7 @@ impl Store {
             }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(TunnelStep {
             session_id: id,
             step: 0,
@@ -702,7 +702,7 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(answer)
     }
 

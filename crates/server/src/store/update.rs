@@ -249,7 +249,7 @@ impl Store {
         let target = QueueTarget { issuer, card_id, object: &req.object, mode, rule };
         let queued =
             self.queue_in_tx(&mut tx, principal, &target, &value, crate::clock::now()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(queued)
     }
 
@@ -354,7 +354,7 @@ impl Store {
                 &[issuer.into(), card_id.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|r| {
                 Ok(UpdateEntry {
@@ -373,7 +373,7 @@ impl Store {
     pub async fn update_challenge(&self) -> ServerResult<Challenge> {
         let mut tx = self.begin().await?;
         let challenge = self.update_new_challenge(&mut tx, crate::clock::now()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(challenge)
     }
 
@@ -420,7 +420,7 @@ impl Store {
             &[challenge.nonce.to_vec().into()],
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         if taken != 1 || u64::try_from(now).unwrap_or(u64::MAX) > challenge.expires {
             return Err(update_err(UpdateError::Challenge));
         }
@@ -429,7 +429,7 @@ impl Store {
             .update_check_auth(&mut tx, issuer, card_id, challenge, answer, now)
             .await
             .map_err(|(e, _)| e)?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(card)
     }
 
@@ -490,7 +490,7 @@ impl Store {
                 &[issuer.into(), card_id.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|r| {
                 let seq = u64::try_from(r.int(0)?)
@@ -516,7 +516,7 @@ impl Store {
             .update_accept_receipt(&mut tx, issuer, card, receipt, now)
             .await
             .map_err(|(e, _)| e)?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(sequence)
     }
 
@@ -647,7 +647,7 @@ impl Store {
             )
             .await?
             .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         if issuer.len() > 64 {
             return Err(ServerError::BadRequest("issuer id above 64 bytes".into()));
         }
@@ -680,7 +680,7 @@ impl Store {
                 &[issuer.into(), card_id.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         row.map(|r| r.blob(0)).transpose().map_err(Into::into)
     }
 }
@@ -1067,7 +1067,7 @@ impl Store {
             serde_json::json!({ "mode": format!("update-{}", req.mode), "card_id": req.card_id }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(super::sessions::TunnelStep {
             session_id: id,
             step: 0,
@@ -1091,7 +1091,7 @@ impl Store {
         principal.require_issuer(issuer)?;
         let mut tx = self.begin().await?;
         self.update_set_legacy_static_in(&mut tx, principal, issuer, card_id, value).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

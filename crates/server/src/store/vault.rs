@@ -151,7 +151,7 @@ impl Store {
             serde_json::json!({ "escrow": policy.escrow }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(policy.clone())
     }
 
@@ -165,7 +165,7 @@ impl Store {
         let mut tx = self.begin().await?;
         self.require_issuer_exists(&mut tx, issuer).await?;
         let escrow = Self::escrow_policy(&mut tx, issuer).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(VaultPolicy { escrow })
     }
 
@@ -269,7 +269,7 @@ impl Store {
             serde_json::json!({ "public_key": hex::encode(public), "escrow": escrow }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(VaultKeyInfo {
             card_id: card_id.to_owned(),
             public_key: hex::encode(public),
@@ -301,7 +301,7 @@ impl Store {
             .ok_or_else(|| {
                 ServerError::NotFound(format!("no vault key provisioned for card {card_id}"))
             })?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(VaultKeyInfo {
             card_id: card_id.to_owned(),
             public_key: hex::encode(row.blob(0)?),

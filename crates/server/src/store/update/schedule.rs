@@ -147,7 +147,7 @@ impl Store {
             .await?
             .ok_or_else(|| ServerError::Internal("schedule just written".into()))?;
         let out = entry(card_id, &row)?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(out)
     }
 
@@ -169,7 +169,7 @@ impl Store {
                 &[issuer.into(), card_id.into()],
             )
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter().map(|r| entry(card_id, r)).collect()
     }
 
@@ -202,7 +202,7 @@ impl Store {
             serde_json::json!({ "object": object }),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -217,7 +217,7 @@ impl Store {
     ) -> ServerResult<Vec<QueuedUpdate>> {
         let mut tx = self.begin().await?;
         let queued = self.update_run_due_tx(&mut tx, issuer, card_id, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(queued)
     }
 
