@@ -126,16 +126,21 @@ impl ServerIdentity {
         Ok((ServerIdentity { chain, key }, true))
     }
 
-    /// A rustls server configuration (TLS 1.2 and 1.3, `ring`, HTTP/1.1).
+    /// A rustls server configuration (TLS 1.2 and 1.3, `ring`, HTTP/1.1). The server picks
+    /// the cipher suite by its own order, `TLS_AES_128_GCM_SHA256` first (see
+    /// docs/decisions.md, "TLS"); every suite of the provider stays available.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut provider = rustls::crypto::ring::default_provider();
+        let preferred = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.suite();
+        provider.cipher_suites.sort_by_key(|s| s.suite() != preferred);
+        let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Invalid(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 }
@@ -320,5 +325,40 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The server chooses `TLS_AES_128_GCM_SHA256` although the client (rustls, as `tessera
+    /// sync` is) lists AES-256 first.
+    #[test]
+    fn the_server_picks_its_preferred_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let (identity, _) =
+            ServerIdentity::load_or_create(dir.path(), &generated_alt_names(listen)).unwrap();
+        let client_config = pinned_client_config(&identity.fingerprint()).unwrap();
+        let first = client_config.crypto_provider().cipher_suites[0].suite();
+        assert_eq!(first, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+        let mut server = rustls::ServerConnection::new(identity.server_config().unwrap()).unwrap();
+        while client.is_handshaking() || server.is_handshaking() {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            buf.clear();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let suite = client.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     }
 }
