@@ -35,6 +35,21 @@ pub(crate) fn live_key(issuer: &str, card_id: &str) -> String {
     format!("{issuer}/{card_id}")
 }
 
+/// What [`Store::check_card_usable`] reads of a card, locked, for the card `filter` names:
+/// its status, the highest ISD key version seen (`$1`: that counter's name), whether it has a
+/// keyring record, and its lowest pending update's sequence.
+fn usable_card_sql(tx: &Tx, filter: &str) -> String {
+    format!(
+        "SELECT c.status, (SELECT k.value FROM card_counters k WHERE k.issuer_id = c.issuer_id \
+         AND k.card_id = c.card_id AND k.name = $1), \
+         (SELECT COUNT(*) FROM keyring_cards r WHERE r.issuer_id = c.issuer_id AND r.card_id = c.card_id), \
+         (SELECT MIN(p.sequence) FROM update_packages p WHERE p.issuer_id = c.issuer_id \
+         AND p.card_id = c.card_id AND p.delivered_at IS NULL) \
+         FROM cards c WHERE {filter}{}",
+        tx.for_update()
+    )
+}
+
 /// The live session holding a card other than `$2`, by the card's [`live_key`] `$1`: its id
 /// and expiry.
 const LIVE_HOLDER: &str = "SELECT id, expires_at FROM sessions WHERE live_card = $1 AND id <> $2";
@@ -240,29 +255,27 @@ impl Store {
         issuer: &str,
         card_id: &str,
         claim_for: Option<&str>,
+        read: Option<Option<Row>>,
     ) -> ServerResult<(UsableCard, Option<String>)> {
-        let sql = format!(
-            "SELECT c.status, (SELECT k.value FROM card_counters k WHERE k.issuer_id = c.issuer_id \
-             AND k.card_id = c.card_id AND k.name = $3), \
-             (SELECT COUNT(*) FROM keyring_cards r WHERE r.issuer_id = c.issuer_id AND r.card_id = c.card_id), \
-             (SELECT MIN(p.sequence) FROM update_packages p WHERE p.issuer_id = c.issuer_id \
-             AND p.card_id = c.card_id AND p.delivered_at IS NULL) \
-             FROM cards c WHERE c.issuer_id = $1 AND c.card_id = $2{}",
-            tx.for_update()
-        );
-        let card_params = [issuer.into(), card_id.into(), COUNTER_ISD_KVN.into()];
+        let sql = usable_card_sql(tx, "c.issuer_id = $2 AND c.card_id = $3");
+        let card_params = [COUNTER_ISD_KVN.into(), issuer.into(), card_id.into()];
         let key = claim_for.map(|_| live_key(issuer, card_id));
         let holder_params = match (&key, claim_for) {
             (Some(key), Some(session)) => vec![key.into(), session.into()],
             _ => Vec::new(),
         };
-        let mut queries = vec![(sql.as_str(), card_params.as_slice())];
-        if claim_for.is_some() {
-            queries.push((LIVE_HOLDER, holder_params.as_slice()));
-        }
-        let mut answers = tx.query_all(&queries).await?.into_iter();
-        let row = at_most_one(answers.next().unwrap_or_default())?;
-        let holder = at_most_one(answers.next().unwrap_or_default())?;
+        let (row, holder) = match read {
+            Some(row) if claim_for.is_none() => (row, None),
+            _ => {
+                let mut queries = vec![(sql.as_str(), card_params.as_slice())];
+                if claim_for.is_some() {
+                    queries.push((LIVE_HOLDER, holder_params.as_slice()));
+                }
+                let mut answers = tx.query_all(&queries).await?.into_iter();
+                let row = at_most_one(answers.next().unwrap_or_default())?;
+                (row, at_most_one(answers.next().unwrap_or_default())?)
+            }
+        };
         let Some(row) = row else {
             // Which is unknown: the issuer, or its card.
             self.require_issuer_exists(tx, issuer).await?;
@@ -317,7 +330,8 @@ impl Store {
         }
         let (live, card) = match &req.card_id {
             Some(c) => {
-                let (card, live) = self.check_card_usable(&mut tx, issuer, c, Some(&id)).await?;
+                let (card, live) =
+                    self.check_card_usable(&mut tx, issuer, c, Some(&id), None).await?;
                 (live, Some(card))
             }
             None => (None, None),
@@ -407,19 +421,29 @@ impl Store {
         let now = crate::clock::now();
 
         let mut tx = self.begin().await?;
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT s.issuer_id, s.card_id, s.live_card, s.status, s.step, s.state, s.last_request, \
-                     s.last_answer, s.expires_at, (SELECT COUNT(*) FROM vault_keys v WHERE v.issuer_id = s.issuer_id \
-                     AND v.card_id = s.card_id AND v.status = $2) \
-                     FROM sessions s WHERE s.id = $1{}",
-                    tx.for_update()
-                ),
-                &[session_id.into(), super::vault::STATUS_QUEUED.into()],
-            )
-            .await?
+        let session_sql = format!(
+            "SELECT s.issuer_id, s.card_id, s.live_card, s.status, s.step, s.state, s.last_request, \
+             s.last_answer, s.expires_at, (SELECT COUNT(*) FROM vault_keys v WHERE v.issuer_id = s.issuer_id \
+             AND v.card_id = s.card_id AND v.status = $2) \
+             FROM sessions s WHERE s.id = $1{}",
+            tx.for_update()
+        );
+        let session_params = [session_id.into(), super::vault::STATUS_QUEUED.into()];
+        // The first step identifies the card: the card the session names is read (and
+        // locked, after the session) with it, in one round trip.
+        let card_sql = usable_card_sql(
+            &tx,
+            "(c.issuer_id, c.card_id) = (SELECT s.issuer_id, s.card_id FROM sessions s WHERE s.id = $2)",
+        );
+        let card_params = [COUNTER_ISD_KVN.into(), session_id.into()];
+        let mut queries = vec![(session_sql.as_str(), session_params.as_slice())];
+        if req.step == 0 {
+            queries.push((card_sql.as_str(), card_params.as_slice()));
+        }
+        let mut answers = tx.query_all(&queries).await?.into_iter();
+        let row = at_most_one(answers.next().unwrap_or_default())?
             .ok_or_else(|| ServerError::NotFound(format!("no session {session_id}")))?;
+        let session_card = answers.next().map(at_most_one).transpose()?;
         let s = session_from_row(&row)?;
 
         // A retry of the exchange already answered: the same answer, nothing changes.
@@ -472,8 +496,9 @@ impl Store {
                     )));
                 }
                 let claim = if s.live_card.is_none() { Some(session_id) } else { None };
+                let read = session_card.filter(|_| s.card_id.as_deref() == Some(card_id.as_str()));
                 let (card, claimed) =
-                    self.check_card_usable(&mut tx, &s.issuer, &card_id, claim).await?;
+                    self.check_card_usable(&mut tx, &s.issuer, &card_id, claim, read).await?;
                 let live = claimed.or_else(|| s.live_card.clone()).ok_or_else(|| {
                     ServerError::Internal("a session without its claim on the card".into())
                 })?;
@@ -496,7 +521,8 @@ impl Store {
             }
             TunnelState::ReadCounters { card_id } => {
                 let live = s.live_card.clone();
-                let (card, _) = self.check_card_usable(&mut tx, &s.issuer, card_id, None).await?;
+                let (card, _) =
+                    self.check_card_usable(&mut tx, &s.issuer, card_id, None, None).await?;
                 self.after_counters(
                     &mut tx, &s.issuer, &card, session_id, &responses, live, now, None,
                 )
