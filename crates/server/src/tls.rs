@@ -141,6 +141,10 @@ impl ServerIdentity {
             .map_err(|e| TlsError::Invalid(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.ignore_client_order = true;
+        // No resumption: terminals connect once per sync, long after any cache would have
+        // kept their session (docs/decisions.md, "TLS").
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(config))
     }
 }
