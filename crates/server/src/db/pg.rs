@@ -233,8 +233,8 @@ impl PgTx {
     }
 
     /// Sends, in one round trip: `BEGIN` if the transaction has not started, the deferred
-    /// statements, then `batch`. Returns the answers to `batch`, in order. The one way this
-    /// transaction talks to the server.
+    /// statements, then `batch`. Returns the answers to `batch`, in order. Every statement of
+    /// the transaction goes this way (a migration's script aside: [`PgTx::batch`]).
     async fn run(&mut self, batch: &[(&str, &[Value])]) -> DbResult<Vec<Answer>> {
         let deferred = std::mem::take(&mut self.deferred);
         let begun = self.begun;

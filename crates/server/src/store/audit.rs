@@ -142,6 +142,18 @@ fn entry_from_row(r: &Row) -> ServerResult<(AuditEntry, Vec<u8>, Vec<u8>)> {
     ))
 }
 
+/// An entry's content columns, `at` to `detail`, as both appends bind them.
+fn content_values(e: AuditEntry) -> Vec<Value> {
+    vec![
+        e.at.into(),
+        e.actor.into(),
+        e.issuer.into(),
+        e.action.into(),
+        e.subject.into(),
+        e.detail.into(),
+    ]
+}
+
 /// [`Store::audit`] on PostgreSQL: the chain's lock (once per transaction) and the entry,
 /// deferred.
 async fn chain_in_database(tx: &mut Tx, entry: AuditEntry) -> ServerResult<()> {
@@ -149,21 +161,9 @@ async fn chain_in_database(tx: &mut Tx, entry: AuditEntry) -> ServerResult<()> {
         tx.lock_deferred(AUDIT_LOCK).await?;
     }
     let (head, middle) = hash_frame(&entry);
-    tx.execute_deferred(
-        CHAIN_ENTRY,
-        &[
-            entry.at.into(),
-            entry.actor.into(),
-            entry.issuer.into(),
-            entry.action.into(),
-            entry.subject.into(),
-            entry.detail.into(),
-            head.into(),
-            middle.into(),
-            GENESIS.to_vec().into(),
-        ],
-    )
-    .await?;
+    let mut params = content_values(entry);
+    params.extend([head.into(), middle.into(), GENESIS.to_vec().into()]);
+    tx.execute_deferred(CHAIN_ENTRY, &params).await?;
     tx.add_chained_audit();
     Ok(())
 }
@@ -223,21 +223,14 @@ impl Store {
         };
         entry.seq = seq;
         let hash = entry_hash(&entry, &prev);
+        let mut params = vec![seq.into()];
+        params.extend(content_values(entry));
+        params.extend([prev.into(), hash.to_vec().into()]);
         tx.execute_deferred(
             &format!(
                 "INSERT INTO audit_log ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             ),
-            &[
-                seq.into(),
-                entry.at.into(),
-                entry.actor.into(),
-                entry.issuer.into(),
-                entry.action.into(),
-                entry.subject.into(),
-                entry.detail.into(),
-                prev.into(),
-                hash.to_vec().into(),
-            ],
+            &params,
         )
         .await?;
         if seq % self.config.checkpoint_every == 0 {
