@@ -279,7 +279,14 @@ async fn deferred_statements_run_in_order_and_fail_their_transaction(db: TestDb)
     };
     assert!(deferred.is_ok());
     assert!(matches!(duplicate, Err(DbError::Constraint(_))), "{duplicate:?}");
-    drop(tx);
+    if raw.dialect() == tessera_server::db::Dialect::Postgres {
+        // A caller going on after the failure: the transaction refuses, its commit too (on
+        // PostgreSQL the deferred insert of 4 went down with it).
+        assert!(tx.query(count, &[]).await.is_err());
+        assert!(tx.commit().await.is_err());
+    } else {
+        drop(tx);
+    }
     // The same at the commit.
     let mut tx = raw.begin().await.unwrap();
     tx.execute_deferred(insert, &[Value::Int(5)]).await.unwrap();

@@ -108,7 +108,13 @@ impl PgPool {
     /// (pipelined: one round trip for both).
     pub(super) async fn begin(&self) -> DbResult<PgTx> {
         let conn = self.get().await?;
-        Ok(PgTx { conn: Some(conn), begun: false, schema_changed: false, deferred: Vec::new() })
+        Ok(PgTx {
+            conn: Some(conn),
+            begun: false,
+            failed: false,
+            schema_changed: false,
+            deferred: Vec::new(),
+        })
     }
 }
 
@@ -164,6 +170,11 @@ pub(super) struct PgTx {
     conn: Option<PooledClient>,
     /// Whether `BEGIN` went out.
     begun: bool,
+    /// Whether a call failed. PostgreSQL then refuses the transaction's later statements and
+    /// answers its `COMMIT` with a rollback that is no error, and a statement deferred into
+    /// the failed call may never have been sent: so this transaction refuses everything after,
+    /// its commit included, should a caller go on.
+    failed: bool,
     /// Whether `batch` changed the schema.
     schema_changed: bool,
     /// Statements whose row counts nobody reads ([`PgTx::defer`]): they go out ahead of the
@@ -236,6 +247,16 @@ impl PgTx {
     /// statements, then `batch`. Returns the answers to `batch`, in order. Every statement of
     /// the transaction goes this way (a migration's script aside: [`PgTx::batch`]).
     async fn run(&mut self, batch: &[(&str, &[Value])]) -> DbResult<Vec<Answer>> {
+        if self.failed {
+            return Err(earlier_failure());
+        }
+        let answers = self.send_all(batch).await;
+        self.failed = answers.is_err();
+        answers
+    }
+
+    /// [`PgTx::run`]'s round trip.
+    async fn send_all(&mut self, batch: &[(&str, &[Value])]) -> DbResult<Vec<Answer>> {
         let deferred = std::mem::take(&mut self.deferred);
         let begun = self.begun;
         let conn = self.conn()?;
@@ -308,6 +329,9 @@ impl PgTx {
     /// statement PostgreSQL answers `COMMIT` with a rollback, not an error: the statement's
     /// error is the transaction's.
     pub(super) async fn commit(mut self) -> DbResult<()> {
+        if self.failed {
+            return Err(earlier_failure());
+        }
         if self.begun || !self.deferred.is_empty() {
             self.run(&[(COMMIT, &[])]).await?;
         }
@@ -352,6 +376,13 @@ impl Drop for PgTx {
             conn.client = None;
         }
     }
+}
+
+/// A call on a transaction after one of its calls failed ([`PgTx::run`]).
+fn earlier_failure() -> DbError {
+    DbError::Other(
+        "an earlier statement of this transaction failed: nothing of it is committed".into(),
+    )
 }
 
 fn convert_row(row: &tokio_postgres::Row) -> DbResult<Row> {
