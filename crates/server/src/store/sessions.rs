@@ -237,7 +237,7 @@ impl Store {
             )));
         }
         // A holder past its expiry no longer counts.
-        tx.execute(
+        tx.execute_deferred(
             "UPDATE sessions SET status = 'expired', live_card = NULL WHERE id = $1",
             &[holder.text(0)?.into()],
         )
@@ -260,16 +260,14 @@ impl Store {
         let sql = usable_card_sql(tx, "c.issuer_id = $2 AND c.card_id = $3");
         let card_params = [COUNTER_ISD_KVN.into(), issuer.into(), card_id.into()];
         let key = claim_for.map(|_| live_key(issuer, card_id));
-        let holder_params = match (&key, claim_for) {
-            (Some(key), Some(session)) => vec![key.into(), session.into()],
-            _ => Vec::new(),
-        };
+        let holder_params: Option<[Value; 2]> =
+            key.as_ref().zip(claim_for).map(|(key, session)| [key.into(), session.into()]);
         let (row, holder) = match read {
             Some(row) if claim_for.is_none() => (row, None),
             _ => {
                 let mut queries = vec![(sql.as_str(), card_params.as_slice())];
-                if claim_for.is_some() {
-                    queries.push((LIVE_HOLDER, holder_params.as_slice()));
+                if let Some(params) = &holder_params {
+                    queries.push((LIVE_HOLDER, params.as_slice()));
                 }
                 let mut answers = tx.query_all(&queries).await?.into_iter();
                 let row = at_most_one(answers.next().unwrap_or_default())?;

@@ -1402,7 +1402,7 @@ impl Store {
             None if success => DeviceAuthResponse::parse(&answer.data).ok(),
             _ => None,
         };
-        let (taken, mut reads) = match &plain {
+        let (taken, reads) = match &plain {
             Some(response) => {
                 let (taken, reads) = self
                     .update_auth_reads(tx, issuer, &sync.card_id, response, now, Some(&nonce))
@@ -1474,7 +1474,7 @@ impl Store {
                 return Ok(Err(refused(&named, &e, code)));
             }
         };
-        let reads = match reads.take() {
+        let reads = match reads {
             Some(reads) => reads,
             None => self.update_auth_reads(tx, issuer, &card_id, &auth, now, None).await?.1,
         };
