@@ -48,13 +48,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_vault.sql"),
         include_str!("../../migrations/postgres/0008_vault.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_session_awaits.sql"),
+        include_str!("../../migrations/postgres/0009_session_awaits.sql"),
+    ),
 ];
 
 /// Every schema version, oldest first.
-pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5, 6, 7, 8];
+pub const MIGRATION_VERSIONS: &[i64] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 8;
+pub const LATEST_VERSION: i64 = 9;
 
 /// Advisory-lock key that serialises migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;

@@ -228,6 +228,16 @@ impl Db {
         }
     }
 
+    /// Round trips to PostgreSQL that ran statements so far, on every connection of this
+    /// handle (a statement's preparation, once per connection, is not counted); always 0 on
+    /// SQLite, which runs in the process.
+    pub fn round_trips(&self) -> u64 {
+        match &self.inner {
+            DbInner::Sqlite(_) => 0,
+            DbInner::Postgres(pool) => pool.round_trips(),
+        }
+    }
+
     /// Starts a read-write transaction. SQLite takes the single writer lock at once
     /// (`BEGIN IMMEDIATE`); PostgreSQL runs at READ COMMITTED and callers lock the rows they
     /// change (`FOR UPDATE`, see [`Tx::for_update`]).

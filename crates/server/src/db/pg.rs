@@ -42,6 +42,8 @@ struct PoolInner {
     permits: Arc<Semaphore>,
     /// Raised by every schema change: statements prepared before it are not reused.
     schema: AtomicU64,
+    /// Round trips that ran statements ([`PgPool::round_trips`]).
+    round_trips: AtomicU64,
 }
 
 /// One connection and the statements prepared on it.
@@ -63,6 +65,7 @@ impl PgPool {
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
                 schema: AtomicU64::new(0),
+                round_trips: AtomicU64::new(0),
             }),
         })
     }
@@ -102,6 +105,12 @@ impl PgPool {
             schema: self.inner.schema.load(Ordering::Acquire),
         };
         Ok(PooledClient { client: Some(conn), pool: self.clone(), _permit: permit })
+    }
+
+    /// Round trips that ran statements, on every connection so far (a statement's
+    /// preparation, once per connection, is not counted).
+    pub(super) fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
     }
 
     /// A transaction on a pooled connection. Its `BEGIN` is sent with the first statement
@@ -271,6 +280,9 @@ impl PgTx {
             statements.push((conn.statement(sql).await?, params));
         }
         let answers = pipeline(&conn.client, &statements).await;
+        if let Some(pooled) = &self.conn {
+            pooled.pool.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
         // From here the connection's state is the server's: should anything have failed, the
         // transaction's drop closes it rather than pool it.
         self.begun = true;

@@ -108,20 +108,17 @@ impl Store {
             host_challenge: hex::encode(host_challenge),
             secrets: hex::encode(sealed),
         };
-        let state_json =
-            serde_json::to_string(&state).map_err(|e| ServerError::Internal(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
-             VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7)",
-            &[
-                id.clone().into(),
-                issuer.into(),
-                card_id.into(),
-                live.into(),
-                state_json.into(),
-                now.into(),
-                expires_at.into(),
-            ],
+        super::sessions::insert_session(
+            &mut tx,
+            super::sessions::NewSession {
+                id: &id,
+                issuer,
+                card_id: Some(card_id),
+                live: Some(live),
+                state: &state,
+                now,
+                expires_at,
+            },
         )
         .await?;
         self.audit(

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::Store;
 use super::auth::Principal;
 use super::cards::STATUS_REVOKED;
+use super::update::{Awaits, SyncReadPlan, SyncReads};
 use crate::db::{Row, Tx, Value, at_most_one};
 use crate::error::{ServerError, ServerResult};
 use crate::primitives::{random_bytes, sha256_parts};
@@ -53,6 +54,46 @@ fn usable_card_sql(tx: &Tx, filter: &str) -> String {
 /// The live session holding a card other than `$2`, by the card's [`live_key`] `$1`: its id
 /// and expiry.
 const LIVE_HOLDER: &str = "SELECT id, expires_at FROM sessions WHERE live_card = $1 AND id <> $2";
+
+/// A session to insert at step 0 ([`insert_session`]).
+pub(crate) struct NewSession<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) issuer: &'a str,
+    /// The card, when known.
+    pub(crate) card_id: Option<&'a str>,
+    /// Its claim on the card ([`live_key`]), when it holds one.
+    pub(crate) live: Option<String>,
+    pub(crate) state: &'a TunnelState,
+    pub(crate) now: i64,
+    pub(crate) expires_at: i64,
+}
+
+/// Inserts `new`, active at step 0, with what its first exchange answers ([`Awaits`]). The
+/// `INSERT` goes out with the transaction's next statement or its commit.
+pub(crate) async fn insert_session(tx: &mut Tx, new: NewSession<'_>) -> ServerResult<()> {
+    let state = serde_json::to_string(new.state)
+        .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
+    let [challenge, batch_first, batch_last] = Awaits::of(new.state).values();
+    tx.execute_deferred(
+        "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, \
+         updated_at, expires_at, challenge, batch_first, batch_last) \
+         VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7, $8, $9, $10)",
+        &[
+            new.id.into(),
+            new.issuer.into(),
+            new.card_id.into(),
+            new.live.into(),
+            state.into(),
+            new.now.into(),
+            new.expires_at.into(),
+            challenge,
+            batch_first,
+            batch_last,
+        ],
+    )
+    .await?;
+    Ok(())
+}
 
 /// `POST /v1/issuers/{issuer}/sessions` body.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -145,6 +186,8 @@ struct SessionRow {
     /// Whether the session's card has a vault key queued, read with the session (`None`
     /// before the card is known).
     vault_queued: Option<bool>,
+    /// What the exchange answers.
+    awaits: Awaits,
 }
 
 fn session_from_row(r: &Row) -> ServerResult<SessionRow> {
@@ -160,6 +203,7 @@ fn session_from_row(r: &Row) -> ServerResult<SessionRow> {
         last_answer: r.opt_text(7)?,
         expires_at: r.int(8)?,
         vault_queued: r.opt_text(1)?.map(|_| r.int(9)).transpose()?.map(|n| n > 0),
+        awaits: Awaits::from_row(r, 10)?,
     })
 }
 
@@ -348,20 +392,17 @@ impl Store {
                 .as_ref()
                 .map(|(challenge, _)| hex::encode(challenge.to_bytes())),
         };
-        let state_json = serde_json::to_string(&state)
-            .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
-        tx.execute_deferred(
-            "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
-             VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7)",
-            &[
-                id.clone().into(),
-                issuer.into(),
-                req.card_id.clone().into(),
-                live.into(),
-                state_json.into(),
-                now.into(),
-                expires_at.into(),
-            ],
+        insert_session(
+            &mut tx,
+            NewSession {
+                id: &id,
+                issuer,
+                card_id: req.card_id.as_deref(),
+                live,
+                state: &state,
+                now,
+                expires_at,
+            },
         )
         .await?;
         self.audit(
@@ -422,7 +463,7 @@ impl Store {
         let session_sql = format!(
             "SELECT s.issuer_id, s.card_id, s.live_card, s.status, s.step, s.state, s.last_request, \
              s.last_answer, s.expires_at, (SELECT COUNT(*) FROM vault_keys v WHERE v.issuer_id = s.issuer_id \
-             AND v.card_id = s.card_id AND v.status = $2) \
+             AND v.card_id = s.card_id AND v.status = $2), s.challenge, s.batch_first, s.batch_last \
              FROM sessions s WHERE s.id = $1{}",
             tx.for_update()
         );
@@ -434,15 +475,23 @@ impl Store {
             "(c.issuer_id, c.card_id) = (SELECT s.issuer_id, s.card_id FROM sessions s WHERE s.id = $2)",
         );
         let card_params = [COUNTER_ISD_KVN.into(), session_id.into()];
+        // And an update sync's reads, when the exchange looks like one of its steps.
+        let sync_plan = SyncReadPlan::new(&tx, session_id, req.step, responses.len(), now);
         let mut queries = vec![(session_sql.as_str(), session_params.as_slice())];
         if req.step == 0 {
             queries.push((card_sql.as_str(), card_params.as_slice()));
         }
+        queries.extend(sync_plan.queries());
         let mut answers = tx.query_all(&queries).await?.into_iter();
         let row = at_most_one(answers.next().unwrap_or_default())?
             .ok_or_else(|| ServerError::NotFound(format!("no session {session_id}")))?;
-        let session_card = answers.next().map(at_most_one).transpose()?;
+        let session_card = if req.step == 0 {
+            Some(at_most_one(answers.next().unwrap_or_default())?)
+        } else {
+            None
+        };
         let s = session_from_row(&row)?;
+        let sync_read = sync_plan.read(&mut answers, s.card_id.as_deref(), &s.awaits)?;
 
         // A retry of the exchange already answered: the same answer, nothing changes.
         if req.step == s.step - 1 && s.last_request.as_deref() == Some(hash.as_slice()) {
@@ -501,7 +550,8 @@ impl Store {
                     ServerError::Internal("a session without its claim on the card".into())
                 })?;
                 if *read_counters {
-                    let first = device_auth.as_deref().map(|challenge| (challenge, update));
+                    let first =
+                        device_auth.as_deref().map(|challenge| (challenge, update, sync_read));
                     self.after_counters(
                         &mut tx,
                         &s.issuer,
@@ -544,8 +594,9 @@ impl Store {
                 }
             }
             TunnelState::Update(u) => {
-                let (next, apdus, outcome) =
-                    self.update_sync_step(&mut tx, &s.issuer, u, &responses, now).await?;
+                let (next, apdus, outcome) = self
+                    .update_sync_step(&mut tx, &s.issuer, u, &responses, now, sync_read)
+                    .await?;
                 let live =
                     if matches!(next, TunnelState::Finished) { None } else { s.live_card.clone() };
                 (next, apdus, outcome, live)
@@ -696,9 +747,11 @@ impl Store {
             serde_json::to_string(&answer).map_err(|e| ServerError::Internal(e.to_string()))?;
         let state_json =
             serde_json::to_string(&next_state).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let [challenge, batch_first, batch_last] = Awaits::of(&next_state).values();
         tx.execute_deferred(
             "UPDATE sessions SET step = $1, state = $2, status = $3, card_id = $4, live_card = $5, \
-             last_request = $6, last_answer = $7, updated_at = $8, expires_at = $9 WHERE id = $10",
+             last_request = $6, last_answer = $7, updated_at = $8, expires_at = $9, \
+             challenge = $11, batch_first = $12, batch_last = $13 WHERE id = $10",
             &[
                 (s.step + 1).into(),
                 state_json.into(),
@@ -710,6 +763,9 @@ impl Store {
                 now.into(),
                 expires_at.into(),
                 session_id.into(),
+                challenge,
+                batch_first,
+                batch_last,
             ],
         )
         .await?;
@@ -748,13 +804,13 @@ impl Store {
         responses: &[Vec<u8>],
         live: Option<String>,
         now: i64,
-        device_auth: Option<(&str, &[Vec<u8>])>,
+        device_auth: Option<(&str, &[Vec<u8>], SyncReads)>,
     ) -> ServerResult<NextStep> {
         let card_id = card.card_id.as_str();
         let kvn = parse_counters(responses)?;
         let outcome = self.check_counter(tx, issuer, card, session_id, kvn, now).await?;
         if outcome.result == "flagged" {
-            if let Some((challenge, _)) = device_auth {
+            if let Some((challenge, ..)) = device_auth {
                 self.update_discard_challenge(tx, challenge).await?;
             }
             return Ok((TunnelState::Finished, Vec::new(), Some(outcome), None));
@@ -764,14 +820,14 @@ impl Store {
             false => None,
         };
         if let Some((next, apdus, keyring)) = keyring {
-            if let Some((challenge, _)) = device_auth {
+            if let Some((challenge, ..)) = device_auth {
                 self.update_discard_challenge(tx, challenge).await?;
             }
             return Ok((next, apdus, keyring, live));
         }
-        if let Some((challenge, answers)) = device_auth {
+        if let Some((challenge, answers, read)) = device_auth {
             let (next, apdus, o) = self
-                .update_sync_first(tx, issuer, card_id, outcome, challenge, answers, now)
+                .update_sync_first(tx, issuer, card_id, outcome, challenge, answers, now, read)
                 .await?;
             let live = if matches!(next, TunnelState::Finished) { None } else { live };
             return Ok((next, apdus, o, live));

@@ -16,6 +16,8 @@
 
 pub mod schedule;
 
+use std::sync::LazyLock;
+
 use serde::{Deserialize, Serialize};
 use tessera_crypto::hash::sha256;
 use tessera_crypto::hpke::HpkePublicKey;
@@ -448,7 +450,7 @@ impl Store {
         let response = DeviceAuthResponse::parse(answer)
             .map_err(|_| check_err(UpdateError::DeviceSignature))?;
         let row = tx
-            .query_opt(AUTH_READ, &auth_read_params(issuer, card_id, &response, now))
+            .query_opt(&AUTH_READ, &auth_read_params(issuer, card_id, now))
             .await
             .map_err(server_err)?;
         check_auth(row, card_id, challenge, &response, now)
@@ -694,33 +696,33 @@ struct AuthFound {
     due: bool,
 }
 
-/// What device authentication reads of a card, in one query (nothing changes it in between:
-/// [`check_auth`] runs its checks in order): `$1` the issuer, `$2` the card, `$3` the
-/// sequence the card reported, `$4` now. Columns: the card's status (`NULL` without a card
-/// row), the issuer CA certificate, the device certificate, the highest delivered sequence;
-/// for after the checks, how many packages below `$3` are pending and how many of the card's
-/// schedules are due (the card's session holds its row: nobody else delivers its packages
-/// meanwhile).
-const AUTH_READ: &str = "SELECT c.status, i.ca_cert, u.device_cert, \
-     (SELECT MAX(p.sequence) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
-     AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL), \
-     (SELECT COUNT(*) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
-     AND p.card_id = u.card_id AND p.sequence < $3 AND p.delivered_at IS NULL), \
-     (SELECT COUNT(*) FROM update_schedules s WHERE s.issuer_id = u.issuer_id \
-     AND s.card_id = u.card_id AND s.next_due <= $4) \
-     FROM update_cards u JOIN issuers i ON i.id = u.issuer_id \
-     LEFT JOIN cards c ON c.issuer_id = u.issuer_id AND c.card_id = u.card_id \
-     WHERE u.issuer_id = $1 AND u.card_id = $2";
+/// What device authentication reads of a card (`$1` the time), for the card `filter` names:
+/// its status (`NULL`: not in `cards`, unknown as a card), the issuer CA certificate, the
+/// device certificate, the highest delivered sequence; for after the checks, the lowest
+/// pending sequence and how many of the card's schedules are due (the card's session holds
+/// its row: nobody else delivers its packages meanwhile).
+fn auth_read_sql(filter: &str) -> String {
+    format!(
+        "SELECT c.status, i.ca_cert, u.device_cert, \
+         (SELECT MAX(p.sequence) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
+         AND p.card_id = u.card_id AND p.delivered_at IS NOT NULL), \
+         (SELECT MIN(p.sequence) FROM update_packages p WHERE p.issuer_id = u.issuer_id \
+         AND p.card_id = u.card_id AND p.delivered_at IS NULL), \
+         (SELECT COUNT(*) FROM update_schedules s WHERE s.issuer_id = u.issuer_id \
+         AND s.card_id = u.card_id AND s.next_due <= $1) \
+         FROM update_cards u JOIN issuers i ON i.id = u.issuer_id \
+         LEFT JOIN cards c ON c.issuer_id = u.issuer_id AND c.card_id = u.card_id \
+         WHERE {filter}"
+    )
+}
+
+/// [`auth_read_sql`] for a card by `$2` its issuer and `$3` its id ([`auth_read_params`]).
+static AUTH_READ: LazyLock<String> =
+    LazyLock::new(|| auth_read_sql("u.issuer_id = $2 AND u.card_id = $3"));
 
 /// [`AUTH_READ`]'s parameters.
-fn auth_read_params(
-    issuer: &str,
-    card_id: &str,
-    response: &DeviceAuthResponse,
-    now: i64,
-) -> [Value; 4] {
-    let reported = i64::try_from(response.last_sequence).unwrap_or(i64::MAX);
-    [issuer.into(), card_id.into(), reported.into(), now.into()]
+fn auth_read_params(issuer: &str, card_id: &str, now: i64) -> [Value; 3] {
+    [now.into(), issuer.into(), card_id.into()]
 }
 
 /// Uses up a challenge: one row when it was still there.
@@ -735,6 +737,195 @@ const PENDING_PACKAGES: &str = "SELECT sequence, package FROM update_packages \
 /// [`PENDING_PACKAGES`]' parameters for the first batch.
 fn first_batch_params(issuer: &str, card_id: &str) -> [Value; 4] {
     [issuer.into(), card_id.into(), (MAX_BATCH as i64).into(), i64::MIN.into()]
+}
+
+/// [`TAKE_CHALLENGE`] for the challenge session `$1` sent ([`Awaits::challenge`]).
+const TAKE_SESSION_CHALLENGE: &str = "DELETE FROM update_challenges \
+     WHERE nonce = (SELECT challenge FROM sessions WHERE id = $1) RETURNING nonce";
+
+/// [`AUTH_READ`] for the card of session `$2`, when it sent a challenge.
+static AUTH_READ_SESSION: LazyLock<String> = LazyLock::new(|| {
+    auth_read_sql(
+        "(u.issuer_id, u.card_id) = (SELECT s.issuer_id, s.card_id FROM sessions s \
+         WHERE s.id = $2 AND s.challenge IS NOT NULL)",
+    )
+});
+
+/// The first batch's packages ([`PENDING_PACKAGES`]) for the card of session `$1`, when it
+/// sent a challenge; at most `$2`.
+const FIRST_BATCH_SESSION: &str = "SELECT p.sequence, p.package FROM update_packages p \
+     JOIN sessions s ON s.issuer_id = p.issuer_id AND s.card_id = p.card_id \
+     WHERE s.id = $1 AND s.challenge IS NOT NULL AND p.delivered_at IS NULL \
+     ORDER BY p.sequence LIMIT $2";
+
+/// The packages of the batch session `$1` sent ([`Awaits::batch`]) still pending, each with
+/// the card's device certificate and its sequence, locked; in sequence order.
+fn batch_out_sql(tx: &Tx) -> String {
+    format!(
+        "SELECT p.package, u.device_cert, p.sequence FROM update_packages p \
+         JOIN update_cards u ON u.issuer_id = p.issuer_id AND u.card_id = p.card_id \
+         JOIN sessions s ON s.issuer_id = p.issuer_id AND s.card_id = p.card_id \
+         WHERE s.id = $1 AND p.sequence BETWEEN s.batch_first AND s.batch_last \
+         AND p.delivered_at IS NULL ORDER BY p.sequence{}",
+        tx.for_update()
+    )
+}
+
+/// The rows of [`batch_out_sql`] (`out`) for `sequences`, in their order (`None`: not
+/// pending).
+fn by_sequence(out: Vec<Row>, sequences: &[u64]) -> ServerResult<Vec<Option<Row>>> {
+    let mut out = out
+        .into_iter()
+        .map(|row| Ok((u64::try_from(row.int(2)?).ok(), Some(row))))
+        .collect::<ServerResult<Vec<_>>>()?;
+    Ok(sequences
+        .iter()
+        .map(|s| {
+            out.iter_mut().find(|(sequence, _)| *sequence == Some(*s)).and_then(|r| r.1.take())
+        })
+        .collect())
+}
+
+/// The packages of the batch after the one session `$1` sent ([`PENDING_PACKAGES`]); at most
+/// `$2`.
+const NEXT_BATCH_SESSION: &str = "SELECT p.sequence, p.package FROM update_packages p \
+     JOIN sessions s ON s.issuer_id = p.issuer_id AND s.card_id = p.card_id \
+     WHERE s.id = $1 AND p.delivered_at IS NULL AND p.sequence > s.batch_last \
+     ORDER BY p.sequence LIMIT $2";
+
+/// What a session's next exchange answers, kept in its row (`challenge`, `batch_first`,
+/// `batch_last`) so that the exchange's first round trip can read by it ([`SyncReads`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Awaits {
+    /// The nonce of the challenge its DEVICE AUTHENTICATE went out with.
+    pub(crate) challenge: Option<Vec<u8>>,
+    /// The sequences of the first and last packages out.
+    pub(crate) batch: Option<(i64, i64)>,
+}
+
+impl Awaits {
+    /// What the exchange after one that left a session in `state` answers.
+    pub(crate) fn of(state: &TunnelState) -> Self {
+        let nonce = |challenge: &str| {
+            hex::decode(challenge)
+                .ok()
+                .and_then(|b| Challenge::parse(&b).ok())
+                .map(|c| c.nonce.to_vec())
+        };
+        let sequence = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        match state {
+            TunnelState::Identify { device_auth: Some(challenge), .. } => {
+                Awaits { challenge: nonce(challenge), batch: None }
+            }
+            TunnelState::Update(sync) if sync.authenticated.is_none() && !sync.legacy => {
+                Awaits { challenge: nonce(&sync.challenge), batch: None }
+            }
+            TunnelState::Update(sync) if sync.authenticated.is_some() => Awaits {
+                challenge: None,
+                batch: sync
+                    .batch
+                    .first()
+                    .zip(sync.batch.last())
+                    .map(|((first, _), (last, _))| (sequence(*first), sequence(*last))),
+            },
+            _ => Awaits::default(),
+        }
+    }
+
+    /// Read back from a session row's three columns, from `i` on.
+    pub(crate) fn from_row(row: &Row, i: usize) -> ServerResult<Self> {
+        let batch = row.opt_int(i + 1)?.zip(row.opt_int(i + 2)?);
+        Ok(Awaits { challenge: row.opt_blob(i)?, batch })
+    }
+
+    /// The three columns' values.
+    pub(crate) fn values(self) -> [Value; 3] {
+        let (first, last) = self.batch.unzip();
+        [self.challenge.into(), first.into(), last.into()]
+    }
+}
+
+/// An update sync's reads that go out with the session's own, in an exchange's first round
+/// trip. Keyed by the session, they find something only when its row awaits what they are
+/// for ([`Awaits`]), and the sync uses what they found only then; otherwise it reads for
+/// itself. Which go out is a guess from the request's shape ([`SyncReadPlan::new`]): a wrong
+/// guess costs a round trip or a few empty reads, never a wrong answer.
+#[derive(Default)]
+pub(crate) struct SyncReads {
+    /// The challenge the session sent, used up: the nonces removed.
+    taken: Option<Vec<Row>>,
+    /// The session's card, what device authentication reads of it ([`AUTH_READ`]) and the
+    /// first batch's packages.
+    auth: Option<(String, AuthReads)>,
+    /// The session's card, the packages of the batch out still pending (with the device
+    /// certificate and the sequence, [`batch_out_sql`]) and the next batch's.
+    batch: Option<(String, Vec<Row>, Vec<Row>)>,
+}
+
+/// Which [`SyncReads`] an exchange sends, and their statements.
+pub(crate) struct SyncReadPlan {
+    device_auth: bool,
+    receipts: bool,
+    queries: Vec<(String, Vec<Value>)>,
+}
+
+impl SyncReadPlan {
+    /// The reads for an exchange of `session_id` at `step` with `responses` card responses:
+    /// device authentication's with the combined first step's five, or with two after it (the
+    /// answers to `SELECT` update and DEVICE AUTHENTICATE); a batch's receipts after the
+    /// first step.
+    pub(crate) fn new(tx: &Tx, session_id: &str, step: i64, responses: usize, now: i64) -> Self {
+        let device_auth = (step == 0 && responses == 5) || (step > 0 && responses == 2);
+        let receipts = step > 0;
+        let session = || Value::from(session_id);
+        let most = || Value::Int(MAX_BATCH as i64);
+        let mut queries = Vec::new();
+        if device_auth {
+            queries.push((TAKE_SESSION_CHALLENGE.to_owned(), vec![session()]));
+            queries.push((AUTH_READ_SESSION.clone(), vec![now.into(), session()]));
+            queries.push((FIRST_BATCH_SESSION.to_owned(), vec![session(), most()]));
+        }
+        if receipts {
+            queries.push((batch_out_sql(tx), vec![session()]));
+            queries.push((NEXT_BATCH_SESSION.to_owned(), vec![session(), most()]));
+        }
+        SyncReadPlan { device_auth, receipts, queries }
+    }
+
+    /// The statements, in order.
+    pub(crate) fn queries(&self) -> impl Iterator<Item = (&str, &[Value])> {
+        self.queries.iter().map(|(sql, params)| (sql.as_str(), params.as_slice()))
+    }
+
+    /// What the statements found (`answers`, in order), for a session of `card` (if known)
+    /// that awaits `awaits`.
+    pub(crate) fn read(
+        &self,
+        answers: &mut impl Iterator<Item = Vec<Row>>,
+        card: Option<&str>,
+        awaits: &Awaits,
+    ) -> ServerResult<SyncReads> {
+        let mut reads = SyncReads::default();
+        if self.device_auth {
+            let (taken, auth, pending) = (answers.next(), answers.next(), answers.next());
+            if awaits.challenge.is_some() {
+                reads.taken = taken;
+                if let (Some(card), Some(auth), Some(pending)) = (card, auth, pending) {
+                    let auth = AuthReads { auth: at_most_one(auth)?, pending };
+                    reads.auth = Some((card.to_owned(), auth));
+                }
+            }
+        }
+        if self.receipts {
+            let (out, next) = (answers.next(), answers.next());
+            if let (Some(card), Some(out), Some(next), true) =
+                (card, out, next, awaits.batch.is_some())
+            {
+                reads.batch = Some((card.to_owned(), out, next));
+            }
+        }
+        Ok(reads)
+    }
 }
 
 /// Device authentication's checks, in order, on what [`AUTH_READ`] found for `card_id`
@@ -775,7 +966,10 @@ fn check_auth(
         private: false,
     };
     let found = AuthFound {
-        pending_below: row.int(4).map_err(server_err)? > 0,
+        pending_below: row
+            .opt_int(4)
+            .map_err(server_err)?
+            .is_some_and(|lowest| u64::try_from(lowest).is_ok_and(|l| l < response.last_sequence)),
         due: row.int(5).map_err(server_err)? > 0,
     };
     Ok((card, found))
@@ -1042,20 +1236,18 @@ impl Store {
             };
             (sync, [apdu(&select_update())?, apdu(&auth.to_command())?], None)
         };
-        let state = serde_json::to_string(&TunnelState::Update(sync))
-            .map_err(|e| ServerError::Internal(format!("session state: {e}")))?;
-        tx.execute(
-            "INSERT INTO sessions (id, issuer_id, card_id, live_card, status, step, state, created_at, updated_at, expires_at) \
-             VALUES ($1, $2, $3, $4, 'active', 0, $5, $6, $6, $7)",
-            &[
-                id.clone().into(),
-                issuer.into(),
-                req.card_id.clone().into(),
-                live.into(),
-                state.into(),
-                now.into(),
-                expires_at.into(),
-            ],
+        let state = TunnelState::Update(sync);
+        super::sessions::insert_session(
+            &mut tx,
+            super::sessions::NewSession {
+                id: &id,
+                issuer,
+                card_id: req.card_id.as_deref(),
+                live,
+                state: &state,
+                now,
+                expires_at,
+            },
         )
         .await?;
         self.audit(
@@ -1203,7 +1395,7 @@ impl Store {
             .ok()
             .and_then(|b| Challenge::parse(&b).ok())
             .ok_or_else(|| ServerError::Internal("stored challenge".into()))?;
-        tx.execute(
+        tx.execute_deferred(
             "DELETE FROM update_challenges WHERE nonce = $1",
             &[challenge.nonce.to_vec().into()],
         )
@@ -1227,9 +1419,10 @@ impl Store {
         challenge_hex: &str,
         responses: &[Vec<u8>],
         now: i64,
+        read: SyncReads,
     ) -> ServerResult<Step> {
         let sync = UpdateSync::new(card_id.to_owned(), challenge_hex.to_owned(), before);
-        self.update_sync_step(tx, issuer, &sync, responses, now).await
+        self.update_sync_step(tx, issuer, &sync, responses, now, read).await
     }
 
     /// One exchange of a sync's update step: first the card's answer to DEVICE AUTHENTICATE,
@@ -1238,6 +1431,8 @@ impl Store {
     /// with result [`UPDATE_ERROR`] and a `refused (CODE)` message (the transaction commits:
     /// a challenge is used up whatever the outcome, the packages receipted before the refusal
     /// stay delivered); an undelivered package stays pending for the next sync.
+    ///
+    /// `read`: what went out with the session's read for this exchange.
     pub(crate) async fn update_sync_step(
         &self,
         tx: &mut Tx,
@@ -1245,6 +1440,7 @@ impl Store {
         sync: &UpdateSync,
         responses: &[Vec<u8>],
         now: i64,
+        read: SyncReads,
     ) -> ServerResult<Step> {
         let parsed: Vec<tessera_apdu::Response> = responses
             .iter()
@@ -1266,7 +1462,7 @@ impl Store {
                     parsed.len()
                 )));
             };
-            match self.update_sync_auth(tx, issuer, sync, answer, now).await? {
+            match self.update_sync_auth(tx, issuer, sync, answer, now, read).await? {
                 Ok(auth) => {
                     next.card_id = auth.card_id;
                     next.authenticated = Some(auth.last_sequence);
@@ -1307,8 +1503,12 @@ impl Store {
             // round trip.
             let sequences: Vec<u64> = receipts.iter().map(|(s, _)| *s).collect();
             let last = if card_refused.is_none() { sequences.last().copied() } else { None };
-            let (rows, after) =
-                self.update_receipt_reads(tx, issuer, &sync.card_id, &sequences, last).await?;
+            let (rows, after) = match read.batch.filter(|(card, ..)| *card == sync.card_id) {
+                Some((_, out, next)) => (by_sequence(out, &sequences)?, Some(next)),
+                None => {
+                    self.update_receipt_reads(tx, issuer, &sync.card_id, &sequences, last).await?
+                }
+            };
             for ((sequence, receipt), row) in receipts.into_iter().zip(rows) {
                 match self
                     .update_accept_receipt_row(tx, issuer, &card, sequence, receipt, row, now)
@@ -1374,9 +1574,10 @@ impl Store {
     /// The answer to DEVICE AUTHENTICATE in a sync: the card, authenticated ([`SyncAuth`]), or
     /// the step that ends the sync. The challenge is used up whatever the answer.
     ///
-    /// The plain variant names its card up front, so what authentication reads of it and the
-    /// first batch's packages go out with the challenge's `DELETE`, in one round trip; the
-    /// privacy variant's card is known once its sealed id is opened, and they follow.
+    /// The challenge's `DELETE`, what authentication reads of the card and the first batch's
+    /// packages usually went out with the session's read (`read`). Otherwise: the plain
+    /// variant names its card up front, so they go out together, in one round trip; the
+    /// privacy variant's card is known once its sealed id is opened, and its reads follow.
     async fn update_sync_auth(
         &self,
         tx: &mut Tx,
@@ -1384,6 +1585,7 @@ impl Store {
         sync: &UpdateSync,
         answer: &tessera_apdu::Response,
         now: i64,
+        read: SyncReads,
     ) -> ServerResult<Result<SyncAuth, Step>> {
         if sync.legacy {
             return self.update_sync_legacy(tx, issuer, sync, answer, now).await;
@@ -1402,14 +1604,26 @@ impl Store {
             None if success => DeviceAuthResponse::parse(&answer.data).ok(),
             _ => None,
         };
-        let (taken, reads) = match &plain {
-            Some(response) => {
-                let (taken, reads) = self
-                    .update_auth_reads(tx, issuer, &sync.card_id, response, now, Some(&nonce))
-                    .await?;
+        // Used up with the session's read, or now.
+        let taken = read.taken.map(|rows| {
+            rows.iter().filter(|r| r.blob(0).is_ok_and(|n| n[..] == challenge.nonce[..])).count()
+        });
+        let read_auth = read.auth.filter(|(card, _)| *card == sync.card_id).map(|(_, a)| a);
+        let (taken, reads) = match (&plain, taken) {
+            (Some(_), Some(taken)) => match read_auth {
+                Some(reads) => (taken, Some(reads)),
+                None => (
+                    taken,
+                    Some(self.update_auth_reads(tx, issuer, &sync.card_id, now, None).await?.1),
+                ),
+            },
+            (Some(_), None) => {
+                let (taken, reads) =
+                    self.update_auth_reads(tx, issuer, &sync.card_id, now, Some(&nonce)).await?;
                 (taken, Some(reads))
             }
-            None => (tx.query(TAKE_CHALLENGE, &nonce).await?.len(), None),
+            (None, Some(taken)) => (taken, None),
+            (None, None) => (tx.query(TAKE_CHALLENGE, &nonce).await?.len(), None),
         };
         if answer.sw == tessera_apdu::StatusWord(0x6982) {
             let step = finish(
@@ -1476,7 +1690,7 @@ impl Store {
         };
         let reads = match reads {
             Some(reads) => reads,
-            None => self.update_auth_reads(tx, issuer, &card_id, &auth, now, None).await?.1,
+            None => self.update_auth_reads(tx, issuer, &card_id, now, None).await?.1,
         };
         let (card, found) = match check_auth(reads.auth, &card_id, &challenge, &auth, now) {
             Ok(checked) => checked,
@@ -1518,17 +1732,16 @@ impl Store {
         tx: &mut Tx,
         issuer: &str,
         card_id: &str,
-        response: &DeviceAuthResponse,
         now: i64,
         take_challenge: Option<&[Value; 1]>,
     ) -> ServerResult<(usize, AuthReads)> {
-        let auth = auth_read_params(issuer, card_id, response, now);
+        let auth = auth_read_params(issuer, card_id, now);
         let pending = first_batch_params(issuer, card_id);
         let mut queries = Vec::with_capacity(3);
         if let Some(nonce) = take_challenge {
             queries.push((TAKE_CHALLENGE, nonce.as_slice()));
         }
-        queries.push((AUTH_READ, auth.as_slice()));
+        queries.push((AUTH_READ.as_str(), auth.as_slice()));
         queries.push((PENDING_PACKAGES, pending.as_slice()));
         let mut answers = tx.query_all(&queries).await?;
         let pending = answers.pop().unwrap_or_default();
