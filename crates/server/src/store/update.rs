@@ -871,11 +871,10 @@ pub(crate) struct SyncReadPlan {
 
 impl SyncReadPlan {
     /// The reads for an exchange of `session_id` at `step` with `responses` card responses:
-    /// device authentication's with the combined first step's five, or with two after it (the
-    /// answers to `SELECT` update and DEVICE AUTHENTICATE); a batch's receipts after the
-    /// first step.
+    /// device authentication's with the combined first step's five, or with two (the answers
+    /// to `SELECT` update and DEVICE AUTHENTICATE); a batch's receipts after the first step.
     pub(crate) fn new(tx: &Tx, session_id: &str, step: i64, responses: usize, now: i64) -> Self {
-        let device_auth = (step == 0 && responses == 5) || (step > 0 && responses == 2);
+        let device_auth = responses == 2 || (step == 0 && responses == 5);
         let receipts = step > 0;
         let session = || Value::from(session_id);
         let most = || Value::Int(MAX_BATCH as i64);
