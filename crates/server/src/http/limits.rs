@@ -1,16 +1,14 @@
-//! Request limits: body size (tower-http and axum layers, set up in [`super::router`]), time
-//! and a per-client token-bucket rate limit (middleware in this module).
+//! Request limits: body size (tower-http and axum layers), time and a per-client token-bucket
+//! rate limit (checked by the router's one middleware, `super::guard`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use crate::error::ServerError;
 
 /// Limits applied to every request.
@@ -76,40 +74,23 @@ impl RateLimiter {
     }
 }
 
-/// Middleware: a request that takes longer than `limit` is answered `503` with `Retry-After`
-/// (its transaction, if any, is dropped and so rolled back).
-pub async fn timeout(
-    State(limit): State<std::time::Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ServerError::Unavailable("request timed out".into()).into_response(),
-    }
-}
-
 /// The client address a connection came from (set by the server's listeners).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Middleware: refuses a client over its rate with `429` and `Retry-After`.
-pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The `429`, with `Retry-After`, for a request whose client is over its rate (a token taken
+/// otherwise, at `now`).
+pub fn over_rate(limiter: &RateLimiter, req: &Request, now: Instant) -> Option<Response> {
     let ip = req
         .extensions()
         .get::<ConnectInfo<ClientAddr>>()
         .map(|c| c.0.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    match state.limiter.check(ip, Instant::now()) {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
-            let mut resp =
-                ServerError::TooManyRequests(format!("rate limit exceeded; retry in {wait} s"))
-                    .into_response();
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.into());
-            resp
-        }
-    }
+    let wait = limiter.check(ip, now).err()?;
+    let mut resp = ServerError::TooManyRequests(format!("rate limit exceeded; retry in {wait} s"))
+        .into_response();
+    resp.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.into());
+    Some(resp)
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! Prometheus metrics (`prometheus-client`), served at `/metrics` in the text format.
 
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -46,6 +45,25 @@ impl Metrics {
         Metrics { registry, requests, duration }
     }
 
+    /// Counts and times one request by its route template (not its raw path, so ids do not
+    /// explode the label space; `None`: no route matched).
+    pub fn observe(
+        &self,
+        method: &Method,
+        route: Option<&str>,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let route = route.unwrap_or("unmatched").to_owned();
+        let labels = vec![
+            ("method", method.as_str().to_owned()),
+            ("route", route.clone()),
+            ("status", status.as_u16().to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&vec![("route", route)]).observe(elapsed.as_secs_f64());
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> Result<String, ServerError> {
         let mut out = String::new();
@@ -53,31 +71,6 @@ impl Metrics {
             .map_err(|e| ServerError::Internal(format!("metrics: {e}")))?;
         Ok(out)
     }
-}
-
-/// Middleware: counts and times every request by its route template (not its raw path, so
-/// ids do not explode the label space).
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    state
-        .metrics
-        .requests
-        .get_or_create(&vec![("method", method), ("route", route.clone()), ("status", status)])
-        .inc();
-    state
-        .metrics
-        .duration
-        .get_or_create(&vec![("route", route)])
-        .observe(start.elapsed().as_secs_f64());
-    resp
 }
 
 /// Prometheus metrics in the text format.
