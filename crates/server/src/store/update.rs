@@ -795,7 +795,7 @@ const NEXT_BATCH_SESSION: &str = "SELECT p.sequence, p.package FROM update_packa
 
 /// What a session's next exchange answers, kept in its row (`challenge`, `batch_first`,
 /// `batch_last`) so that the exchange's first round trip can read by it ([`SyncReads`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Awaits {
     /// The nonce of the challenge its DEVICE AUTHENTICATE went out with.
     pub(crate) challenge: Option<Vec<u8>>,
