@@ -1,34 +1,31 @@
-//! PostgreSQL: a small connection pool over `tokio-postgres`, without TLS (the database is
-//! expected on loopback or a private network; see docs/decisions.md "Server storage").
+//! PostgreSQL: a small connection pool over [`wire::Wire`] (the protocol spoken directly),
+//! without TLS (the database is expected on loopback or a private network; see
+//! docs/decisions.md "Server storage").
 //!
 //! Round trips are what a transaction costs here, so each pooled connection keeps the
 //! statements it prepared (the queries are a fixed set of texts: a statement is prepared once
 //! per connection, then only bound and executed), and `BEGIN` goes out pipelined with the
-//! transaction's first statement. A schema change through [`PgTx::batch`] (migrations) makes
-//! every connection forget its statements.
+//! transaction's first statement. A schema change through [`PgTx::batch`] (migrations) retires
+//! every connection that prepared statements under the old schema.
+
+mod wire;
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
-use bytes::BytesMut;
-use futures_util::TryStreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::Config;
 
+use self::wire::{Answer, Statement, Wire, WireError};
 use super::{BUSY_TIMEOUT, DbError, DbResult, Row, Value};
 
 /// Most connections one server process opens.
 const MAX_CONNECTIONS: usize = 16;
 
 /// Most statements one connection keeps prepared (the server's queries are far fewer; the
-/// bound only guards against a caller building texts without end).
+/// bound only guards against a caller building texts without end: a connection past it is
+/// closed at its release, which frees its statements on the server).
 const MAX_STATEMENTS: usize = 512;
 
 #[derive(Clone)]
@@ -48,8 +45,8 @@ struct PoolInner {
 
 /// One connection and the statements prepared on it.
 struct PgConn {
-    client: Client,
-    statements: HashMap<String, Statement>,
+    wire: Wire,
+    statements: HashMap<String, Arc<Statement>>,
     /// The pool's schema generation the statements were prepared under.
     schema: u64,
 }
@@ -75,10 +72,11 @@ impl PgPool {
             .await
             .map_err(|_| DbError::Unavailable("no free database connection".into()))?
             .map_err(|_| DbError::Unavailable("connection pool closed".into()))?;
+        let schema = self.inner.schema.load(Ordering::Acquire);
         loop {
             let idle = self.inner.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match idle {
-                Some(conn) if !conn.client.is_closed() => {
+                Some(conn) if conn.schema == schema && conn.wire.still_open() => {
                     return Ok(PooledClient {
                         client: Some(conn),
                         pool: self.clone(),
@@ -91,19 +89,10 @@ impl PgPool {
         }
         // Any failure to connect means the database is unavailable to us (down, unreachable,
         // not accepting connections): retry later.
-        let (client, connection) = self.inner.config.connect(NoTls).await.map_err(|e| {
-            DbError::Unavailable(format!("cannot connect to PostgreSQL: {}", describe(&e)))
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
-        });
-        let conn = PgConn {
-            client,
-            statements: HashMap::new(),
-            schema: self.inner.schema.load(Ordering::Acquire),
-        };
+        let wire = Wire::connect(&self.inner.config)
+            .await
+            .map_err(|e| DbError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let conn = PgConn { wire, statements: HashMap::new(), schema };
         Ok(PooledClient { client: Some(conn), pool: self.clone(), _permit: permit })
     }
 
@@ -135,20 +124,17 @@ struct PooledClient {
 
 impl PooledClient {
     fn conn(&mut self) -> DbResult<&mut PgConn> {
-        let schema = self.pool.inner.schema.load(Ordering::Acquire);
-        let conn =
-            self.client.as_mut().ok_or_else(|| DbError::Unavailable("connection lost".into()))?;
-        if conn.schema != schema {
-            conn.statements.clear();
-            conn.schema = schema;
-        }
-        Ok(conn)
+        self.client.as_mut().ok_or_else(|| DbError::Unavailable("connection lost".into()))
     }
 
-    /// Returns the connection to the pool (only clean, idle connections go back).
+    /// Returns the connection to the pool: only one in step with the server, whose statements
+    /// were prepared under the current schema and are not too many, goes back.
     fn release(mut self) {
+        let schema = self.pool.inner.schema.load(Ordering::Acquire);
         if let Some(conn) = self.client.take()
-            && !conn.client.is_closed()
+            && conn.wire.in_step()
+            && conn.schema == schema
+            && conn.statements.len() <= MAX_STATEMENTS
             && let Ok(mut idle) = self.pool.inner.idle.lock()
         {
             idle.push(conn);
@@ -161,14 +147,11 @@ const COMMIT: &str = "COMMIT";
 
 impl PgConn {
     /// The prepared statement for `sql`: from this connection's cache, else prepared now.
-    async fn statement(&mut self, sql: &str) -> DbResult<Statement> {
+    async fn statement(&mut self, sql: &str) -> DbResult<Arc<Statement>> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let statement = self.client.prepare(sql).await.map_err(map_err)?;
-        if self.statements.len() >= MAX_STATEMENTS {
-            self.statements.clear();
-        }
+        let statement = self.wire.prepare(sql).await.map_err(map_err)?;
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
@@ -188,63 +171,7 @@ pub(super) struct PgTx {
     schema_changed: bool,
     /// Statements whose row counts nobody reads ([`PgTx::defer`]): they go out ahead of the
     /// transaction's next statement or its commit, in the same round trip.
-    deferred: Vec<(Statement, Vec<Value>)>,
-}
-
-/// What the server answered to one statement.
-struct Answer {
-    rows: Vec<tokio_postgres::Row>,
-    /// The rows an `INSERT`, `UPDATE` or `DELETE` changed (0 for other statements).
-    changed: u64,
-}
-
-/// One statement's answer, on its way.
-type Sent<'a> = Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + Send + 'a>>;
-
-/// Sends one statement (it is written to the connection when first polled) and reads its
-/// answer.
-async fn send(
-    client: &Client,
-    statement: &Statement,
-    params: &[Value],
-) -> Result<Answer, tokio_postgres::Error> {
-    let mut stream = std::pin::pin!(client.query_raw(statement, params).await?);
-    let rows = stream.as_mut().try_collect().await?;
-    Ok(Answer { rows, changed: stream.rows_affected().unwrap_or(0) })
-}
-
-/// Sends `statements` in order, all before waiting for any answer (one round trip), and
-/// returns their answers in order, or the first error. After a failed statement the server
-/// refuses the rest of the transaction: the first error is the cause.
-async fn pipeline(
-    client: &Client,
-    statements: &[(Statement, &[Value])],
-) -> Result<Vec<Answer>, tokio_postgres::Error> {
-    let mut pending: Vec<Option<Sent<'_>>> = statements
-        .iter()
-        .map(|(statement, params)| Some(Box::pin(send(client, statement, params)) as Sent<'_>))
-        .collect();
-    let mut answers: Vec<Option<Result<Answer, tokio_postgres::Error>>> =
-        pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        // In order: each statement is written when first polled, and the answers come back
-        // in the order the statements went out.
-        let mut done = true;
-        for (slot, answer) in pending.iter_mut().zip(&mut answers) {
-            if let Some(sent) = slot {
-                match sent.as_mut().poll(cx) {
-                    Poll::Ready(result) => {
-                        *answer = Some(result);
-                        *slot = None;
-                    }
-                    Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    answers.into_iter().flatten().collect()
+    deferred: Vec<(Arc<Statement>, Vec<Value>)>,
 }
 
 impl PgTx {
@@ -269,7 +196,7 @@ impl PgTx {
         let deferred = std::mem::take(&mut self.deferred);
         let begun = self.begun;
         let conn = self.conn()?;
-        let mut statements: Vec<(Statement, &[Value])> =
+        let mut statements: Vec<(Arc<Statement>, &[Value])> =
             Vec::with_capacity(1 + deferred.len() + batch.len());
         if !begun {
             statements.push((conn.statement(BEGIN).await?, &[]));
@@ -279,7 +206,7 @@ impl PgTx {
         for (sql, params) in batch {
             statements.push((conn.statement(sql).await?, params));
         }
-        let answers = pipeline(&conn.client, &statements).await;
+        let answers = conn.wire.run(&statements).await;
         if let Some(pooled) = &self.conn {
             pooled.pool.inner.round_trips.fetch_add(1, Ordering::Relaxed);
         }
@@ -291,8 +218,7 @@ impl PgTx {
     }
 
     pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
-        let answer = self.run(&[(sql, params)]).await?.pop();
-        answer.map_or(Ok(Vec::new()), |a| a.rows.iter().map(convert_row).collect())
+        Ok(self.run(&[(sql, params)]).await?.pop().map_or_else(Vec::new, |a| a.rows))
     }
 
     pub(super) async fn execute(&mut self, sql: &str, params: &[Value]) -> DbResult<u64> {
@@ -304,8 +230,7 @@ impl PgTx {
         &mut self,
         batch: &[(&str, &[Value])],
     ) -> DbResult<Vec<Vec<Row>>> {
-        let answers = self.run(batch).await?;
-        answers.iter().map(|a| a.rows.iter().map(convert_row).collect()).collect()
+        Ok(self.run(batch).await?.into_iter().map(|a| a.rows).collect())
     }
 
     /// Queues a statement whose row count nobody reads: it is sent with the transaction's next
@@ -323,14 +248,17 @@ impl PgTx {
         // BEGIN and the deferred statements first.
         self.run(&[]).await?;
         self.schema_changed = true;
-        self.conn()?.client.batch_execute(sql).await.map_err(map_err)?;
+        let conn = self.conn()?;
+        conn.wire.simple(sql).await.map_err(map_err)?;
+        // Its own statements too: this transaction prepares afresh under the new schema.
+        conn.statements.clear();
         self.forget_statements();
         Ok(())
     }
 
-    /// Makes every connection of the pool prepare its statements again (after a schema
-    /// change, and again at its commit: a statement another connection prepared in between
-    /// saw the old schema).
+    /// Retires every connection of the pool that prepared statements before now (after a
+    /// schema change, and again at its commit: a statement another connection prepared in
+    /// between saw the old schema). This transaction's own connection is among them.
     fn forget_statements(&self) {
         if let Some(conn) = &self.conn {
             conn.pool.inner.schema.fetch_add(1, Ordering::AcqRel);
@@ -359,12 +287,11 @@ impl PgTx {
     ) -> DbResult<Vec<Row>> {
         let answers = self.run(&[(sql, params), (COMMIT, &[])]).await?;
         self.release();
-        let rows = answers.first().map(|a| a.rows.as_slice()).unwrap_or_default();
-        rows.iter().map(convert_row).collect()
+        Ok(answers.into_iter().next().map_or_else(Vec::new, |a| a.rows))
     }
 
-    /// After the commit: the pool forgets the statements of an older schema, and takes the
-    /// connection back.
+    /// After the commit: the pool retires the connections of an older schema, and takes the
+    /// connection back (unless it is one of them).
     fn release(&mut self) {
         if self.schema_changed {
             self.forget_statements();
@@ -397,86 +324,28 @@ fn earlier_failure() -> DbError {
     )
 }
 
-fn convert_row(row: &tokio_postgres::Row) -> DbResult<Row> {
-    let mut values = Vec::with_capacity(row.len());
-    for (i, col) in row.columns().iter().enumerate() {
-        let ty = col.type_();
-        let v = if *ty == Type::INT8 {
-            row.try_get::<_, Option<i64>>(i).map(|v| v.map(Value::Int))
-        } else if *ty == Type::INT4 {
-            row.try_get::<_, Option<i32>>(i).map(|v| v.map(|v| Value::Int(v.into())))
-        } else if *ty == Type::BOOL {
-            row.try_get::<_, Option<bool>>(i).map(|v| v.map(|v| Value::Int(v.into())))
-        } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME {
-            row.try_get::<_, Option<String>>(i).map(|v| v.map(Value::Text))
-        } else if *ty == Type::BYTEA {
-            row.try_get::<_, Option<Vec<u8>>>(i).map(|v| v.map(Value::Blob))
-        } else if *ty == Type::VOID {
-            Ok(None)
-        } else {
-            return Err(DbError::Data(format!("unsupported column type {ty} in column {i}")));
-        };
-        values.push(v.map_err(map_err)?.unwrap_or(Value::Null));
-    }
-    Ok(Row(values))
-}
-
-impl ToSql for Value {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        match self {
-            Value::Null => Ok(IsNull::Yes),
-            Value::Int(v) => v.to_sql(ty, out),
-            Value::Text(s) => s.to_sql(ty, out),
-            Value::Blob(b) => b.to_sql(ty, out),
+fn map_err(e: WireError) -> DbError {
+    match e {
+        WireError::Io(e) => DbError::Unavailable(format!("PostgreSQL connection: {e}")),
+        WireError::Server { code, message } => {
+            let text = format!("{code}: {message}");
+            match code.as_str() {
+                // unique_violation, foreign_key_violation
+                "23505" | "23503" => DbError::Constraint(text),
+                // connection exceptions, insufficient resources, operator intervention
+                // (shutdown), serialization failure, deadlock
+                c if c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || c == "40001"
+                    || c == "40P01" =>
+                {
+                    DbError::Unavailable(text)
+                }
+                _ => DbError::Other(text),
+            }
         }
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        <i64 as ToSql>::accepts(ty)
-            || <String as ToSql>::accepts(ty)
-            || <Vec<u8> as ToSql>::accepts(ty)
-    }
-
-    to_sql_checked!();
-}
-
-/// The error with the server's message (tokio-postgres' `Display` says only "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => match e.source() {
-            Some(src) => format!("{e}: {src}"),
-            None => e.to_string(),
-        },
-    }
-}
-
-fn map_err(e: tokio_postgres::Error) -> DbError {
-    if e.is_closed() {
-        return DbError::Unavailable(format!("PostgreSQL connection closed: {}", describe(&e)));
-    }
-    match e.code() {
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION => {
-            DbError::Constraint(describe(&e))
-        }
-        Some(c)
-            if c.code().starts_with("08")
-                || c.code().starts_with("53")
-                || c.code().starts_with("57P")
-                || *c == SqlState::T_R_SERIALIZATION_FAILURE
-                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
-        {
-            DbError::Unavailable(describe(&e))
-        }
-        Some(_) => DbError::Other(describe(&e)),
-        // No SQLSTATE: an I/O or protocol failure talking to the server.
-        None if e.source().is_some_and(|s| s.is::<std::io::Error>()) => {
-            DbError::Unavailable(format!("PostgreSQL unreachable: {}", describe(&e)))
-        }
-        None => DbError::Unavailable(format!("PostgreSQL: {}", describe(&e))),
+        WireError::Protocol(m) => DbError::Other(format!("PostgreSQL: {m}")),
+        WireError::Data(m) => DbError::Data(m),
     }
 }
