@@ -132,6 +132,16 @@ fn run_pg(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
 /// `chown -R`), and a child forked while another test's thread has a card image open shares
 /// that image's lock until it execs, so a test reopening its image right after closing it
 /// could find it locked (see `lock` in crates/card/src/card.rs).
+/// Roles of the test cluster that log in over TCP with a password, and the method its
+/// `pg_hba.conf` asks of each (everyone else is trusted).
+pub const PASSWORD_ROLES: [(&str, &str); 3] =
+    [("tessera_scram", "scram-sha-256"), ("tessera_md5", "md5"), ("tessera_clear", "password")];
+
+/// The directory of the test cluster's Unix socket.
+pub fn cluster_socket_dir() -> PathBuf {
+    std::env::temp_dir().join("tessera-test-pg")
+}
+
 pub fn cluster_url() -> Option<String> {
     static URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     URL.get_or_init(find_or_start_cluster).clone()
@@ -173,6 +183,15 @@ fn find_or_start_cluster() -> Option<String> {
             &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"],
         );
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        // Roles that must authenticate with a password, checked before the trust rules
+        // (tests/postgres_wire.rs makes the roles).
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        let password_rules = PASSWORD_ROLES
+            .iter()
+            .map(|(role, method)| format!("host all {role} 127.0.0.1/32 {method}\n"))
+            .collect::<String>();
+        std::fs::write(&hba, password_rules + &rules).unwrap();
     }
     if !running {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -311,7 +311,11 @@ impl Wire {
         batch: &[(Arc<Statement>, &[Value])],
     ) -> Result<Vec<Answer>, WireError> {
         for (statement, params) in batch {
-            bind(statement, params, &mut self.write)?;
+            if let Err(e) = bind(statement, params, &mut self.write) {
+                // Nothing of the pipeline goes out: the connection stays in step.
+                self.write.clear();
+                return Err(e);
+            }
             frontend::execute("", 0, &mut self.write)?;
         }
         frontend::sync(&mut self.write);
