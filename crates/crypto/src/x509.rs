@@ -455,6 +455,13 @@ impl Certificate {
         Ok(c)
     }
 
+    /// A certificate read back from where this program stored it after [`Certificate::from_der`]
+    /// accepted it (a database row): not parsed now, since every use parses it (and fails
+    /// there, should the stored bytes have changed).
+    pub fn from_stored_der(der: Vec<u8>) -> Self {
+        Self { der }
+    }
+
     /// A certificate from one PEM `CERTIFICATE` block.
     pub fn from_pem(pem: &str) -> Result<Self> {
         let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(cert_err)?;

@@ -200,7 +200,7 @@ impl Store {
             .await?
             .ok_or_else(|| ServerError::NotFound(format!("no issuer {issuer}")))?;
         let bad = |e: tessera_crypto::CryptoError| ServerError::Internal(e.to_string());
-        let ca = Certificate::from_der(row.blob(0)?).map_err(bad)?;
+        let ca = Certificate::from_stored_der(row.blob(0)?);
         let device = Certificate::from_der(device_der.to_vec()).map_err(bad)?;
         let key =
             verify_update_key(&ca, card_id.as_bytes(), &device, nonce, update_key_answer, now)
@@ -470,11 +470,7 @@ impl Store {
             )
             .await?
             .ok_or_else(|| update_err(UpdateError::UnknownCard(card_id.into())))?;
-        let bad = |e: tessera_crypto::CryptoError| ServerError::Internal(e.to_string());
-        Ok((
-            Certificate::from_der(row.blob(0)?).map_err(bad)?,
-            Certificate::from_der(row.blob(1)?).map_err(bad)?,
-        ))
+        Ok((Certificate::from_stored_der(row.blob(0)?), Certificate::from_stored_der(row.blob(1)?)))
     }
 
     /// The packages pending for an authenticated card, `(sequence, bytes)` in sequence order.
@@ -605,8 +601,7 @@ impl Store {
         if sha256(&row.blob(0).map_err(server_err)?) != receipt.digest {
             return Err(check_err(UpdateError::ReceiptMismatch));
         }
-        let device = Certificate::from_der(row.blob(1).map_err(server_err)?)
-            .map_err(|e| server_err(ServerError::Internal(e.to_string())))?;
+        let device = Certificate::from_stored_der(row.blob(1).map_err(server_err)?);
         verify_receipt(&device, card_id.as_bytes(), &receipt).map_err(check_err)?;
         let sequence =
             i64::try_from(sequence).map_err(|_| check_err(UpdateError::ReceiptMismatch))?;
@@ -946,9 +941,8 @@ fn check_auth(
         }
         Some(_) => {}
     }
-    let bad = |e: tessera_crypto::CryptoError| server_err(ServerError::Internal(e.to_string()));
-    let ca = Certificate::from_der(row.blob(1).map_err(server_err)?).map_err(bad)?;
-    let device = Certificate::from_der(row.blob(2).map_err(server_err)?).map_err(bad)?;
+    let ca = Certificate::from_stored_der(row.blob(1).map_err(server_err)?);
+    let device = Certificate::from_stored_der(row.blob(2).map_err(server_err)?);
     let key = device_key(&ca, card_id.as_bytes(), &device, now).map_err(check_err)?;
     verify_device_auth(&key, card_id.as_bytes(), challenge, response).map_err(check_err)?;
     let delivered = row.opt_int(3).map_err(server_err)?.unwrap_or(0);
