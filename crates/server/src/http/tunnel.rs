@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 
 use super::{AppState, JsonBody};
 use crate::error::{ErrorBody, ServerResult};
@@ -45,6 +46,8 @@ pub async fn exchange(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<Exchange>,
-) -> ServerResult<Json<TunnelStep>> {
-    Ok(Json(state.store.exchange(&id, &req).await?))
+) -> ServerResult<impl IntoResponse> {
+    // A `TunnelStep`, serialised once: as the session row keeps it.
+    let answer = state.store.exchange_json(&id, &req).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer))
 }

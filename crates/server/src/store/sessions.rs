@@ -435,6 +435,13 @@ impl Store {
 
     /// Takes the card's responses for one step and answers the next.
     pub async fn exchange(&self, session_id: &str, req: &Exchange) -> ServerResult<TunnelStep> {
+        let answer = self.exchange_json(session_id, req).await?;
+        serde_json::from_str(&answer).map_err(|e| ServerError::Internal(format!("answer: {e}")))
+    }
+
+    /// [`Store::exchange`]'s answer as the JSON the session row keeps for a retry, which is
+    /// what the HTTP API sends (serialised once, a retry's answer not at all).
+    pub async fn exchange_json(&self, session_id: &str, req: &Exchange) -> ServerResult<String> {
         if req.responses.len() > MAX_RESPONSES {
             return Err(ServerError::BadRequest(format!(
                 "at most {MAX_RESPONSES} responses per exchange"
@@ -495,11 +502,9 @@ impl Store {
 
         // A retry of the exchange already answered: the same answer, nothing changes.
         if req.step == s.step - 1 && s.last_request.as_deref() == Some(hash.as_slice()) {
-            let answer = s
+            return s
                 .last_answer
-                .ok_or_else(|| ServerError::Internal("answered step without answer".into()))?;
-            return serde_json::from_str(&answer)
-                .map_err(|e| ServerError::Internal(format!("stored answer: {e}")));
+                .ok_or_else(|| ServerError::Internal("answered step without answer".into()));
         }
         if req.step == s.step - 1 {
             return Err(ServerError::Conflict(format!(
@@ -759,7 +764,7 @@ impl Store {
                 card_id.into(),
                 if done { Value::Null } else { live_card.into() },
                 hash.into(),
-                answer_json.into(),
+                answer_json.clone().into(),
                 now.into(),
                 expires_at.into(),
                 session_id.into(),
@@ -783,7 +788,7 @@ impl Store {
             .await?;
         }
         self.commit(tx).await?;
-        Ok(answer)
+        Ok(answer_json)
     }
 
     /// The counter step's answers: checks the ISD key version of `card` (checked usable, and
