@@ -160,3 +160,19 @@ async fn values_it_cannot_send_or_read_are_refused_and_change_nothing() {
     let note = one(&db, "SELECT $1::text || '!'", &[Value::Text("in step".into())]).await;
     assert_eq!(note.unwrap().text(0).unwrap(), "in step!");
 }
+
+#[tokio::test]
+async fn a_call_the_server_ends_says_why_and_asks_for_a_retry() {
+    let Some((test, addr, _)) = cluster().await else { return };
+    let db = Db::open(&test.location).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let pid = tx.query_opt("SELECT pg_backend_pid()", &[]).await.unwrap().unwrap().int(0).unwrap();
+    let call = tokio::spawn(async move { tx.query("SELECT pg_sleep(5)", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    admin(&addr, &format!("SELECT pg_terminate_backend({pid})")).await;
+    match call.await.unwrap() {
+        // 57P01: admin_shutdown, the server's message before it closed the connection.
+        Err(DbError::Unavailable(m)) => assert!(m.contains("57P01"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

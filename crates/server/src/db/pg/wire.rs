@@ -381,7 +381,12 @@ impl Wire {
         self.flush().await?;
         let mut error = None;
         loop {
-            match self.message().await? {
+            let message = match self.message().await {
+                Ok(message) => message,
+                // The server's own word, when it said why before it closed (a shutdown).
+                Err(e) => return Err(error.unwrap_or(WireError::Io(e))),
+            };
+            match message {
                 Message::ReadyForQuery(_) => break,
                 Message::ErrorResponse(body) => {
                     error = error.or_else(|| Some(server_error(&body)));
