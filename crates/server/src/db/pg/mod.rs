@@ -10,10 +10,10 @@
 
 mod wire;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use rustc_hash::FxHashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Config;
 
@@ -46,7 +46,10 @@ struct PoolInner {
 /// One connection and the statements prepared on it.
 struct PgConn {
     wire: Wire,
-    statements: HashMap<String, Arc<Statement>>,
+    /// By SQL text, looked up for every statement a transaction runs: hashed with FxHash,
+    /// several times faster than the default SipHash on these long keys, which are the
+    /// program's own texts (no caller can choose them to collide).
+    statements: FxHashMap<String, Arc<Statement>>,
     /// The pool's schema generation the statements were prepared under.
     schema: u64,
 }
@@ -92,7 +95,7 @@ impl PgPool {
         let wire = Wire::connect(&self.inner.config)
             .await
             .map_err(|e| DbError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        let conn = PgConn { wire, statements: HashMap::new(), schema };
+        let conn = PgConn { wire, statements: FxHashMap::default(), schema };
         Ok(PooledClient { client: Some(conn), pool: self.clone(), _permit: permit })
     }
 
