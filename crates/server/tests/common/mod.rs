@@ -183,15 +183,27 @@ fn find_or_start_cluster() -> Option<String> {
             &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"],
         );
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        // Roles that must authenticate with a password, checked before the trust rules
-        // (tests/postgres_wire.rs makes the roles).
-        let hba = data.join("pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).unwrap();
-        let password_rules = PASSWORD_ROLES
-            .iter()
-            .map(|(role, method)| format!("host all {role} 127.0.0.1/32 {method}\n"))
-            .collect::<String>();
+    }
+    // Roles that must authenticate with a password, checked before the trust rules
+    // (tests/postgres_wire.rs makes the roles); also in a cluster an older checkout started.
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    let password_rules = PASSWORD_ROLES
+        .iter()
+        .map(|(role, method)| format!("host all {role} 127.0.0.1/32 {method}\n"))
+        .collect::<String>();
+    if !rules.starts_with(&password_rules) {
         std::fs::write(&hba, password_rules + &rules).unwrap();
+        if running {
+            let out = run_pg(&bin, "pg_ctl", &["-D", data.to_str().unwrap(), "reload"]);
+            assert!(
+                out.status.success(),
+                "pg_ctl reload: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The postmaster rereads the file on the signal, moments later (once per cluster).
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
     if !running {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
