@@ -6,9 +6,10 @@
 //! costs N answers flushed one by one by the server, as many reads and task wake-ups here,
 //! and a channel per statement. [`Wire::run`] writes the whole pipeline (`Bind`/`Execute` per
 //! statement, one `Sync`) in one `send`, and reads every answer up to the one `ReadyForQuery`
-//! in as few reads as the kernel allows, in the calling task. Only the extended protocol's
-//! binary formats for the four kinds of [`Value`] are spoken; `tokio-postgres` still parses
-//! the connection URL ([`Config`]).
+//! in as few reads as the kernel allows, in the calling task. Values travel only in the
+//! extended protocol's binary formats for the four kinds of [`Value`] (the simple protocol
+//! serves parameterless scripts: migrations); `tokio-postgres` still parses the connection URL
+//! ([`Config`]).
 //!
 //! Errors inside a pipeline: the server skips the rest up to the `Sync`, so the first error
 //! is the pipeline's (the transaction is then failed on the server, as with any failed
@@ -296,7 +297,9 @@ impl Wire {
                 Message::RowDescription(body) => {
                     statement.columns = body.fields().map(|f| Ok(f.type_oid())).collect()?;
                 }
-                _ => *error = Some(unexpected("an answer to Parse")),
+                _ => {
+                    error.get_or_insert_with(|| unexpected("an answer to Parse"));
+                }
             }
             Ok(())
         })
@@ -328,7 +331,9 @@ impl Wire {
                     let columns = batch.get(answers.len()).map(|(s, _)| s.columns.as_slice());
                     match decode_row(&body, columns.unwrap_or_default()) {
                         Ok(row) => rows.push(row),
-                        Err(e) => *error = error.take().or(Some(e)),
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
                     }
                 }
                 Message::CommandComplete(body) => {
@@ -339,7 +344,9 @@ impl Wire {
                 Message::EmptyQueryResponse => {
                     answers.push(Answer { rows: Vec::new(), changed: 0 })
                 }
-                _ => *error = Some(unexpected("an answer to Execute")),
+                _ => {
+                    error.get_or_insert_with(|| unexpected("an answer to Execute"));
+                }
             }
             Ok(())
         })
@@ -364,7 +371,9 @@ impl Wire {
                 | Message::EmptyQueryResponse
                 | Message::RowDescription(_)
                 | Message::DataRow(_) => {}
-                _ => *error = Some(unexpected("an answer to Query")),
+                _ => {
+                    error.get_or_insert_with(|| unexpected("an answer to Query"));
+                }
             }
             Ok(())
         })
